@@ -1,0 +1,146 @@
+/* Per-direction TCP stream reassembly.
+ *
+ * One `struct reasm_dir` is embedded in each connection for each direction (it must stay small: the
+ * engine aims at <= 256 bytes per connection with nothing buffered). Everything held (out-of-order
+ * segments, delivered bytes kept until acknowledged) lives behind `buf`, allocated lazily and freed as
+ * soon as nothing is held.
+ *
+ * Stream offsets are 64-bit byte counts from the first byte after the ISN (or from the first byte seen
+ * when a connection is picked up mid-stream); sequence numbers are 32-bit and wrap, so every
+ * seq->offset conversion goes through the direction's (next_seq, next_off) anchor.
+ *
+ * The engine learns about deliveries, holes, retransmissions and limits through callbacks, so one
+ * call can report several things (data, then a gap, then more data) in stream order.
+ */
+#ifndef MOS_REASM_H
+#define MOS_REASM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Overlap policies, with the meanings Suricata and Snort give them (target-based reassembly). */
+enum reasm_policy {
+    REASM_POLICY_FIRST = 0,   /* keep the bytes seen first */
+    REASM_POLICY_LAST,        /* keep the bytes seen last */
+    REASM_POLICY_BSD,
+    REASM_POLICY_LINUX,
+    REASM_POLICY_OLD_LINUX,
+    REASM_POLICY_WINDOWS,
+    REASM_POLICY_VISTA,
+    REASM_POLICY_SOLARIS,
+    REASM_POLICY_COUNT
+};
+
+/* Why a limit was hit (reported through on_limit and counted). */
+enum reasm_limit {
+    REASM_LIMIT_DIR_BUF = 0,  /* the direction's buffer limit */
+    REASM_LIMIT_MEMCAP,       /* the global memory cap */
+    REASM_LIMIT_SEGMENTS,     /* too many held segments in one direction */
+    REASM_LIMIT_COUNT
+};
+
+enum reasm_counter {
+    REASM_C_SEGMENTS = 0,        /* data segments offered */
+    REASM_C_BYTES_DELIVERED,     /* in-order bytes delivered */
+    REASM_C_BYTES_GAP,           /* bytes declared lost (holes) */
+    REASM_C_GAPS,
+    REASM_C_OOO_SEGMENTS,        /* segments that arrived ahead of a hole */
+    REASM_C_REXMIT_SEGMENTS,     /* segments carrying only bytes already seen */
+    REASM_C_REXMIT_BYTES,
+    REASM_C_REXMIT_INCONSISTENT, /* retransmitted bytes differing from the first copy */
+    REASM_C_REXMIT_UNVERIFIABLE, /* retransmitted bytes no longer held, so not compared */
+    REASM_C_OVERLAP_SEGMENTS,    /* segments partly overlapping held data */
+    REASM_C_LIMIT_DIR_BUF,
+    REASM_C_LIMIT_MEMCAP,
+    REASM_C_LIMIT_SEGMENTS,
+    REASM_C_BYTES_DROPPED_LIMIT, /* bytes not buffered because of a limit */
+    REASM_C_COUNT
+};
+
+struct reasm_ctx;
+
+/* Callbacks. `user` is reasm_ctx.user. Pointers passed are valid until the next reasm_* call on the
+ * same direction that may free memory (reasm_trim, reasm_release), except `new_bytes` in on_rexmit,
+ * which points into the caller's segment and is valid for the duration of that reasm_segment call. */
+struct reasm_cb {
+    /* Bytes [off, off+len) became in-order. `data` points at them (contiguous). */
+    void (*on_data)(void *user, void *dir_owner, uint64_t off, const uint8_t *data, uint32_t len);
+    /* Bytes [off, off+len) will never be seen; delivery continues at off+len. */
+    void (*on_gap)(void *user, void *dir_owner, uint64_t off, uint64_t len);
+    /* A segment's bytes [off, off+len) had been seen already. If both copies are available and they
+     * differ, inconsistent=1 and old_bytes/new_bytes point at the two versions (len bytes each); the
+     * policy decided which version the stream keeps. If the old bytes were no longer held, old_bytes
+     * is NULL and inconsistent=0. */
+    void (*on_rexmit)(void *user, void *dir_owner, uint64_t off, uint32_t len, int inconsistent,
+                      const uint8_t *old_bytes, const uint8_t *new_bytes);
+    /* A limit stopped `len` bytes at `off` from being held. */
+    void (*on_limit)(void *user, void *dir_owner, enum reasm_limit why, uint64_t off, uint32_t len);
+};
+
+struct reasm_ctx {
+    struct reasm_cb cb;
+    void *user;
+    uint64_t memcap;          /* global cap on bytes held by all directions (payload + overhead) */
+    uint64_t mem_used;
+    uint32_t dir_limit;       /* cap on bytes held by one direction */
+    uint32_t max_segments;    /* cap on held segments in one direction */
+    uint64_t counters[REASM_C_COUNT];
+};
+
+struct reasm_buf; /* private to reasm.c */
+
+/* Embedded per direction. 32 bytes. */
+struct reasm_dir {
+    struct reasm_buf *buf;    /* NULL when nothing is held */
+    uint64_t next_off;        /* stream offset of the next in-order byte (= bytes delivered + gaps) */
+    uint32_t next_seq;        /* sequence number of next_off */
+    uint8_t  policy;          /* enum reasm_policy */
+    uint8_t  buffering;       /* 0: deliver in-order bytes straight from the segment, hold nothing */
+    uint8_t  initialized;
+    uint8_t  pad;
+    uint64_t acked_off;       /* receiver acknowledged everything below this offset */
+};
+
+void reasm_ctx_init(struct reasm_ctx *ctx, const struct reasm_cb *cb, void *user, uint64_t memcap,
+                    uint32_t dir_limit, uint32_t max_segments);
+
+/* Start a direction whose first byte has sequence number `seq` (ISN+1, or the first byte seen). */
+void reasm_dir_init(struct reasm_dir *d, uint32_t seq, uint8_t policy, uint8_t buffering);
+
+/* Convert a sequence number to a stream offset relative to the anchor (handles wrap-around; a
+ * sequence number more than 2^31 behind the anchor is taken as ahead). */
+static inline int64_t reasm_seq_to_off(const struct reasm_dir *d, uint32_t seq)
+{
+    return (int64_t)d->next_off + (int64_t)(int32_t)(seq - d->next_seq);
+}
+
+/* Offer a data segment (seq is the sequence number of data[0], SYN already accounted for by the
+ * caller). Delivers whatever became in-order, reports retransmissions/overlaps per the policy, holds
+ * out-of-order bytes within the limits. `owner` is passed back to the callbacks. */
+void reasm_segment(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t seq,
+                   const uint8_t *data, uint32_t len);
+
+/* The receiver acknowledged everything before `ack`. If that passes bytes never seen, the hole up to
+ * the next held segment (or up to ack) is reported with on_gap and delivery continues. */
+void reasm_ack(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t ack);
+
+/* End of the stream: every remaining hole becomes a gap and everything held is delivered. */
+void reasm_flush(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner);
+
+/* Free delivered bytes below min(keep_from, acked_off) (the engine calls it after the events that
+ * point at them have been handled). Held out-of-order bytes are never trimmed. */
+void reasm_trim(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t keep_from);
+
+/* Free everything held. */
+void reasm_release(struct reasm_ctx *ctx, struct reasm_dir *d);
+
+/* Copy held bytes [off, off+len) to dst. Returns the number of bytes copied from `off` on, stopping at
+ * the first byte not held. */
+uint32_t reasm_copy(const struct reasm_dir *d, uint64_t off, uint32_t len, uint8_t *dst);
+
+/* Held bytes, and the list of held out-of-order segments and holes above next_off.
+ * Fills up to `max` (off, len) pairs of held segments; returns how many there are in all. */
+uint64_t reasm_held_bytes(const struct reasm_dir *d);
+uint32_t reasm_segments(const struct reasm_dir *d, uint64_t *offs, uint32_t *lens, uint32_t max);
+
+#endif
