@@ -34,7 +34,7 @@ void defrag_free(defrag_t *df);
 
 /* l3 points at an IPv4 header (version 4) or IPv6 header (version 6) carrying a fragment, len is the
  * bytes available from l3 on (captured length). For IPv6 the fragment header may follow other
- * extension headers. On DEFRAG_DONE *out/*out_len describe the reassembled datagram: IPv4 with MF and
+ * extension headers. On DEFRAG_DONE *out and *out_len describe the reassembled datagram: IPv4 with MF and
  * offset cleared, total length and header checksum fixed; IPv6 with the fragment header removed and
  * the payload length and next header fixed. It is owned by df and valid until the next defrag call. */
 int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key, uint64_t now_ns,

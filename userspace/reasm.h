@@ -138,6 +138,9 @@ void reasm_release(struct reasm_ctx *ctx, struct reasm_dir *d);
  * the first byte not held. */
 uint32_t reasm_copy(const struct reasm_dir *d, uint64_t off, uint32_t len, uint8_t *dst);
 
+/* The lowest held offset >= off (delivered-and-retained or out-of-order), or UINT64_MAX. */
+uint64_t reasm_next_held(const struct reasm_dir *d, uint64_t off);
+
 /* Held bytes, and the list of held out-of-order segments and holes above next_off.
  * Fills up to `max` (off, len) pairs of held segments; returns how many there are in all. */
 uint64_t reasm_held_bytes(const struct reasm_dir *d);

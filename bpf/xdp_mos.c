@@ -1,0 +1,406 @@
+/* mos-xdp: the XDP program of the live path (compiled and loaded by bcc, see mos/bpf.py).
+ *
+ * One entry point, xdp_mos, made of small steps that each do one job:
+ *   parse_packet    Ethernet, up to two VLAN tags (802.1Q / 802.1ad QinQ), IPv4 / IPv6 (extension
+ *                   headers, fragments), TCP / UDP; a bounds check next to every header access.
+ *   blocked_*       fast drop: source or destination in an LPM-trie block list, or a blocked port.
+ *   is_monitored    the configured filter (protocols, optionally a monitored port set).
+ *   check_bypass    connections userspace has seen enough of: their verdict, kept in an LRU hash.
+ *   steer           a symmetric flow hash picks the AF_XDP socket through the XSKMAP.
+ * Anything the stack does not monitor (ARP, ICMP, other protocols, other ports) gets XDP_PASS in
+ * passive mode, so the host keeps working on a monitored interface; in inline mode it is forwarded to
+ * the other interface of the pair (fail-open). Every verdict and reason is counted per CPU.
+ *
+ * Steering and the AF_XDP queue rule
+ * ----------------------------------
+ * The kernel delivers a frame redirected into an XSKMAP only to a socket bound to the same interface
+ * AND the same receive queue the frame arrived on (xsk_rcv: xs->dev == rxq->dev && xs->queue_id ==
+ * rxq->queue_index); otherwise the frame is dropped. So the program never picks a socket of another
+ * queue: the XSKMAP holds, for each (slot, queue), one socket per worker, at
+ *     mos_xsk_index(slot, queue, worker) = (slot * MOS_MAX_QUEUES + queue) * MOS_MAX_WORKERS + worker
+ * and the program uses worker = mos_flow_hash(key) % workers with queue = ctx->rx_queue_index and
+ * slot 0 for the attached interface, 1 for the inline peer. Consequences for the engine:
+ *   - N workers on one queue means N sockets bound to the same (interface, queue): that is allowed
+ *     only with XDP_SHARED_UMEM, and those sockets then share the UMEM's fill and completion rings
+ *     (each keeps its own RX/TX ring), so the engine serialises fill/completion ring access per queue.
+ *   - Worker w owns the sockets at index (s, q, w) for every slot s and queue q it serves.
+ *   - Both directions of a connection reach the same worker only if they arrive on the same queue:
+ *     true on single-queue NICs and veth; on multi-queue NICs use one queue (ethtool -L IF combined 1)
+ *     or a symmetric RSS key (ethtool -X IF hkey 6d:5a:6d:5a:...). The hash is symmetric, so within a
+ *     queue the choice of worker does not depend on the direction.
+ *   - Inline mode: each direction arrives on its own interface; worker w needs a socket on both
+ *     (slot 0 and slot 1), and the same hash puts both directions on w.
+ * When no socket sits at the chosen index the frame is passed (counter pass_no_socket).
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#include "mos_shared.h"
+
+/* ---- maps ------------------------------------------------------------------------------------- */
+BPF_ARRAY(mos_config, struct mos_config, 1);
+BPF_PERCPU_ARRAY(mos_counters, u64, MOS_C_COUNT);
+BPF_XSKMAP(mos_xsks, MOS_XSK_MAP_SIZE);
+BPF_DEVMAP(mos_tx_ports, MOS_MAX_SLOTS);
+BPF_LPM_TRIE(mos_block_v4, struct mos_lpm_v4, u64, MOS_BLOCK_MAX);
+BPF_LPM_TRIE(mos_block_v6, struct mos_lpm_v6, u64, MOS_BLOCK_MAX);
+BPF_ARRAY(mos_ports, u8, MOS_PORTS);
+BPF_TABLE("lru_hash", struct mos_flow_key, struct mos_bypass_entry, mos_bypass, MOS_BYPASS_MAX);
+BPF_ARRAY(mos_debug, struct mos_debug, 1);
+
+/* ---- parsing ---------------------------------------------------------------------------------- */
+#define MOS_ETH_P_8021Q 0x8100
+#define MOS_ETH_P_8021AD 0x88A8
+#define MOS_ETH_P_IP 0x0800
+#define MOS_ETH_P_IPV6 0x86DD
+#define MOS_IP_MF 0x2000
+#define MOS_IP_OFFSET 0x1FFF
+#define MOS_MAX_VLAN 2
+#define MOS_MAX_EXTHDR 6
+
+struct mos_vlan_hdr {
+    __be16 tci;
+    __be16 encap_proto;
+};
+
+struct mos_ipv6_frag_hdr {
+    u8 nexthdr;
+    u8 reserved;
+    __be16 frag_off; /* offset << 3 | M */
+    __be32 id;
+};
+
+enum parse_result { PARSE_OK = 0, PARSE_NOT_IP, PARSE_MALFORMED };
+
+struct pkt {
+    u32 saddr[4]; /* IPv4-mapped for IPv4 */
+    u32 daddr[4];
+    u16 sport;    /* network byte order; 0 when has_ports is 0 */
+    u16 dport;
+    u32 vlan_key;
+    u8 proto;
+    u8 ipv6;
+    u8 has_ports;
+    u8 is_frag;
+};
+
+static __always_inline void count(u32 c)
+{
+    u64 *v = mos_counters.lookup(&c);
+    if (v)
+        *v += 1; /* per-CPU: no atomics needed */
+}
+
+static __always_inline int parse_l4(void *cur, void *data_end, struct pkt *p, int first_fragment)
+{
+    if (!first_fragment)
+        return PARSE_OK; /* non-first fragment: no transport header */
+    if (p->proto == IPPROTO_TCP) {
+        struct tcphdr *th = cur;
+        if ((void *)(th + 1) > data_end)
+            return p->is_frag ? PARSE_OK : PARSE_MALFORMED;
+        if (th->doff < 5)
+            return PARSE_MALFORMED;
+        p->sport = th->source;
+        p->dport = th->dest;
+        p->has_ports = 1;
+    } else if (p->proto == IPPROTO_UDP) {
+        struct udphdr *uh = cur;
+        if ((void *)(uh + 1) > data_end)
+            return p->is_frag ? PARSE_OK : PARSE_MALFORMED;
+        p->sport = uh->source;
+        p->dport = uh->dest;
+        p->has_ports = 1;
+    }
+    return PARSE_OK;
+}
+
+static __always_inline int parse_ipv4(void *cur, void *data_end, struct pkt *p)
+{
+    struct iphdr *iph = cur;
+    if ((void *)(iph + 1) > data_end)
+        return PARSE_MALFORMED;
+    if (iph->version != 4 || iph->ihl < 5)
+        return PARSE_MALFORMED;
+    u32 hlen = iph->ihl * 4;
+    if (cur + hlen > data_end)
+        return PARSE_MALFORMED;
+    p->saddr[2] = bpf_htonl(0xffff);
+    p->saddr[3] = iph->saddr;
+    p->daddr[2] = bpf_htonl(0xffff);
+    p->daddr[3] = iph->daddr;
+    p->proto = iph->protocol;
+    u16 frag = bpf_ntohs(iph->frag_off);
+    p->is_frag = (frag & (MOS_IP_MF | MOS_IP_OFFSET)) != 0;
+    return parse_l4(cur + hlen, data_end, p, (frag & MOS_IP_OFFSET) == 0);
+}
+
+static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p)
+{
+    struct ipv6hdr *ip6 = cur;
+    if ((void *)(ip6 + 1) > data_end)
+        return PARSE_MALFORMED;
+    if (ip6->version != 6)
+        return PARSE_MALFORMED;
+    __builtin_memcpy(p->saddr, &ip6->saddr, 16);
+    __builtin_memcpy(p->daddr, &ip6->daddr, 16);
+    p->ipv6 = 1;
+    u8 next = ip6->nexthdr;
+    cur = ip6 + 1;
+    int first_fragment = 1;
+
+#pragma unroll
+    for (int i = 0; i < MOS_MAX_EXTHDR; i++) {
+        if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
+            struct ipv6_opt_hdr *oh = cur;
+            if ((void *)(oh + 1) > data_end)
+                return PARSE_MALFORMED;
+            next = oh->nexthdr;
+            cur += (oh->hdrlen + 1) * 8;
+        } else if (next == IPPROTO_FRAGMENT) {
+            struct mos_ipv6_frag_hdr *fh = cur;
+            if ((void *)(fh + 1) > data_end)
+                return PARSE_MALFORMED;
+            u16 off = bpf_ntohs(fh->frag_off);
+            p->is_frag = 1;
+            first_fragment = (off & 0xFFF8) == 0;
+            next = fh->nexthdr;
+            cur = fh + 1;
+        } else {
+            break;
+        }
+    }
+    p->proto = next;
+    return parse_l4(cur, data_end, p, first_fragment);
+}
+
+/* Ethernet and VLAN tags, then the IP layer. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct pkt *p)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return PARSE_MALFORMED;
+    u16 proto = bpf_ntohs(eth->h_proto);
+    void *cur = eth + 1;
+
+#pragma unroll
+    for (int i = 0; i < MOS_MAX_VLAN; i++) {
+        if (proto != MOS_ETH_P_8021Q && proto != MOS_ETH_P_8021AD)
+            break;
+        struct mos_vlan_hdr *vh = cur;
+        if ((void *)(vh + 1) > data_end)
+            return PARSE_MALFORMED;
+        p->vlan_key = (p->vlan_key << 12) | (bpf_ntohs(vh->tci) & 0x0FFF);
+        proto = bpf_ntohs(vh->encap_proto);
+        cur = vh + 1;
+    }
+
+    if (proto == MOS_ETH_P_IP)
+        return parse_ipv4(cur, data_end, p);
+    if (proto == MOS_ETH_P_IPV6)
+        return parse_ipv6(cur, data_end, p);
+    return PARSE_NOT_IP;
+}
+
+/* ---- fast drop -------------------------------------------------------------------------------- */
+static __always_inline int blocked_prefix(struct pkt *p)
+{
+    u64 *hits;
+    if (p->ipv6) {
+        struct mos_lpm_v6 k6 = {.prefixlen = 128};
+        __builtin_memcpy(k6.addr, p->saddr, 16);
+        hits = mos_block_v6.lookup(&k6);
+        if (!hits) {
+            __builtin_memcpy(k6.addr, p->daddr, 16);
+            hits = mos_block_v6.lookup(&k6);
+        }
+    } else {
+        struct mos_lpm_v4 k4 = {.prefixlen = 32};
+        __builtin_memcpy(k4.addr, &p->saddr[3], 4);
+        hits = mos_block_v4.lookup(&k4);
+        if (!hits) {
+            __builtin_memcpy(k4.addr, &p->daddr[3], 4);
+            hits = mos_block_v4.lookup(&k4);
+        }
+    }
+    if (!hits)
+        return 0;
+    __sync_fetch_and_add(hits, 1);
+    return 1;
+}
+
+static __always_inline u8 port_flags(u16 port_be)
+{
+    u32 k = bpf_ntohs(port_be);
+    u8 *f = mos_ports.lookup(&k);
+    return f ? *f : 0;
+}
+
+static __always_inline int blocked_port(struct pkt *p)
+{
+    if (!p->has_ports)
+        return 0;
+    return ((port_flags(p->sport) | port_flags(p->dport)) & MOS_PORT_BLOCK) != 0;
+}
+
+/* ---- filter ----------------------------------------------------------------------------------- */
+static __always_inline int is_monitored(struct mos_config *cfg, struct pkt *p)
+{
+    u32 bit = p->proto == IPPROTO_TCP ? MOS_PROTO_TCP : p->proto == IPPROTO_UDP ? MOS_PROTO_UDP : 0;
+    if (!(cfg->protocols & bit))
+        return 0;
+    if (!(cfg->flags & MOS_CFG_PORT_FILTER) || !p->has_ports || p->is_frag)
+        return 1; /* fragments cannot be matched on ports: the engine reassembles them */
+    return ((port_flags(p->sport) | port_flags(p->dport)) & MOS_PORT_MONITOR) != 0;
+}
+
+/* ---- symmetric flow key ----------------------------------------------------------------------- */
+static __always_inline int src_is_lower(struct pkt *p)
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (p->saddr[i] != p->daddr[i])
+            return p->saddr[i] < p->daddr[i];
+    }
+    return p->sport <= p->dport;
+}
+
+static __always_inline void make_key(struct pkt *p, struct mos_flow_key *k)
+{
+    u16 sport = p->is_frag ? 0 : p->sport;
+    u16 dport = p->is_frag ? 0 : p->dport;
+    if (src_is_lower(p)) {
+        __builtin_memcpy(k->addr_lo, p->saddr, 16);
+        __builtin_memcpy(k->addr_hi, p->daddr, 16);
+        k->port_lo = sport;
+        k->port_hi = dport;
+    } else {
+        __builtin_memcpy(k->addr_lo, p->daddr, 16);
+        __builtin_memcpy(k->addr_hi, p->saddr, 16);
+        k->port_lo = dport;
+        k->port_hi = sport;
+    }
+    k->vlan_key = p->vlan_key;
+    k->proto = p->proto;
+}
+
+/* ---- verdicts --------------------------------------------------------------------------------- */
+static __always_inline int finish(int action, u32 reason)
+{
+    count(reason);
+    count(action == XDP_DROP ? MOS_C_DROP : action == XDP_REDIRECT ? MOS_C_REDIRECT : MOS_C_PASS);
+    return action;
+}
+
+static __always_inline u32 rx_slot(struct xdp_md *ctx, struct mos_config *cfg)
+{
+    return cfg->peer_ifindex && ctx->ingress_ifindex == cfg->peer_ifindex ? 1 : 0;
+}
+
+/* Traffic the engine does not take: to the host (passive) or to the other interface (inline). */
+static __always_inline int not_taken(struct xdp_md *ctx, struct mos_config *cfg, u32 reason)
+{
+    if (cfg->mode == MOS_MODE_INLINE) {
+        int act = mos_tx_ports.redirect_map(rx_slot(ctx, cfg) ^ 1, XDP_PASS);
+        return finish(act, reason);
+    }
+    return finish(XDP_PASS, reason);
+}
+
+/* Returns an XDP action, or -1 when the connection is not (or no longer) bypassed. */
+static __always_inline int check_bypass(struct xdp_md *ctx, struct mos_config *cfg, struct mos_flow_key *k)
+{
+    struct mos_bypass_entry *e = mos_bypass.lookup(k);
+    if (!e || !e->verdict)
+        return -1;
+    u64 now = bpf_ktime_get_ns();
+    if (cfg->bypass_idle_ns && now > e->last_seen_ns && now - e->last_seen_ns > cfg->bypass_idle_ns) {
+        mos_bypass.delete(k);
+        count(MOS_C_BYPASS_EXPIRED);
+        return -1;
+    }
+    e->last_seen_ns = now;
+    __sync_fetch_and_add(&e->packets, 1);
+    __sync_fetch_and_add(&e->bytes, (u64)(ctx->data_end - ctx->data));
+    if (e->verdict == MOS_BYPASS_DROP)
+        return finish(XDP_DROP, MOS_C_BYPASS_DROP);
+    if (e->verdict == MOS_BYPASS_REDIRECT) {
+        int act = mos_tx_ports.redirect_map(rx_slot(ctx, cfg) ^ 1, XDP_PASS);
+        return finish(act, act == XDP_REDIRECT ? MOS_C_BYPASS_REDIRECT : MOS_C_BYPASS_PASS);
+    }
+    return finish(XDP_PASS, MOS_C_BYPASS_PASS);
+}
+
+/* Picks the worker's socket among those bound to the receiving (interface, queue). */
+static __always_inline int steer(struct xdp_md *ctx, struct mos_config *cfg, struct mos_flow_key *k)
+{
+    u32 workers = cfg->workers;
+    if (workers == 0)
+        workers = 1;
+    if (workers > MOS_MAX_WORKERS)
+        workers = MOS_MAX_WORKERS;
+    u32 hash = mos_flow_hash(k);
+    u32 queue = ctx->rx_queue_index;
+    u32 slot = rx_slot(ctx, cfg);
+    u32 idx = mos_xsk_index(slot, queue, hash % workers);
+
+    if (cfg->flags & MOS_CFG_DEBUG) {
+        u32 zero = 0;
+        struct mos_debug *d = mos_debug.lookup(&zero);
+        if (d) {
+            __builtin_memcpy(&d->key, k, sizeof(*k));
+            d->hash = hash;
+            d->xsk_index = idx;
+            d->rx_queue = queue;
+            d->slot = slot;
+            d->seq += 1;
+        }
+    }
+    if (queue >= MOS_MAX_QUEUES || !mos_xsks.lookup(&idx))
+        return not_taken(ctx, cfg, MOS_C_PASS_NO_SOCKET);
+    int act = mos_xsks.redirect_map(idx, XDP_PASS);
+    if (act != XDP_REDIRECT)
+        return not_taken(ctx, cfg, MOS_C_PASS_NO_SOCKET);
+    return finish(XDP_REDIRECT, MOS_C_XSK_REDIRECT);
+}
+
+/* ---- entry point ------------------------------------------------------------------------------ */
+int xdp_mos(struct xdp_md *ctx)
+{
+    u32 zero = 0;
+    struct pkt p = {};
+    struct mos_flow_key key = {};
+
+    count(MOS_C_RX);
+    struct mos_config *cfg = mos_config.lookup(&zero);
+    if (!cfg)
+        return XDP_PASS;
+
+    int rc = parse_packet(ctx, &p);
+    if (rc == PARSE_NOT_IP)
+        return not_taken(ctx, cfg, MOS_C_PASS_NOT_IP);
+    if (rc == PARSE_MALFORMED)
+        return finish(XDP_DROP, MOS_C_DROP_MALFORMED);
+
+    if (blocked_prefix(&p))
+        return finish(XDP_DROP, MOS_C_DROP_BLOCKED_PREFIX);
+    if (blocked_port(&p))
+        return finish(XDP_DROP, MOS_C_DROP_BLOCKED_PORT);
+    if (!is_monitored(cfg, &p))
+        return not_taken(ctx, cfg, MOS_C_PASS_NOT_MONITORED);
+    if (p.is_frag)
+        count(MOS_C_FRAGMENT);
+
+    make_key(&p, &key);
+    rc = check_bypass(ctx, cfg, &key);
+    if (rc >= 0)
+        return rc;
+    return steer(ctx, cfg, &key);
+}

@@ -1,0 +1,236 @@
+"""The ``mos-xdp`` command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import click
+
+from .events import Policy
+
+POLICIES = [p.value for p in Policy]
+
+
+class _Group(click.Group):
+    """Turns the stack's own errors into one line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("mos-xdp: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            from . import monitor
+
+            if isinstance(exc, (monitor.MosError, OSError)):
+                raise click.ClickException(str(exc)) from None
+            raise
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mos-xdp")
+def main() -> None:
+    """mos-xdp: both TCP endpoints' state, both byte streams and mOS-style events for Python middleboxes."""
+
+
+def _monitor(policy: str, vlan: bool, pickup: bool, strict: bool = False, **kw: Any) -> Any:
+    from .monitor import Monitor
+
+    return Monitor(policy=policy, vlan_in_key=vlan, pickup=pickup, strict=strict, **kw)
+
+
+def _progress(enabled: bool, path: str):  # type: ignore[no-untyped-def]
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    if not enabled or not sys.stderr.isatty() or size == 0:
+        return None, None
+    bar = click.progressbar(length=size, label=os.path.basename(path), file=sys.stderr)
+    bar.__enter__()
+    last = [0]
+
+    def update(pos: int, total: int) -> None:
+        bar.update(max(0, pos - last[0]))
+        last[0] = pos
+
+    return bar, update
+
+
+def load_app(path: str) -> Any:
+    """Import an app file; it must define ``init(monitor)`` (and may define ``finish(monitor)``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise click.ClickException(f"{path}: no such app file")
+    spec = importlib.util.spec_from_file_location(f"mos_app_{p.stem}", p)
+    if spec is None or spec.loader is None:
+        raise click.ClickException(f"{path}: not a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(p.parent.resolve()))
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as exc:
+        raise click.ClickException(f"{path}: the app failed to import: {type(exc).__name__}: {exc}") from None
+    if not callable(getattr(mod, "init", None)):
+        raise click.ClickException(f"{path}: an app must define init(monitor)")
+    return mod
+
+
+@main.command()
+@click.argument("app", metavar="APP.py")
+@click.option("--pcap", "pcap", type=click.Path(dir_okay=False), help="Run over this capture file.")
+@click.option("--iface", help="Run live on this interface (see `mos-xdp attach`).")
+@click.option("--peer", help="Inline mode: the other interface.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
+              help="Overlap policy.")
+@click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
+@click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
+@click.option("--strict", is_flag=True, help="Stop at the first exception in a handler.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
+@click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
+def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str], workers: int, policy: str,
+        no_vlan: bool, no_pickup: bool, strict: bool, progress: bool, show_stats: bool) -> None:
+    """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
+    if bool(pcap) == bool(iface):
+        raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
+    mod = load_app(app)
+    mon = _monitor(policy, not no_vlan, not no_pickup, strict)
+    try:
+        mod.init(mon)
+    except Exception as exc:
+        raise click.ClickException(f"{app}: init(monitor) failed: {type(exc).__name__}: {exc}") from None
+    if iface:
+        try:
+            from . import live
+        except ImportError:
+            raise click.ClickException("the live path is not available in this build") from None
+        live.run_live(mon, iface, peer=peer, workers=workers)
+    else:
+        assert pcap is not None
+        bar, update = _progress(progress, pcap)
+        try:
+            mon.run_pcap(pcap, progress=update)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    fin = getattr(mod, "finish", None)
+    if callable(fin):
+        fin(mon)
+    st = mon.stats()
+    if show_stats:
+        _print_stats(st)
+    if mon.handler_errors:
+        click.echo(f"mos-xdp: {mon.handler_errors} handler error(s), see above", err=True)
+        sys.exit(1)
+
+
+def _print_stats(st: Dict[str, int]) -> None:
+    from .monitor import accounted
+
+    click.echo("counters:", err=True)
+    for k, v in st.items():
+        if v:
+            click.echo(f"  {k:32} {v}", err=True)
+    click.echo(f"  {'(accounted packets)':32} {accounted(st)} of {st['packets']}", err=True)
+
+
+@main.command()
+@click.argument("pcap", metavar="FILE")
+@click.option("-o", "outdir", type=click.Path(file_okay=False), help="Write <n>.c2s, <n>.s2c and index.jsonl here.")
+@click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
+              help="Overlap policy.")
+@click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
+@click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
+@click.option("--max-conns", type=click.IntRange(1, 1 << 28), default=1 << 20, show_default=True)
+@click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
+@click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
+def streams(pcap: str, outdir: Optional[str], policy: str, no_vlan: bool, no_pickup: bool, max_conns: int,
+            progress: bool, show_stats: bool) -> None:
+    """Reassemble every connection of a capture: files per direction and an index (-o), or a table."""
+    from .streams import run_streams
+
+    bar, update = _progress(progress, pcap)
+    try:
+        rows, st = run_streams(pcap, outdir, policy=policy, vlan_in_key=not no_vlan, pickup=not no_pickup,
+                               max_conns=max_conns, progress=update)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if outdir is None:
+        _print_table(rows, st)
+    else:
+        click.echo(f"{len(rows)} connections, {sum(r['c2s_bytes'] + r['s2c_bytes'] for r in rows)} bytes "
+                   f"-> {outdir}/", err=True)
+    if show_stats:
+        _print_stats(st)
+
+
+def _print_table(rows: List[Dict[str, Any]], st: Dict[str, int], limit: int = 50) -> None:
+    hdr = f"{'id':>5} {'client':>28} {'server':>28} {'c2s':>10} {'s2c':>10} {'gaps':>5} " \
+          f"{'client state':>12} {'server state':>12} {'end':>8}"
+    click.echo(hdr)
+    for r in rows[:limit]:
+        gaps = len(r["c2s_gaps"]) + len(r["s2c_gaps"])
+        click.echo(f"{r['id']:>5} {r['client']:>28} {r['server']:>28} {r['c2s_bytes']:>10} {r['s2c_bytes']:>10} "
+                   f"{gaps:>5} {r['client_state']:>12} {r['server_state']:>12} {r['end']:>8}")
+    if len(rows) > limit:
+        click.echo(f"... {len(rows) - limit} more connections")
+    total = sum(r["c2s_bytes"] + r["s2c_bytes"] for r in rows)
+    click.echo(f"{len(rows)} connections, {total} stream bytes, {st['packets']} packets "
+               f"({st['conn_packets']} in connections, {st['orphan_not_tcp']} not TCP, "
+               f"{sum(v for k, v in st.items() if k.startswith('malformed_'))} malformed)")
+
+
+@main.command()
+@click.option("-o", "outdir", type=click.Path(file_okay=False), default=None,
+              help="Keep the capture and the streams here (default: a temporary directory).")
+def demo(outdir: Optional[str]) -> None:
+    """Build a small capture with reordering, loss, retransmission, pick-up, RST and IPv6; run the apps on it."""
+    import tempfile
+
+    from .demo import build_demo_pcap
+    from .streams import run_streams
+
+    tmp = None
+    if outdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mos-demo-")
+        outdir = tmp.name
+    pcap = str(build_demo_pcap(Path(outdir) / "demo.pcap"))
+    apps = Path(__file__).resolve().parent.parent / "apps"
+    for app in ("midstat.py", "http_log.py"):
+        click.secho(f"== mos-xdp run apps/{app} --pcap {pcap}", bold=True)
+        mod = load_app(str(apps / app))
+        mon = _monitor("first", True, True)
+        mod.init(mon)
+        mon.run_pcap(pcap)
+        mod.finish(mon)
+    click.secho(f"== mos-xdp streams {pcap} -o {outdir}/streams", bold=True)
+    rows, st = run_streams(pcap, f"{outdir}/streams")
+    _print_table(rows, st)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def _register_optional() -> None:
+    for modname, attr, name in (("mos.vm", "vm_group", "vm"), ("mos.live_cli", "commands", None)):
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        obj = getattr(mod, attr, None)
+        if isinstance(obj, click.Command):
+            main.add_command(obj, name)
+        elif isinstance(obj, (list, tuple)):
+            for cmd in obj:
+                main.add_command(cmd)
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Community ID v1 (https://github.com/corelight/community-id-spec), the flow hash Zeek and Suricata print."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import struct
+
+
+def community_id(src: str, dst: str, sport: int, dport: int, proto: int = 6, seed: int = 0) -> str:
+    """The ``1:<base64>`` Community ID of a flow; the same for both directions."""
+    a = ipaddress.ip_address(src).packed
+    b = ipaddress.ip_address(dst).packed
+    if (a, sport) > (b, dport):
+        a, b, sport, dport = b, a, dport, sport
+    data = struct.pack("!H", seed) + a + b + struct.pack("!BBHH", proto, 0, sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()

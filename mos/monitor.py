@@ -1,0 +1,928 @@
+"""The event API: a :class:`Monitor` runs the C engine over packets and calls Python handlers.
+
+The C side owns the hot loop: it parses, tracks and reassembles every packet, and queues only the
+events someone subscribed to. Python takes the queue once per batch of packets (one crossing per
+batch, not per packet) and calls the handlers. Everything a handler can read about a connection is
+still there while the batch's events are handled: bytes delivered, connections that just ended.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+from .events import (
+    BUILTIN_EVENTS,
+    MAX_EVENTS,
+    USER_EVENT_BASE,
+    EndReason,
+    ErrorKind,
+    Event,
+    Hook,
+    Policy,
+    Side,
+    TcpState,
+)
+
+try:
+    from ._engine import ffi, lib
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise ImportError(
+        "the mos-xdp C engine is not built; run `bash scripts/setup.sh` (or `pip install -e .`)"
+    ) from exc
+
+Handler = Callable[["Connection", "EventInfo"], Any]
+PyFilter = Callable[["Connection", "EventInfo"], bool]
+EventId = Union[Event, int]
+
+_CONN_LEVEL = (Event.CONN_START, Event.CONN_END)
+_BATCH = 256
+
+
+class MosError(Exception):
+    """A user-facing error of the stack (bad input, bad option, bad capture)."""
+
+
+class StaleConnection(MosError):
+    """The connection ended and its slot was reused: a handle kept past its CONN_END."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A filter run in C for a user-defined event (:meth:`Monitor.define_event`).
+
+    All given conditions must hold: ``flags`` / ``flags_mask`` on the packet's TCP flags (the flags in
+    ``flags_mask`` must equal those in ``flags``; ``flags_mask`` defaults to ``flags``), ``ports``
+    (source or destination port in the set), ``contains`` (the new bytes of a CONN_NEW_DATA event, or
+    the packet's payload for other events, contain these bytes; at most 64).
+    """
+
+    flags: int = 0
+    flags_mask: Optional[int] = None
+    ports: Tuple[int, ...] = ()
+    contains: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.ports) > 16:
+            raise MosError("a Filter takes at most 16 ports")
+        if len(self.contains) > 64:
+            raise MosError("a Filter's `contains` is at most 64 bytes")
+        for p in self.ports:
+            if not 0 <= p <= 65535:
+                raise MosError(f"bad port {p}")
+
+    def _mask(self) -> int:
+        return self.flags if self.flags_mask is None else self.flags_mask
+
+    def to_c(self) -> Any:
+        f = ffi.new("struct mos_filter *")
+        f.flags_mask = self._mask() & 0xFF
+        f.flags_value = self.flags & self._mask() & 0xFF
+        f.nports = len(self.ports)
+        for i, p in enumerate(self.ports):
+            f.ports[i] = p
+        f.pattern_len = len(self.contains)
+        for i, b in enumerate(self.contains):
+            f.pattern[i] = b
+        return f
+
+    def matches(self, conn: Optional[Connection], ev: EventInfo) -> bool:
+        """The same test in Python (used when the base event itself is computed in Python)."""
+        pkt = ev.packet
+        mask = self._mask()
+        if mask and (pkt is None or (pkt.tcp_flags & mask) != (self.flags & mask)):
+            return False
+        if self.ports and (pkt is None or (pkt.sport not in self.ports and pkt.dport not in self.ports)):
+            return False
+        if self.contains:
+            hay = ev.data if ev.data is not None else (pkt.payload if pkt is not None else b"")
+            return self.contains in hay
+        return True
+
+
+@dataclass
+class _UserEvent:
+    id: int
+    base: int
+    filter: Union[Filter, PyFilter, None]
+    in_c: bool
+
+
+@dataclass(frozen=True)
+class PacketView:
+    """The decoded headers of a packet (the packet is only readable while its batch is handled)."""
+
+    ts: float
+    ip_version: int
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: int
+    tcp_flags: int
+    seq: int
+    ack: int
+    window: int
+    mss: int
+    wscale: Optional[int]
+    sack_permitted: bool
+    tsval: Optional[int]
+    tsecr: Optional[int]
+    vlan: Tuple[int, ...]
+    caplen: int
+    wirelen: int
+    raw: bytes = field(repr=False)
+    l3_offset: int = 0
+    l4_offset: int = 0
+    payload_offset: int = 0
+    payload_len: int = 0
+
+    @property
+    def payload(self) -> bytes:
+        """The transport payload."""
+        return self.raw[self.payload_offset : self.payload_offset + self.payload_len]
+
+
+def _addr(version: int, raw: Any) -> str:
+    b = bytes(ffi.buffer(raw, 16))
+    return str(ipaddress.IPv4Address(b[:4]) if version == 4 else ipaddress.IPv6Address(b))
+
+
+def endpoint(version: int, addr: str, port: int) -> str:
+    """``ip:port``, with IPv6 addresses in brackets."""
+    return f"[{addr}]:{port}" if version == 6 else f"{addr}:{port}"
+
+
+class EventInfo:
+    """One event as a handler sees it. Fields are read from the engine's queue when asked for."""
+
+    __slots__ = ("_ev", "_mon", "type")
+
+    def __init__(self, ev: Any, mon: Monitor, type_: int) -> None:
+        self._ev = ev
+        self._mon = mon
+        self.type = type_
+
+    @property
+    def event(self) -> Union[Event, int]:
+        """The event (an :class:`Event`, or a user event id)."""
+        return Event(self.type) if self.type < BUILTIN_EVENTS else self.type
+
+    @property
+    def side(self) -> Side:
+        """The endpoint whose stack raised the event: the receiving side for data events."""
+        return Side(self._ev.side)
+
+    @property
+    def hook(self) -> Hook:
+        """Whether it was raised after the sender's (SND) or the receiver's (RCV) update."""
+        return Hook(self._ev.hook)
+
+    @property
+    def offset(self) -> int:
+        """Stream offset (in ``side``'s receive stream) of the data, gap or retransmission."""
+        return int(self._ev.off)
+
+    @property
+    def length(self) -> int:
+        """Length of the data, gap or retransmission."""
+        return int(self._ev.len)
+
+    @property
+    def data(self) -> Optional[bytes]:
+        """CONN_NEW_DATA: the new bytes. REXMIT: same as :attr:`old_data`."""
+        if self._ev.data == ffi.NULL:
+            return None
+        return ffi.unpack(ffi.cast("char *", self._ev.data), self._ev.len)
+
+    @property
+    def old_data(self) -> Optional[bytes]:
+        """REXMIT (inconsistent): the bytes first seen."""
+        return self.data if self._ev.type == Event.REXMIT or self.type >= USER_EVENT_BASE else None
+
+    @property
+    def new_data(self) -> Optional[bytes]:
+        """REXMIT (inconsistent): the bytes of the retransmission."""
+        if self._ev.data2 == ffi.NULL:
+            return None
+        return ffi.unpack(ffi.cast("char *", self._ev.data2), self._ev.len)
+
+    @property
+    def inconsistent(self) -> bool:
+        """REXMIT: the retransmitted bytes differ from the first copy."""
+        return bool(self._ev.inconsistent)
+
+    @property
+    def reason(self) -> Union[EndReason, ErrorKind, int]:
+        """CONN_END: an :class:`EndReason`; ERROR: an :class:`ErrorKind`; ORPHAN: 1 not TCP, 2 no connection."""
+        r = int(self._ev.reason)
+        base = self._mon._root_type(self.type)
+        if base == Event.CONN_END:
+            return EndReason(r)
+        if base == Event.ERROR:
+            return ErrorKind(r)
+        return r
+
+    @property
+    def old_state(self) -> TcpState:
+        """TCP_STATE_CHANGE: the state ``side`` left."""
+        return TcpState(self._ev.old_state)
+
+    @property
+    def new_state(self) -> TcpState:
+        """TCP_STATE_CHANGE: the state ``side`` entered."""
+        return TcpState(self._ev.cli_state if self._ev.side == 0 else self._ev.svr_state)
+
+    @property
+    def states(self) -> Tuple[TcpState, TcpState]:
+        """Both endpoints' states (client, server) when the event was raised."""
+        return TcpState(self._ev.cli_state), TcpState(self._ev.svr_state)
+
+    @property
+    def tcp_flags(self) -> int:
+        """TCP flags of the packet that raised the event (0 when there is none)."""
+        return int(self._ev.flags)
+
+    @property
+    def packet(self) -> Optional[PacketView]:
+        """The packet that raised the event, decoded."""
+        return self._mon._packet_view(int(self._ev.pkt))
+
+    def __repr__(self) -> str:
+        return f"<EventInfo {self.event!r} side={self.side.name} hook={self.hook.name}>"
+
+
+class Connection:
+    """A TCP connection seen by the stack: both endpoints' states and both receive streams.
+
+    ``Side.CLIENT`` is the endpoint that sent the first SYN (or, for a connection picked up mid-stream,
+    the one guessed from ports and flags). As in mOS, ``peek(side)`` reads the stream ``side``
+    *receives*: ``peek(Side.SERVER)`` gives the bytes the client sent.
+    """
+
+    __slots__ = ("_mon", "_slot", "id", "ctx", "_read", "_handlers", "_masks", "_ended", "__weakref__")
+
+    def __init__(self, mon: Monitor, slot: int, conn_id: int) -> None:
+        self._mon = mon
+        self._slot = slot
+        self.id = conn_id
+        """Connection id: 1, 2, ... in order of the first packet."""
+        self.ctx: Any = None
+        """A user context: any object an app wants to keep with the connection."""
+        self._read = [0, 0]
+        self._handlers: Optional[Dict[Tuple[int, int, int], List[Handler]]] = None
+        self._masks: Optional[List[List[int]]] = None
+        self._ended = False
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _info(self) -> Any:
+        info = ffi.new("struct mos_conn_info *")
+        if lib.mos_conn_info(self._mon._eng, self._slot, self.id, info) != 0:
+            raise StaleConnection(f"connection {self.id} is gone (it ended before this call)")
+        return info
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection's CONN_END has been handled and its slot may be reused."""
+        info = ffi.new("struct mos_conn_info *")
+        return lib.mos_conn_info(self._mon._eng, self._slot, self.id, info) == 0
+
+    def info(self) -> Dict[str, Any]:
+        """Everything known about the connection, as a dict (addresses, states, counters, times)."""
+        i = self._info()
+        v = i.ip_version
+        ca, sa = _addr(v, i.cli_addr), _addr(v, i.svr_addr)
+        return {
+            "id": int(i.id),
+            "client": endpoint(v, ca, i.cli_port),
+            "server": endpoint(v, sa, i.svr_port),
+            "client_addr": ca,
+            "server_addr": sa,
+            "client_port": int(i.cli_port),
+            "server_port": int(i.svr_port),
+            "ip_version": int(v),
+            "vlan": [int(i.vlan[k]) for k in range(i.nvlan)],
+            "client_state": TcpState(i.cli_state).name,
+            "server_state": TcpState(i.svr_state).name,
+            "end": EndReason(i.end_reason).name if i.end_reason else None,
+            "picked_up": bool(i.picked_up),
+            "client_wscale": None if i.cli_wscale == 0xFF else int(i.cli_wscale),
+            "server_wscale": None if i.svr_wscale == 0xFF else int(i.svr_wscale),
+            "client_isn": int(i.cli_isn),
+            "server_isn": int(i.svr_isn),
+            "first_ts": i.first_ts_ns / 1e9,
+            "last_ts": i.last_ts_ns / 1e9,
+            "c2s_packets": int(i.pkts[0]),
+            "s2c_packets": int(i.pkts[1]),
+            "c2s_payload": int(i.bytes[0]),
+            "s2c_payload": int(i.bytes[1]),
+            "c2s_stream": int(i.stream_off[1]),
+            "s2c_stream": int(i.stream_off[0]),
+            "c2s_gap_bytes": int(i.gap_bytes[1]),
+            "s2c_gap_bytes": int(i.gap_bytes[0]),
+            "c2s_held": int(i.held_bytes[1]),
+            "s2c_held": int(i.held_bytes[0]),
+            "c2s_rexmit_packets": int(i.rexmit_pkts[0]),
+            "s2c_rexmit_packets": int(i.rexmit_pkts[1]),
+        }
+
+    @property
+    def client(self) -> str:
+        """The client endpoint, ``ip:port``."""
+        i = self._info()
+        return endpoint(i.ip_version, _addr(i.ip_version, i.cli_addr), i.cli_port)
+
+    @property
+    def server(self) -> str:
+        """The server endpoint, ``ip:port``."""
+        i = self._info()
+        return endpoint(i.ip_version, _addr(i.ip_version, i.svr_addr), i.svr_port)
+
+    def state(self, side: Side) -> TcpState:
+        """The TCP state of one endpoint."""
+        i = self._info()
+        return TcpState(i.cli_state if Side(side) is Side.CLIENT else i.svr_state)
+
+    def stream_offset(self, side: Side) -> int:
+        """How many bytes ``side`` has received in order (gaps included)."""
+        return int(self._info().stream_off[_one_side(side)])
+
+    def peek(self, side: Side) -> bytes:
+        """The bytes ``side`` received that this app has not peeked yet (gaps skipped), as mOS's mtcp_peek."""
+        s = _one_side(side)
+        end = self.stream_offset(s)
+        start = self._read[s]
+        if end <= start:
+            return b""
+        out = bytearray()
+        buf = ffi.new("uint8_t[]", min(end - start, 1 << 20))
+        got_start = ffi.new("uint64_t *")
+        pos = start
+        while pos < end:
+            n = lib.mos_conn_peek(self._mon._eng, self._slot, self.id, s, pos, end, buf, len(buf), got_start)
+            if n <= 0:
+                break
+            out += ffi.buffer(buf, n)
+            pos = got_start[0] + n
+        self._read[s] = end
+        return bytes(out)
+
+    def ppeek(self, side: Side, offset: int, length: int) -> bytes:
+        """Bytes of ``side``'s receive stream at a stream offset, if still held (may return fewer)."""
+        s = _one_side(side)
+        if length <= 0:
+            return b""
+        buf = ffi.new("uint8_t[]", length)
+        n = lib.mos_conn_copy(self._mon._eng, self._slot, self.id, s, offset, length, buf)
+        if n < 0:
+            raise StaleConnection(f"connection {self.id} is gone")
+        return bytes(ffi.buffer(buf, n))
+
+    def held_segments(self, side: Side) -> List[Tuple[int, int]]:
+        """Out-of-order segments held for ``side``'s receive stream: ``[(offset, length), ...]``."""
+        s = _one_side(side)
+        n = lib.mos_conn_segments(self._mon._eng, self._slot, self.id, s, ffi.NULL, ffi.NULL, 0)
+        if n <= 0:
+            return []
+        offs = ffi.new("uint64_t[]", n)
+        lens = ffi.new("uint32_t[]", n)
+        n = lib.mos_conn_segments(self._mon._eng, self._slot, self.id, s, offs, lens, n)
+        return [(int(offs[k]), int(lens[k])) for k in range(max(n, 0))]
+
+    def holes(self, side: Side) -> List[Tuple[int, int]]:
+        """Holes before held out-of-order segments: ``[(offset, length), ...]`` (may still fill)."""
+        pos = self.stream_offset(side)
+        out = []
+        for off, ln in self.held_segments(side):
+            if off > pos:
+                out.append((pos, off - pos))
+            pos = max(pos, off + ln)
+        return out
+
+    # -- acting -------------------------------------------------------------------------------------
+    def on(self, event: EventId, handler: Handler, *, side: Side = Side.BOTH, hook: Hook = Hook.RCV) -> None:
+        """Subscribe a handler for this connection only (allowed inside a handler)."""
+        self._mon._check_event(event)
+        if self._handlers is None:
+            self._handlers = {}
+            self._masks = [[0, 0], [0, 0]]
+        for s in _sides(side):
+            self._handlers.setdefault((int(event), s, int(hook)), []).append(handler)
+        self._sync_masks()
+
+    def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
+            hook: Hook = Hook.RCV) -> None:
+        """Unsubscribe a handler of this connection (all of the event's handlers when None)."""
+        if not self._handlers:
+            return
+        for s in _sides(side):
+            lst = self._handlers.get((int(event), s, int(hook)))
+            if lst is None:
+                continue
+            if handler is None:
+                lst.clear()
+            elif handler in lst:
+                lst.remove(handler)
+        self._sync_masks()
+
+    def _sync_masks(self) -> None:
+        masks = [[0, 0], [0, 0]]
+        for (ev, s, h), lst in (self._handlers or {}).items():
+            if lst:
+                masks[h][s] |= 1 << self._mon._c_bit(ev)
+        self._masks = masks
+        for h in (0, 1):
+            for s in (0, 1):
+                lib.mos_conn_set_mask(self._mon._eng, self._slot, self.id, h, s, masks[h][s])
+
+    def stop_monitoring(self, side: Side = Side.BOTH) -> None:
+        """Stop monitoring one side or both: no more events or bytes for it (CONN_END still comes)."""
+        mask = 3 if Side(side) is Side.BOTH else 1 << int(side)
+        if lib.mos_conn_stop(self._mon._eng, self._slot, self.id, mask) != 0:
+            raise StaleConnection(f"connection {self.id} is gone")
+
+    def set_policy(self, policy: Union[Policy, str]) -> None:
+        """Change the overlap policy of this connection's two streams."""
+        p = _policy(policy)
+        if lib.mos_conn_set_policy(self._mon._eng, self._slot, self.id, p.code) != 0:
+            raise StaleConnection(f"connection {self.id} is gone")
+
+    @property
+    def last_packet(self) -> Optional[PacketView]:
+        """The packet being handled (headers and payload), during a handler."""
+        return self._mon._packet_view(self._mon._cur_pkt)
+
+    def __repr__(self) -> str:
+        try:
+            return f"<Connection {self.id} {self.client} -> {self.server}>"
+        except MosError:
+            return f"<Connection {self.id} (ended)>"
+
+
+def _one_side(side: Side) -> int:
+    s = Side(side)
+    if s is Side.BOTH:
+        raise MosError("this needs Side.CLIENT or Side.SERVER, not Side.BOTH")
+    return int(s)
+
+
+def _sides(side: Side) -> Tuple[int, ...]:
+    s = Side(side)
+    return (0, 1) if s is Side.BOTH else (int(s),)
+
+
+def _policy(policy: Union[Policy, str]) -> Policy:
+    try:
+        return Policy(policy)
+    except ValueError:
+        names = ", ".join(p.value for p in Policy)
+        raise MosError(f"unknown overlap policy {policy!r} (choose from {names})") from None
+
+
+@dataclass(order=True)
+class Timer:
+    """A one-shot or periodic timer in packet time (for captures) -- see :meth:`Monitor.add_timer`."""
+
+    due: int
+    seq: int
+    interval: int = field(compare=False)
+    callback: Callable[[Monitor], Any] = field(compare=False)
+    periodic: bool = field(compare=False, default=False)
+    cancelled: bool = field(compare=False, default=False)
+
+    def cancel(self) -> None:
+        """The timer will not fire (again)."""
+        self.cancelled = True
+
+
+class Monitor:
+    """The stack as an app sees it: subscribe handlers, then run it over a capture (or live traffic).
+
+    Options: ``policy`` (overlap policy, :class:`Policy`), ``buffer_client`` / ``buffer_server``
+    (hold bytes for reassembly on that side; False is mOS's MOS_CLIBUF/MOS_SVRBUF = 0),
+    ``vlan_in_key`` (VLAN ids are part of a connection's key), ``pickup`` (track connections already in
+    progress), ``max_conns``, ``dir_buffer_limit`` (bytes held per direction), ``max_segments``,
+    ``memcap`` (bytes held by reassembly in all), timeouts in seconds (``timeout_syn``,
+    ``timeout_established``, ``timeout_closed``), ``frag_memcap``, ``frag_timeout``, ``strict``
+    (an exception in a handler stops the run).
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Union[Policy, str] = Policy.FIRST,
+        buffer_client: bool = True,
+        buffer_server: bool = True,
+        vlan_in_key: bool = True,
+        pickup: bool = True,
+        max_conns: int = 1 << 20,
+        dir_buffer_limit: int = 8 << 20,
+        max_segments: int = 4096,
+        memcap: int = 2 << 30,
+        timeout_syn: float = 30.0,
+        timeout_established: float = 600.0,
+        timeout_closed: float = 10.0,
+        frag_memcap: int = 64 << 20,
+        frag_timeout: float = 30.0,
+        event_queue: int = 8192,
+        strict: bool = False,
+        stream_dir: Optional[str] = None,
+    ) -> None:
+        cfg = ffi.new("struct mos_config *")
+        lib.mos_config_default(cfg)
+        cfg.policy = _policy(policy).code
+        cfg.buffer_cli = int(bool(buffer_client))
+        cfg.buffer_svr = int(bool(buffer_server))
+        cfg.vlan_in_key = int(bool(vlan_in_key))
+        cfg.pickup = int(bool(pickup))
+        for name, val, lo, hi in (
+            ("max_conns", max_conns, 1, 1 << 28),
+            ("dir_buffer_limit", dir_buffer_limit, 0, (1 << 32) - 1),
+            ("max_segments", max_segments, 1, (1 << 32) - 1),
+            ("event_queue", event_queue, 64, 1 << 24),
+        ):
+            if not lo <= int(val) <= hi:
+                raise MosError(f"{name} must be between {lo} and {hi}, not {val}")
+        cfg.max_conns = int(max_conns)
+        cfg.dir_buffer_limit = int(dir_buffer_limit)
+        cfg.max_segments = int(max_segments)
+        cfg.memcap = int(memcap)
+        cfg.event_queue = int(event_queue)
+        for name, val in (("timeout_syn", timeout_syn), ("timeout_established", timeout_established),
+                          ("timeout_closed", timeout_closed), ("frag_timeout", frag_timeout)):
+            if val <= 0:
+                raise MosError(f"{name} must be positive, not {val}")
+        cfg.timeout_syn_ns = int(timeout_syn * 1e9)
+        cfg.timeout_est_ns = int(timeout_established * 1e9)
+        cfg.timeout_closed_ns = int(timeout_closed * 1e9)
+        cfg.frag_memcap = int(frag_memcap)
+        cfg.frag_timeout_ns = int(frag_timeout * 1e9)
+        err = ffi.new("char[256]")
+        eng = lib.mos_engine_new(cfg, err, 256)
+        if eng == ffi.NULL:
+            raise MosError(ffi.string(err).decode())
+        self._eng = ffi.gc(eng, lib.mos_engine_free)
+        self.strict = strict
+        self._handlers: Dict[Tuple[int, int, int], List[Handler]] = {}
+        self._user: Dict[int, _UserEvent] = {}
+        self._children: Dict[int, List[_UserEvent]] = {}
+        self._conns: Dict[int, Connection] = {}
+        self._timers: List[Timer] = []
+        self._unanchored: List[Timer] = []
+        self._timer_seq = itertools.count()
+        self._cur_pkt = 0xFFFFFFFF
+        self._views: Dict[int, PacketView] = {}
+        self._running = False
+        self._stop = False
+        self.handler_errors = 0
+        """Exceptions raised by handlers (reported on stderr)."""
+        self._sync_masks()
+        if stream_dir is not None:
+            self.write_streams(stream_dir)
+
+    # -- subscriptions ------------------------------------------------------------------------------
+    def _check_event(self, event: EventId) -> None:
+        e = int(event)
+        if not (0 <= e < BUILTIN_EVENTS or e in self._user):
+            raise MosError(f"unknown event {event!r}")
+
+    def on(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
+           hook: Hook = Hook.RCV) -> Any:
+        """Subscribe ``handler(conn, ev)`` to an event, for every connection; usable as a decorator.
+
+        ``side`` selects the endpoint whose stack raises the event (the receiving side for data);
+        ``hook`` selects mOS's hook point: after the sender's (``Hook.SND``) or the receiver's update
+        (``Hook.RCV``, the default; PKT_IN and TCP_STATE_CHANGE exist at both). CONN_START and
+        CONN_END are per connection: they reach handlers of either side.
+        """
+        self._check_event(event)
+
+        def add(fn: Handler) -> Handler:
+            for s in _sides(side):
+                self._handlers.setdefault((int(event), s, int(hook)), []).append(fn)
+            self._sync_masks()
+            return fn
+
+        return add(handler) if handler is not None else add
+
+    def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
+            hook: Hook = Hook.RCV) -> None:
+        """Unsubscribe a handler (or all of the event's handlers); allowed inside a handler."""
+        for s in _sides(side):
+            lst = self._handlers.get((int(event), s, int(hook)))
+            if not lst:
+                continue
+            if handler is None:
+                lst.clear()
+            elif handler in lst:
+                lst.remove(handler)
+        self._sync_masks()
+
+    def define_event(self, base: EventId, filter: Union[Filter, PyFilter, None] = None) -> int:
+        """A new event raised when ``base`` is raised and ``filter`` holds; returns its id.
+
+        ``filter`` is a :class:`Filter` (run in C, so most packets never reach Python) or a Python
+        callable ``filter(conn, ev) -> bool``. Chainable: ``base`` may be a user-defined event.
+        """
+        self._check_event(base)
+        ids = [i for i in range(USER_EVENT_BASE, MAX_EVENTS) if i not in self._user]
+        if not ids:
+            raise MosError(f"at most {MAX_EVENTS - USER_EVENT_BASE} user-defined events")
+        uid = ids[0]
+        base_i = int(base)
+        base_in_c = base_i < BUILTIN_EVENTS or self._user[base_i].in_c
+        in_c = base_in_c and (filter is None or isinstance(filter, Filter))
+        if not (filter is None or isinstance(filter, Filter) or callable(filter)):
+            raise MosError("a filter is a mos.Filter or a callable(conn, ev) -> bool")
+        ue = _UserEvent(uid, base_i, filter, in_c)
+        if in_c:
+            cf = filter.to_c() if isinstance(filter, Filter) else ffi.NULL
+            if lib.mos_engine_define_event(self._eng, uid, base_i, cf) != 0:
+                raise MosError(f"the engine refused event {uid} on base {base_i}")
+        else:
+            self._children.setdefault(base_i, []).append(ue)
+        self._user[uid] = ue
+        return uid
+
+    def _c_bit(self, ev: int) -> int:
+        """The event the C engine must queue so that ``ev`` can be raised (itself, or an ancestor)."""
+        while ev >= USER_EVENT_BASE and not self._user[ev].in_c:
+            ev = self._user[ev].base
+        return ev
+
+    def _root_type(self, ev: int) -> int:
+        while ev >= USER_EVENT_BASE:
+            ev = self._user[ev].base
+        return ev
+
+    def _sync_masks(self) -> None:
+        masks = [[0, 0], [0, 0]]
+        for (ev, s, h), lst in self._handlers.items():
+            if lst:
+                masks[h][s] |= 1 << self._c_bit(ev)
+        for h in (0, 1):
+            for s in (0, 1):
+                lib.mos_engine_set_mask(self._eng, h, s, masks[h][s])
+        # dispatch table: (hook, side) -> {type: handlers}
+        self._table = [[{}, {}], [{}, {}]]
+        for (ev, s, h), lst in self._handlers.items():
+            if lst:
+                self._table[h][s][ev] = tuple(lst)
+
+    # -- timers ------------------------------------------------------------------------------------
+    def add_timer(self, delay: float, callback: Callable[[Monitor], Any], *, periodic: bool = False) -> Timer:
+        """Call ``callback(monitor)`` after ``delay`` seconds of packet time (every ``delay`` if periodic)."""
+        if delay <= 0:
+            raise MosError("a timer's delay must be positive")
+        ns = int(delay * 1e9)
+        now = int(lib.mos_engine_now(self._eng))
+        t = Timer(now + ns, next(self._timer_seq), ns, callback, periodic)
+        if now == 0:
+            self._unanchored.append(t)  # no packet yet: packet time starts with the first one
+        else:
+            heapq.heappush(self._timers, t)
+        return t
+
+    def _anchor_timers(self, first_ts: int) -> None:
+        for t in self._unanchored:
+            t.due += first_ts
+            heapq.heappush(self._timers, t)
+        self._unanchored.clear()
+
+    def _next_due(self) -> int:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        return self._timers[0].due if self._timers else 0
+
+    def _fire_timers(self, now: int) -> None:
+        while self._timers and self._timers[0].due <= now:
+            t = heapq.heappop(self._timers)
+            if t.cancelled:
+                continue
+            lib.mos_engine_advance(self._eng, t.due)
+            self._dispatch()
+            self._call(t.callback, (self,), None)
+            if t.periodic and not t.cancelled:
+                # after a silence in the traffic, the next tick is the next period after now
+                t.due += t.interval * max(1, (now - t.due) // t.interval + 1)
+                heapq.heappush(self._timers, t)
+
+    # -- output -------------------------------------------------------------------------------------
+    def write_streams(self, directory: str, max_open_files: int = 64) -> None:
+        """Append every connection's delivered bytes to DIR/<id>.c2s and DIR/<id>.s2c (done in C)."""
+        if lib.mos_engine_stream_dir(self._eng, directory.encode(), max_open_files) != 0:
+            raise MosError(f"{directory}: not a writable directory")
+
+    # -- running ------------------------------------------------------------------------------------
+    def run_pcap(self, path: str, progress: Optional[Callable[[int, int], Any]] = None) -> Dict[str, int]:
+        """Run over a pcap or pcapng file; returns the counters. ``progress(pos, size)`` per batch."""
+        err = ffi.new("char[512]")
+        src = lib.mos_pcap_open(str(path).encode(), err, 512)
+        if src == ffi.NULL:
+            raise MosError(ffi.string(err).decode())
+        try:
+            linktype = lib.mos_pcap_linktype(src)
+            size = lib.mos_pcap_file_size(src)
+            pkts = ffi.new("struct mos_pkt[]", _BATCH)
+            self._running = True
+            while not self._stop:
+                n = lib.mos_pcap_next_batch(src, pkts, _BATCH, err, 512)
+                if n < 0:
+                    raise MosError(f"{path}: {ffi.string(err).decode()}")
+                if n == 0:
+                    break
+                self.feed(linktype, pkts, n)
+                if progress is not None:
+                    progress(lib.mos_pcap_file_pos(src), size)
+            self.finish()
+        finally:
+            self._running = False
+            lib.mos_pcap_close(src)
+        return self.stats()
+
+    def feed(self, linktype: int, pkts: Any, n: int) -> None:
+        """Process a batch of ``struct mos_pkt`` (any packet source): engine, handlers, timers."""
+        i = 0
+        idle = 0
+        if self._unanchored and n:
+            self._anchor_timers(int(pkts[0].ts_ns))
+        while i < n and not self._stop:
+            due = self._next_due()
+            k = lib.mos_engine_feed(self._eng, linktype, pkts + i, n - i, due)
+            base = i
+            i += k
+            self._dispatch(base)
+            if i < n and due and pkts[i].ts_ns >= due:
+                self._fire_timers(pkts[i].ts_ns)
+                idle = 0
+            elif k == 0:
+                idle += 1
+                if idle > 2:
+                    raise MosError("internal error: the engine made no progress")  # pragma: no cover
+
+    def finish(self) -> None:
+        """End of input: every connection still open ends (reason EOF, or FIN if both sides closed)."""
+        while lib.mos_engine_finish(self._eng) != 0:
+            self._dispatch()
+        self._dispatch()
+
+    def stop(self) -> None:
+        """Stop a run after the current batch (from a handler or a timer)."""
+        self._stop = True
+
+    # -- dispatch -----------------------------------------------------------------------------------
+    def _call(self, fn: Callable[..., Any], args: Tuple[Any, ...], conn: Optional[Connection]) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.handler_errors += 1
+            where = f"connection {conn.id} ({conn!r})" if conn is not None else "no connection"
+            sys.stderr.write(f"mos-xdp: handler {getattr(fn, '__name__', fn)!r} failed on {where}:\n")
+            traceback.print_exc(file=sys.stderr)
+            if self.strict:
+                raise
+
+    def _conn(self, slot: int, cid: int) -> Connection:
+        c = self._conns.get(slot)
+        if c is None or c.id != cid:
+            c = Connection(self, slot, cid)
+            self._conns[slot] = c
+        return c
+
+    def _dispatch(self, base: int = 0) -> None:
+        pev = ffi.new("struct mos_event **")
+        n = lib.mos_engine_events(self._eng, pev)
+        try:
+            if n:
+                evs = pev[0]
+                table = self._table
+                children = self._children
+                for k in range(n):
+                    ev = evs[k]
+                    t = ev.type
+                    slot = ev.conn
+                    conn = self._conn(slot, ev.conn_id) if slot else None
+                    self._cur_pkt = ev.pkt
+                    info = EventInfo(ev, self, t)
+                    if t in (Event.CONN_START, Event.CONN_END):
+                        hs = table[ev.hook][0].get(t, ()) + table[ev.hook][1].get(t, ())
+                        hs = tuple(dict.fromkeys(hs))
+                    else:
+                        hs = table[ev.hook][ev.side].get(t, ())
+                    for fn in hs:
+                        self._call(fn, (conn, info), conn)
+                    if conn is not None and conn._handlers:
+                        for s in ((0, 1) if t in _CONN_LEVEL else (ev.side,)):
+                            for fn in tuple(conn._handlers.get((t, s, ev.hook), ())):
+                                self._call(fn, (conn, info), conn)
+                    if t in children:
+                        self._derive(conn, ev, t)
+                    if t == Event.CONN_END and conn is not None:
+                        conn._ended = True
+                        self._conns.pop(slot, None)
+        finally:
+            self._views.clear()
+            self._cur_pkt = 0xFFFFFFFF
+            lib.mos_engine_events_done(self._eng)
+
+    def _derive(self, conn: Optional[Connection], ev: Any, t: int) -> None:
+        """Python-filtered user events derived from event type ``t``."""
+        for ue in self._children.get(t, ()):
+            info = EventInfo(ev, self, ue.id)
+            f = ue.filter
+            try:
+                ok = True if f is None else (f.matches(conn, info) if isinstance(f, Filter) else f(conn, info))
+            except Exception:
+                self.handler_errors += 1
+                sys.stderr.write(f"mos-xdp: filter of event {ue.id} failed:\n")
+                traceback.print_exc(file=sys.stderr)
+                if self.strict:
+                    raise
+                ok = False
+            if not ok:
+                continue
+            side = ev.side
+            if ue.id in (Event.CONN_START, Event.CONN_END):
+                hs = self._table[ev.hook][0].get(ue.id, ()) + self._table[ev.hook][1].get(ue.id, ())
+            else:
+                hs = self._table[ev.hook][side].get(ue.id, ())
+            for fn in hs:
+                self._call(fn, (conn, info), conn)
+            if conn is not None and conn._handlers:
+                for fn in tuple(conn._handlers.get((ue.id, side, ev.hook), ())):
+                    self._call(fn, (conn, info), conn)
+            if ue.id in self._children:
+                self._derive(conn, ev, ue.id)
+
+    def _packet_view(self, pkt: int) -> Optional[PacketView]:
+        if pkt == 0xFFFFFFFF:
+            return None
+        v = self._views.get(pkt)
+        if v is not None:
+            return v
+        out = ffi.new("struct mos_pkt_view *")
+        if lib.mos_pkt_view(self._eng, pkt, out) != 0:
+            return None
+        raw = lib.mos_pkt_raw(self._eng, pkt)
+        rawb = ffi.unpack(ffi.cast("char *", raw), out.caplen) if raw != ffi.NULL else b""
+        ver = out.ip_version
+        v = PacketView(
+            ts=out.ts_ns / 1e9, ip_version=ver,
+            src=_addr(ver, out.src) if ver else "", dst=_addr(ver, out.dst) if ver else "",
+            sport=out.sport, dport=out.dport, proto=out.proto, tcp_flags=out.tcp_flags, seq=out.seq,
+            ack=out.ack, window=out.window, mss=out.mss, wscale=None if out.wscale == 0xFF else out.wscale,
+            sack_permitted=bool(out.sack_perm), tsval=out.tsval if out.has_ts else None,
+            tsecr=out.tsecr if out.has_ts else None, vlan=tuple(out.vlan[k] for k in range(out.nvlan)),
+            caplen=out.caplen, wirelen=out.wirelen, raw=rawb, l3_offset=out.l3_off, l4_offset=out.l4_off,
+            payload_offset=out.payload_off, payload_len=out.payload_len,
+        )
+        self._views[pkt] = v
+        return v
+
+    # -- counters -----------------------------------------------------------------------------------
+    def stats(self) -> Dict[str, int]:
+        """Engine counters: packet dispositions, malformations by reason, reassembly and fragments."""
+        out: Dict[str, int] = {}
+        c = lib.mos_engine_counters(self._eng)
+        for i in range(lib.MOS_C_COUNT):
+            out[ffi.string(lib.mos_counter_name(i)).decode()] = int(c[i])
+        r = lib.mos_engine_reasm_counters(self._eng)
+        for i, name in enumerate(_REASM_NAMES):
+            out["reasm_" + name] = int(r[i])
+        f = lib.mos_engine_frag_counters(self._eng)
+        for i, name in enumerate(_FRAG_NAMES):
+            out["frag_" + name] = int(f[i])
+        out["memory_held"] = int(lib.mos_engine_mem_used(self._eng))
+        out["handler_errors"] = self.handler_errors
+        return out
+
+    def connections(self) -> Iterable[Connection]:
+        """Connections that have reached Python and not ended."""
+        return list(self._conns.values())
+
+
+_REASM_NAMES = (
+    "segments", "bytes_delivered", "bytes_gap", "gaps", "ooo_segments", "rexmit_segments", "rexmit_bytes",
+    "rexmit_inconsistent", "rexmit_unverifiable", "overlap_segments", "limit_dir_buf", "limit_memcap",
+    "limit_segments", "bytes_dropped_limit",
+)
+_FRAG_NAMES = (
+    "fragments", "datagrams", "overlaps", "too_big", "bad_fragment", "timeouts", "memcap", "discarded",
+)
+
+MALFORMED_PREFIX = "malformed_"
+DISPOSITIONS = (
+    "conn_packets", "orphan_not_tcp", "orphan_no_conn", "orphan_table_full", "frag_held", "frag_error",
+)
+
+
+def accounted(stats: Dict[str, int]) -> int:
+    """Packets accounted for by a disposition (must equal ``stats['packets']``)."""
+    return sum(stats[k] for k in DISPOSITIONS) + sum(
+        v for k, v in stats.items() if k.startswith(MALFORMED_PREFIX)
+    )

@@ -1,0 +1,700 @@
+"""The XDP side of the live path on veth pairs in private network namespaces.
+
+Topology (module scope, one bcc compile for the whole module)::
+
+    ns "a"  va  10.200.N.1/24  fd00:200:N::1/64   <-- veth -->   vb  10.200.N.2/24  fd00:200:N::2/64  ns "b"
+                                                                  ^ xdp_mos attached here (native)
+
+Every address is inside the test's namespaces; nothing leaves the machine. The CLI tests use a second
+pair (vc/vd) so that they can attach and detach freely.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import mmap
+import os
+import random
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from mos import bpf
+from tests.netns import Netns, Topology, reap_stale, require_root
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBNET = random.randint(1, 250)
+A4, B4 = f"10.200.{SUBNET}.1", f"10.200.{SUBNET}.2"
+A6, B6 = f"fd00:200:{SUBNET:x}::1", f"fd00:200:{SUBNET:x}::2"
+
+
+class Live:
+    """The module's topology and the program attached on vb."""
+
+    def __init__(self, topo: Topology, a: Netns, b: Netns, va: str, vb: str, prog: bpf.XdpProgram) -> None:
+        self.topo, self.a, self.b, self.va, self.vb, self.prog = topo, a, b, va, vb, prog
+
+    def stats(self) -> Dict[str, int]:
+        return self.prog.stats()
+
+    def delta(self, before: Dict[str, int]) -> Dict[str, int]:
+        after = self.stats()
+        return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Live]:
+    require_root()
+    reap_stale()
+    with Topology() as topo:
+        a, b = topo.netns("a"), topo.netns("b")
+        va, vb = f"va{topo.tag[-6:]}", f"vb{topo.tag[-6:]}"
+        topo.veth(a, va, b, vb, f"{A4}/24", f"{B4}/24", extra_a=[f"{A6}/64"], extra_b=[f"{B6}/64"])
+        assert a.ping(B4) and a.ping(B6)  # the first neighbour discovery on a new link can take a second
+        with b.entered():
+            prog = bpf.XdpProgram.load(vb, debug=True)
+        topo.on_close(prog.close)
+
+        def _detach() -> None:
+            with b.entered():
+                bpf.detach(vb)
+
+        topo.on_close(_detach)
+        with b.entered():
+            assert prog.attach("native") == "native"
+        yield Live(topo, a, b, va, vb, prog)
+
+
+# ---- frames for BPF_PROG_TEST_RUN ------------------------------------------------------------------------
+
+
+def _csum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def frame(src: str, dst: str, sport: int, dport: int, proto: str = "tcp", vlans: Tuple[int, ...] = (),
+          frag: bool = False, truncate: int = 0) -> bytes:
+    """An Ethernet frame with optional VLAN tags, IPv4 or IPv6, TCP (SYN) or UDP."""
+    v6 = ":" in src
+    if proto == "tcp":
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+        pnum = 6
+    else:
+        l4 = struct.pack("!HHHH", sport, dport, 8 + 4, 0) + b"mosx"
+        pnum = 17
+    if v6:
+        ext = b""
+        nh = pnum
+        if frag:
+            ext = struct.pack("!BBHI", pnum, 0, 1, 0x1234)  # offset 0, M=1
+            nh = 44
+        l3 = struct.pack("!IHBB", 6 << 28, len(ext) + len(l4), nh, 64)
+        l3 += socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + ext
+        ethertype = 0x86DD
+    else:
+        flags = 0x2000 if frag else 0
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, flags, 64, pnum, 0,
+                          socket.inet_aton(src), socket.inet_aton(dst))
+        l3 = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        ethertype = 0x0800
+    tags = b""
+    outer = [0x88A8] + [0x8100] * 8 if len(vlans) > 1 else [0x8100]
+    for i, vid in enumerate(vlans):
+        tags += struct.pack("!H", outer[i]) + struct.pack("!H", vid)
+    eth = b"\x02\0\0\0\0\x02" + b"\x02\0\0\0\0\x01" + tags + struct.pack("!H", ethertype)
+    data = eth + l3 + l4
+    return data[:len(data) - truncate] if truncate else data
+
+
+# ---- the shared header ----------------------------------------------------------------------------------
+
+
+def test_shared_header_matches_python() -> None:
+    """mos_shared.h and mos/bpf.py agree: counters, constants, struct sizes, the hash (via a C build)."""
+    text = (ROOT / "bpf" / "mos_shared.h").read_text()
+    enum = re.search(r"enum mos_counter \{(.*?)\};", text, re.S)
+    assert enum
+    names = re.findall(r"MOS_C_(\w+)", enum.group(1))
+    assert names[-1] == "COUNT"
+    assert [n.lower() for n in names[:-1]] == list(bpf.COUNTERS)
+    defines = dict(re.findall(r"#define (MOS_\w+) \(?(\w+)", text))
+    for cname, pyname in [("MOS_MAX_QUEUES", "MAX_QUEUES"), ("MOS_MAX_WORKERS", "MAX_WORKERS"),
+                          ("MOS_BLOCK_MAX", "BLOCK_MAX"), ("MOS_BYPASS_MAX", "BYPASS_MAX"),
+                          ("MOS_BYPASS_PASS", "BYPASS_PASS"), ("MOS_BYPASS_DROP", "BYPASS_DROP"),
+                          ("MOS_BYPASS_REDIRECT", "BYPASS_REDIRECT"),
+                          ("MOS_FLOW_KEY_WORDS", "FLOW_KEY_WORDS"),
+                          ("MOS_HASH_SEED", "HASH_SEED"), ("MOS_MODE_INLINE", "MODE_INLINE")]:
+        assert int(defines[cname].rstrip("u"), 0) == getattr(bpf, pyname), cname
+    for cname in re.findall(r'#define MOS_MAP_\w+ "(\w+)"', text):
+        assert cname in bpf.MAP_NAMES
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if not gcc:
+        pytest.skip("no C compiler for the layout check")
+    flow = bpf.FlowTuple(A4, B4, 40000, 80, "tcp", vlan_key=5)
+    key = bpf.flow_key(flow)
+    src = r"""
+        #include "mos_shared.h"
+        #include <stdio.h>
+        #include <string.h>
+        int main(void) {
+            unsigned char raw[sizeof(struct mos_flow_key)];
+            struct mos_flow_key k;
+            for (unsigned i = 0; i < sizeof raw; i++) {
+                unsigned x;
+                if (scanf("%2x", &x) != 1) return 1;
+                raw[i] = (unsigned char)x;
+            }
+            memcpy(&k, raw, sizeof k);
+            printf("%zu %zu %zu %zu %zu %zu %u %u\n", sizeof(struct mos_flow_key), sizeof(struct mos_config),
+                   sizeof(struct mos_bypass_entry), sizeof(struct mos_debug), sizeof(struct mos_lpm_v4),
+                   sizeof(struct mos_lpm_v6), mos_flow_hash(&k), mos_xsk_index(1, 2, 3));
+            return 0;
+        }
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        c, exe = Path(tmp) / "t.c", Path(tmp) / "t"
+        c.write_text(src)
+        subprocess.run([gcc, "-Wall", "-Wextra", "-Werror", "-std=c11", f"-I{ROOT / 'bpf'}", str(c),
+                        "-o", str(exe)], check=True)
+        out = subprocess.run([str(exe)], input=bytes(key).hex(), capture_output=True, text=True, check=True)
+    got = [int(x) for x in out.stdout.split()]
+    assert got == [ctypes.sizeof(bpf.FlowKey), ctypes.sizeof(bpf.Config), ctypes.sizeof(bpf.BypassEntry),
+                   ctypes.sizeof(bpf.Debug), ctypes.sizeof(bpf.LpmV4), ctypes.sizeof(bpf.LpmV6),
+                   bpf.hash_key(key), bpf.xsk_index(1, 2, 3)]
+
+
+def test_flow_hash_is_symmetric_and_spreads() -> None:
+    rnd = random.Random(7)
+    workers = 4
+    seen = [0] * workers
+    for _ in range(2000):
+        if rnd.random() < 0.5:
+            src, dst = (f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}" for _ in "ab")
+        else:
+            src, dst = (f"fd00::{rnd.randrange(1, 65535):x}:{rnd.randrange(65535):x}" for _ in "ab")
+        proto = rnd.choice(["tcp", "udp"])
+        f = bpf.FlowTuple(src, dst, rnd.randrange(1, 65536), rnd.randrange(1, 65536), proto)
+        assert bytes(bpf.flow_key(f)) == bytes(bpf.flow_key(f.reversed()))
+        assert bpf.flow_hash(f) == bpf.flow_hash(f.reversed())
+        assert bpf.steer(f, workers) == bpf.steer(f.reversed(), workers)
+        seen[bpf.flow_hash(f) % workers] += 1
+    assert min(seen) > 2000 / workers * 0.8, seen
+
+
+# ---- classification on real traffic -----------------------------------------------------------------------
+
+
+def test_attached_native_and_status(live: Live) -> None:
+    with live.b.entered():
+        infos = bpf.status(live.vb)
+    assert len(infos) == 1
+    info = infos[0]
+    assert info["attached"] and info["ours"] and info["mode"] == "native" and info["pinned"]
+    assert info["problem"] is None
+    assert info["state"]["prog_id"] == info["prog_id"]
+
+
+def test_arp_and_icmp_pass(live: Live) -> None:
+    live.a.ip("neigh", "flush", "dev", live.va)
+    before = live.stats()
+    assert live.a.ping(B4)
+    assert live.a.ping(B6)
+    d = live.delta(before)
+    assert d.get("pass_not_ip", 0) >= 1  # ARP (the neighbour entry was flushed)
+    assert d.get("pass_not_monitored", 0) >= 2  # ICMP echo, ICMPv6 echo / neighbour discovery
+    assert d.get("drop", 0) == 0
+
+
+def test_tcp_is_classified_and_steered(live: Live) -> None:
+    before = live.stats()
+    with live.b.tcp_echo_server(B4, 8080):
+        assert live.a.tcp_connect(B4, 8080, b"hello") == b"olleh"  # no AF_XDP socket yet: passed to the host
+    d = live.delta(before)
+    assert d["pass_no_socket"] >= 3  # SYN, ACK, data, FIN ...
+    assert d["pass"] == d["rx"] - d.get("drop", 0) - d.get("redirect", 0)
+    last = live.prog.last_steering()
+    key = last.key
+    assert key.proto == socket.IPPROTO_TCP
+    ports = {socket.ntohs(key.port_lo), socket.ntohs(key.port_hi)}
+    assert 8080 in ports
+    client_port = (ports - {8080}).pop()
+    flow = bpf.FlowTuple(A4, B4, client_port, 8080, "tcp")
+    assert bytes(key) == bytes(bpf.flow_key(flow))
+    assert last.hash == bpf.flow_hash(flow) == bpf.flow_hash(flow.reversed())
+    assert last.xsk_index == bpf.steer(flow, 1) == 0
+
+
+def test_tcp_ipv6_and_udp_classified(live: Live) -> None:
+    before = live.stats()
+    with live.b.tcp_echo_server(B6, 8081):
+        assert live.a.tcp_connect(B6, 8081, b"v6") == b"6v"
+    live.a.udp_send(B4, 5353, sport=40001)
+    d = live.delta(before)
+    assert d["pass_no_socket"] >= 4
+    last = live.prog.last_steering()
+    assert last.key.proto == socket.IPPROTO_UDP
+    assert last.hash == bpf.flow_hash(bpf.FlowTuple(B4, A4, 5353, 40001, "udp"))
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("vlans", [(), (10,), (100, 20)])
+def test_bpf_hash_matches_python_both_directions(live: Live, v6: bool, vlans: Tuple[int, ...]) -> None:
+    """BPF_PROG_TEST_RUN on crafted frames: the program's key, hash and XSKMAP index match mos.bpf."""
+    live.prog.set_config(workers=4)
+    try:
+        src, dst = (A6, B6) if v6 else (A4, B4)
+        vlan_key = 0
+        for vid in vlans:
+            vlan_key = (vlan_key << 12) | vid
+        indexes = set()
+        for sport in (1000, 23456, 61000):
+            flow = bpf.FlowTuple(src, dst, sport, 443, "tcp", vlan_key=vlan_key)
+            results = []
+            for f in (flow, flow.reversed()):
+                pkt = frame(str(f.src), str(f.dst), f.sport, f.dport, vlans=vlans)
+                assert live.prog.test_run(pkt) == bpf.XDP_PASS
+                d = live.prog.last_steering()
+                results.append((bytes(d.key), d.hash, d.xsk_index))
+            assert results[0] == results[1]
+            assert results[0] == (bytes(bpf.flow_key(flow)), bpf.flow_hash(flow), bpf.steer(flow, 4))
+            indexes.add(results[0][2])
+        assert indexes <= {bpf.xsk_index(0, 0, w) for w in range(4)}
+    finally:
+        live.prog.set_config(workers=1)
+
+
+def test_fragments_steer_by_address_pair(live: Live) -> None:
+    before = live.stats()
+    for v6 in (False, True):
+        src, dst = (A6, B6) if v6 else (A4, B4)
+        assert live.prog.test_run(frame(src, dst, 1111, 2222, "udp", frag=True)) == bpf.XDP_PASS
+        assert bytes(live.prog.last_steering().key) == bytes(
+            bpf.flow_key(bpf.FlowTuple(src, dst, 1111, 2222, "udp"), fragment=True))
+    assert live.delta(before)["fragment"] == 2
+
+
+def test_malformed_dropped(live: Live) -> None:
+    before = live.stats()
+    assert live.prog.test_run(frame(A4, B4, 1, 2, truncate=30)) == bpf.XDP_DROP  # IPv4 header cut
+    assert live.prog.test_run(frame(A4, B4, 1, 2, truncate=10)) == bpf.XDP_DROP  # TCP header cut
+    assert live.prog.test_run(frame(A6, B6, 1, 2, "udp", truncate=6)) == bpf.XDP_DROP
+    assert live.prog.test_run(frame(A4, B4, 1, 2)[:14] + b"\x45") == bpf.XDP_DROP  # one byte of IPv4
+    arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\0" * 28
+    assert live.prog.test_run(arp) == bpf.XDP_PASS
+    d = live.delta(before)
+    assert d["drop_malformed"] == 4 and d["pass_not_ip"] == 1
+
+
+# ---- fast drop ------------------------------------------------------------------------------------------
+
+
+def test_block_prefix_v4_and_v6(live: Live) -> None:
+    prog = live.prog
+    before = live.stats()
+    prog.block(f"10.200.{SUBNET}.0/30")
+    prog.block(f"{A6}/128")
+    try:
+        assert f"10.200.{SUBNET}.0/30" in prog.blocked()["prefixes"]
+        assert not live.a.ping(B4, timeout=0.8)
+        assert not live.a.ping(B6, timeout=0.8)
+        with live.b.tcp_echo_server(B4, 8082):
+            assert live.a.tcp_connect(B4, 8082, timeout=1) is None
+        d = live.delta(before)
+        assert d["drop_blocked_prefix"] >= 3
+        assert prog.blocked()["prefixes"][f"10.200.{SUBNET}.0/30"] >= 2  # per-prefix hit count
+    finally:
+        assert prog.unblock(f"10.200.{SUBNET}.0/30")
+        assert prog.unblock(f"{A6}/128")
+    assert not prog.unblock(f"{A6}/128")
+    assert prog.blocked()["prefixes"] == {}
+    assert live.a.ping(B4) and live.a.ping(B6)
+
+
+def test_block_port(live: Live) -> None:
+    prog = live.prog
+    before = live.stats()
+    prog.block_port(8083)
+    try:
+        assert prog.blocked()["ports"] == [8083]
+        with live.b.tcp_echo_server(B4, 8083), live.b.tcp_echo_server(B4, 8084):
+            assert live.a.tcp_connect(B4, 8083, timeout=1) is None
+            assert live.a.tcp_connect(B4, 8084, b"ok") == b"ko"
+        assert live.delta(before)["drop_blocked_port"] >= 1
+    finally:
+        assert prog.unblock_port(8083)
+    assert prog.blocked()["ports"] == []
+    with live.b.tcp_echo_server(B4, 8083):
+        assert live.a.tcp_connect(B4, 8083, b"ok") == b"ko"
+
+
+def test_port_filter_limits_monitoring(live: Live) -> None:
+    prog = live.prog
+    prog.monitor_port(8085)
+    cfg = prog.config()
+    prog.set_config(flags=cfg.flags | bpf.CFG_PORT_FILTER)
+    try:
+        before = live.stats()
+        assert prog.test_run(frame(A4, B4, 40000, 8086)) == bpf.XDP_PASS
+        assert live.delta(before) == {"rx": 1, "pass": 1, "pass_not_monitored": 1}
+        before = live.stats()
+        assert prog.test_run(frame(B4, A4, 8085, 40000)) == bpf.XDP_PASS
+        assert live.delta(before) == {"rx": 1, "pass": 1, "pass_no_socket": 1}
+    finally:
+        prog.set_config(flags=cfg.flags)
+        prog.monitor_port(8085, on=False)
+
+
+# ---- bypass ---------------------------------------------------------------------------------------------
+
+
+def test_bypass_verdicts_and_expiry(live: Live) -> None:
+    prog = live.prog
+    flow = bpf.FlowTuple(A4, B4, 40002, 5000, "udp")
+    prog.bypass(flow.reversed(), "pass")  # entered from the other direction: the key is symmetric
+    try:
+        before = live.stats()
+        live.a.udp_send(B4, 5000, sport=40002)
+        d = live.delta(before)
+        assert d["bypass_pass"] == 1 and "pass_no_socket" not in d
+        [(key, entry)] = prog.bypassed()
+        assert bytes(key) == bytes(bpf.flow_key(flow)) and entry.packets == 1 and entry.bytes > 0
+
+        prog.bypass(flow, "drop")
+        before = live.stats()
+        assert prog.test_run(frame(B4, A4, 5000, 40002, "udp")) == bpf.XDP_DROP
+        assert live.delta(before) == {"rx": 1, "drop": 1, "bypass_drop": 1}
+
+        prog.bypass(flow, "redirect")  # no peer (passive mode): falls back to pass
+        before = live.stats()
+        assert prog.test_run(frame(A4, B4, 40002, 5000, "udp")) == bpf.XDP_PASS
+        assert live.delta(before)["bypass_pass"] == 1
+
+        # idle expiry: the program ignores and deletes a stale entry ...
+        old = prog.config().bypass_idle_ns
+        prog.set_config(bypass_idle_ns=50_000_000)
+        prog.bypass(flow, "drop")
+        time.sleep(0.1)
+        before = live.stats()
+        assert prog.test_run(frame(A4, B4, 40002, 5000, "udp")) == bpf.XDP_PASS
+        assert live.delta(before) == {"rx": 1, "pass": 1, "pass_no_socket": 1, "bypass_expired": 1}
+        assert prog.bypassed() == []
+        # ... and userspace sweeps what the program has not met
+        prog.bypass(flow, "drop")
+        assert prog.expire_bypass(now_ns=time.monotonic_ns() + 10**9) == 1
+        prog.set_config(bypass_idle_ns=old)
+    finally:
+        prog.unbypass(flow)
+    assert prog.bypassed() == []
+
+
+# ---- AF_XDP: frames really reach a socket ---------------------------------------------------------------
+
+AF_XDP, SOL_XDP = 44, 283
+XDP_MMAP_OFFSETS, XDP_RX_RING, XDP_UMEM_REG, XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING = 1, 2, 4, 5, 6
+XDP_PGOFF_RX_RING, XDP_UMEM_PGOFF_FILL_RING = 0, 0x100000000
+XDP_SHARED_UMEM, XDP_COPY = 1 << 0, 1 << 1
+
+
+class XskReceiver:
+    """A minimal AF_XDP socket (copy mode, RX only) in pure Python, for tests."""
+
+    NFRAMES, FRAME = 64, 2048
+    _libc = ctypes.CDLL(None, use_errno=True)
+
+    def __init__(self, ifindex: int, queue: int = 0, shared_with: Optional[XskReceiver] = None) -> None:
+        self.sock = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+        n = self.NFRAMES
+        self.owner = shared_with or self
+        if shared_with is None:
+            self.umem = mmap.mmap(-1, n * self.FRAME)
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(self.umem))
+            reg = struct.pack("=QQIIII", addr, n * self.FRAME, self.FRAME, 0, 0, 0)
+            self.sock.setsockopt(SOL_XDP, XDP_UMEM_REG, reg)
+            self.sock.setsockopt(SOL_XDP, XDP_UMEM_FILL_RING, n)
+            self.sock.setsockopt(SOL_XDP, XDP_UMEM_COMPLETION_RING, n)
+        self.sock.setsockopt(SOL_XDP, XDP_RX_RING, n)
+        offs = struct.unpack("=16Q", self.sock.getsockopt(SOL_XDP, XDP_MMAP_OFFSETS, 128))
+        self.rx_off = offs[0:4]
+        fd = self.sock.fileno()
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        self.rx = mmap.mmap(fd, self.rx_off[2] + n * 16, mmap.MAP_SHARED, prot, offset=XDP_PGOFF_RX_RING)
+        if shared_with is None:
+            self.fr_off = offs[8:12]
+            self.fill = mmap.mmap(fd, self.fr_off[2] + n * 8, mmap.MAP_SHARED, prot,
+                                  offset=XDP_UMEM_PGOFF_FILL_RING)
+            half = n // 2  # the second half of the UMEM for a socket sharing it
+            for i in range(half):
+                struct.pack_into("=Q", self.fill, self.fr_off[2] + i * 8, i * self.FRAME)
+            struct.pack_into("=I", self.fill, self.fr_off[0], half)
+        flags, shared_fd = (XDP_SHARED_UMEM, shared_with.sock.fileno()) if shared_with else (XDP_COPY, 0)
+        sxdp = ctypes.create_string_buffer(struct.pack("=HHIII", AF_XDP, flags, ifindex, queue, shared_fd))
+        deadline = time.time() + 3
+        while self._libc.bind(fd, sxdp, 16) != 0:
+            err = ctypes.get_errno()
+            # EBUSY: a socket closed just before still holds the queue (released by a kernel work item)
+            if err != errno.EBUSY or time.time() > deadline:
+                raise OSError(err, f"AF_XDP bind: {os.strerror(err)}")
+            time.sleep(0.05)
+        self.consumed = 0
+
+    def frames(self) -> List[bytes]:
+        """Frames received since the last call (their buffers are not recycled: fine for a test)."""
+        prod = struct.unpack_from("=I", self.rx, self.rx_off[0])[0]
+        out = []
+        while self.consumed != prod:
+            slot = self.rx_off[2] + (self.consumed % self.NFRAMES) * 16
+            addr, length, _ = struct.unpack_from("=QII", self.rx, slot)
+            out.append(bytes(self.owner.umem[addr:addr + length]))
+            self.consumed += 1
+        struct.pack_into("=I", self.rx, self.rx_off[1], self.consumed)
+        return out
+
+    def close(self) -> None:
+        """Unmaps the rings (each mapping holds the socket open) and closes the socket."""
+        for m in (getattr(self, "rx", None), getattr(self, "fill", None)):
+            if m is not None:
+                m.close()
+        self.sock.close()
+
+
+def _udp_ports(f: bytes) -> Tuple[int, int]:
+    return struct.unpack_from("!HH", f, 14 + 20)
+
+
+def test_frames_reach_af_xdp_socket(live: Live) -> None:
+    """With a socket at mos_xsk_index(0, 0, 0) the monitored traffic goes to it, the rest to the host."""
+    prog = live.prog
+    with live.b.entered():
+        ifindex = socket.if_nametoindex(live.vb)
+        xsk = XskReceiver(ifindex, 0)
+    try:
+        prog.set_xsk(bpf.xsk_index(0, 0, 0), xsk.sock.fileno())
+        before = live.stats()
+        for sport in (41000, 41001, 41002):
+            live.a.udp_send(B4, 6000, sport=sport)
+        assert live.a.ping(B4)  # ICMP still reaches the host
+        deadline = time.time() + 3
+        got: List[bytes] = []
+        while len(got) < 3 and time.time() < deadline:
+            got += xsk.frames()
+            time.sleep(0.02)
+        assert sorted(_udp_ports(f) for f in got) == [(41000, 6000), (41001, 6000), (41002, 6000)]
+        d = live.delta(before)
+        assert d["xsk_redirect"] == 3 and d["redirect"] == 3
+    finally:
+        prog.clear_xsk(bpf.xsk_index(0, 0, 0))
+        xsk.close()
+
+
+def test_two_workers_share_one_queue(live: Live) -> None:
+    """The steering design on a single-queue NIC: 2 sockets bound to queue 0 with XDP_SHARED_UMEM; every
+    flow lands on the worker its symmetric hash picks, in both directions."""
+    prog = live.prog
+    with live.b.entered():
+        ifindex = socket.if_nametoindex(live.vb)
+        w0 = XskReceiver(ifindex, 0)
+        w1 = XskReceiver(ifindex, 0, shared_with=w0)
+    workers = [w0, w1]
+    prog.set_config(workers=2)
+    try:
+        for w, sock in enumerate(workers):
+            prog.set_xsk(bpf.xsk_index(0, 0, w), sock.sock.fileno())
+        sports = list(range(42000, 42012))
+        for sport in sports:
+            live.a.udp_send(B4, 6001, sport=sport)
+        expected = {sport: bpf.flow_hash(bpf.FlowTuple(A4, B4, sport, 6001, "udp")) % 2 for sport in sports}
+        assert set(expected.values()) == {0, 1}
+        seen: Dict[int, int] = {}
+        deadline = time.time() + 3
+        while len(seen) < len(sports) and time.time() < deadline:
+            for w, sock in enumerate(workers):
+                for f in sock.frames():
+                    seen[_udp_ports(f)[0]] = w
+            time.sleep(0.02)
+        assert seen == expected
+    finally:
+        prog.set_config(workers=1)
+        for w in range(2):
+            prog.clear_xsk(bpf.xsk_index(0, 0, w))
+        w1.close()
+        w0.close()
+
+
+# ---- the CLI in a subprocess ----------------------------------------------------------------------------
+
+
+def cli(ns: Netns, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run(ns.cmd(sys.executable, "-m", "mos.live_cli", *args), capture_output=True, text=True,
+                       env=env, timeout=120)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def xdp_links(ns: Netns) -> List[str]:
+    return [line for line in ns.ip("-o", "link").stdout.splitlines() if " xdp" in line]
+
+
+@pytest.fixture
+def pair(live: Live) -> Iterator[Tuple[Netns, str]]:
+    """A second veth pair in the module's namespaces, for attaching and detaching through the CLI."""
+    tag = live.topo.tag[-6:]
+    vc, vd = f"vc{tag}", f"vd{tag}"
+    live.topo.veth(live.a, vc, live.b, vd, f"10.201.{SUBNET}.1/24", f"10.201.{SUBNET}.2/24")
+    try:
+        yield live.b, vd
+    finally:
+        cli(live.b, "detach", vd, check=False)
+        live.a.ip("link", "del", vc, check=False)
+
+
+def test_cli_attach_status_block_detach(live: Live, pair: Tuple[Netns, str]) -> None:
+    ns, vd = pair
+    r = cli(ns, "attach", vd, "--mode", "native", "--workers", "2")
+    assert "native" in r.stdout
+    # the attaching process has exited: the program stays, its maps are pinned
+    assert len(xdp_links(ns)) == 2  # vb (module fixture) and vd
+    [info] = json.loads(cli(ns, "status", vd, "--json").stdout)
+    assert info["attached"] and info["ours"] and info["mode"] == "native" and info["problem"] is None
+    assert info["state"]["workers"] == 2
+    assert f"{vd}: mos-xdp attached" in cli(ns, "status").stdout
+
+    assert live.a.ping(f"10.201.{SUBNET}.2")
+    cli(ns, "block", "add", f"10.201.{SUBNET}.1", "9999", "--iface", vd)
+    listed = json.loads(cli(ns, "block", "list", "--iface", vd, "--json").stdout)
+    assert listed == {"prefixes": {f"10.201.{SUBNET}.1/32": 0}, "ports": [9999]}
+    assert not live.a.ping(f"10.201.{SUBNET}.2", timeout=0.8)
+    [info] = json.loads(cli(ns, "status", vd, "--json").stdout)
+    assert info["counters"]["drop_blocked_prefix"] >= 1
+    cli(ns, "block", "del", f"10.201.{SUBNET}.1", "9999", "--iface", vd)
+    assert live.a.ping(f"10.201.{SUBNET}.2")
+    r = cli(ns, "block", "del", "9999", "--iface", vd, check=False)
+    assert r.returncode != 0 and r.stderr.strip() == "Error: port 9999 was not blocked"
+
+    r = cli(ns, "attach", vd, check=False)
+    assert r.returncode != 0 and len(r.stderr.splitlines()) == 1
+    assert "already has mos-xdp attached" in r.stderr
+
+    r = cli(ns, "detach", vd)
+    assert "detached XDP program" in r.stdout
+    assert [line for line in xdp_links(ns) if vd in line] == []
+    assert not bpf.XdpProgram.pin_dir(vd).exists() and not bpf.XdpProgram.state_path(vd).exists()
+
+
+def test_cli_finds_program_left_by_a_crash(live: Live, pair: Tuple[Netns, str]) -> None:
+    ns, vd = pair
+    cli(ns, "attach", vd, "--mode", "generic")
+    # a crash between attaching and pinning: the program is attached, pins and state are gone
+    for p in bpf.XdpProgram.pin_dir(vd).iterdir():
+        p.unlink()
+    bpf.XdpProgram.pin_dir(vd).rmdir()
+    bpf.XdpProgram.state_path(vd).unlink()
+    infos = {i["iface"]: i for i in json.loads(cli(ns, "status", "--json").stdout)}
+    assert infos[vd]["attached"] and infos[vd]["mode"] == "generic"
+    assert "crashed run" in infos[vd]["problem"]
+    assert "crashed run" in cli(ns, "status", vd).stdout
+    r = cli(ns, "detach", vd)
+    assert "detached XDP program" in r.stdout
+    assert [line for line in xdp_links(ns) if vd in line] == []
+
+
+def test_cli_errors_are_one_line(live: Live) -> None:
+    ns = live.b
+    cases = [
+        (["attach", "nosuchif0"], "interface nosuchif0 does not exist"),
+        (["attach", "lo", "--mode", "native"], "native XDP unsupported on lo"),
+        (["status", "nosuchif0"], "interface nosuchif0 does not exist"),
+        (["block", "add", "not-a-prefix", "--iface", live.vb], "not an IP prefix or port"),
+        (["block", "list", "--iface", "nosuchif0"], "no mos-xdp program pinned for nosuchif0"),
+    ]
+    for args, msg in cases:
+        r = cli(ns, *args, check=False)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, (args, r.stderr)
+    assert [line for line in xdp_links(ns) if ": lo:" in line] == []
+    # bcc missing (a stand-in package that fails to import) and kernel headers missing
+    with tempfile.TemporaryDirectory() as fake:
+        (Path(fake) / "bcc").mkdir()
+        (Path(fake) / "bcc" / "__init__.py").write_text("raise ImportError('no bcc here')\n")
+        r = subprocess.run(ns.cmd(sys.executable, "-m", "mos.live_cli", "attach", live.vb),
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=f"{fake}:{ROOT}"))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "bcc is not installed" in r.stderr
+    assert "apt-get install python3-bpfcc linux-headers-amd64" in r.stderr
+    with pytest.raises(bpf.XdpError, match="kernel headers missing.*linux-headers-amd64"):
+        bpf.require_kernel_headers("0.0.0-no-such-kernel")
+    # not root
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                        "mos.live_cli", "status"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd="/")
+    assert r.returncode == 1 and r.stderr.strip() == (
+        "Error: mos-xdp status needs root (CAP_BPF and CAP_NET_ADMIN): run it with sudo")
+
+
+# ---- inline mode ----------------------------------------------------------------------------------------
+
+
+def test_inline_forwards_unmonitored_and_bypass_redirects() -> None:
+    """a --- [vi (XDP) | middle | vo (XDP)] --- c: the program forwards between its two interfaces."""
+    require_root()
+    with Topology() as topo:
+        a, m, c = topo.netns("ia"), topo.netns("im"), topo.netns("ic")
+        tag = topo.tag[-6:]
+        vi, vo = f"vi{tag}", f"vo{tag}"
+        a4, c4 = f"10.202.{SUBNET}.1", f"10.202.{SUBNET}.2"
+        topo.veth(a, f"xa{tag}", m, vi, f"{a4}/24")
+        topo.veth(m, vo, c, f"xc{tag}", None, f"{c4}/24")
+        for ns, dev in ((a, f"xa{tag}"), (c, f"xc{tag}")):
+            # veth: XDP_REDIRECT into a veth needs NAPI (GRO) on its peer; a redirected frame never gets
+            # an offloaded checksum filled in, so the senders compute checksums themselves
+            ns.run("ethtool", "-K", dev, "gro", "on", "tx", "off", "tso", "off", "gso", "off")
+        with m.entered():
+            prog = bpf.XdpProgram.load(vi, peer=vo)
+        topo.on_close(prog.close)
+
+        def _detach() -> None:
+            with m.entered():
+                bpf.detach(vi)
+
+        topo.on_close(_detach)
+        with m.entered():
+            assert prog.attach("native") == "native"
+            assert {lx.ifname for lx in bpf.links() if lx.prog_id} == {vi, vo}
+        before = prog.stats()
+        assert a.ping(c4)  # ARP and ICMP cross the middle box through XDP_REDIRECT (devmap)
+        with c.tcp_echo_server(c4, 8090):
+            assert a.tcp_connect(c4, 8090, b"inline") == b"enilni"  # no socket: fail-open, forwarded
+        d = {k: v - before[k] for k, v in prog.stats().items()}
+        assert d["pass"] == 0 and d["redirect"] == d["rx"]
+        assert d["pass_not_ip"] >= 2 and d["pass_not_monitored"] >= 2 and d["pass_no_socket"] >= 6
+
+        a.udp_send(c4, 7000, sport=43000)
+        flow = bpf.FlowTuple(a4, c4, 43000, 7000, "udp")
+        prog.bypass(flow, "redirect")
+        before = prog.stats()
+        a.udp_send(c4, 7000, sport=43000)
+        c.udp_send(a4, 43000, sport=7000)
+        d = {k: v - before[k] for k, v in prog.stats().items()}
+        assert d["bypass_redirect"] == 2 and d["redirect"] == d["rx"]  # + ICMP port unreachables
+        [(_key, entry)] = prog.bypassed()
+        assert entry.packets == 2
+        with m.entered():
+            assert bpf.status(vi)[0]["state"]["peer"] == vo

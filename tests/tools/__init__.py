@@ -1,0 +1,1 @@
+"""Helper scripts for the test-suite (pcap decoding, reference checks, netns capture)."""

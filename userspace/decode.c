@@ -1,0 +1,320 @@
+/* See decode.h. Malformations are returned as the counter that records them; the caller counts. */
+#include "decode.h"
+
+#include <string.h>
+
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86dd
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88a8
+#define ETH_P_QINQ1 0x9100
+
+static void tcp_options(const uint8_t *opt, uint32_t len, struct pkt_info *pi)
+{
+    uint32_t i = 0;
+    while (i < len) {
+        uint8_t kind = opt[i];
+        if (kind == 0)
+            break;
+        if (kind == 1) {
+            i++;
+            continue;
+        }
+        if (i + 1 >= len)
+            break;
+        uint8_t olen = opt[i + 1];
+        if (olen < 2 || i + olen > len)
+            break; /* a broken option ends parsing; the segment is still usable */
+        switch (kind) {
+        case 2:
+            if (olen == 4) {
+                pi->has_mss = 1;
+                pi->mss = rd16(opt + i + 2);
+            }
+            break;
+        case 3:
+            if (olen == 3)
+                pi->wscale = opt[i + 2] > 14 ? 14 : opt[i + 2]; /* RFC 7323: larger values mean 14 */
+            break;
+        case 4:
+            if (olen == 2)
+                pi->sack_perm = 1;
+            break;
+        case 8:
+            if (olen == 10) {
+                pi->has_ts = 1;
+                pi->tsval = rd32(opt + i + 2);
+                pi->tsecr = rd32(opt + i + 6);
+            }
+            break;
+        default:
+            break;
+        }
+        i += olen;
+    }
+}
+
+static int decode_l4(struct pkt_info *pi, const uint8_t *l4, uint32_t len)
+{
+    pi->l4 = l4;
+    pi->l4_len = len;
+    if (pi->proto == 6) {
+        if (len < 20)
+            return MOS_C_MAL_TRUNCATED_TCP;
+        uint32_t hl = (uint32_t)(l4[12] >> 4) * 4;
+        if (hl < 20)
+            return MOS_C_MAL_BAD_TCP_HLEN;
+        if (hl > len)
+            return MOS_C_MAL_TRUNCATED_TCP;
+        pi->sport = rd16(l4);
+        pi->dport = rd16(l4 + 2);
+        pi->seq = rd32(l4 + 4);
+        pi->ack = rd32(l4 + 8);
+        pi->tcp_flags = l4[13] & 0x3f;
+        pi->window = rd16(l4 + 14);
+        if ((pi->tcp_flags & TCP_SYN) && (pi->tcp_flags & (TCP_RST | TCP_FIN)) == (TCP_RST | TCP_FIN))
+            return MOS_C_MAL_BAD_TCP_FLAGS;
+        if (hl > 20)
+            tcp_options(l4 + 20, hl - 20, pi);
+        pi->payload = l4 + hl;
+        pi->payload_len = len - hl;
+    } else if (pi->proto == 17) {
+        if (len < 8)
+            return MOS_C_MAL_TRUNCATED_UDP;
+        pi->sport = rd16(l4);
+        pi->dport = rd16(l4 + 2);
+        uint32_t ulen = rd16(l4 + 4);
+        pi->payload = l4 + 8;
+        pi->payload_len = (ulen >= 8 && ulen - 8 < len - 8) ? ulen - 8 : len - 8;
+    } else {
+        pi->payload = l4;
+        pi->payload_len = len;
+    }
+    return 0;
+}
+
+static int decode_ipv4(const uint8_t *p, uint32_t len, struct pkt_info *pi)
+{
+    if (len < 20)
+        return MOS_C_MAL_TRUNCATED_IP;
+    uint32_t hl = (uint32_t)(p[0] & 0x0f) * 4;
+    if (hl < 20)
+        return MOS_C_MAL_BAD_IP_HLEN;
+    if (hl > len)
+        return MOS_C_MAL_TRUNCATED_IP;
+    uint32_t tot = rd16(p + 2);
+    if (tot < hl)
+        return MOS_C_MAL_BAD_IP_LEN;
+    /* Ethernet padding beyond the total length is ignored; a capture cut short is truncated. */
+    if (tot > len)
+        return MOS_C_MAL_TRUNCATED_PAYLOAD;
+    pi->ip_version = 4;
+    pi->l3 = p;
+    pi->l3_len = tot;
+    pi->proto = p[9];
+    memset(pi->src, 0, 32);
+    memcpy(pi->src, p + 12, 4);
+    memcpy(pi->dst, p + 16, 4);
+    uint16_t frag = rd16(p + 6);
+    if ((frag & 0x2000) || (frag & 0x1fff)) {
+        pi->is_fragment = 1;
+        return 0;
+    }
+    return decode_l4(pi, p + hl, tot - hl);
+}
+
+static int decode_ipv6(const uint8_t *p, uint32_t len, struct pkt_info *pi)
+{
+    if (len < 40)
+        return MOS_C_MAL_TRUNCATED_IP;
+    uint32_t plen = rd16(p + 4);
+    if (plen == 0)
+        return MOS_C_MAL_BAD_IP_LEN; /* jumbograms are not supported */
+    if (40 + plen > len)
+        return MOS_C_MAL_TRUNCATED_PAYLOAD;
+    pi->ip_version = 6;
+    pi->l3 = p;
+    pi->l3_len = 40 + plen;
+    memcpy(pi->src, p + 8, 16);
+    memcpy(pi->dst, p + 24, 16);
+    uint8_t nh = p[6];
+    uint32_t off = 40, end = 40 + plen;
+    for (int i = 0; i < 16; i++) {
+        switch (nh) {
+        case 0:   /* hop-by-hop */
+        case 43:  /* routing */
+        case 60:  /* destination options */
+        case 135: /* mobility */
+            if (off + 8 > end)
+                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
+            nh = p[off];
+            off += ((uint32_t)p[off + 1] + 1) * 8;
+            if (off > end)
+                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
+            continue;
+        case 51: /* AH: length in 4-byte units, minus 2 */
+            if (off + 8 > end)
+                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
+            nh = p[off];
+            off += ((uint32_t)p[off + 1] + 2) * 4;
+            if (off > end)
+                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
+            continue;
+        case 44: /* fragment */
+            if (off + 8 > end)
+                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
+            if ((rd16(p + off + 2) & 0xfff9) != 0) { /* offset or M flag set: a real fragment */
+                pi->is_fragment = 1;
+                pi->proto = p[off];
+                return 0;
+            }
+            nh = p[off]; /* atomic fragment: just skip the header */
+            off += 8;
+            continue;
+        default:
+            break;
+        }
+        break;
+    }
+    pi->proto = nh;
+    return decode_l4(pi, p + off, end - off);
+}
+
+int decode_ip(const uint8_t *l3, uint32_t len, struct pkt_info *pi)
+{
+    pi->is_fragment = 0;
+    pi->wscale = 0xff;
+    if (len < 1)
+        return MOS_C_MAL_TRUNCATED_IP;
+    switch (l3[0] >> 4) {
+    case 4:
+        return decode_ipv4(l3, len, pi);
+    case 6:
+        return decode_ipv6(l3, len, pi);
+    default:
+        return MOS_C_MAL_BAD_IP_VERSION;
+    }
+}
+
+/* Returns the ethertype-like protocol after the link header, and sets *off; -1 when not IP. */
+static int decode_ether(const uint8_t *p, uint32_t caplen, uint32_t *off, struct pkt_info *pi)
+{
+    if (caplen < 14)
+        return -MOS_C_MAL_TRUNCATED_L2;
+    uint32_t o = 12;
+    uint16_t et = rd16(p + o);
+    o += 2;
+    while (et == ETH_P_8021Q || et == ETH_P_8021AD || et == ETH_P_QINQ1) {
+        if (o + 4 > caplen)
+            return -MOS_C_MAL_TRUNCATED_L2;
+        if (pi->nvlan >= 2)
+            return -MOS_C_MAL_TOO_MANY_VLANS;
+        pi->vlan[pi->nvlan++] = rd16(p + o) & 0x0fff;
+        et = rd16(p + o + 2);
+        o += 4;
+    }
+    *off = o;
+    return et;
+}
+
+int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_info *pi)
+{
+    memset(pi, 0, offsetof(struct pkt_info, src));
+    pi->wscale = 0xff;
+    uint32_t off = 0;
+    int et;
+    switch (linktype) {
+    case MOS_DLT_EN10MB:
+        et = decode_ether(p, caplen, &off, pi);
+        if (et < 0)
+            return -et;
+        break;
+    case MOS_DLT_RAW:
+    case MOS_DLT_RAW_101:
+    case MOS_DLT_IPV4:
+    case MOS_DLT_IPV6:
+        if (caplen < 1)
+            return MOS_C_MAL_TRUNCATED_L2;
+        et = (p[0] >> 4) == 6 ? ETH_P_IPV6 : ETH_P_IP;
+        break;
+    case MOS_DLT_NULL:
+    case MOS_DLT_LOOP: {
+        if (caplen < 4)
+            return MOS_C_MAL_TRUNCATED_L2;
+        /* The family is in host byte order of the capturing machine (NULL) or network order (LOOP):
+         * accept both; 2 is AF_INET, 24/28/30 are the BSDs' AF_INET6, 10 is Linux's. */
+        uint32_t fam = p[0] | (p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+        if (fam > 0xffff)
+            fam = rd32(p);
+        off = 4;
+        et = fam == 2 ? ETH_P_IP : (fam == 24 || fam == 28 || fam == 30 || fam == 10) ? ETH_P_IPV6 : 0;
+        break;
+    }
+    case MOS_DLT_PPP:
+    case MOS_DLT_PPP_SERIAL:
+    case MOS_DLT_C_HDLC: {
+        /* Optional HDLC address/control (0xff 0x03), then a 1- or 2-byte PPP protocol. */
+        if (caplen < 2)
+            return MOS_C_MAL_TRUNCATED_L2;
+        if (linktype == MOS_DLT_C_HDLC) {
+            if (caplen < 4)
+                return MOS_C_MAL_TRUNCATED_L2;
+            off = 4;
+            et = rd16(p + 2);
+            break;
+        }
+        if (p[0] == 0xff && p[1] == 0x03)
+            off = 2;
+        if (off + 1 > caplen)
+            return MOS_C_MAL_TRUNCATED_L2;
+        uint16_t proto;
+        if (p[off] & 1) {
+            proto = p[off];
+            off += 1;
+        } else {
+            if (off + 2 > caplen)
+                return MOS_C_MAL_TRUNCATED_L2;
+            proto = rd16(p + off);
+            off += 2;
+        }
+        et = proto == 0x21 ? ETH_P_IP : proto == 0x57 ? ETH_P_IPV6 : 0;
+        break;
+    }
+    case MOS_DLT_PPP_ETHER:
+        /* PPPoE session header (6 bytes) then the PPP protocol (2 bytes). */
+        if (caplen < 8)
+            return MOS_C_MAL_TRUNCATED_L2;
+        off = 8;
+        et = rd16(p + 6) == 0x21 ? ETH_P_IP : rd16(p + 6) == 0x57 ? ETH_P_IPV6 : 0;
+        break;
+    case MOS_DLT_LINUX_SLL:
+        if (caplen < 16)
+            return MOS_C_MAL_TRUNCATED_L2;
+        off = 16;
+        et = rd16(p + 14);
+        break;
+    case MOS_DLT_LINUX_SLL2:
+        if (caplen < 20)
+            return MOS_C_MAL_TRUNCATED_L2;
+        off = 20;
+        et = rd16(p);
+        break;
+    default:
+        return MOS_C_MAL_UNKNOWN_LINK;
+    }
+    if (et == ETH_P_IP || et == ETH_P_IPV6) {
+        int r = decode_ip(p + off, caplen - off, pi);
+        if (r == 0 && ((et == ETH_P_IP) != (pi->ip_version == 4)))
+            return MOS_C_MAL_BAD_IP_VERSION;
+        return r;
+    }
+    pi->proto = 0;
+    pi->ip_version = 0; /* not IP: the caller counts it as not TCP */
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* Packet decoding in place: link layer, VLAN/QinQ, IPv4 (options), IPv6 (extension headers), TCP
+ * (options), UDP. Every header access is bounds-checked against the captured length; the result
+ * points into the packet. */
+#ifndef MOS_DECODE_H
+#define MOS_DECODE_H
+
+#include <stdint.h>
+#include "mos_engine.h"
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_PSH 0x08
+#define TCP_ACK 0x10
+#define TCP_URG 0x20
+
+struct pkt_info {
+    const uint8_t *l3;          /* IP header */
+    uint32_t l3_len;            /* bytes from l3 to the end of the IP datagram (captured) */
+    const uint8_t *l4;
+    uint32_t l4_len;
+    const uint8_t *payload;
+    uint32_t payload_len;
+    uint16_t vlan[2];
+    uint8_t nvlan;
+    uint8_t ip_version;
+    uint8_t proto;              /* IPPROTO_* of the transport */
+    uint8_t is_fragment;        /* IP fragment: hand l3 to defrag */
+    uint8_t tcp_flags;
+    uint8_t wscale;             /* 0xff: no option */
+    uint8_t sack_perm;
+    uint8_t has_ts;
+    uint8_t has_mss;
+    uint8_t src[16], dst[16];   /* IPv4 addresses in the first 4 bytes, rest zero */
+    uint16_t sport, dport;
+    uint32_t seq, ack;
+    uint16_t window;
+    uint16_t mss;
+    uint32_t tsval, tsecr;
+};
+
+/* Returns 0, or the enum mos_counter of the malformation. */
+int decode_packet(const uint8_t *pkt, uint32_t caplen, int linktype, struct pkt_info *pi);
+/* Decode from an IP header (after defragmentation); keeps pi's VLAN ids. */
+int decode_ip(const uint8_t *l3, uint32_t len, struct pkt_info *pi);
+
+#endif

@@ -1,0 +1,656 @@
+/* IPv4 and IPv6 fragment reassembly (see defrag.h for the contract).
+ *
+ * Design
+ * - A datagram in progress (`struct dg`) is found through a chained hash table keyed by a 48-byte
+ *   canonical key (family, protocol (IPv4 only), vlan_key, id, src, dst); it also sits on a list
+ *   ordered by creation ("first seen") used for expiry and for eviction.
+ * - Data is held as a sorted list of non-overlapping pieces. A new fragment only adds the bytes no
+ *   earlier fragment supplied (first copy wins); a fragment adding nothing is a duplicate. Both count
+ *   as overlaps. A datagram is complete when the last fragment (MF=0) fixed its end, the offset-0
+ *   fragment supplied the header, and the pieces cover [0, end) exactly.
+ * - Memory: mem_used counts every per-datagram allocation (struct dg, header copy, pieces with their
+ *   bookkeeping). The hash bucket array and the fixed output buffer are per-instance overhead and are
+ *   not counted (so mem_used returns to 0 once nothing is held).
+ *
+ * Limits policy (both counted in DEFRAG_C_MEMCAP, which counts fragments dropped for a limit):
+ * - memcap: before storing a fragment, the OLDEST datagrams (other than the one being fed) are evicted
+ *   until the new bytes fit; their held fragments are added to DEFRAG_C_MEMCAP and
+ *   DEFRAG_C_FRAGS_DISCARDED. If the fragment still does not fit (nothing else left to evict), the new
+ *   fragment is dropped (DEFRAG_C_MEMCAP += 1, DEFRAG_ERROR) and its datagram is left as it was.
+ *   Rationale: under a flood of never-completing fragments the stale datagrams go first, while
+ *   datagrams whose fragments arrive close together still complete.
+ * - max_datagrams: creating a datagram when max_datagrams are in flight evicts the oldest one the
+ *   same way. 0 means no limit (likewise memcap 0 means no cap, timeout 0 means no timeout).
+ * - timeout: a datagram whose age (now - first seen) is >= timeout is dropped by defrag_expire, which
+ *   defrag_feed also runs first (DEFRAG_C_TIMEOUTS += 1 per datagram, FRAGS_DISCARDED += its held
+ *   fragments). The expiry list is in creation order; if packet time goes backwards the walk just
+ *   stops early (datagrams then live a bit longer, never shorter).
+ *
+ * Errors (DEFRAG_ERROR, the fragment is not kept)
+ * - DEFRAG_C_BAD_FRAGMENT: truncated headers (len shorter than the IPv4 header / IPv6 header and
+ *   extension headers / fragment header, bad IHL, total length < header length), not a fragment at
+ *   all (IPv4 with MF=0 and offset 0; IPv6 without a fragment header), truncated capture (len shorter
+ *   than the IP total length / 40 + payload length), IPv6 payload length 0 (jumbogram), zero-length
+ *   fragment payload, MF set with a payload length not a multiple of 8, a second last fragment with a
+ *   different end, a fragment ending past the known end, or a last fragment ending before data
+ *   already held.
+ * - DEFRAG_C_TOO_BIG: header + reassembled payload would exceed 65535 (IPv6: payload length).
+ * - Errors found while parsing the headers (truncated headers, truncated capture, not a fragment,
+ *   IPv6 payload length 0) leave held datagrams alone. The others (zero length, misalignment, end
+ *   conflicts, too big) also drop the held datagram with the same key, if any (its fragments are
+ *   counted in DEFRAG_C_FRAGS_DISCARDED).
+ * - DEFRAG_C_MEMCAP: the fragment did not fit under the memcap (see above) or an allocation failed
+ *   (then the datagram being built is dropped as well).
+ *
+ * Output
+ * - IPv4: the offset-0 fragment's header (options included), MF and offset cleared (DF and the
+ *   reserved bit are kept as sent), total length set, header checksum recomputed, then the payload.
+ * - IPv6: the offset-0 fragment's unfragmentable part (IPv6 header and the extension headers before
+ *   the fragment header), the next header field that pointed at the fragment header set to the
+ *   fragment header's next header, payload length set, then the payload.
+ * - An IPv6 atomic fragment (offset 0, M=0, RFC 6946) is reassembled on its own right away (DONE)
+ *   without touching held datagrams with the same id.
+ * - Trailing bytes beyond the IP total length (Ethernet padding) are ignored.
+ */
+#include "defrag.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define KEY_LEN 48
+#define IP_MAXLEN 65535u
+#define OUT_MAX (40u + 65535u) /* IPv6 header + the largest payload length */
+#define HT_MIN_BUCKETS 64u
+#define HT_MAX_BUCKETS (1u << 22)
+#define HT_INIT_MAX_BUCKETS (1u << 16) /* larger tables grow on demand */
+
+#define IPPROTO_HOPOPTS_ 0
+#define IPPROTO_ROUTING_ 43
+#define IPPROTO_FRAGMENT_ 44
+#define IPPROTO_DSTOPTS_ 60
+
+struct piece {
+    struct piece *next;
+    uint32_t off;
+    uint32_t len;
+    uint8_t data[];
+};
+
+struct dg {
+    struct dg *hnext;   /* hash chain */
+    struct dg **hpprev; /* address of the pointer pointing at this node */
+    struct dg *onext;   /* creation-order list */
+    struct dg *oprev;
+    uint64_t hash;
+    uint64_t first_ns;
+    struct piece *pieces; /* sorted by offset, non-overlapping */
+    struct piece *tail;   /* last piece (fast path for in-order arrival) */
+    uint8_t *hdr;         /* header copy from the offset-0 fragment (NULL until seen) */
+    uint32_t hdr_len;
+    uint32_t nh_off;      /* IPv6: offset in hdr of the next header field to rewrite */
+    uint32_t covered;     /* bytes held (sum of piece lengths) */
+    uint32_t max_end;     /* highest end offset seen */
+    uint32_t last_end;    /* end fixed by the last fragment (valid if have_last) */
+    uint32_t nfrags;      /* fragments that contributed bytes */
+    uint64_t mem;         /* bytes accounted to this datagram */
+    uint8_t have_last;
+    uint8_t frag_nh;      /* IPv6: next header from the offset-0 fragment's fragment header */
+    uint8_t family;       /* 4 or 6 */
+    uint8_t key[KEY_LEN];
+};
+
+struct defrag {
+    uint64_t memcap;
+    uint64_t timeout_ns;
+    uint32_t max_datagrams;
+    uint32_t count;
+    uint64_t mem_used;
+    uint64_t seed;
+    struct dg **buckets;
+    uint32_t nbuckets; /* power of two */
+    struct dg *ohead;  /* oldest */
+    struct dg *otail;  /* newest */
+    uint8_t *out;      /* OUT_MAX bytes, allocated on first use */
+    uint64_t c[DEFRAG_C_COUNT];
+};
+
+/* A parsed fragment. */
+struct frag {
+    uint8_t key[KEY_LEN];
+    uint8_t family;
+    uint8_t mf;
+    uint8_t frag_nh;         /* IPv6 */
+    uint32_t off;            /* in bytes */
+    uint32_t plen;           /* payload bytes */
+    const uint8_t *payload;
+    const uint8_t *hdr;      /* IPv4 header / IPv6 unfragmentable part */
+    uint32_t hdr_len;
+    uint32_t nh_off;         /* IPv6 */
+};
+
+enum parse_res {
+    P_OK = 0,
+    P_BAD_HDR,   /* cannot be parsed or not a fragment: rejected, no datagram touched */
+    P_BAD_FRAG,  /* malformed fragment with a known key: rejected, datagram invalidated */
+};
+
+static uint16_t rd16(const uint8_t *p) { return (uint16_t)((uint16_t)p[0] << 8 | p[1]); }
+static void wr16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+static void wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static uint64_t key_hash(const defrag_t *df, const uint8_t *key)
+{
+    uint64_t h = df->seed;
+    for (size_t i = 0; i < KEY_LEN; i += 8) {
+        uint64_t w;
+        memcpy(&w, key + i, 8);
+        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
+    }
+    return mix64(h);
+}
+
+/* ---------------------------------------------------------------- parsing */
+
+static enum parse_res parse_v4(const uint8_t *l3, uint32_t len, uint32_t vlan_key, struct frag *f)
+{
+    if (len < 20)
+        return P_BAD_HDR;
+    uint32_t hl = (uint32_t)(l3[0] & 0x0f) * 4u;
+    if (hl < 20 || hl > len)
+        return P_BAD_HDR;
+    uint32_t tot = rd16(l3 + 2);
+    if (tot < hl)
+        return P_BAD_HDR;
+    uint16_t fo = rd16(l3 + 6);
+    f->mf = (fo & 0x2000) != 0;
+    f->off = (uint32_t)(fo & 0x1fff) * 8u;
+    if (!f->mf && f->off == 0)
+        return P_BAD_HDR; /* not a fragment */
+    if (tot > len)
+        return P_BAD_HDR; /* truncated capture */
+    f->family = 4;
+    f->hdr = l3;
+    f->hdr_len = hl;
+    f->nh_off = 0;
+    f->frag_nh = 0;
+    f->payload = l3 + hl;
+    f->plen = tot - hl; /* bytes past the total length (padding) are ignored */
+    memset(f->key, 0, KEY_LEN);
+    f->key[0] = 4;
+    f->key[1] = l3[9];
+    wr32(f->key + 4, vlan_key);
+    wr32(f->key + 8, rd16(l3 + 4));
+    memcpy(f->key + 12, l3 + 12, 4);
+    memcpy(f->key + 28, l3 + 16, 4);
+    return P_OK;
+}
+
+static enum parse_res parse_v6(const uint8_t *l3, uint32_t len, uint32_t vlan_key, struct frag *f)
+{
+    if (len < 40)
+        return P_BAD_HDR;
+    uint32_t pl = rd16(l3 + 4);
+    if (pl == 0)
+        return P_BAD_HDR; /* jumbogram or empty: no fragment header to reassemble */
+    uint32_t avail = 40u + pl;
+    if (avail > len)
+        return P_BAD_HDR; /* truncated capture */
+    uint8_t nh = l3[6];
+    uint32_t nh_off = 6;
+    uint32_t off = 40;
+    while (nh == IPPROTO_HOPOPTS_ || nh == IPPROTO_ROUTING_ || nh == IPPROTO_DSTOPTS_) {
+        if (avail - off < 8)
+            return P_BAD_HDR;
+        uint32_t elen = ((uint32_t)l3[off + 1] + 1u) * 8u;
+        if (avail - off < elen)
+            return P_BAD_HDR;
+        nh_off = off;
+        nh = l3[off];
+        off += elen;
+    }
+    if (nh != IPPROTO_FRAGMENT_)
+        return P_BAD_HDR; /* not a fragment */
+    if (avail - off < 8)
+        return P_BAD_HDR;
+    const uint8_t *fh = l3 + off;
+    uint16_t fo = rd16(fh + 2);
+    f->family = 6;
+    f->frag_nh = fh[0];
+    f->off = (uint32_t)(fo & 0xfff8);
+    f->mf = (fo & 1) != 0;
+    f->hdr = l3;
+    f->hdr_len = off;
+    f->nh_off = nh_off;
+    f->payload = fh + 8;
+    f->plen = avail - off - 8;
+    memset(f->key, 0, KEY_LEN);
+    f->key[0] = 6;
+    wr32(f->key + 4, vlan_key);
+    memcpy(f->key + 8, fh + 4, 4);
+    memcpy(f->key + 12, l3 + 8, 16);
+    memcpy(f->key + 28, l3 + 24, 16);
+    return P_OK;
+}
+
+/* ---------------------------------------------------------------- table */
+
+static struct dg *lookup(const defrag_t *df, const uint8_t *key, uint64_t h)
+{
+    for (struct dg *d = df->buckets[h & (df->nbuckets - 1)]; d; d = d->hnext)
+        if (d->hash == h && memcmp(d->key, key, KEY_LEN) == 0)
+            return d;
+    return NULL;
+}
+
+static void bucket_insert(struct dg **buckets, uint32_t nbuckets, struct dg *d)
+{
+    struct dg **b = &buckets[d->hash & (nbuckets - 1)];
+    d->hnext = *b;
+    if (*b)
+        (*b)->hpprev = &d->hnext;
+    d->hpprev = b;
+    *b = d;
+}
+
+static void maybe_grow(defrag_t *df)
+{
+    if (df->count <= df->nbuckets || df->nbuckets >= HT_MAX_BUCKETS)
+        return;
+    uint32_t nb = df->nbuckets * 2u;
+    struct dg **nbk = calloc(nb, sizeof(*nbk));
+    if (!nbk)
+        return; /* keep working with longer chains */
+    for (uint32_t i = 0; i < df->nbuckets; i++) {
+        struct dg *d = df->buckets[i];
+        while (d) {
+            struct dg *next = d->hnext;
+            bucket_insert(nbk, nb, d);
+            d = next;
+        }
+    }
+    free(df->buckets);
+    df->buckets = nbk;
+    df->nbuckets = nb;
+}
+
+static uint64_t dg_overhead(uint32_t hdr_len) { return (uint64_t)sizeof(struct dg) + hdr_len; }
+static uint64_t piece_cost(uint32_t len) { return (uint64_t)sizeof(struct piece) + len; }
+
+/* Unlink and free a datagram; `discard` adds its fragments to FRAGS_DISCARDED. Returns its number
+ * of held fragments. */
+static uint32_t dg_destroy(defrag_t *df, struct dg *d, int discard)
+{
+    uint32_t n = d->nfrags;
+    *d->hpprev = d->hnext;
+    if (d->hnext)
+        d->hnext->hpprev = d->hpprev;
+    if (d->oprev)
+        d->oprev->onext = d->onext;
+    else
+        df->ohead = d->onext;
+    if (d->onext)
+        d->onext->oprev = d->oprev;
+    else
+        df->otail = d->oprev;
+    struct piece *p = d->pieces;
+    while (p) {
+        struct piece *next = p->next;
+        free(p);
+        p = next;
+    }
+    df->mem_used -= d->mem;
+    free(d->hdr);
+    free(d);
+    df->count--;
+    if (discard)
+        df->c[DEFRAG_C_FRAGS_DISCARDED] += n;
+    return n;
+}
+
+static void evict_oldest(defrag_t *df, const struct dg *keep)
+{
+    struct dg *v = df->ohead;
+    if (v == keep)
+        v = v->onext;
+    if (v)
+        df->c[DEFRAG_C_MEMCAP] += dg_destroy(df, v, 1);
+}
+
+/* Make `need` more bytes fit under the memcap by evicting the oldest datagrams other than `keep`.
+ * Returns 0 when they fit. */
+static int make_room(defrag_t *df, uint64_t need, const struct dg *keep)
+{
+    if (df->memcap == 0)
+        return 0;
+    if (need + (keep ? keep->mem : 0) > df->memcap)
+        return -1; /* would not fit even alone: do not evict anything for it */
+    while (df->mem_used + need > df->memcap) {
+        if (!df->ohead || (df->ohead == keep && !keep->onext))
+            return -1;
+        evict_oldest(df, keep);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- public API */
+
+defrag_t *defrag_new(uint64_t memcap, uint64_t timeout_ns, uint32_t max_datagrams)
+{
+    defrag_t *df = calloc(1, sizeof(*df));
+    if (!df)
+        return NULL;
+    df->memcap = memcap;
+    df->timeout_ns = timeout_ns;
+    df->max_datagrams = max_datagrams;
+    uint32_t nb = HT_MIN_BUCKETS;
+    while (nb < max_datagrams && nb < HT_INIT_MAX_BUCKETS)
+        nb *= 2u;
+    df->nbuckets = nb;
+    df->buckets = calloc(nb, sizeof(*df->buckets));
+    if (!df->buckets) {
+        free(df);
+        return NULL;
+    }
+    df->seed = mix64((uint64_t)(uintptr_t)df ^ 0x6d6f732d78647066ULL);
+    return df;
+}
+
+void defrag_free(defrag_t *df)
+{
+    if (!df)
+        return;
+    while (df->ohead)
+        dg_destroy(df, df->ohead, 0);
+    free(df->buckets);
+    free(df->out);
+    free(df);
+}
+
+void defrag_expire(defrag_t *df, uint64_t now_ns)
+{
+    if (!df || df->timeout_ns == 0)
+        return;
+    while (df->ohead) {
+        struct dg *d = df->ohead;
+        if (now_ns < d->first_ns || now_ns - d->first_ns < df->timeout_ns)
+            break;
+        df->c[DEFRAG_C_TIMEOUTS]++;
+        dg_destroy(df, d, 1);
+    }
+}
+
+const uint64_t *defrag_counters(const defrag_t *df) { return df->c; }
+
+uint64_t defrag_mem_used(const defrag_t *df) { return df->mem_used; }
+
+static int ensure_out(defrag_t *df)
+{
+    if (!df->out)
+        df->out = malloc(OUT_MAX);
+    return df->out ? 0 : -1;
+}
+
+static uint16_t ip_checksum(const uint8_t *p, uint32_t len)
+{
+    uint32_t sum = 0;
+    for (uint32_t i = 0; i + 1 < len; i += 2)
+        sum += rd16(p + i);
+    if (len & 1)
+        sum += (uint32_t)p[len - 1] << 8;
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+/* Write header + payload into df->out and fix the header. hdr_len + plen must fit the limits. */
+static uint32_t write_header(defrag_t *df, uint8_t family, const uint8_t *hdr, uint32_t hdr_len,
+                             uint32_t nh_off, uint8_t frag_nh, uint32_t plen)
+{
+    uint8_t *o = df->out;
+    memcpy(o, hdr, hdr_len);
+    if (family == 4) {
+        wr16(o + 2, (uint16_t)(hdr_len + plen));
+        wr16(o + 6, (uint16_t)(rd16(o + 6) & 0xc000)); /* keep DF/reserved, clear MF and offset */
+        wr16(o + 10, 0);
+        wr16(o + 10, ip_checksum(o, hdr_len));
+    } else {
+        o[nh_off] = frag_nh;
+        wr16(o + 4, (uint16_t)(hdr_len - 40u + plen));
+    }
+    return hdr_len + plen;
+}
+
+static uint32_t header_limit(uint8_t family, uint32_t hdr_len)
+{
+    /* largest payload that still fits: IPv4 total length, IPv6 payload length */
+    uint32_t used = family == 4 ? hdr_len : hdr_len - 40u;
+    return used >= IP_MAXLEN ? 0 : IP_MAXLEN - used;
+}
+
+/* Walk the uncovered parts of [a, b) against the held pieces. With `insert`, allocate and link a
+ * piece for each (returns -1 if an allocation fails, leaving the pieces added so far linked).
+ * Otherwise count them into *nbytes and *npieces. */
+static int walk_gaps(defrag_t *df, struct dg *d, const uint8_t *data, uint32_t a, uint32_t b,
+                     int insert, uint32_t *nbytes, uint32_t *npieces)
+{
+    struct piece **pp = &d->pieces;
+    uint32_t cur = a;
+    if (d->tail && d->tail->off + d->tail->len <= a)
+        pp = &d->tail->next; /* fast path: beyond everything held */
+    while (cur < b) {
+        struct piece *p = *pp;
+        if (p && p->off + p->len <= cur) {
+            pp = &p->next;
+            continue;
+        }
+        if (p && p->off <= cur) {
+            cur = p->off + p->len;
+            pp = &p->next;
+            continue;
+        }
+        uint32_t gap_end = (p && p->off < b) ? p->off : b;
+        uint32_t glen = gap_end - cur;
+        if (insert) {
+            struct piece *n = malloc(sizeof(*n) + glen);
+            if (!n)
+                return -1;
+            n->off = cur;
+            n->len = glen;
+            memcpy(n->data, data + (cur - a), glen);
+            n->next = p;
+            *pp = n;
+            if (!p)
+                d->tail = n;
+            pp = &n->next;
+            df->mem_used += piece_cost(glen);
+            d->mem += piece_cost(glen);
+            d->covered += glen;
+        } else {
+            *nbytes += glen;
+            (*npieces)++;
+        }
+        cur = gap_end;
+    }
+    return 0;
+}
+
+static int reject(defrag_t *df, enum defrag_counter why, struct dg *d)
+{
+    df->c[why]++;
+    if (d)
+        dg_destroy(df, d, 1);
+    return DEFRAG_ERROR;
+}
+
+int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key, uint64_t now_ns,
+                const uint8_t **out, uint32_t *out_len)
+{
+    if (out)
+        *out = NULL;
+    if (out_len)
+        *out_len = 0;
+    if (!df)
+        return DEFRAG_ERROR;
+    df->c[DEFRAG_C_FRAGMENTS]++;
+    defrag_expire(df, now_ns);
+
+    struct frag f;
+    enum parse_res pr = P_BAD_HDR;
+    if (l3 && len >= 1) {
+        if ((l3[0] >> 4) == 4)
+            pr = parse_v4(l3, len, vlan_key, &f);
+        else if ((l3[0] >> 4) == 6)
+            pr = parse_v6(l3, len, vlan_key, &f);
+    }
+    if (pr != P_OK)
+        return reject(df, DEFRAG_C_BAD_FRAGMENT, NULL);
+
+    uint64_t h = key_hash(df, f.key);
+    struct dg *d = lookup(df, f.key, h);
+
+    if (f.plen == 0 || (f.mf && (f.plen & 7u) != 0))
+        return reject(df, DEFRAG_C_BAD_FRAGMENT, d);
+    uint32_t end = f.off + f.plen; /* < 2^17 */
+    if (end > header_limit(f.family, f.hdr_len))
+        return reject(df, DEFRAG_C_TOO_BIG, d);
+
+    /* IPv6 atomic fragment: a datagram on its own (RFC 6946). */
+    if (f.family == 6 && f.off == 0 && !f.mf) {
+        if (ensure_out(df) != 0)
+            return reject(df, DEFRAG_C_MEMCAP, NULL);
+        uint32_t n = write_header(df, 6, f.hdr, f.hdr_len, f.nh_off, f.frag_nh, f.plen);
+        memcpy(df->out + f.hdr_len, f.payload, f.plen);
+        df->c[DEFRAG_C_DATAGRAMS]++;
+        if (out)
+            *out = df->out;
+        if (out_len)
+            *out_len = n;
+        return DEFRAG_DONE;
+    }
+
+    if (d) {
+        if (!f.mf) {
+            if (d->have_last ? end != d->last_end : d->max_end > end)
+                return reject(df, DEFRAG_C_BAD_FRAGMENT, d);
+        } else if (d->have_last && end > d->last_end) {
+            return reject(df, DEFRAG_C_BAD_FRAGMENT, d);
+        }
+    }
+
+    /* What would be stored. */
+    uint32_t nbytes = 0, npieces = 0;
+    if (d) {
+        walk_gaps(df, d, f.payload, f.off, end, 0, &nbytes, &npieces);
+    } else {
+        nbytes = f.plen;
+        npieces = 1;
+    }
+    int want_hdr = f.off == 0 && (!d || !d->hdr);
+    uint64_t need = (uint64_t)npieces * sizeof(struct piece) + nbytes;
+    if (!d)
+        need += dg_overhead(0);
+    if (want_hdr)
+        need += f.hdr_len;
+
+    if (!d && df->max_datagrams) {
+        while (df->count >= df->max_datagrams && df->ohead)
+            evict_oldest(df, NULL);
+    }
+    if (need > 0 && make_room(df, need, d) != 0)
+        return reject(df, DEFRAG_C_MEMCAP, NULL);
+
+    if (!d) {
+        d = calloc(1, sizeof(*d));
+        if (!d)
+            return reject(df, DEFRAG_C_MEMCAP, NULL);
+        memcpy(d->key, f.key, KEY_LEN);
+        d->hash = h;
+        d->family = f.family;
+        d->first_ns = now_ns;
+        bucket_insert(df->buckets, df->nbuckets, d);
+        d->oprev = df->otail;
+        if (df->otail)
+            df->otail->onext = d;
+        else
+            df->ohead = d;
+        df->otail = d;
+        df->count++;
+        df->mem_used += dg_overhead(0);
+        d->mem = dg_overhead(0);
+        maybe_grow(df);
+    }
+    if (want_hdr) {
+        d->hdr = malloc(f.hdr_len);
+        if (!d->hdr) {
+            df->c[DEFRAG_C_MEMCAP]++;
+            dg_destroy(df, d, 1);
+            return DEFRAG_ERROR;
+        }
+        memcpy(d->hdr, f.hdr, f.hdr_len);
+        d->hdr_len = f.hdr_len;
+        d->nh_off = f.nh_off;
+        d->frag_nh = f.frag_nh;
+        df->mem_used += f.hdr_len;
+        d->mem += f.hdr_len;
+    }
+    if (nbytes > 0) {
+        if (walk_gaps(df, d, f.payload, f.off, end, 1, NULL, NULL) != 0) {
+            df->c[DEFRAG_C_MEMCAP]++;
+            dg_destroy(df, d, 1);
+            return DEFRAG_ERROR;
+        }
+        d->nfrags++;
+    }
+    if (nbytes < f.plen)
+        df->c[DEFRAG_C_OVERLAPS]++;
+    if (end > d->max_end)
+        d->max_end = end;
+    if (!f.mf) {
+        d->have_last = 1;
+        d->last_end = end;
+    }
+
+    if (!d->have_last || !d->hdr || d->covered != d->last_end)
+        return DEFRAG_HELD;
+
+    /* Complete: pieces are contiguous from 0 to last_end. */
+    if (d->last_end > header_limit(d->family, d->hdr_len))
+        return reject(df, DEFRAG_C_TOO_BIG, d);
+    if (ensure_out(df) != 0) {
+        df->c[DEFRAG_C_MEMCAP]++;
+        dg_destroy(df, d, 1);
+        return DEFRAG_ERROR;
+    }
+    uint32_t n = write_header(df, d->family, d->hdr, d->hdr_len, d->nh_off, d->frag_nh,
+                              d->last_end);
+    for (struct piece *p = d->pieces; p; p = p->next)
+        memcpy(df->out + d->hdr_len + p->off, p->data, p->len);
+    dg_destroy(df, d, 0);
+    df->c[DEFRAG_C_DATAGRAMS]++;
+    if (out)
+        *out = df->out;
+    if (out_len)
+        *out_len = n;
+    return DEFRAG_DONE;
+}

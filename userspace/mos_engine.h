@@ -1,0 +1,274 @@
+/* mos-xdp engine: the public C API (what Python sees through cffi, and what packet sources drive).
+ *
+ * Packets come in batches (struct mos_pkt: pointer + lengths + timestamp) from any source: the pcap
+ * reader here or an AF_XDP ring; the engine never copies a packet, it parses it in place and copies
+ * only payload bytes it must hold for reassembly. Packet memory must stay valid until the events of
+ * the batch have been handled (mos_engine_events_done), because events point into it.
+ *
+ * Events are queued, not called back: Python takes the whole queue in one crossing per batch. Each
+ * event carries a snapshot of what a handler needs (both sides' states, stream offsets, the packet
+ * index); bytes delivered and connections that ended are kept until mos_engine_events_done.
+ */
+#ifndef MOS_ENGINE_H
+#define MOS_ENGINE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* Event ids: bit numbers in 64-bit masks. 0..8 built in (mos/events.py), 32..63 user-defined. */
+enum mos_event_type {
+    MOS_EV_PKT_IN = 0,
+    MOS_EV_CONN_START = 1,
+    MOS_EV_CONN_NEW_DATA = 2,
+    MOS_EV_REXMIT = 3,
+    MOS_EV_TCP_STATE_CHANGE = 4,
+    MOS_EV_CONN_END = 5,
+    MOS_EV_ORPHAN = 6,
+    MOS_EV_ERROR = 7,
+    MOS_EV_DATA_GAP = 8,
+    MOS_EV_BUILTIN_COUNT = 9,
+    MOS_EV_USER_BASE = 32,
+    MOS_EV_MAX = 64,
+};
+
+enum mos_side { MOS_SIDE_CLI = 0, MOS_SIDE_SVR = 1 };
+enum mos_hook { MOS_HK_SND = 0, MOS_HK_RCV = 1 };
+
+enum mos_end_reason {
+    MOS_END_NONE = 0, MOS_END_FIN = 1, MOS_END_RST = 2, MOS_END_TIMEOUT = 3, MOS_END_EVICTION = 4,
+    MOS_END_EOF = 5,
+};
+
+enum mos_error_kind {
+    MOS_ERR_OUT_OF_WINDOW = 1, MOS_ERR_RST_OUT_OF_WINDOW = 2, MOS_ERR_BUFFER_LIMIT = 3, MOS_ERR_MEMCAP = 4,
+    MOS_ERR_SEGMENT_LIMIT = 5,
+};
+
+enum mos_orphan_kind { MOS_ORPHAN_NOT_TCP = 1, MOS_ORPHAN_NO_CONN = 2, MOS_ORPHAN_TABLE_FULL = 3 };
+
+/* RFC 9293 states. */
+enum mos_tcp_state {
+    MOS_TCP_CLOSED = 0, MOS_TCP_LISTEN, MOS_TCP_SYN_SENT, MOS_TCP_SYN_RECEIVED, MOS_TCP_ESTABLISHED,
+    MOS_TCP_FIN_WAIT_1, MOS_TCP_FIN_WAIT_2, MOS_TCP_CLOSE_WAIT, MOS_TCP_CLOSING, MOS_TCP_LAST_ACK,
+    MOS_TCP_TIME_WAIT,
+};
+
+/* Link types (libpcap DLT_* values the engine decodes). */
+enum mos_linktype {
+    MOS_DLT_NULL = 0, MOS_DLT_EN10MB = 1, MOS_DLT_PPP = 9, MOS_DLT_RAW = 12, MOS_DLT_PPP_SERIAL = 50,
+    MOS_DLT_PPP_ETHER = 51, MOS_DLT_C_HDLC = 104, MOS_DLT_RAW_101 = 101, MOS_DLT_LOOP = 108,
+    MOS_DLT_LINUX_SLL = 113, MOS_DLT_LINUX_SLL2 = 276, MOS_DLT_IPV4 = 228, MOS_DLT_IPV6 = 229,
+};
+
+/* Every packet ends in exactly one of these (plus the reasons of MOS_PKT_MALFORMED_*). */
+enum mos_counter {
+    MOS_C_PACKETS = 0,       /* packets fed */
+    MOS_C_BYTES,             /* wire bytes fed */
+    MOS_C_CONN_PACKETS,      /* processed in a connection */
+    MOS_C_ORPHAN_NOT_TCP,    /* not TCP (ARP, UDP, ICMP, ...) */
+    MOS_C_ORPHAN_NO_CONN,    /* TCP of no tracked connection (pick-up off, or a stray after close) */
+    MOS_C_ORPHAN_TABLE_FULL, /* TCP that would start a connection while the table is full of live ones */
+    MOS_C_FRAG_HELD,         /* IP fragments absorbed by defragmentation (datagrams counted below) */
+    MOS_C_FRAG_ERROR,        /* IP fragments rejected by defragmentation (reasons in frag counters) */
+    MOS_C_IGNORED_SIDE,      /* packets of a connection whose monitoring was stopped on both sides */
+    MOS_C_MAL_TRUNCATED_L2,  /* malformed, by reason */
+    MOS_C_MAL_UNKNOWN_LINK,
+    MOS_C_MAL_TRUNCATED_IP,
+    MOS_C_MAL_BAD_IP_VERSION,
+    MOS_C_MAL_BAD_IP_HLEN,
+    MOS_C_MAL_BAD_IP_LEN,
+    MOS_C_MAL_TRUNCATED_IPV6_EXT,
+    MOS_C_MAL_TRUNCATED_TCP,
+    MOS_C_MAL_BAD_TCP_HLEN,
+    MOS_C_MAL_TRUNCATED_UDP,
+    MOS_C_MAL_TRUNCATED_PAYLOAD,
+    MOS_C_MAL_BAD_TCP_FLAGS,
+    MOS_C_MAL_TOO_MANY_VLANS,
+    /* not dispositions: extra information */
+    MOS_C_DATAGRAMS_REASSEMBLED,
+    MOS_C_CONNS_CREATED,
+    MOS_C_CONNS_PICKED_UP,   /* created mid-stream (no SYN seen) */
+    MOS_C_CONNS_ENDED,
+    MOS_C_CONNS_EVICTED,
+    MOS_C_CONNS_TIMED_OUT,
+    MOS_C_CONNS_LIVE,
+    MOS_C_SYN_REXMIT,
+    MOS_C_OUT_OF_WINDOW,
+    MOS_C_RST_OUT_OF_WINDOW,
+    MOS_C_RST_ACCEPTED,
+    MOS_C_DATA_AFTER_CLOSE,
+    MOS_C_EVENTS_QUEUED,
+    MOS_C_EVENT_BATCHES,
+    MOS_C_COUNT
+};
+
+/* One packet of a batch. data points at the link-layer header of `linktype`. */
+struct mos_pkt {
+    const uint8_t *data;
+    uint32_t caplen;
+    uint32_t wirelen;
+    uint64_t ts_ns;
+};
+
+/* An event, as queued for Python. */
+struct mos_event {
+    uint8_t type;          /* enum mos_event_type or a user event id */
+    uint8_t side;          /* the endpoint whose stack raised it (receiving side for data events) */
+    uint8_t hook;          /* enum mos_hook */
+    uint8_t cli_state;     /* snapshot of both endpoints' states when raised */
+    uint8_t svr_state;
+    uint8_t old_state;     /* TCP_STATE_CHANGE: previous state of `side` */
+    uint8_t inconsistent;  /* REXMIT: bytes differ from the first copy */
+    uint8_t flags;         /* TCP flags of the packet */
+    uint32_t conn;         /* connection slot (1-based); 0 for ORPHAN */
+    uint32_t pkt;          /* index of the packet in the batch */
+    uint32_t reason;       /* CONN_END: mos_end_reason; ERROR: mos_error_kind; ORPHAN: mos_orphan_kind */
+    uint32_t len;          /* NEW_DATA / REXMIT / DATA_GAP length (gap length capped at 2^32-1) */
+    uint64_t conn_id;      /* connection id (1-based, in order of creation) */
+    uint64_t off;          /* stream offset in `side`'s receive stream */
+    const uint8_t *data;   /* NEW_DATA: the bytes; REXMIT inconsistent: the first copy */
+    const uint8_t *data2;  /* REXMIT inconsistent: the new copy */
+};
+
+/* A connection as seen from Python. */
+struct mos_conn_info {
+    uint64_t id;
+    uint8_t ip_version;
+    uint8_t cli_state, svr_state;
+    uint8_t end_reason;
+    uint8_t nvlan;
+    uint8_t picked_up;     /* created mid-stream */
+    uint8_t monitor_mask;  /* bit 0: client side monitored, bit 1: server side */
+    uint8_t cli_wscale, svr_wscale; /* 0xff when not negotiated */
+    uint16_t vlan[2];
+    uint8_t cli_addr[16], svr_addr[16];
+    uint16_t cli_port, svr_port;
+    uint32_t cli_isn, svr_isn;
+    uint64_t first_ts_ns, last_ts_ns;
+    uint64_t pkts[2], bytes[2];   /* sent by client [0] / server [1]: packets and payload bytes */
+    uint64_t stream_off[2];       /* bytes delivered to the client [0] / to the server [1], gaps included */
+    uint64_t gap_bytes[2];        /* bytes lost in the stream received by client [0] / server [1] */
+    uint64_t held_bytes[2];       /* bytes currently held for that receive stream */
+    uint64_t rexmit_pkts[2];      /* retransmitted segments sent by client [0] / server [1] */
+};
+
+/* Decoded headers of one packet (for conn.last_packet in Python). */
+struct mos_pkt_view {
+    uint8_t ip_version, proto, tcp_flags, nvlan;
+    uint16_t vlan[2];
+    uint16_t sport, dport;
+    uint8_t src[16], dst[16];
+    uint32_t seq, ack;
+    uint16_t window, mss;
+    uint8_t wscale, sack_perm, has_ts, pad;
+    uint32_t tsval, tsecr;
+    uint32_t l3_off, l4_off, payload_off, payload_len, caplen, wirelen;
+    uint64_t ts_ns;
+};
+
+/* A filter evaluated in C for a user-defined event. All set conditions must hold. */
+struct mos_filter {
+    uint8_t flags_mask, flags_value;  /* (tcp_flags & mask) == value; mask 0: any */
+    uint8_t nports;                   /* 0: any port; else src or dst port in ports[] */
+    uint8_t pattern_len;              /* 0: none; else the packet payload (or for NEW_DATA, the new
+                                       * bytes) contains pattern[0..len) */
+    uint16_t ports[16];
+    uint8_t pattern[64];
+};
+
+struct mos_config {
+    uint32_t max_conns;          /* flow table capacity (default 1 << 20) */
+    uint32_t event_queue;        /* events per crossing (default 8192) */
+    uint8_t vlan_in_key;         /* VLAN ids are part of the flow key (default 1) */
+    uint8_t pickup;              /* track connections already in progress (default 1) */
+    uint8_t policy;              /* default overlap policy (enum reasm_policy) */
+    uint8_t buffer_cli;          /* hold bytes received by the client (default 1) */
+    uint8_t buffer_svr;          /* hold bytes received by the server (default 1) */
+    uint8_t pad[3];
+    uint32_t dir_buffer_limit;   /* bytes held per direction (default 8 MiB) */
+    uint32_t max_segments;       /* held segments per direction (default 4096) */
+    uint64_t memcap;             /* bytes held by reassembly in all (default 2 GiB) */
+    uint64_t timeout_syn_ns;     /* idle timeout before the handshake completes (default 30 s) */
+    uint64_t timeout_est_ns;     /* idle timeout of a connection (default 600 s) */
+    uint64_t timeout_closed_ns;  /* how long a closed connection absorbs stragglers (default 10 s) */
+    uint64_t frag_memcap;        /* default 64 MiB */
+    uint64_t frag_timeout_ns;    /* default 30 s */
+    uint32_t frag_max;           /* datagrams in flight (default 4096) */
+    uint32_t pad2;
+};
+
+typedef struct mos_engine mos_engine_t;
+
+void mos_config_default(struct mos_config *cfg);
+/* Returns NULL on error with a message in err (errlen bytes). */
+mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t errlen);
+void mos_engine_free(mos_engine_t *e);
+
+/* Subscriptions: events are queued only when some mask wants them (so most packets never reach
+ * Python). mask[hook][side]; per-connection masks add to the global ones. */
+void mos_engine_set_mask(mos_engine_t *e, int hook, int side, uint64_t mask);
+/* A user event `id` raised when `base` is raised and the filter (NULL: none) holds. */
+int mos_engine_define_event(mos_engine_t *e, int id, int base, const struct mos_filter *f);
+
+/* Process up to n packets; stops early (returns fewer) when the event queue is nearly full or when a
+ * packet's time reaches stop_ts_ns (0: never), so Python can run handlers and timers in order. */
+uint32_t mos_engine_feed(mos_engine_t *e, int linktype, const struct mos_pkt *pkts, uint32_t n,
+                         uint64_t stop_ts_ns);
+/* Advance packet time without a packet (idle expiry). */
+void mos_engine_advance(mos_engine_t *e, uint64_t now_ns);
+/* End of input: flush and end every connection (reason EOF), raising their events. Call repeatedly
+ * until it returns 0 (it stops when the queue fills). */
+uint32_t mos_engine_finish(mos_engine_t *e);
+
+/* Queued events; valid until mos_engine_events_done. */
+uint32_t mos_engine_events(mos_engine_t *e, const struct mos_event **evs);
+/* Handlers are done: free ended connections, trim delivered bytes, clear the queue. */
+void mos_engine_events_done(mos_engine_t *e);
+
+const uint64_t *mos_engine_counters(const mos_engine_t *e);   /* MOS_C_COUNT values */
+const char *mos_counter_name(int i);
+const uint64_t *mos_engine_reasm_counters(const mos_engine_t *e);
+const uint64_t *mos_engine_frag_counters(const mos_engine_t *e);
+uint64_t mos_engine_mem_used(const mos_engine_t *e);
+uint64_t mos_engine_now(const mos_engine_t *e);
+size_t mos_conn_size(void);
+
+/* Connections. slot is the 1-based handle from events; id must match (else -1: ended and reused). */
+int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_conn_info *out);
+int mos_conn_set_mask(mos_engine_t *e, uint32_t slot, uint64_t id, int hook, int side, uint64_t mask);
+/* Stop monitoring a side (bit 0 client, bit 1 server): its bytes are no longer held or delivered. */
+int mos_conn_stop(mos_engine_t *e, uint32_t slot, uint64_t id, int side_mask);
+int mos_conn_set_policy(mos_engine_t *e, uint32_t slot, uint64_t id, int policy);
+/* Copy held bytes of `side`'s receive stream at stream offset off; returns bytes copied (-1 bad conn). */
+int64_t mos_conn_copy(const mos_engine_t *e, uint32_t slot, uint64_t id, int side, uint64_t off,
+                      uint32_t len, uint8_t *dst);
+/* Offsets/lengths of held out-of-order segments of `side`'s receive stream; returns the count. */
+int64_t mos_conn_segments(const mos_engine_t *e, uint32_t slot, uint64_t id, int side, uint64_t *offs,
+                          uint32_t *lens, uint32_t max);
+/* Held bytes of `side`'s receive stream in [from, end), starting at the first held offset >= from
+ * (gaps and bytes no longer held are skipped): copies up to cap bytes, sets *start to the offset of
+ * the first byte copied, returns the count (0: nothing held there, -1: bad connection). */
+int64_t mos_conn_peek(const mos_engine_t *e, uint32_t slot, uint64_t id, int side, uint64_t from,
+                      uint64_t end, uint8_t *dst, uint32_t cap, uint64_t *start);
+/* The raw bytes of packet `pkt` of the current batch (caplen bytes), or NULL. */
+const uint8_t *mos_pkt_raw(const mos_engine_t *e, uint32_t pkt);
+/* The decoded headers of packet `pkt` of the current batch. */
+int mos_pkt_view(const mos_engine_t *e, uint32_t pkt, struct mos_pkt_view *out);
+/* Per-connection 32-bit user tag (Python uses it as an index into its context table). */
+int mos_conn_user(mos_engine_t *e, uint32_t slot, uint64_t id, uint32_t *get, const uint32_t *set);
+
+/* Stream files: when set, delivered bytes of every connection are appended to DIR/<id>.c2s and
+ * DIR/<id>.s2c in C (no Python per event). Returns 0 or -1 (errno). */
+int mos_engine_stream_dir(mos_engine_t *e, const char *dir, uint32_t max_open_files);
+
+/* pcap/pcapng input through libpcap. Packets of a batch stay valid until the next batch. */
+typedef struct mos_pcap mos_pcap_t;
+mos_pcap_t *mos_pcap_open(const char *path, char *err, size_t errlen);
+int mos_pcap_linktype(const mos_pcap_t *p);
+/* Fills up to n packets; returns the count, 0 at the end, -1 on a read error (message in err). */
+int mos_pcap_next_batch(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *err, size_t errlen);
+int64_t mos_pcap_file_size(const mos_pcap_t *p);
+int64_t mos_pcap_file_pos(const mos_pcap_t *p);
+void mos_pcap_close(mos_pcap_t *p);
+
+#endif
