@@ -14,6 +14,9 @@ static inline uint32_t rd32(const uint8_t *p)
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88a8
 #define ETH_P_QINQ1 0x9100
+#define ETH_P_PPPOE_SESS 0x8864
+#define ETH_P_MPLS_UC 0x8847
+#define ETH_P_MPLS_MC 0x8848
 
 static void tcp_options(const uint8_t *opt, uint32_t len, struct pkt_info *pi)
 {
@@ -307,6 +310,27 @@ int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_in
         break;
     default:
         return MOS_C_MAL_UNKNOWN_LINK;
+    }
+    if (et == ETH_P_PPPOE_SESS) {
+        /* PPPoE session: 6-byte header, then the PPP protocol */
+        if (off + 8 > caplen)
+            return MOS_C_MAL_TRUNCATED_L2;
+        uint16_t proto = rd16(p + off + 6);
+        off += 8;
+        et = proto == 0x21 ? ETH_P_IP : proto == 0x57 ? ETH_P_IPV6 : 0;
+    } else if (et == ETH_P_MPLS_UC || et == ETH_P_MPLS_MC) {
+        /* MPLS: labels up to the bottom of the stack, then IP told apart by its version */
+        for (;;) {
+            if (off + 4 > caplen)
+                return MOS_C_MAL_TRUNCATED_L2;
+            int bos = p[off + 2] & 1;
+            off += 4;
+            if (bos)
+                break;
+        }
+        if (off + 1 > caplen)
+            return MOS_C_MAL_TRUNCATED_L2;
+        et = (p[off] >> 4) == 4 ? ETH_P_IP : (p[off] >> 4) == 6 ? ETH_P_IPV6 : 0;
     }
     if (et == ETH_P_IP || et == ETH_P_IPV6) {
         int r = decode_ip(p + off, caplen - off, pi);

@@ -27,13 +27,14 @@
 struct tcp_end {
     uint8_t state;
     uint8_t wscale;       /* from its SYN; 0xff: none */
-    uint8_t syn_seen : 1, fin_seen : 1, isn_known : 1, ack_hint : 1, spare : 4;
+    uint8_t syn_seen : 1, fin_seen : 1, isn_known : 1, ack_hint : 1, ack_pending : 1, spare : 3;
     uint8_t pad;
     uint32_t isn;
     uint32_t snd_nxt;     /* highest sequence number sent + 1 */
     uint32_t fin_seq;     /* sequence number of its FIN */
     uint32_t max_win;     /* largest window it advertised (scaled) */
-    uint32_t hint;        /* ack_hint: what it acknowledged before its receive stream was anchored */
+    uint32_t hint;        /* ack_hint: what it acknowledged before its receive stream was anchored;
+                           * ack_pending: the highest ack past a hole, not yet taken as a gap */
 };
 
 enum conn_flags {
@@ -603,11 +604,29 @@ static void set_state(mos_engine_t *e, struct conn *c, int side, int st, int hoo
     emit(e, c, MOS_EV_TCP_STATE_CHANGE, side, hook, &tm);
 }
 
+static void check_fin(mos_engine_t *e, struct conn *c, int snd, int hook);
+
+/* Holes that side `s` acknowledged (in the stream it receives) become gaps now. */
+static void settle_acks(mos_engine_t *e, struct conn *c, int s)
+{
+    struct tcp_end *S = &c->end[s];
+    if (!S->ack_pending)
+        return;
+    S->ack_pending = 0;
+    struct owner o = {c, s};
+    if (c->rx[s].initialized) {
+        reasm_ack(&e->rctx, &c->rx[s], &o, S->hint);
+        check_fin(e, c, 1 - s, MOS_HK_RCV);
+    }
+}
+
 static void end_conn(mos_engine_t *e, struct conn *c, int reason, int side)
 {
     if (c->flags & CF_ENDED)
         return;
     /* Whatever is still held is delivered, holes becoming gaps: the app sees every byte we have. */
+    settle_acks(e, c, 0);
+    settle_acks(e, c, 1);
     struct owner o0 = {c, 0}, o1 = {c, 1};
     if (c->rx[0].initialized)
         reasm_flush(&e->rctx, &c->rx[0], &o0);
@@ -859,6 +878,11 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
     uint8_t f = pi->tcp_flags;
     struct owner os = {c, s}, orr = {c, r};
 
+    if (pi->payload_len)
+        settle_acks(e, c, s);     /* the acking side moved on: what it acked and we lack is lost */
+    if (f & (TCP_FIN | TCP_RST))
+        settle_acks(e, c, r);     /* the sender is done: holes the receiver acked will not fill */
+
     if (f & TCP_RST) {
         if (rst_acceptable(c, r, pi)) {
             e->counters[MOS_C_RST_ACCEPTED]++;
@@ -897,21 +921,33 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
                 rx_init(e, c, r, dseq);
         }
         int64_t off = reasm_seq_to_off(d, dseq);
+        if (off - (int64_t)d->next_off > (1 << 30) && R->ack_pending) {
+            /* Far ahead of what we have, and the receiver acknowledged past a hole: the hole is lost
+             * (settling it keeps the 32-bit sequence anchor close to the data). */
+            settle_acks(e, c, r);
+            off = reasm_seq_to_off(d, dseq);
+        }
         uint64_t wnd = R->max_win > 65535 ? R->max_win : 65535;
-        if (off > (int64_t)(d->next_off + 2 * wnd + (1u << 16))) {
-            /* far beyond anything the receiver allowed: not held (an evasion attempt, or junk) */
+        uint64_t base = d->next_off;
+        if (R->ack_pending) {
+            int64_t acked = reasm_seq_to_off(d, R->hint);
+            if (acked > (int64_t)base)
+                base = (uint64_t)acked;
+        }
+        if (off > (int64_t)(base + 2 * wnd + (1u << 16))) {
+            /* Beyond anything the receiver allowed: flagged (it may be an insertion attempt), yet held,
+             * as Zeek does, because captures miss window updates and the receiver's ACKs decide. */
             e->counters[MOS_C_OUT_OF_WINDOW]++;
             struct mos_event t = {0};
             t.reason = MOS_ERR_OUT_OF_WINDOW;
             t.off = (uint64_t)off;
             t.len = plen;
             emit(e, c, MOS_EV_ERROR, r, MOS_HK_RCV, &t);
-        } else {
-            uint64_t before = e->rctx.counters[REASM_C_REXMIT_SEGMENTS];
-            reasm_segment(&e->rctx, d, &orr, dseq, pi->payload, plen);
-            if (e->rctx.counters[REASM_C_REXMIT_SEGMENTS] != before)
-                c->rexmit[s]++;
         }
+        uint64_t before = e->rctx.counters[REASM_C_REXMIT_SEGMENTS];
+        reasm_segment(&e->rctx, d, &orr, dseq, pi->payload, plen);
+        if (e->rctx.counters[REASM_C_REXMIT_SEGMENTS] != before)
+            c->rexmit[s]++;
     }
     if (f & TCP_FIN)
         check_fin(e, c, s, MOS_HK_RCV);
@@ -922,7 +958,26 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
             uint32_t ack = pi->ack;
             if (c->end[r].fin_seen && seq_gt(ack, c->end[r].fin_seq))
                 ack = c->end[r].fin_seq;
-            reasm_ack(&e->rctx, ds, &os, ack);
+            uint32_t swnd = S->max_win > 65535 ? S->max_win : 65535;
+            if (seq_gt(ack, ds->next_seq) && ack - ds->next_seq > 2 * swnd + 65536u) {
+                /* A hole larger than any window: no reordering explains it, the bytes were lost. */
+                if (!S->ack_pending || seq_gt(ack, S->hint))
+                    S->hint = ack;
+                S->ack_pending = 1;
+                settle_acks(e, c, s);
+            } else if (seq_gt(ack, ds->next_seq)) {
+                /* An ack past a hole: the bytes may still come (a capture point sees reordering the
+                 * endpoint did not), so the hole becomes a gap only when the conversation moves on:
+                 * the acking side sends data, or the other side closes (see settle_acks). */
+                if (!S->ack_pending || seq_gt(ack, S->hint))
+                    S->hint = ack;
+                S->ack_pending = 1;
+                reasm_ack(&e->rctx, ds, &os, ds->next_seq);
+                if (c->end[r].fin_seen)
+                    settle_acks(e, c, s); /* the sender is done: nothing more will come */
+            } else {
+                reasm_ack(&e->rctx, ds, &os, ack);
+            }
             check_fin(e, c, r, MOS_HK_RCV);
         } else {
             S->ack_hint = 1;
@@ -983,6 +1038,8 @@ static void expire(mos_engine_t *e)
                     break; /* its CONN_END has not been handled yet; next time */
                 conn_free(e, c);
             } else {
+                settle_acks(e, c, 0);
+                settle_acks(e, c, 1);
                 int both_fin = (c->flags & (CF_FIN_CLI | CF_FIN_SVR)) == (CF_FIN_CLI | CF_FIN_SVR);
                 e->counters[MOS_C_CONNS_TIMED_OUT]++;
                 end_conn(e, c, both_fin ? MOS_END_FIN : MOS_END_TIMEOUT, MOS_SIDE_CLI);
@@ -1276,6 +1333,8 @@ uint32_t mos_engine_finish(mos_engine_t *e)
             if (!(c->flags & CF_ENDED)) {
                 if (e->qlen >= e->cfg.event_queue)
                     return e->live ? e->live : 1;
+                settle_acks(e, c, 0);
+                settle_acks(e, c, 1);
                 int both_fin = (c->flags & (CF_FIN_CLI | CF_FIN_SVR)) == (CF_FIN_CLI | CF_FIN_SVR);
                 end_conn(e, c, both_fin ? MOS_END_FIN : MOS_END_EOF, MOS_SIDE_CLI);
                 hash_remove(e, c);

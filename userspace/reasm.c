@@ -80,7 +80,7 @@
 #define RETAIN_MIN    2048u          /* smallest retained (in-order) chunk allocation */
 #define RETAIN_MAX    65536u         /* largest slack-bearing retained chunk allocation */
 #define SCRATCH_MIN   4096u
-#define ACK_MAX_AHEAD (1ull << 30)   /* acks further ahead of next_off are bogus */
+#define ACK_MAX_AHEAD ((1ull << 31) - 1) /* acks further ahead of next_off are not in sequence space */
 #define TMP_STACK     16u
 
 struct chunk {

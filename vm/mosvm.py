@@ -764,6 +764,8 @@ def _supervise(qargs: List[str], interactive: bool, timeout: Optional[float], st
         return EXIT_GUEST_FAILED
     if err and proc.returncode:
         log(f"QEMU failed: {err.splitlines()[-1]}")
+    elif interactive:
+        log("guest stopped before the shell exited (Ctrl-A x, or it crashed)")
     else:
         log("guest stopped without reporting the command's exit code (crashed or powered off)")
     return EXIT_GUEST_FAILED
