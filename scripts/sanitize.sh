@@ -13,7 +13,7 @@ scratch=$(mktemp -d /tmp/mos-asan.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/mos"
 cp mos/*.py "$scratch/mos/"
-( cd "$here" && MOS_SANITIZE=1 .venv/bin/python - "$scratch" <<'PY'
+( cd "$here" && MOS_SANITIZE=1 MOS_ABSOLUTE_PATHS=1 .venv/bin/python - "$scratch" <<'PY'
 import os, sys, importlib.util
 spec = importlib.util.spec_from_file_location("build_engine", "userspace/build_engine.py")
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
@@ -26,6 +26,6 @@ ubsan=$(gcc -print-file-name=libubsan.so)
 echo "== engine tests with the sanitized engine"
 LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-PYTHONPATH="$scratch" MOS_SANITIZED=1 \
+PYTHONPATH="$scratch:$here" MOS_SANITIZED=1 \
     bash -c 'cd "$1" && "$2/.venv/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$2" \
         -m "not netns and not vm and not slow" "$2/tests"' _ "$scratch" "$here"

@@ -23,13 +23,17 @@ def _cdef_from_header(path: Path) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
 
 
+# setuptools wants paths relative to setup.py; a direct ffibuilder.compile() in a scratch directory
+# (scripts/sanitize.sh) needs them absolute.
+ABSOLUTE = bool(os.environ.get("MOS_ABSOLUTE_PATHS"))
+
+
+def _path(p: Path) -> str:
+    return str(p if ABSOLUTE else p.relative_to(HERE.parent))
+
+
 def _sources() -> list[str]:
-    # relative paths: setuptools requires them to be relative to setup.py
-    return sorted(
-        str(p.relative_to(HERE.parent))
-        for p in HERE.glob("*.c")
-        if not p.name.startswith("_")
-    )
+    return sorted(_path(p) for p in HERE.glob("*.c") if not p.name.startswith("_"))
 
 
 CFLAGS = ["-std=c11", "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
@@ -44,7 +48,7 @@ ffibuilder.set_source(
     "mos._engine",
     '#include "mos_engine.h"\n',
     sources=_sources(),
-    include_dirs=[str(HERE.relative_to(HERE.parent)), "bpf"],
+    include_dirs=[_path(HERE), _path(HERE.parent / "bpf")],
     libraries=["pcap"],
     extra_compile_args=CFLAGS,
     extra_link_args=LDFLAGS,
