@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
+import struct
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ Handler = Callable[["Connection", "EventInfo"], Any]
 PyFilter = Callable[["Connection", "EventInfo"], bool]
 EventId = Union[Event, int]
 
-_CONN_LEVEL = (Event.CONN_START, Event.CONN_END)
+_CONN_LEVEL = (int(Event.CONN_START), int(Event.CONN_END))
 _BATCH = 256
 
 
@@ -158,13 +159,19 @@ def endpoint(version: int, addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if version == 6 else f"{addr}:{port}"
 
 
+# struct mos_event, unpacked for a whole queue at once (one crossing per batch)
+_EV_FMT = "<8B4I4Q"
+_EV_SIZE = struct.calcsize(_EV_FMT)
+(_T, _SIDE, _HOOK, _CST, _SST, _OLD, _INC, _FLAGS, _SLOT, _PKT, _REASON, _LEN, _CID, _OFF, _D1, _D2) = range(16)
+
+
 class EventInfo:
-    """One event as a handler sees it. Fields are read from the engine's queue when asked for."""
+    """One event as a handler sees it (valid while the batch's events are handled)."""
 
-    __slots__ = ("_ev", "_mon", "type")
+    __slots__ = ("_f", "_mon", "type")
 
-    def __init__(self, ev: Any, mon: Monitor, type_: int) -> None:
-        self._ev = ev
+    def __init__(self, fields: Tuple[int, ...], mon: Monitor, type_: int) -> None:
+        self._f = fields
         self._mon = mon
         self.type = type_
 
@@ -176,51 +183,49 @@ class EventInfo:
     @property
     def side(self) -> Side:
         """The endpoint whose stack raised the event: the receiving side for data events."""
-        return Side(self._ev.side)
+        return Side(self._f[_SIDE])
 
     @property
     def hook(self) -> Hook:
         """Whether it was raised after the sender's (SND) or the receiver's (RCV) update."""
-        return Hook(self._ev.hook)
+        return Hook(self._f[_HOOK])
 
     @property
     def offset(self) -> int:
         """Stream offset (in ``side``'s receive stream) of the data, gap or retransmission."""
-        return int(self._ev.off)
+        return self._f[_OFF]
 
     @property
     def length(self) -> int:
         """Length of the data, gap or retransmission."""
-        return int(self._ev.len)
+        return self._f[_LEN]
 
     @property
     def data(self) -> Optional[bytes]:
-        """CONN_NEW_DATA: the new bytes. REXMIT: same as :attr:`old_data`."""
-        if self._ev.data == ffi.NULL:
-            return None
-        return ffi.unpack(ffi.cast("char *", self._ev.data), self._ev.len)
+        """CONN_NEW_DATA: the new bytes. REXMIT (inconsistent): the bytes first seen."""
+        p = self._f[_D1]
+        return ffi.unpack(ffi.cast("char *", p), self._f[_LEN]) if p else None
 
     @property
     def old_data(self) -> Optional[bytes]:
         """REXMIT (inconsistent): the bytes first seen."""
-        return self.data if self._ev.type == Event.REXMIT or self.type >= USER_EVENT_BASE else None
+        return self.data if self._f[_T] == Event.REXMIT else None
 
     @property
     def new_data(self) -> Optional[bytes]:
         """REXMIT (inconsistent): the bytes of the retransmission."""
-        if self._ev.data2 == ffi.NULL:
-            return None
-        return ffi.unpack(ffi.cast("char *", self._ev.data2), self._ev.len)
+        p = self._f[_D2]
+        return ffi.unpack(ffi.cast("char *", p), self._f[_LEN]) if p else None
 
     @property
     def inconsistent(self) -> bool:
         """REXMIT: the retransmitted bytes differ from the first copy."""
-        return bool(self._ev.inconsistent)
+        return bool(self._f[_INC])
 
     @property
     def reason(self) -> Union[EndReason, ErrorKind, int]:
         """CONN_END: an :class:`EndReason`; ERROR: an :class:`ErrorKind`; ORPHAN: 1 not TCP, 2 no connection."""
-        r = int(self._ev.reason)
+        r = self._f[_REASON]
         base = self._mon._root_type(self.type)
         if base == Event.CONN_END:
             return EndReason(r)
@@ -231,27 +236,27 @@ class EventInfo:
     @property
     def old_state(self) -> TcpState:
         """TCP_STATE_CHANGE: the state ``side`` left."""
-        return TcpState(self._ev.old_state)
+        return TcpState(self._f[_OLD])
 
     @property
     def new_state(self) -> TcpState:
         """TCP_STATE_CHANGE: the state ``side`` entered."""
-        return TcpState(self._ev.cli_state if self._ev.side == 0 else self._ev.svr_state)
+        return TcpState(self._f[_CST] if self._f[_SIDE] == 0 else self._f[_SST])
 
     @property
     def states(self) -> Tuple[TcpState, TcpState]:
         """Both endpoints' states (client, server) when the event was raised."""
-        return TcpState(self._ev.cli_state), TcpState(self._ev.svr_state)
+        return TcpState(self._f[_CST]), TcpState(self._f[_SST])
 
     @property
     def tcp_flags(self) -> int:
         """TCP flags of the packet that raised the event (0 when there is none)."""
-        return int(self._ev.flags)
+        return self._f[_FLAGS]
 
     @property
     def packet(self) -> Optional[PacketView]:
         """The packet that raised the event, decoded."""
-        return self._mon._packet_view(int(self._ev.pkt))
+        return self._mon._packet_view(self._f[_PKT])
 
     def __repr__(self) -> str:
         return f"<EventInfo {self.event!r} side={self.side.name} hook={self.hook.name}>"
@@ -669,10 +674,18 @@ class Monitor:
             for s in (0, 1):
                 lib.mos_engine_set_mask(self._eng, h, s, masks[h][s])
         # dispatch table: (hook, side) -> {type: handlers}
-        self._table = [[{}, {}], [{}, {}]]
+        table: List[List[Dict[int, Tuple[Handler, ...]]]] = [[{}, {}], [{}, {}]]
         for (ev, s, h), lst in self._handlers.items():
             if lst:
-                self._table[h][s][ev] = tuple(lst)
+                table[h][s][ev] = tuple(lst)
+        # CONN_START/CONN_END are per connection: raised with one side, they reach both sides' handlers
+        for h in (0, 1):
+            for ev in _CONN_LEVEL:
+                both = tuple(dict.fromkeys(table[h][0].get(ev, ()) + table[h][1].get(ev, ())))
+                for s in (0, 1):
+                    if both:
+                        table[h][s][ev] = both
+        self._table = table
 
     # -- timers ------------------------------------------------------------------------------------
     def add_timer(self, delay: float, callback: Callable[[Monitor], Any], *, periodic: bool = False) -> Timer:
@@ -754,9 +767,8 @@ class Monitor:
         while i < n and not self._stop:
             due = self._next_due()
             k = lib.mos_engine_feed(self._eng, linktype, pkts + i, n - i, due)
-            base = i
             i += k
-            self._dispatch(base)
+            self._dispatch()
             if i < n and due and pkts[i].ts_ns >= due:
                 self._fire_timers(pkts[i].ts_ns)
                 idle = 0
@@ -777,63 +789,64 @@ class Monitor:
 
     # -- dispatch -----------------------------------------------------------------------------------
     def _call(self, fn: Callable[..., Any], args: Tuple[Any, ...], conn: Optional[Connection]) -> None:
+        """Call a handler; an exception is reported with the connection, and the run goes on (unless strict)."""
         try:
             fn(*args)
         except Exception:
-            self.handler_errors += 1
-            where = f"connection {conn.id} ({conn!r})" if conn is not None else "no connection"
-            sys.stderr.write(f"mos-xdp: handler {getattr(fn, '__name__', fn)!r} failed on {where}:\n")
-            traceback.print_exc(file=sys.stderr)
-            if self.strict:
-                raise
+            self._handler_failed(fn, conn)
 
-    def _conn(self, slot: int, cid: int) -> Connection:
-        c = self._conns.get(slot)
-        if c is None or c.id != cid:
-            c = Connection(self, slot, cid)
-            self._conns[slot] = c
-        return c
+    def _handler_failed(self, fn: Any, conn: Optional[Connection]) -> None:
+        """Report the exception being handled (with its traceback and connection); re-raise if strict."""
+        self.handler_errors += 1
+        where = f"connection {conn.id} ({conn!r})" if conn is not None else "no connection"
+        sys.stderr.write(f"mos-xdp: handler {getattr(fn, '__name__', fn)!r} failed on {where}:\n")
+        traceback.print_exc(file=sys.stderr)
+        if self.strict:
+            raise
 
-    def _dispatch(self, base: int = 0) -> None:
+    def _dispatch(self) -> None:
         pev = ffi.new("struct mos_event **")
         n = lib.mos_engine_events(self._eng, pev)
         try:
             if n:
-                evs = pev[0]
                 table = self._table
                 children = self._children
-                for k in range(n):
-                    ev = evs[k]
-                    t = ev.type
-                    slot = ev.conn
-                    conn = self._conn(slot, ev.conn_id) if slot else None
-                    self._cur_pkt = ev.pkt
-                    info = EventInfo(ev, self, t)
-                    if t in (Event.CONN_START, Event.CONN_END):
-                        hs = table[ev.hook][0].get(t, ()) + table[ev.hook][1].get(t, ())
-                        hs = tuple(dict.fromkeys(hs))
-                    else:
-                        hs = table[ev.hook][ev.side].get(t, ())
-                    for fn in hs:
-                        self._call(fn, (conn, info), conn)
-                    if conn is not None and conn._handlers:
-                        for s in ((0, 1) if t in _CONN_LEVEL else (ev.side,)):
-                            for fn in tuple(conn._handlers.get((t, s, ev.hook), ())):
-                                self._call(fn, (conn, info), conn)
+                conns = self._conns
+                call = self._call
+                for f in struct.iter_unpack(_EV_FMT, ffi.buffer(pev[0], n * _EV_SIZE)):
+                    t = f[0]
+                    slot = f[8]
+                    conn = None
+                    if slot:
+                        conn = conns.get(slot)
+                        if conn is None or conn.id != f[12]:
+                            conn = conns[slot] = Connection(self, slot, f[12])
+                    self._cur_pkt = f[9]
+                    info = EventInfo(f, self, t)
+                    for fn in table[f[2]][f[1]].get(t, ()):
+                        try:
+                            fn(conn, info)
+                        except Exception:
+                            self._handler_failed(fn, conn)
+                    if conn is not None:
+                        if conn._handlers:
+                            for s in ((0, 1) if t in _CONN_LEVEL else (f[1],)):
+                                for fn in tuple(conn._handlers.get((t, s, f[2]), ())):
+                                    call(fn, (conn, info), conn)
+                        if t == 5:  # CONN_END
+                            conn._ended = True
+                            del conns[slot]
                     if t in children:
-                        self._derive(conn, ev, t)
-                    if t == Event.CONN_END and conn is not None:
-                        conn._ended = True
-                        self._conns.pop(slot, None)
+                        self._derive(conn, f, t)
         finally:
             self._views.clear()
             self._cur_pkt = 0xFFFFFFFF
             lib.mos_engine_events_done(self._eng)
 
-    def _derive(self, conn: Optional[Connection], ev: Any, t: int) -> None:
+    def _derive(self, conn: Optional[Connection], f: Tuple[int, ...], t: int) -> None:
         """Python-filtered user events derived from event type ``t``."""
         for ue in self._children.get(t, ()):
-            info = EventInfo(ev, self, ue.id)
+            info = EventInfo(f, self, ue.id)
             f = ue.filter
             try:
                 ok = True if f is None else (f.matches(conn, info) if isinstance(f, Filter) else f(conn, info))
@@ -846,18 +859,14 @@ class Monitor:
                 ok = False
             if not ok:
                 continue
-            side = ev.side
-            if ue.id in (Event.CONN_START, Event.CONN_END):
-                hs = self._table[ev.hook][0].get(ue.id, ()) + self._table[ev.hook][1].get(ue.id, ())
-            else:
-                hs = self._table[ev.hook][side].get(ue.id, ())
-            for fn in hs:
+            side, hook = f[_SIDE], f[_HOOK]
+            for fn in self._table[hook][side].get(ue.id, ()):
                 self._call(fn, (conn, info), conn)
             if conn is not None and conn._handlers:
-                for fn in tuple(conn._handlers.get((ue.id, side, ev.hook), ())):
+                for fn in tuple(conn._handlers.get((ue.id, side, hook), ())):
                     self._call(fn, (conn, info), conn)
             if ue.id in self._children:
-                self._derive(conn, ev, ue.id)
+                self._derive(conn, f, ue.id)
 
     def _packet_view(self, pkt: int) -> Optional[PacketView]:
         if pkt == 0xFFFFFFFF:

@@ -24,6 +24,12 @@ PY
 asan=$(gcc -print-file-name=libasan.so)
 ubsan=$(gcc -print-file-name=libubsan.so)
 echo "== engine tests with the sanitized engine"
+where=$(cd "$scratch" && LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$scratch:$here" \
+    "$here/.venv/bin/python" -c 'import mos._engine as m; print(m.__file__)')
+case "$where" in
+    "$scratch"/*) ;;
+    *) echo "sanitize.sh: the sanitized engine was not the one imported ($where)" >&2; exit 1 ;;
+esac
 LD_PRELOAD="$asan $ubsan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 PYTHONPATH="$scratch:$here" MOS_SANITIZED=1 \

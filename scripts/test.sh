@@ -5,6 +5,6 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash scripts/setup.sh
-.venv/bin/ruff check mos apps tests bench vm userspace
+.venv/bin/ruff check .
 bash scripts/sanitize.sh
 exec .venv/bin/python -m pytest -q "$@"
