@@ -580,8 +580,10 @@ def run_in_vm(
     ``timeout`` (seconds, None for no limit) bounds the whole run; ``out_dir`` (default vm/out) is the one
     host folder the guest can write, at the same path. ``wires`` pairs of virtio-net interfaces are wired back
     to back (eth0<->eth1, eth2<->eth3 ...); ``host_net`` adds one more interface connected to the host.
-    ``interactive`` connects the terminal to the command (for a shell). Returns 124 on a timeout and 125 when
-    the guest or QEMU fails, after printing one line saying why. Raises VMError for a fixable problem.
+    ``interactive`` connects the terminal to the command (for a shell). ``cache_mode`` is the 9p cache of
+    the read-only root ("loose" is fast; files the host changes during the run may look stale). Returns 124
+    on a timeout and 125 when the guest or QEMU fails, after printing one line saying why. Raises VMError
+    for a fixable problem.
     """
     if os.environ.get("MOS_VM") == "1":
         raise VMError("already inside the mos-xdp VM (nested guests are not supported)")
