@@ -160,9 +160,10 @@ def endpoint(version: int, addr: str, port: int) -> str:
 
 
 # struct mos_event, unpacked for a whole queue at once (one crossing per batch)
-_EV_FMT = "<8B4I4Q"
+_EV_FMT = "<8B4I7Q"
 _EV_SIZE = struct.calcsize(_EV_FMT)
-(_T, _SIDE, _HOOK, _CST, _SST, _OLD, _INC, _FLAGS, _SLOT, _PKT, _REASON, _LEN, _CID, _OFF, _D1, _D2) = range(16)
+(_T, _SIDE, _HOOK, _CST, _SST, _OLD, _INC, _FLAGS, _SLOT, _PKT, _REASON, _LEN, _CID, _OFF, _D1, _D2, _TS, _RX0,
+ _RX1) = range(19)
 
 
 class EventInfo:
@@ -348,14 +349,27 @@ class Connection:
         i = self._info()
         return endpoint(i.ip_version, _addr(i.ip_version, i.svr_addr), i.svr_port)
 
+    def _snapshot(self) -> Optional[Tuple[int, ...]]:
+        """The fields of the event being handled, when it is one of this connection's."""
+        cur = self._mon._cur_f
+        return cur if cur is not None and cur[_CID] == self.id else None
+
     def state(self, side: Side) -> TcpState:
-        """The TCP state of one endpoint."""
+        """The TCP state of one endpoint (inside a handler: as it was when the event was raised)."""
+        s = _one_side(side)
+        snap = self._snapshot()
+        if snap is not None:
+            return TcpState(snap[_CST + s])
         i = self._info()
-        return TcpState(i.cli_state if Side(side) is Side.CLIENT else i.svr_state)
+        return TcpState(i.cli_state if s == 0 else i.svr_state)
 
     def stream_offset(self, side: Side) -> int:
-        """How many bytes ``side`` has received in order (gaps included)."""
-        return int(self._info().stream_off[_one_side(side)])
+        """How many bytes ``side`` has received in order, gaps included (inside a handler: at the event)."""
+        s = _one_side(side)
+        snap = self._snapshot()
+        if snap is not None:
+            return snap[_RX0 + s]
+        return int(self._info().stream_off[s])
 
     def peek(self, side: Side) -> bytes:
         """The bytes ``side`` received that this app has not peeked yet (gaps skipped), as mOS's mtcp_peek."""
@@ -460,7 +474,30 @@ class Connection:
     @property
     def last_packet(self) -> Optional[PacketView]:
         """The packet being handled (headers and payload), during a handler."""
-        return self._mon._packet_view(self._mon._cur_pkt)
+        cur = self._mon._cur_f
+        return self._mon._packet_view(cur[_PKT]) if cur is not None else None
+
+    # -- live path verdicts (mos/live.py; live traffic only) -----------------------------------------
+    def drop(self) -> None:
+        """Live: drop this connection's packets from now on (the current one too), in XDP for later ones."""
+        self._mon._live_session().drop(self._mon, self)
+
+    def bypass(self) -> None:
+        """Live: later packets skip userspace (passed to the host, or forwarded in XDP when inline)."""
+        self._mon._live_session().bypass(self)
+
+    def drop_last_packet(self) -> None:
+        """Live, inline: drop only the packet being handled (the verdict is forward by default)."""
+        self._mon._live_session().drop_packet(self._mon)
+
+    def set_last_packet(self, data: bytes, offset: int = 0, layer: str = "eth", resize: bool = False) -> int:
+        """Live, inline: overwrite bytes of the packet being handled, as mOS's mtcp_setlastpkt.
+
+        ``offset`` counts from the start of ``layer`` (``eth``, ``ip``, ``tcp``/``udp``, ``payload``); the
+        IPv4 header and TCP/UDP checksums are recomputed. ``resize`` makes the packet end after ``data``.
+        Returns the packet's length. The engine's view of the stream is not changed.
+        """
+        return int(self._mon._live_session().rewrite(self._mon, bytes(data), offset, layer, resize))
 
     def __repr__(self) -> str:
         try:
@@ -514,7 +551,13 @@ class Monitor:
     progress), ``max_conns``, ``dir_buffer_limit`` (bytes held per direction), ``max_segments``,
     ``memcap`` (bytes held by reassembly in all), timeouts in seconds (``timeout_syn``,
     ``timeout_established``, ``timeout_closed``), ``frag_memcap``, ``frag_timeout``, ``strict``
-    (an exception in a handler stops the run).
+    (an exception in a handler stops the run), ``sync``.
+
+    Handlers run once per batch of packets (one crossing between C and Python per batch). Inside a handler
+    the event and the connection's state, stream offsets and ``peek`` are as they were when the event was
+    raised; what a handler *does* (subscribing, stopping monitoring, timers) takes effect from the next
+    batch. ``sync=True`` hands the events over after every packet that raised some, so actions take effect
+    from the next packet, at the cost of a crossing per such packet.
     """
 
     def __init__(
@@ -537,6 +580,7 @@ class Monitor:
         event_queue: int = 8192,
         strict: bool = False,
         stream_dir: Optional[str] = None,
+        sync: bool = False,
     ) -> None:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
@@ -545,6 +589,7 @@ class Monitor:
         cfg.buffer_svr = int(bool(buffer_server))
         cfg.vlan_in_key = int(bool(vlan_in_key))
         cfg.pickup = int(bool(pickup))
+        cfg.sync_events = int(bool(sync))
         for name, val, lo, hi in (
             ("max_conns", max_conns, 1, 1 << 28),
             ("dir_buffer_limit", dir_buffer_limit, 0, (1 << 32) - 1),
@@ -580,7 +625,7 @@ class Monitor:
         self._timers: List[Timer] = []
         self._unanchored: List[Timer] = []
         self._timer_seq = itertools.count()
-        self._cur_pkt = 0xFFFFFFFF
+        self._cur_f: Optional[Tuple[int, ...]] = None
         self._views: Dict[int, PacketView] = {}
         self._running = False
         self._stop = False
@@ -679,13 +724,22 @@ class Monitor:
             if lst:
                 table[h][s][ev] = tuple(lst)
         # CONN_START/CONN_END are per connection: raised with one side, they reach both sides' handlers
+        conn_level = [ev for ev in set(table[0][0]) | set(table[0][1]) | set(table[1][0]) | set(table[1][1])
+                      if self._root_type(ev) in _CONN_LEVEL]
         for h in (0, 1):
-            for ev in _CONN_LEVEL:
+            for ev in conn_level:
                 both = tuple(dict.fromkeys(table[h][0].get(ev, ()) + table[h][1].get(ev, ())))
                 for s in (0, 1):
                     if both:
                         table[h][s][ev] = both
         self._table = table
+        # flat: index (hook * 2 + side) * MAX_EVENTS + event -> handlers (one lookup per event)
+        flat: List[Tuple[Handler, ...]] = [()] * (4 * MAX_EVENTS)
+        for h in (0, 1):
+            for s in (0, 1):
+                for ev, hs in table[h][s].items():
+                    flat[(h * 2 + s) * MAX_EVENTS + ev] = hs
+        self._flat = flat
 
     # -- timers ------------------------------------------------------------------------------------
     def add_timer(self, delay: float, callback: Callable[[Monitor], Any], *, periodic: bool = False) -> Timer:
@@ -693,7 +747,8 @@ class Monitor:
         if delay <= 0:
             raise MosError("a timer's delay must be positive")
         ns = int(delay * 1e9)
-        now = int(lib.mos_engine_now(self._eng))
+        cur = self._cur_f
+        now = cur[_TS] if cur is not None else int(lib.mos_engine_now(self._eng))
         t = Timer(now + ns, next(self._timer_seq), ns, callback, periodic)
         if now == 0:
             self._unanchored.append(t)  # no packet yet: packet time starts with the first one
@@ -809,7 +864,6 @@ class Monitor:
         n = lib.mos_engine_events(self._eng, pev)
         try:
             if n:
-                table = self._table
                 children = self._children
                 conns = self._conns
                 call = self._call
@@ -821,9 +875,10 @@ class Monitor:
                         conn = conns.get(slot)
                         if conn is None or conn.id != f[12]:
                             conn = conns[slot] = Connection(self, slot, f[12])
-                    self._cur_pkt = f[9]
+                    self._cur_f = f
                     info = EventInfo(f, self, t)
-                    for fn in table[f[2]][f[1]].get(t, ()):
+                    # (re-read each time: a handler may subscribe or unsubscribe)
+                    for fn in self._flat[(f[2] * 2 + f[1]) * 64 + t]:
                         try:
                             fn(conn, info)
                         except Exception:
@@ -840,16 +895,17 @@ class Monitor:
                         self._derive(conn, f, t)
         finally:
             self._views.clear()
-            self._cur_pkt = 0xFFFFFFFF
+            self._cur_f = None
             lib.mos_engine_events_done(self._eng)
 
     def _derive(self, conn: Optional[Connection], f: Tuple[int, ...], t: int) -> None:
         """Python-filtered user events derived from event type ``t``."""
         for ue in self._children.get(t, ()):
             info = EventInfo(f, self, ue.id)
-            f = ue.filter
+            flt = ue.filter
             try:
-                ok = True if f is None else (f.matches(conn, info) if isinstance(f, Filter) else f(conn, info))
+                ok = True if flt is None else (
+                    flt.matches(conn, info) if isinstance(flt, Filter) else flt(conn, info))
             except Exception:
                 self.handler_errors += 1
                 sys.stderr.write(f"mos-xdp: filter of event {ue.id} failed:\n")
@@ -913,6 +969,35 @@ class Monitor:
     def connections(self) -> Iterable[Connection]:
         """Connections that have reached Python and not ended."""
         return list(self._conns.values())
+
+    # -- live path (mos/live.py sets _live while a live run is going on) ----------------------------
+    _live: Any = None
+
+    def _live_session(self) -> Any:
+        if self._live is None:
+            raise MosError("this works on live traffic only (mos-xdp run --iface)")
+        return self._live
+
+    @property
+    def bpf(self) -> Any:
+        """Live: the XDP program (a :class:`mos.bpf.XdpProgram`): ``stats()``, ``bypassed()``, ``blocked()``..."""
+        return self._live_session().prog
+
+    def block(self, prefix: str) -> str:
+        """Live: drop packets from or to an IP prefix in XDP (``10.0.0.0/8``, ``2001:db8::/32``, an address)."""
+        return str(self._live_session().prog.block(prefix))
+
+    def unblock(self, prefix: str) -> bool:
+        """Live: stop dropping a prefix; False when it was not blocked."""
+        return bool(self._live_session().prog.unblock(prefix))
+
+    def block_port(self, port: int) -> None:
+        """Live: drop TCP and UDP packets from or to ``port`` in XDP."""
+        self._live_session().prog.block_port(port)
+
+    def unblock_port(self, port: int) -> bool:
+        """Live: stop dropping ``port``; False when it was not blocked."""
+        return bool(self._live_session().prog.unblock_port(port))
 
 
 _REASM_NAMES = (

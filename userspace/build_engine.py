@@ -49,7 +49,7 @@ ffibuilder.set_source(
     '#include "mos_engine.h"\n',
     sources=_sources(),
     include_dirs=[_path(HERE), _path(HERE.parent / "bpf")],
-    libraries=["pcap"],
+    libraries=["pcap", "xdp", "bpf"],
     extra_compile_args=CFLAGS,
     extra_link_args=LDFLAGS,
 )

@@ -75,7 +75,7 @@ struct conn_ext {
 };
 
 struct user_event {
-    uint8_t defined, base, has_filter, pad;
+    uint8_t defined, base, has_filter, conn_level;
     struct mos_filter f;
 };
 
@@ -197,7 +197,7 @@ static uint64_t conn_mask(mos_engine_t *e, struct conn *c, int hook, int side)
     return m;
 }
 
-static int is_conn_level(int type) { return type == MOS_EV_CONN_START || type == MOS_EV_CONN_END; }
+static int is_conn_level_builtin(int type) { return type == MOS_EV_CONN_START || type == MOS_EV_CONN_END; }
 
 static int memmem_ok(const uint8_t *hay, uint32_t hlen, const uint8_t *pat, uint32_t plen)
 {
@@ -232,16 +232,25 @@ static int filter_ok(mos_engine_t *e, const struct mos_filter *f, const struct m
 
 static void raise_user(mos_engine_t *e, struct conn *c, const struct mos_event *base);
 
+/* CONN_START/CONN_END and the user events derived from them belong to the connection, not a side. */
+static int is_conn_level(const mos_engine_t *e, int type)
+{
+    if (type >= MOS_EV_USER_BASE)
+        return e->uev[type].conn_level;
+    return is_conn_level_builtin(type);
+}
+
 /* Queue an event if anyone wants it, then derive user events from it. */
 static void emit(mos_engine_t *e, struct conn *c, int type, int side, int hook, const struct mos_event *tmpl)
 {
     uint64_t bit = 1ull << type;
     int wanted;
-    if (is_conn_level(type))
+    int conn_level = is_conn_level(e, type);
+    if (conn_level)
         wanted = ((conn_mask(e, c, hook, 0) | conn_mask(e, c, hook, 1)) & bit) != 0;
     else
         wanted = (conn_mask(e, c, hook, side) & bit) != 0;
-    if (c && !(c->monitor & (1u << side)) && !is_conn_level(type))
+    if (c && !(c->monitor & (1u << side)) && !conn_level)
         return; /* that side is no longer monitored */
     int derived = (e->user_bases & bit) != 0;
     if (!wanted && !derived)
@@ -256,11 +265,14 @@ static void emit(mos_engine_t *e, struct conn *c, int type, int side, int hook, 
     ev.hook = (uint8_t)hook;
     ev.pkt = e->cur_pkt;
     ev.flags = e->cur_flags;
+    ev.ts_ns = e->now;
     if (c) {
         ev.conn = slot_of(e, c);
         ev.conn_id = c->id;
         ev.cli_state = c->end[0].state;
         ev.svr_state = c->end[1].state;
+        ev.rx_off[0] = c->rx[0].next_off;
+        ev.rx_off[1] = c->rx[1].next_off;
     }
     if (wanted) {
         struct mos_event *q = q_push(e);
@@ -691,7 +703,9 @@ static struct conn *conn_new(mos_engine_t *e, const struct pkt_info *pi, int sen
 /* The table is full: end the oldest connection, preferring closed, then half-open ones. */
 static int evict_one(mos_engine_t *e)
 {
-    for (int cls = LRU_CLOSED; cls >= LRU_HANDSHAKE; cls--) {
+    static const int order[3] = {LRU_CLOSED, LRU_HANDSHAKE, LRU_EST};
+    for (int k = 0; k < 3; k++) {
+        int cls = order[k];
         uint32_t s = e->lru[cls].head;
         while (s) {
             struct conn *c = C(e, s);
@@ -842,7 +856,12 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
             set_state(e, c, s, MOS_TCP_FIN_WAIT_1, MOS_HK_SND);
             break;
         case MOS_TCP_CLOSE_WAIT:
-            set_state(e, c, s, MOS_TCP_LAST_ACK, MOS_HK_SND);
+            if ((f & TCP_ACK) && c->end[1 - s].fin_seen && seq_leq(pi->ack, c->end[1 - s].fin_seq))
+                /* This FIN does not acknowledge the peer's: it was sent before the peer's FIN arrived
+                 * (a simultaneous close the capture point saw in the other order). */
+                set_state(e, c, s, MOS_TCP_CLOSING, MOS_HK_SND);
+            else
+                set_state(e, c, s, MOS_TCP_LAST_ACK, MOS_HK_SND);
             break;
         default:
             break;
@@ -888,6 +907,7 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
             e->counters[MOS_C_RST_ACCEPTED]++;
             set_state(e, c, s, MOS_TCP_CLOSED, MOS_HK_SND);
             set_state(e, c, r, MOS_TCP_CLOSED, MOS_HK_RCV);
+            emit_simple(e, c, MOS_EV_PKT_IN, r, MOS_HK_RCV);
             end_conn(e, c, MOS_END_RST, r);
         } else {
             e->counters[MOS_C_RST_OUT_OF_WINDOW]++;
@@ -949,8 +969,6 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
         if (e->rctx.counters[REASM_C_REXMIT_SEGMENTS] != before)
             c->rexmit[s]++;
     }
-    if (f & TCP_FIN)
-        check_fin(e, c, s, MOS_HK_RCV);
     if (f & TCP_ACK) {
         struct reasm_dir *ds = &c->rx[s];
         if (ds->initialized) {
@@ -985,6 +1003,9 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
         }
         rcv_ack_effects(e, c, r, pi->ack, MOS_HK_RCV);
     }
+    /* RFC 9293 3.10.7.4: the ACK is processed before the FIN */
+    if (S->fin_seen)
+        check_fin(e, c, s, MOS_HK_RCV); /* this FIN, or an earlier one whose missing bytes just came */
 }
 
 static int is_closed_state(int st) { return st == MOS_TCP_TIME_WAIT || st == MOS_TCP_CLOSED; }
@@ -1163,7 +1184,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
                 c->end[MOS_SIDE_SVR].state = MOS_TCP_ESTABLISHED;
             }
         }
-        emit_simple(e, c, MOS_EV_CONN_START, sside, MOS_HK_SND);
+        emit_simple(e, c, MOS_EV_CONN_START, sside, MOS_HK_RCV);
         process_tcp(e, c, sside, &pi);
     }
 fixup:
@@ -1277,6 +1298,7 @@ int mos_engine_define_event(mos_engine_t *e, int id, int base, const struct mos_
     u->defined = 1;
     u->base = (uint8_t)base;
     u->has_filter = f != NULL;
+    u->conn_level = (uint8_t)is_conn_level(e, base);
     if (f)
         u->f = *f;
     e->user_bases |= 1ull << base;
@@ -1308,6 +1330,8 @@ uint32_t mos_engine_feed(mos_engine_t *e, int linktype, const struct mos_pkt *pk
         }
         e->counters[MOS_C_PACKETS]++;
         e->counters[MOS_C_BYTES] += p->wirelen;
+        if (e->cfg.sync_events && e->qlen)
+            return i + 1; /* handlers run before the next packet (exact, but a crossing per packet) */
     }
     return n;
 }

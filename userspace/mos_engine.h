@@ -128,6 +128,8 @@ struct mos_event {
     uint64_t off;          /* stream offset in `side`'s receive stream */
     const uint8_t *data;   /* NEW_DATA: the bytes; REXMIT inconsistent: the first copy */
     const uint8_t *data2;  /* REXMIT inconsistent: the new copy */
+    uint64_t ts_ns;        /* packet time when raised */
+    uint64_t rx_off[2];    /* snapshot: bytes received in order by the client [0] / server [1] */
 };
 
 /* A connection as seen from Python. */
@@ -184,7 +186,9 @@ struct mos_config {
     uint8_t policy;              /* default overlap policy (enum reasm_policy) */
     uint8_t buffer_cli;          /* hold bytes received by the client (default 1) */
     uint8_t buffer_svr;          /* hold bytes received by the server (default 1) */
-    uint8_t pad[3];
+    uint8_t sync_events;         /* hand events over after each packet that raised some (default 0:
+                                  * after each batch) */
+    uint8_t pad[2];
     uint32_t dir_buffer_limit;   /* bytes held per direction (default 8 MiB) */
     uint32_t max_segments;       /* held segments per direction (default 4096) */
     uint64_t memcap;             /* bytes held by reassembly in all (default 2 GiB) */
@@ -270,5 +274,65 @@ int mos_pcap_next_batch(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *e
 int64_t mos_pcap_file_size(const mos_pcap_t *p);
 int64_t mos_pcap_file_pos(const mos_pcap_t *p);
 void mos_pcap_close(mos_pcap_t *p);
+
+/* ---- AF_XDP live input (userspace/xsk.c) ---------------------------------------------------------
+ * One UMEM for the whole run; per (slot, queue) -- slot 0 the interface, slot 1 the inline peer -- a
+ * fill and a completion ring; per worker one socket per (slot, queue). Sockets are created with libxdp
+ * (program loading inhibited: the caller puts mos_xsk_fd() into the XDP program's XSKMAP at
+ * mos_xsk_index(slot, queue, worker)). Workers may be processes forked after mos_xsk_open: each calls
+ * mos_xsk_set_worker once, then loops mos_xsk_rx / (engine + handlers) / mos_xsk_done. */
+enum mos_xsk_flags { MOS_XSK_COPY = 1, MOS_XSK_ZEROCOPY = 2, MOS_XSK_BUSY_POLL = 4 };
+
+/* What becomes of a received frame once its batch is handled (inline mode; passive frames are
+ * always recycled). */
+enum mos_verdict { MOS_VERDICT_FORWARD = 0, MOS_VERDICT_DROP = 1 };
+
+enum mos_xsk_counter {
+    MOS_XSK_C_RX_PACKETS = 0, MOS_XSK_C_RX_BYTES, MOS_XSK_C_TX_PACKETS, MOS_XSK_C_TX_BYTES,
+    MOS_XSK_C_VERDICT_DROP, MOS_XSK_C_TX_RING_FULL, MOS_XSK_C_REWRITES, MOS_XSK_C_POLLS, MOS_XSK_C_KICKS,
+    MOS_XSK_C_K_RX_DROPPED, MOS_XSK_C_K_RX_INVALID_DESCS, MOS_XSK_C_K_TX_INVALID_DESCS,
+    MOS_XSK_C_K_RX_RING_FULL, MOS_XSK_C_K_RX_FILL_RING_EMPTY_DESCS, MOS_XSK_C_K_TX_RING_EMPTY_DESCS,
+    MOS_XSK_C_COUNT
+};
+
+struct mos_xsk_info {
+    uint8_t zerocopy;      /* 1: zero-copy binding, 0: copy mode */
+    uint8_t busy_poll;     /* busy-polling socket options accepted */
+    uint8_t inline_mode;
+    uint8_t pad;
+    uint32_t workers, pools, frames, frame_size;
+    uint64_t umem_bytes;
+};
+
+typedef struct mos_xsk mos_xsk_t;
+
+/* peer NULL: passive. flags: enum mos_xsk_flags (neither COPY nor ZEROCOPY: zero-copy when the
+ * drivers support it, else copy). NULL on error with one line in err. */
+mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *peer, uint32_t peer_queues,
+                        uint32_t workers, uint32_t flags, char *err, size_t errlen);
+void mos_xsk_close(mos_xsk_t *x);
+int mos_xsk_info(const mos_xsk_t *x, struct mos_xsk_info *out);
+/* The socket of (slot, queue, worker), or -1. */
+int mos_xsk_fd(const mos_xsk_t *x, uint32_t slot, uint32_t queue, uint32_t worker);
+int mos_xsk_set_worker(mos_xsk_t *x, uint32_t worker);
+/* Up to max received packets (pointing into the UMEM, valid until mos_xsk_done); waits up to
+ * timeout_ms when none is ready. Returns the count, -1 on error (errno). Finishes a pending batch. */
+int mos_xsk_rx(mos_xsk_t *x, struct mos_pkt *pkts, uint32_t max, int timeout_ms);
+/* The batch is handled: apply verdicts (forward / drop), recycle frames. Returns frames sent. */
+uint32_t mos_xsk_done(mos_xsk_t *x);
+/* Per-packet verdicts and rewriting; pkt is the engine's index of a packet of the current batch. */
+int mos_xsk_verdict(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int verdict);
+/* Drops pkt and every packet of the same connection in the current batch. */
+int mos_xsk_drop_flow(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt);
+/* Writes len bytes at offset (from the link-layer header) of packet pkt, sets its length to new_len
+ * when not 0, and fixes the IPv4 header and TCP/UDP checksums. Returns the packet's length, -1 when
+ * pkt is not in the UMEM, -2 when it does not fit in the frame. */
+int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32_t offset,
+                        const uint8_t *bytes, uint32_t len, uint32_t new_len);
+/* Offset of a layer (0 link, 1 IP, 2 TCP/UDP header, 3 payload) in packet pkt, or -1. */
+int64_t mos_xsk_header_offset(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int layer);
+/* Counters of a worker (MOS_XSK_C_COUNT values, shared between the processes of a run). */
+const uint64_t *mos_xsk_counters(const mos_xsk_t *x, uint32_t worker);
+const char *mos_xsk_counter_name(int i);
 
 #endif

@@ -1,0 +1,424 @@
+"""The live path: XDP steers packets into AF_XDP sockets, the engine reads them in place (``run --iface``).
+
+``run_live(monitor, iface, peer=None, workers=1)`` attaches ``bpf/xdp_mos.c`` (through :mod:`mos.bpf`,
+unless ``mos-xdp attach`` already did), creates the AF_XDP sockets (``userspace/xsk.c``, libxdp), puts
+them into the program's XSKMAP and loops: receive a batch, feed it to the engine (handlers run), then
+recycle the frames -- passive mode -- or send each one out of the other interface unless the app dropped
+it -- inline mode, ``peer`` given. SIGINT and SIGTERM stop the run: connections end (EOF), what ``run``
+attached is detached, and the final counters are printed on stderr.
+
+Design (see also the comments of ``userspace/xsk.c`` and ``bpf/xdp_mos.c``):
+
+* **One UMEM** for the run. Each (interface, receive queue) has its fill and completion ring; each worker
+  has one socket per (interface, queue), every queue of both interfaces served. Inline forwarding puts
+  the received descriptor in the other interface's TX ring: no copy in userspace (the kernel copies in
+  copy mode; with zero-copy drivers nothing is copied at all).
+* **Copy or zero-copy**: zero-copy when the drivers support it, else copy (veth: copy). Both interfaces
+  of a pair must use the same mode (one UMEM), so one lacking zero-copy makes both copy.
+* **Workers** (``workers > 1``): processes forked after the sockets exist, each with its own engine (a copy
+  of the monitor the app initialised). The XDP program sends a connection (both directions, any queue)
+  to worker ``flow_hash % workers``: each worker owns a socket on every queue of both interfaces, so the
+  receiving queue does not matter. Workers of one queue share its fill/completion ring (the kernel
+  requires it), guarded by a lock in shared memory. Each worker process returns from :func:`run_live`
+  (the CLI then runs the app's ``finish`` there: one report per worker); the parent exits when they end.
+* **Time**: packets are stamped with CLOCK_REALTIME when received; idle expiry and timers advance once a
+  second without packets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import bpf
+from .monitor import Connection, Monitor, MosError, StaleConnection
+
+try:
+    from ._engine import ffi, lib
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise ImportError("the mos-xdp C engine is not built; run `bash scripts/setup.sh`") from exc
+
+DLT_EN10MB = 1
+BATCH = 256
+POLL_MS = 100
+TICK_NS = 1_000_000_000
+LAYERS = {"eth": 0, "ip": 1, "tcp": 2, "udp": 2, "l4": 2, "payload": 3}
+
+
+class LiveError(MosError):
+    """A user-facing error of the live path (one line)."""
+
+
+# ---- the session a worker runs (what Connection.drop & co. reach through monitor._live) ------------------
+
+_current: Optional[LiveSession] = None
+
+
+def worker() -> Tuple[int, int]:
+    """``(index, count)`` of the worker running in this process (``(0, 1)`` outside a live run)."""
+    return (_current.worker, _current.workers) if _current is not None else (0, 1)
+
+
+def flow_of(conn: Connection) -> bpf.FlowTuple:
+    """The connection as the XDP program keys it (client -> server, VLAN ids folded as the program does)."""
+    i = conn.info()
+    vlan_key = 0
+    for vid in i["vlan"]:
+        vlan_key = (vlan_key << 12) | (vid & 0xFFF)
+    return bpf.FlowTuple(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"], "tcp", vlan_key)
+
+
+class LiveSession:
+    """One worker's view of a live run: the XDP program's maps and this worker's AF_XDP sockets."""
+
+    def __init__(self, prog: bpf.XdpProgram, xsk: Any, iface: str, peer: Optional[str], workers: int,
+                 worker: int) -> None:
+        self.prog = prog
+        self.xsk = xsk
+        self.iface = iface
+        self.peer = peer
+        self.workers = workers
+        self.worker = worker
+
+    @property
+    def inline(self) -> bool:
+        """Inline (bump in the wire) rather than passive."""
+        return self.peer is not None
+
+    def _pkt(self, mon: Monitor) -> Optional[int]:
+        p = int(mon._cur_pkt)
+        return None if p == 0xFFFFFFFF else p
+
+    def drop(self, mon: Monitor, conn: Connection) -> None:
+        """The connection's packets are dropped: in XDP from now on, and those of the batch being handled."""
+        self.prog.bypass(flow_of(conn), "drop")
+        p = self._pkt(mon)
+        if p is not None:
+            lib.mos_xsk_drop_flow(self.xsk, mon._eng, p)
+
+    def bypass(self, conn: Connection) -> None:
+        """The connection's later packets skip userspace: passed to the host, or forwarded inline in XDP."""
+        self.prog.bypass(flow_of(conn), "redirect" if self.inline else "pass")
+
+    def drop_packet(self, mon: Monitor) -> None:
+        """Only the packet being handled is dropped."""
+        p = self._pkt(mon)
+        if p is None or lib.mos_xsk_verdict(self.xsk, mon._eng, p, lib.MOS_VERDICT_DROP) != 0:
+            raise MosError("no live packet is being handled")
+
+    def rewrite(self, mon: Monitor, data: bytes, offset: int, layer: str, resize: bool) -> int:
+        """Overwrites bytes of the packet being handled (checksums fixed); returns its new length."""
+        p = self._pkt(mon)
+        if p is None:
+            raise MosError("no live packet is being handled")
+        if layer not in LAYERS:
+            raise MosError(f"unknown layer {layer!r} (choose from {', '.join(LAYERS)})")
+        base = lib.mos_xsk_header_offset(self.xsk, mon._eng, p, LAYERS[layer])
+        if base < 0:
+            raise MosError(f"the packet has no {layer} layer")
+        if offset < 0:
+            raise MosError("offset must be >= 0")
+        start = base + offset
+        n = lib.mos_xsk_rewrite(self.xsk, mon._eng, p, start, data, len(data), start + len(data) if resize else 0)
+        if n == -2:
+            raise MosError(f"{start + len(data)} bytes do not fit in an AF_XDP frame")
+        if n < 0:
+            raise MosError("no live packet is being handled")
+        mon._views.pop(p, None)
+        return int(n)
+
+
+# ---- set-up helpers ------------------------------------------------------------------------------------
+
+
+def rx_queues(ifname: str) -> int:
+    """Receive queues of an interface in this network namespace (``ip -d -j link``)."""
+    try:
+        out = subprocess.run(["ip", "-d", "-j", "link", "show", "dev", ifname], capture_output=True, text=True,
+                             check=True, timeout=10)
+        info = json.loads(out.stdout)[0]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        raise LiveError(f"interface {ifname} does not exist (ip link show {ifname})") from e
+    return max(1, min(int(info.get("num_rx_queues", 1)), bpf.MAX_QUEUES))
+
+
+def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: str) -> Tuple[bpf.XdpProgram, bool]:
+    """The program on ``iface``: reused when ``mos-xdp attach`` put it there, else attached now.
+
+    Returns (program with pinned maps open, whether this run attached it).
+    """
+    lx = bpf.link_xdp(iface)
+    if lx.prog_id and (bpf.XdpProgram.pin_dir(iface) / bpf.MAP_CONFIG).exists():
+        prog = bpf.XdpProgram.open_pinned(iface)
+        had = prog.state.get("peer")
+        if (had or None) != (peer or None):
+            prog.close()
+            want = f"inline with {peer}" if peer else "passive"
+            was = f"inline with {had}" if had else "passive"
+            raise LiveError(f"{iface} already has mos-xdp attached ({was}), not {want}: "
+                            f"run mos-xdp detach {iface} first")
+        return prog, False
+    loaded = bpf.XdpProgram.load(iface, peer=peer, workers=workers, queues=queues)
+    try:
+        used = loaded.attach(mode)
+        for w in loaded.warnings:
+            sys.stderr.write(f"mos-xdp: warning: {w}\n")
+        loaded.state["xdp_mode"] = used
+    finally:
+        loaded.close()  # the program stays attached and pinned; no bcc object survives into workers
+    return bpf.XdpProgram.open_pinned(iface), True
+
+
+def _print_counters(prog: Optional[bpf.XdpProgram], xsk: Any, workers: int) -> None:
+    lines = []
+    if prog is not None:
+        try:
+            st = prog.stats()
+            lines.append("  xdp:    " + " ".join(f"{k}={v}" for k, v in st.items() if v))
+        except (OSError, bpf.XdpError):
+            pass
+    if xsk is not None:
+        for w in range(workers):
+            c = lib.mos_xsk_counters(xsk, w)
+            if c == ffi.NULL:
+                continue
+            vals = {ffi.string(lib.mos_xsk_counter_name(i)).decode(): int(c[i]) for i in range(lib.MOS_XSK_C_COUNT)}
+            lines.append(f"  af_xdp worker {w}: " + " ".join(f"{k}={v}" for k, v in vals.items() if v))
+    sys.stderr.write("mos-xdp: stopped; final counters\n" + "\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.signum = 0
+
+    def __call__(self, signum: int, _frame: Any) -> None:
+        self.flag = True
+        self.signum = signum
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+
+
+def _loop(mon: Monitor, xsk: Any, stop: _Stop, batch: int, deadline: float) -> None:
+    pkts = ffi.new("struct mos_pkt[]", batch)
+    eng = mon._eng
+    now = time.time_ns()
+    if mon._unanchored:
+        mon._anchor_timers(now)
+    next_tick = now + TICK_NS
+    while not stop.flag and not mon._stop:
+        n = lib.mos_xsk_rx(xsk, pkts, batch, POLL_MS)
+        if n < 0:
+            err = ffi.errno
+            raise LiveError(f"AF_XDP receive failed: {os.strerror(err)}")
+        try:
+            if n:
+                mon.feed(DLT_EN10MB, pkts, n)
+        finally:
+            lib.mos_xsk_done(xsk)  # verdicts applied only now: after every handler of the batch ran
+        now = time.time_ns()
+        due = mon._next_due()
+        if due and due <= now:
+            mon._fire_timers(now)
+        if now >= next_tick:
+            lib.mos_engine_advance(eng, now)  # idle expiry without packets
+            mon._dispatch()
+            next_tick = now + TICK_NS
+        if deadline and time.monotonic() >= deadline:
+            break
+    mon.finish()
+
+
+def _run_worker(mon: Monitor, prog: bpf.XdpProgram, xsk: Any, iface: str, peer: Optional[str], workers: int,
+                w: int, stop: _Stop, batch: int, deadline: float) -> None:
+    global _current
+    if lib.mos_xsk_set_worker(xsk, w) != 0:
+        raise LiveError(f"bad worker {w}")
+    session = LiveSession(prog, xsk, iface, peer, workers, w)
+    _current = session
+    mon._live = session
+    try:
+        _loop(mon, xsk, stop, batch, deadline)
+    finally:
+        mon._live = None
+        _current = None
+
+
+def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int = 1, *, mode: str = "auto",
+             copy: Optional[bool] = None, busy_poll: bool = True, batch: int = BATCH,
+             duration: Optional[float] = None) -> Dict[str, int]:
+    """Run ``mon`` on live traffic of ``iface`` (inline between ``iface`` and ``peer`` when given).
+
+    ``mode``: XDP attach mode (auto, native, generic); ``copy``: force AF_XDP copy (True) or zero-copy
+    (False) mode, None picks; ``duration``: stop after so many seconds (None: on SIGINT/SIGTERM).
+    Returns the engine's counters (in each worker process when ``workers > 1``, see the module doc).
+    Errors a user can act on raise :class:`LiveError` (one line).
+    """
+    try:
+        return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration)
+    except bpf.XdpError as e:
+        raise LiveError(str(e)) from None
+    except PermissionError as e:
+        raise LiveError(f"permission denied ({e.strerror}): run mos-xdp as root") from None
+
+
+def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode: str, copy: Optional[bool],
+              busy_poll: bool, batch: int, duration: Optional[float]) -> Dict[str, int]:
+    bpf.require_root("mos-xdp run --iface")
+    if peer is not None and peer == iface:
+        raise LiveError("--peer must be another interface than --iface")
+    if not 1 <= workers <= bpf.MAX_WORKERS:
+        raise LiveError(f"workers must be 1..{bpf.MAX_WORKERS}")
+    if not 1 <= batch <= 4096:
+        raise LiveError("batch must be 1..4096")
+    bpf.ifindex_of(iface)
+    if peer is not None:
+        bpf.ifindex_of(peer)
+    nq = rx_queues(iface)
+    npq = rx_queues(peer) if peer else 0
+    flags = lib.MOS_XSK_BUSY_POLL if busy_poll else 0
+    if copy is True:
+        flags |= lib.MOS_XSK_COPY
+    elif copy is False:
+        flags |= lib.MOS_XSK_ZEROCOPY
+
+    stop = _Stop()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    parent = os.getpid()
+    prog: Optional[bpf.XdpProgram] = None
+    attached = False
+    xsk: Any = None
+    indexes: List[int] = []
+    children: List[int] = []
+    exit_code = 0
+    try:
+        prog, attached = _attach(iface, peer, workers, max(nq, npq), mode)
+        err = ffi.new("char[256]")
+        raw = lib.mos_xsk_open(iface.encode(), nq, peer.encode() if peer else ffi.NULL, npq, workers, flags,
+                               err, 256)
+        if raw == ffi.NULL:
+            raise LiveError(ffi.string(err).decode())
+        xsk = raw
+        for slot, count in ((0, nq), (1, npq)):
+            for q in range(count):
+                for w in range(workers):
+                    idx = bpf.xsk_index(slot, q, w)
+                    prog.set_xsk(idx, lib.mos_xsk_fd(xsk, slot, q, w))
+                    indexes.append(idx)
+        prog.set_config(workers=workers)
+        info = ffi.new("struct mos_xsk_info *")
+        lib.mos_xsk_info(xsk, info)
+        xdp_mode = bpf.link_xdp(iface).mode or "?"
+        where = f"{iface} <-> {peer} (inline)" if peer else f"{iface} (passive)"
+        sys.stderr.write(
+            f"mos-xdp: live on {where}: {xdp_mode} XDP, AF_XDP {'zero-copy' if info.zerocopy else 'copy'} mode"
+            f"{', busy polling' if info.busy_poll else ''}, {workers} worker(s), {nq + npq} queue(s), "
+            f"{info.umem_bytes >> 20} MiB UMEM; Ctrl-C to stop\n")
+        sys.stderr.flush()
+        deadline = time.monotonic() + duration if duration else 0.0
+
+        if workers == 1:
+            _run_worker(mon, prog, xsk, iface, peer, 1, 0, stop, batch, deadline)
+            return mon.stats()
+
+        for w in range(workers):
+            pid = os.fork()
+            if pid == 0:  # worker: runs, then returns to the caller (the CLI's finish and report)
+                stop.flag = False
+                try:
+                    _run_worker(mon, prog, xsk, iface, peer, workers, w, stop, batch, deadline)
+                finally:
+                    # a late SIGTERM from the parent must not kill the report (the interpreter resets
+                    # handlers at exit): keep it pending, it dies with the process
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+                return mon.stats()
+            children.append(pid)
+        exit_code = _wait_workers(children, stop, deadline)
+        children = []
+    finally:
+        if os.getpid() == parent:
+            for pid in children:  # set-up failed half-way, or an exception: no worker outlives us
+                _kill(pid)
+            for sig, h in old.items():
+                signal.signal(sig, h)
+            _teardown(prog, xsk, indexes, attached, iface, workers)
+    raise SystemExit(exit_code)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _wait_workers(children: List[int], stop: _Stop, deadline: float) -> int:
+    """Waits for the workers; a signal or the end of one of them stops them all. Returns an exit code."""
+    code = 0
+    alive = set(children)
+    stopping = 0.0
+    while alive:
+        if not stopping and (stop.flag or (deadline and time.monotonic() >= deadline + 1)):
+            stopping = time.monotonic()
+            for pid in alive:
+                os.kill(pid, signal.SIGTERM)
+        if stopping and time.monotonic() - stopping > 60:
+            for pid in alive:  # a worker stuck in an app's finish(): no more waiting
+                os.kill(pid, signal.SIGKILL)
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.1)
+            continue
+        if pid in alive:
+            alive.discard(pid)
+            rc = os.waitstatus_to_exitcode(status)
+            if rc != 0:
+                code = code or (rc if rc > 0 else 1)
+            if not stopping:  # a worker ended: its connections would go nowhere, stop the others
+                stopping = time.monotonic()
+                for other in alive:
+                    os.kill(other, signal.SIGTERM)
+    return code
+
+
+def _teardown(prog: Optional[bpf.XdpProgram], xsk: Any, indexes: List[int], attached: bool, iface: str,
+              workers: int) -> None:
+    if prog is not None and xsk is not None:
+        _print_counters(prog, xsk, workers)
+    if prog is not None:
+        for idx in indexes:
+            try:
+                prog.clear_xsk(idx)
+            except OSError:
+                pass
+    if xsk is not None:
+        lib.mos_xsk_close(xsk)
+    if prog is not None:
+        prog.close()
+        if attached:
+            try:
+                for line in bpf.detach(iface):
+                    sys.stderr.write(f"mos-xdp: {line}\n")
+            except bpf.XdpError as e:
+                sys.stderr.write(f"mos-xdp: {e}\n")
+
+
+__all__ = ["LiveError", "LiveSession", "StaleConnection", "flow_of", "run_live", "rx_queues", "worker"]

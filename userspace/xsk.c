@@ -1,0 +1,934 @@
+/* AF_XDP packet source of the live path (libxdp's xsk API), zero-copy into the engine's batches.
+ *
+ * One UMEM serves every socket of a run: each (slot, queue) -- slot 0 the monitored interface, slot 1
+ * the inline peer -- is a "pool" with its own fill and completion ring (XDP_SHARED_UMEM across
+ * devices), and each worker has one socket per pool (workers of one queue share that queue's pool, the
+ * only way the kernel lets several sockets bind one queue). A frame received on any socket can thus be
+ * sent out of any other socket without a copy in userspace: forwarding puts the very RX descriptor into
+ * the other interface's TX ring.
+ *
+ * Frames are owned by whoever holds them: a fill ring, an RX ring, the batch being handled, a TX ring,
+ * a completion ring, or a worker's free list. Workers are processes forked after mos_xsk_open, so the
+ * UMEM and every ring are shared memory; the fill and completion ring of a pool may be used by several
+ * workers, so each pool has a lock (in a shared mapping) and those two rings are driven without the
+ * libxdp cached indexes (which would be per process). RX and TX rings belong to one worker each.
+ *
+ * The batch interface: mos_xsk_rx fills struct mos_pkt entries pointing into the UMEM; the engine and
+ * Python handle them; mos_xsk_done then applies each frame's verdict (passive: back to a fill ring;
+ * inline: forward -- to the other interface's TX ring -- or drop) and recycles completed frames.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xdp/xsk.h>
+
+#include "mos_engine.h"
+
+#ifndef SO_PREFER_BUSY_POLL
+#define SO_PREFER_BUSY_POLL 69
+#endif
+#ifndef SO_BUSY_POLL_BUDGET
+#define SO_BUSY_POLL_BUDGET 70
+#endif
+#ifndef SO_BUSY_POLL
+#define SO_BUSY_POLL 46
+#endif
+
+#define XSK_FRAME 4096u
+#define XSK_RING 2048u          /* RX and TX descriptors per socket */
+#define XSK_POOL_FRAMES_MAX 4096u /* frames (and fill/completion ring entries) per pool, fewer pools */
+#define XSK_MAX_POOLS 128u      /* 2 slots x 64 queues */
+#define XSK_MAX_WORKERS 64u
+#define XSK_DROP_KEYS 64u
+#define XSK_KICK_TRIES 64
+
+struct xsk_pool {
+    struct xsk_ring_prod fill;
+    struct xsk_ring_cons comp;
+    uint32_t slot, queue;
+};
+
+struct xsk_sock {
+    struct xsk_socket *xsk;   /* NULL for a socket made here (see raw_socket) */
+    struct xsk_ring_cons rx;
+    struct xsk_ring_prod tx;
+    uint32_t pool, worker;
+    int fd;
+    void *rx_map, *tx_map;    /* raw sockets: ring mappings */
+    size_t rx_map_len, tx_map_len;
+};
+
+/* Shared between the processes of a run (MAP_SHARED | MAP_ANONYMOUS, created before fork). */
+struct xsk_shared {
+    atomic_uint lock[XSK_MAX_POOLS];
+    uint64_t counters[XSK_MAX_WORKERS][MOS_XSK_C_COUNT];
+};
+
+struct flow_key {
+    uint8_t lo[16], hi[16];
+    uint16_t plo, phi;
+    uint32_t vlan;
+    uint8_t proto, pad[3];
+};
+
+struct mos_xsk {
+    uint8_t *area;
+    size_t area_len;
+    uint32_t nframes, pool_frames;
+    struct xsk_umem *umem;
+    struct xsk_pool *pools;
+    uint32_t npools;
+    struct xsk_sock *socks;   /* socks[pool * workers + worker] */
+    uint32_t nsocks, workers, worker;  /* worker: the one this process runs (UINT32_MAX: none yet) */
+    uint32_t nqueues[2];
+    int inline_mode, zerocopy, busy_poll;
+    struct xsk_shared *sh;
+    uint64_t *counters;       /* sh->counters[worker] once a worker is chosen */
+    uint64_t scratch[MOS_XSK_C_COUNT];
+    /* frames this process holds */
+    uint64_t *free_frames;
+    uint32_t nfree;
+    /* the batch being handled */
+    uint64_t *baddr;          /* RX descriptor address (frame base + offset) */
+    uint32_t *bsock;
+    uint32_t bn, bcap;
+    uint8_t *verdict;         /* per frame: enum mos_verdict */
+    uint32_t *flen;           /* per frame: the frame's length (after rewrites) */
+    struct flow_key drop_keys[XSK_DROP_KEYS];
+    uint32_t ndrop_keys;
+    struct pollfd *pfds;
+};
+
+static const char *const counter_names[MOS_XSK_C_COUNT] = {
+    "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "verdict_drop", "tx_ring_full", "rewrites",
+    "polls", "kicks", "k_rx_dropped", "k_rx_invalid_descs", "k_tx_invalid_descs", "k_rx_ring_full",
+    "k_rx_fill_ring_empty_descs", "k_tx_ring_empty_descs",
+};
+
+const char *mos_xsk_counter_name(int i)
+{
+    return i >= 0 && i < MOS_XSK_C_COUNT ? counter_names[i] : "";
+}
+
+/* ---- locking of a pool's fill and completion ring ----------------------------------------------- */
+
+static void pool_lock(struct mos_xsk *x, uint32_t p)
+{
+    unsigned int expected = 0;
+    while (!atomic_compare_exchange_weak_explicit(&x->sh->lock[p], &expected, 1u, memory_order_acquire,
+                                                  memory_order_relaxed)) {
+        expected = 0;
+        sched_yield();
+    }
+}
+
+static void pool_unlock(struct mos_xsk *x, uint32_t p)
+{
+    atomic_store_explicit(&x->sh->lock[p], 0u, memory_order_release);
+}
+
+/* Entries in a pool's fill ring (producer is ours, consumer the kernel's). Under the lock. */
+static uint32_t fill_level(struct xsk_pool *pl)
+{
+    uint32_t prod = __atomic_load_n(pl->fill.producer, __ATOMIC_RELAXED);
+    uint32_t cons = __atomic_load_n(pl->fill.consumer, __ATOMIC_ACQUIRE);
+    return prod - cons;
+}
+
+/* Pushes up to n frames from the free list into pool p's fill ring; returns how many. Under the lock. */
+static uint32_t fill_push(struct mos_xsk *x, uint32_t p, uint32_t n)
+{
+    struct xsk_pool *pl = &x->pools[p];
+    uint32_t room = pl->fill.size - fill_level(pl);
+    if (n > room)
+        n = room;
+    if (n > x->nfree)
+        n = x->nfree;
+    uint32_t prod = __atomic_load_n(pl->fill.producer, __ATOMIC_RELAXED);
+    uint64_t *ring = pl->fill.ring;
+    for (uint32_t i = 0; i < n; i++)
+        ring[(prod + i) & pl->fill.mask] = x->free_frames[--x->nfree];
+    __atomic_store_n(pl->fill.producer, prod + n, __ATOMIC_RELEASE);
+    return n;
+}
+
+/* Moves completed TX frames of pool p to the free list. Under the lock. */
+static void comp_pop(struct mos_xsk *x, uint32_t p)
+{
+    struct xsk_pool *pl = &x->pools[p];
+    uint32_t cons = __atomic_load_n(pl->comp.consumer, __ATOMIC_RELAXED);
+    uint32_t prod = __atomic_load_n(pl->comp.producer, __ATOMIC_ACQUIRE);
+    const uint64_t *ring = pl->comp.ring;
+    uint32_t n = prod - cons;
+    for (uint32_t i = 0; i < n && x->nfree < x->nframes; i++)
+        x->free_frames[x->nfree++] = ring[(cons + i) & pl->comp.mask] & ~(uint64_t)(XSK_FRAME - 1);
+    __atomic_store_n(pl->comp.consumer, cons + n, __ATOMIC_RELEASE);
+}
+
+/* Completed frames back to the free list, then free frames to the emptiest fill rings. */
+static void recycle(struct mos_xsk *x)
+{
+    if (x->inline_mode) {
+        for (uint32_t p = 0; p < x->npools; p++) {
+            pool_lock(x, p);
+            comp_pop(x, p);
+            pool_unlock(x, p);
+        }
+    }
+    while (x->nfree) {
+        uint32_t best = UINT32_MAX, best_level = UINT32_MAX;
+        for (uint32_t p = 0; p < x->npools; p++) {
+            uint32_t lvl = fill_level(&x->pools[p]);
+            if (lvl < x->pools[p].fill.size && lvl < best_level) {
+                best = p;
+                best_level = lvl;
+            }
+        }
+        if (best == UINT32_MAX)
+            break;
+        /* give the emptiest ring enough to reach the next one's level (at least a few frames) */
+        uint32_t chunk = 64;
+        pool_lock(x, best);
+        uint32_t got = fill_push(x, best, chunk);
+        pool_unlock(x, best);
+        if (!got)
+            break;
+    }
+}
+
+/* ---- set-up ------------------------------------------------------------------------------------- */
+
+static void set_err(char *err, size_t errlen, const char *what, const char *name, int code)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "%s%s: %s", what, name, strerror(code));
+}
+
+/* Sockets of workers > 0: made here, because libxdp always names the UMEM's first socket as the one to
+ * share with, and the kernel shares a (device, queue)'s pool only with a socket bound to that same
+ * (device, queue): the pool's first socket (worker 0's). */
+static int raw_socket(struct mos_xsk *x, struct xsk_sock *s, const char *ifname, uint32_t queue, int shared_fd)
+{
+    uint32_t n = XSK_RING;
+    struct xdp_mmap_offsets off;
+    socklen_t optlen = sizeof(off);
+    unsigned int ifindex = if_nametoindex(ifname);
+    if (!ifindex)
+        return -errno;
+    s->fd = socket(AF_XDP, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (s->fd < 0)
+        return -errno;
+    if (setsockopt(s->fd, SOL_XDP, XDP_RX_RING, &n, sizeof(n)) ||
+        (x->inline_mode && setsockopt(s->fd, SOL_XDP, XDP_TX_RING, &n, sizeof(n))) ||
+        getsockopt(s->fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &optlen))
+        return -errno;
+    s->rx_map_len = off.rx.desc + n * sizeof(struct xdp_desc);
+    void *m = mmap(NULL, s->rx_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, s->fd,
+                   XDP_PGOFF_RX_RING);
+    if (m == MAP_FAILED)
+        return -errno;
+    s->rx_map = m;
+    uint8_t *b = m;
+    s->rx.mask = n - 1;
+    s->rx.size = n;
+    s->rx.producer = (uint32_t *)(void *)(b + off.rx.producer);
+    s->rx.consumer = (uint32_t *)(void *)(b + off.rx.consumer);
+    s->rx.flags = (uint32_t *)(void *)(b + off.rx.flags);
+    s->rx.ring = b + off.rx.desc;
+    s->rx.cached_prod = *s->rx.producer;
+    s->rx.cached_cons = *s->rx.consumer;
+    if (x->inline_mode) {
+        s->tx_map_len = off.tx.desc + n * sizeof(struct xdp_desc);
+        m = mmap(NULL, s->tx_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, s->fd, XDP_PGOFF_TX_RING);
+        if (m == MAP_FAILED)
+            return -errno;
+        s->tx_map = m;
+        b = m;
+        s->tx.mask = n - 1;
+        s->tx.size = n;
+        s->tx.producer = (uint32_t *)(void *)(b + off.tx.producer);
+        s->tx.consumer = (uint32_t *)(void *)(b + off.tx.consumer);
+        s->tx.flags = (uint32_t *)(void *)(b + off.tx.flags);
+        s->tx.ring = b + off.tx.desc;
+        s->tx.cached_prod = *s->tx.producer;
+        s->tx.cached_cons = *s->tx.consumer + n;
+    }
+    struct sockaddr_xdp sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sxdp_family = AF_XDP;
+    sa.sxdp_flags = XDP_SHARED_UMEM;
+    sa.sxdp_ifindex = ifindex;
+    sa.sxdp_queue_id = queue;
+    sa.sxdp_shared_umem_fd = (uint32_t)shared_fd;
+    if (bind(s->fd, (struct sockaddr *)&sa, sizeof(sa)))
+        return -errno;
+    return 0;
+}
+
+static void delete_socket(struct xsk_sock *s)
+{
+    if (s->xsk) {
+        xsk_socket__delete(s->xsk);
+    } else {
+        if (s->rx_map)
+            munmap(s->rx_map, s->rx_map_len);
+        if (s->tx_map)
+            munmap(s->tx_map, s->tx_map_len);
+        if (s->fd > 0)
+            close(s->fd);
+    }
+    memset(s, 0, sizeof(*s));
+}
+
+static void delete_sockets(struct mos_xsk *x)
+{
+    /* workers > 0 first: they hold references on worker 0's pools */
+    for (uint32_t i = x->npools * x->workers; i-- > 0;)
+        if (x->socks[i].worker != 0)
+            delete_socket(&x->socks[i]);
+    for (uint32_t i = x->npools * x->workers; i-- > 0;)
+        if (x->socks[i].xsk || x->socks[i].fd > 0)
+            delete_socket(&x->socks[i]);
+    x->nsocks = 0;
+}
+
+void mos_xsk_close(mos_xsk_t *x)
+{
+    if (!x)
+        return;
+    delete_sockets(x);
+    if (x->umem)
+        xsk_umem__delete(x->umem);
+    if (x->area)
+        munmap(x->area, x->area_len);
+    if (x->sh)
+        munmap(x->sh, sizeof(*x->sh));
+    free(x->pools);
+    free(x->socks);
+    free(x->free_frames);
+    free(x->baddr);
+    free(x->bsock);
+    free(x->verdict);
+    free(x->flen);
+    free(x->pfds);
+    free(x);
+}
+
+static int open_sockets(struct mos_xsk *x, const char *names[2], uint16_t bind_flags, char *err, size_t errlen)
+{
+    struct xsk_umem_config ucfg = {
+        .fill_size = x->pool_frames, .comp_size = x->pool_frames, .frame_size = XSK_FRAME,
+        .frame_headroom = 0, .flags = 0,
+    };
+    int rc = xsk_umem__create(&x->umem, x->area, x->area_len, &x->pools[0].fill, &x->pools[0].comp, &ucfg);
+    if (rc) {
+        set_err(err, errlen, "cannot create the AF_XDP UMEM for ", names[0], -rc);
+        x->umem = NULL;
+        return -1;
+    }
+    for (uint32_t p = 0; p < x->npools; p++) {
+        struct xsk_pool *pl = &x->pools[p];
+        for (uint32_t w = 0; w < x->workers; w++) {
+            struct xsk_sock *s = &x->socks[p * x->workers + w];
+            struct xsk_socket_config cfg = {
+                .rx_size = XSK_RING, .tx_size = XSK_RING,
+                .libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+                .xdp_flags = 0, .bind_flags = bind_flags,
+            };
+            s->pool = p;
+            s->worker = w;
+            for (int tries = 0;; tries++) {
+                if (w == 0)
+                    rc = xsk_socket__create_shared(&s->xsk, names[pl->slot], pl->queue, x->umem, &s->rx,
+                                                   x->inline_mode ? &s->tx : NULL, &pl->fill, &pl->comp, &cfg);
+                else
+                    rc = raw_socket(x, s, names[pl->slot], pl->queue, x->socks[p * x->workers].fd);
+                /* EBUSY: a socket closed just before still holds the queue (a kernel work item frees it) */
+                if (rc != -EBUSY || tries >= 30)
+                    break;
+                if (w == 0)
+                    s->xsk = NULL;
+                else
+                    delete_socket(s);
+                s->pool = p;
+                s->worker = w;
+                struct timespec ts = {0, 100 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+            if (rc) {
+                if (w == 0)
+                    s->xsk = NULL;
+                else
+                    delete_socket(s);
+                char what[64];
+                snprintf(what, sizeof(what), "%s queue %u", names[pl->slot], pl->queue);
+                set_err(err, errlen, "cannot create an AF_XDP socket on ", what, -rc);
+                return -rc;
+            }
+            x->nsocks++;
+            if (w == 0)
+                s->fd = xsk_socket__fd(s->xsk);
+        }
+    }
+    return 0;
+}
+
+static int is_zerocopy(int fd)
+{
+    struct xdp_options opts;
+    socklen_t optlen = sizeof(opts);
+    return getsockopt(fd, SOL_XDP, XDP_OPTIONS, &opts, &optlen) == 0 && (opts.flags & XDP_OPTIONS_ZEROCOPY);
+}
+
+mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *peer, uint32_t peer_queues,
+                        uint32_t workers, uint32_t flags, char *err, size_t errlen)
+{
+    if (!iface || !iface_queues || iface_queues > 64 || (peer && (!peer_queues || peer_queues > 64)) ||
+        !workers || workers > XSK_MAX_WORKERS) {
+        set_err(err, errlen, "bad AF_XDP parameters for ", iface ? iface : "?", EINVAL);
+        return NULL;
+    }
+    struct mos_xsk *x = calloc(1, sizeof(*x));
+    if (!x) {
+        set_err(err, errlen, "AF_XDP", "", ENOMEM);
+        return NULL;
+    }
+    x->worker = UINT32_MAX;
+    x->workers = workers;
+    x->inline_mode = peer != NULL;
+    x->nqueues[0] = iface_queues;
+    x->nqueues[1] = peer ? peer_queues : 0;
+    x->npools = iface_queues + x->nqueues[1];
+    x->nsocks = 0;
+    /* 16 MiB of frames per pool for up to 4 pools, less with many queues (RX rings stay 2048) */
+    x->pool_frames = x->npools <= 4 ? XSK_POOL_FRAMES_MAX : x->npools <= 16 ? XSK_POOL_FRAMES_MAX / 2
+                                                                          : XSK_POOL_FRAMES_MAX / 4;
+    x->nframes = x->npools * x->pool_frames;
+    x->area_len = (size_t)x->nframes * XSK_FRAME;
+    x->counters = x->scratch;
+    x->pools = calloc(x->npools, sizeof(*x->pools));
+    x->socks = calloc((size_t)x->npools * workers, sizeof(*x->socks));
+    x->free_frames = calloc(x->nframes, sizeof(uint64_t));
+    x->verdict = calloc(x->nframes, 1);
+    x->flen = calloc(x->nframes, sizeof(uint32_t));
+    x->pfds = calloc(x->npools, sizeof(*x->pfds));
+    x->bcap = 0;
+    void *area = mmap(NULL, x->area_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    void *sh = mmap(NULL, sizeof(struct xsk_shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    x->area = area == MAP_FAILED ? NULL : area;
+    x->sh = sh == MAP_FAILED ? NULL : sh;
+    if (!x->pools || !x->socks || !x->free_frames || !x->verdict || !x->flen || !x->pfds || !x->area || !x->sh) {
+        set_err(err, errlen, "cannot allocate the AF_XDP UMEM for ", iface, ENOMEM);
+        mos_xsk_close(x);
+        return NULL;
+    }
+    for (uint32_t p = 0; p < XSK_MAX_POOLS; p++)
+        atomic_init(&x->sh->lock[p], 0u);
+    for (uint32_t q = 0; q < x->npools; q++) {
+        x->pools[q].slot = q < iface_queues ? 0 : 1;
+        x->pools[q].queue = q < iface_queues ? q : q - iface_queues;
+    }
+    const char *names[2] = {iface, peer};
+    uint16_t bind = XDP_USE_NEED_WAKEUP;
+    if (flags & MOS_XSK_COPY)
+        bind |= XDP_COPY;
+    else if (flags & MOS_XSK_ZEROCOPY)
+        bind |= XDP_ZEROCOPY;
+    int rc = open_sockets(x, names, bind, err, errlen);
+    if (rc && !(flags & (MOS_XSK_COPY | MOS_XSK_ZEROCOPY)) && x->nsocks > 0 && is_zerocopy(x->socks[0].fd)) {
+        /* zero-copy on the first interface but not on a later one (sharing needs one mode): copy */
+        delete_sockets(x);
+        xsk_umem__delete(x->umem);
+        x->umem = NULL;
+        memset(x->pools, 0, x->npools * sizeof(*x->pools));
+        for (uint32_t q = 0; q < x->npools; q++) {
+            x->pools[q].slot = q < iface_queues ? 0 : 1;
+            x->pools[q].queue = q < iface_queues ? q : q - iface_queues;
+        }
+        rc = open_sockets(x, names, XDP_USE_NEED_WAKEUP | XDP_COPY, err, errlen);
+    }
+    if (rc) {
+        mos_xsk_close(x);
+        return NULL;
+    }
+    x->zerocopy = is_zerocopy(x->socks[0].fd);
+    if (flags & MOS_XSK_BUSY_POLL) {
+        int one = 1, usecs = 20, budget = 64, ok = 1;
+        for (uint32_t i = 0; i < x->nsocks; i++) {
+            int fd = x->socks[i].fd;
+            ok &= setsockopt(fd, SOL_SOCKET, SO_PREFER_BUSY_POLL, &one, sizeof(one)) == 0;
+            ok &= setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &usecs, sizeof(usecs)) == 0;
+            ok &= setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL_BUDGET, &budget, sizeof(budget)) == 0;
+        }
+        x->busy_poll = ok;
+    }
+    /* every frame starts in a fill ring: pool p gets frames [p * POOL_FRAMES, (p + 1) * POOL_FRAMES) */
+    for (uint32_t p = 0; p < x->npools; p++) {
+        x->nfree = 0;
+        for (uint32_t i = 0; i < x->pool_frames; i++)
+            x->free_frames[x->nfree++] = ((uint64_t)p * x->pool_frames + i) * XSK_FRAME;
+        fill_push(x, p, x->pool_frames);
+    }
+    x->nfree = 0;
+    return x;
+}
+
+int mos_xsk_info(const mos_xsk_t *x, struct mos_xsk_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->zerocopy = (uint8_t)x->zerocopy;
+    out->busy_poll = (uint8_t)x->busy_poll;
+    out->inline_mode = (uint8_t)x->inline_mode;
+    out->workers = x->workers;
+    out->pools = x->npools;
+    out->frames = x->nframes;
+    out->frame_size = XSK_FRAME;
+    out->umem_bytes = x->area_len;
+    return 0;
+}
+
+int mos_xsk_fd(const mos_xsk_t *x, uint32_t slot, uint32_t queue, uint32_t worker)
+{
+    if (slot > 1 || worker >= x->workers || queue >= x->nqueues[slot])
+        return -1;
+    uint32_t p = slot == 0 ? queue : x->nqueues[0] + queue;
+    return x->socks[p * x->workers + worker].fd;
+}
+
+int mos_xsk_set_worker(mos_xsk_t *x, uint32_t worker)
+{
+    if (worker >= x->workers)
+        return -1;
+    x->worker = worker;
+    x->counters = x->sh->counters[worker];
+    for (uint32_t p = 0; p < x->npools; p++) {
+        x->pfds[p].fd = x->socks[p * x->workers + worker].fd;
+        x->pfds[p].events = POLLIN;
+    }
+    return 0;
+}
+
+const uint64_t *mos_xsk_counters(const mos_xsk_t *x, uint32_t worker)
+{
+    if (worker >= x->workers)
+        return NULL;
+    struct xdp_statistics st;
+    uint64_t *c = x->sh->counters[worker];
+    uint64_t k[6] = {0};
+    for (uint32_t p = 0; p < x->npools; p++) {
+        socklen_t len = sizeof(st);
+        memset(&st, 0, sizeof(st));
+        if (getsockopt(x->socks[p * x->workers + worker].fd, SOL_XDP, XDP_STATISTICS, &st, &len) == 0) {
+            k[0] += st.rx_dropped;
+            k[1] += st.rx_invalid_descs;
+            k[2] += st.tx_invalid_descs;
+            k[3] += st.rx_ring_full;
+            k[4] += st.rx_fill_ring_empty_descs;
+            k[5] += st.tx_ring_empty_descs;
+        }
+    }
+    memcpy(&c[MOS_XSK_C_K_RX_DROPPED], k, sizeof(k));
+    return c;
+}
+
+/* ---- the batch ---------------------------------------------------------------------------------- */
+
+static int grow_batch(struct mos_xsk *x, uint32_t n)
+{
+    if (n <= x->bcap)
+        return 0;
+    uint64_t *a = realloc(x->baddr, n * sizeof(*a));
+    if (!a)
+        return -1;
+    x->baddr = a;
+    uint32_t *s = realloc(x->bsock, n * sizeof(*s));
+    if (!s)
+        return -1;
+    x->bsock = s;
+    x->bcap = n;
+    return 0;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint32_t rx_take(struct mos_xsk *x, struct mos_pkt *pkts, uint32_t max, uint64_t ts)
+{
+    uint32_t n = 0;
+    for (uint32_t p = 0; p < x->npools && n < max; p++) {
+        uint32_t si = p * x->workers + x->worker;
+        struct xsk_sock *s = &x->socks[si];
+        uint32_t idx = 0;
+        uint32_t got = xsk_ring_cons__peek(&s->rx, max - n, &idx);
+        for (uint32_t i = 0; i < got; i++) {
+            const struct xdp_desc *d = xsk_ring_cons__rx_desc(&s->rx, idx + i);
+            uint64_t addr = xsk_umem__add_offset_to_addr(d->addr);
+            uint32_t frame = (uint32_t)(addr / XSK_FRAME);
+            uint32_t len = d->len;
+            if (frame >= x->nframes || addr % XSK_FRAME + len > XSK_FRAME)
+                continue; /* cannot happen with an aligned UMEM; never trust it blindly */
+            x->baddr[n] = addr;
+            x->bsock[n] = si;
+            x->verdict[frame] = MOS_VERDICT_FORWARD;
+            x->flen[frame] = len;
+            pkts[n].data = x->area + addr;
+            pkts[n].caplen = len;
+            pkts[n].wirelen = len;
+            pkts[n].ts_ns = ts;
+            x->counters[MOS_XSK_C_RX_PACKETS]++;
+            x->counters[MOS_XSK_C_RX_BYTES] += len;
+            n++;
+        }
+        if (got)
+            xsk_ring_cons__release(&s->rx, got);
+    }
+    return n;
+}
+
+int mos_xsk_rx(mos_xsk_t *x, struct mos_pkt *pkts, uint32_t max, int timeout_ms)
+{
+    if (x->worker == UINT32_MAX)
+        return -1;
+    if (x->bn)
+        mos_xsk_done(x);
+    if (grow_batch(x, max))
+        return -1;
+    x->ndrop_keys = 0;
+    uint32_t n = rx_take(x, pkts, max, now_ns());
+    if (n == 0 && timeout_ms != 0) {
+        recycle(x);
+        x->counters[MOS_XSK_C_POLLS]++;
+        int rc = poll(x->pfds, x->npools, timeout_ms);
+        if (rc < 0 && errno != EINTR)
+            return -1;
+        n = rx_take(x, pkts, max, now_ns());
+    }
+    x->bn = n;
+    return (int)n;
+}
+
+static void kick_tx(struct mos_xsk *x, struct xsk_sock *s)
+{
+    for (int i = 0; i < XSK_KICK_TRIES; i++) {
+        uint32_t prod = __atomic_load_n(s->tx.producer, __ATOMIC_RELAXED);
+        uint32_t cons = __atomic_load_n(s->tx.consumer, __ATOMIC_ACQUIRE);
+        if (prod == cons)
+            return;
+        if (x->zerocopy && !xsk_ring_prod__needs_wakeup(&s->tx))
+            return;
+        x->counters[MOS_XSK_C_KICKS]++;
+        if (sendto(s->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
+            continue;
+        if (errno != EAGAIN && errno != EBUSY && errno != ENOBUFS && errno != EINTR)
+            return;
+        /* completion ring full (copy mode reserves there first): make room */
+        pool_lock(x, s->pool);
+        comp_pop(x, s->pool);
+        pool_unlock(x, s->pool);
+    }
+}
+
+/* Canonical (direction-free) key of a frame; -1 when it is not TCP/UDP over IP. */
+static int frame_key(const uint8_t *p, uint32_t len, struct flow_key *k);
+
+static int dropped_flow(struct mos_xsk *x, const uint8_t *p, uint32_t len)
+{
+    struct flow_key k;
+    if (frame_key(p, len, &k) != 0)
+        return 0;
+    for (uint32_t i = 0; i < x->ndrop_keys; i++)
+        if (memcmp(&k, &x->drop_keys[i], sizeof(k)) == 0)
+            return 1;
+    return 0;
+}
+
+uint32_t mos_xsk_done(mos_xsk_t *x)
+{
+    uint32_t sent = 0;
+    uint32_t n = x->bn;
+    x->bn = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t addr = x->baddr[i];
+        uint32_t frame = (uint32_t)(addr / XSK_FRAME);
+        uint8_t v = x->verdict[frame];
+        uint32_t len = x->flen[frame];
+        if (v == MOS_VERDICT_FORWARD && x->ndrop_keys && dropped_flow(x, x->area + addr, len))
+            v = MOS_VERDICT_DROP;
+        if (v == MOS_VERDICT_DROP)
+            x->counters[MOS_XSK_C_VERDICT_DROP]++;
+        if (v == MOS_VERDICT_FORWARD && x->inline_mode) {
+            /* out of the other interface, on the same queue number when it has one */
+            const struct xsk_pool *in = &x->pools[x->socks[x->bsock[i]].pool];
+            uint32_t oslot = in->slot ^ 1u;
+            uint32_t q = in->queue < x->nqueues[oslot] ? in->queue : 0;
+            uint32_t op = oslot == 0 ? q : x->nqueues[0] + q;
+            struct xsk_sock *o = &x->socks[op * x->workers + x->worker];
+            uint32_t idx = 0;
+            int ok = xsk_ring_prod__reserve(&o->tx, 1, &idx) == 1;
+            if (!ok) {
+                kick_tx(x, o);
+                ok = xsk_ring_prod__reserve(&o->tx, 1, &idx) == 1;
+            }
+            if (ok) {
+                struct xdp_desc *d = xsk_ring_prod__tx_desc(&o->tx, idx);
+                d->addr = addr;
+                d->len = len;
+                d->options = 0;
+                xsk_ring_prod__submit(&o->tx, 1);
+                x->counters[MOS_XSK_C_TX_PACKETS]++;
+                x->counters[MOS_XSK_C_TX_BYTES] += len;
+                sent++;
+                continue;
+            }
+            x->counters[MOS_XSK_C_TX_RING_FULL]++;
+        }
+        if (x->nfree < x->nframes)
+            x->free_frames[x->nfree++] = addr & ~(uint64_t)(XSK_FRAME - 1);
+    }
+    if (sent) {
+        for (uint32_t p = 0; p < x->npools; p++)
+            kick_tx(x, &x->socks[p * x->workers + x->worker]);
+    }
+    recycle(x);
+    return sent;
+}
+
+/* ---- verdicts and rewriting ------------------------------------------------------------------- */
+
+/* The UMEM frame holding the engine's packet `pkt` of the current batch, or -1. */
+static int64_t frame_of(const struct mos_xsk *x, const mos_engine_t *e, uint32_t pkt, uint64_t *addr)
+{
+    const uint8_t *p = mos_pkt_raw(e, pkt);
+    if (!p)
+        return -1;
+    uintptr_t a = (uintptr_t)p, base = (uintptr_t)x->area;
+    if (a < base || a >= base + x->area_len)
+        return -1;
+    *addr = (uint64_t)(a - base);
+    return (int64_t)(*addr / XSK_FRAME);
+}
+
+int mos_xsk_verdict(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int verdict)
+{
+    uint64_t addr;
+    int64_t f = frame_of(x, e, pkt, &addr);
+    if (f < 0 || (verdict != MOS_VERDICT_FORWARD && verdict != MOS_VERDICT_DROP))
+        return -1;
+    x->verdict[f] = (uint8_t)verdict;
+    return 0;
+}
+
+int mos_xsk_drop_flow(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt)
+{
+    uint64_t addr;
+    int64_t f = frame_of(x, e, pkt, &addr);
+    if (f < 0)
+        return -1;
+    x->verdict[f] = MOS_VERDICT_DROP;
+    struct flow_key k;
+    if (frame_key(x->area + addr, x->flen[f], &k) != 0 || x->ndrop_keys >= XSK_DROP_KEYS)
+        return 0;
+    x->drop_keys[x->ndrop_keys++] = k;
+    return 0;
+}
+
+struct hdrs {
+    uint32_t l3, l4, l4_len;  /* offsets in the frame; l4_len 0: no transport checksum to fix */
+    uint8_t v6, proto;
+};
+
+static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+
+/* Ethernet, up to two VLAN tags, IPv4 or IPv6 (skipping extension headers), TCP or UDP. */
+static int parse(const uint8_t *p, uint32_t len, struct hdrs *h)
+{
+    memset(h, 0, sizeof(*h));
+    if (len < 14)
+        return -1;
+    uint32_t off = 12;
+    uint16_t et = rd16(p + off);
+    for (int i = 0; i < 2 && (et == 0x8100 || et == 0x88A8); i++) {
+        off += 4;
+        if (off + 2 > len)
+            return -1;
+        et = rd16(p + off);
+    }
+    off += 2;
+    h->l3 = off;
+    if (et == 0x0800) {
+        if (off + 20 > len || (p[off] >> 4) != 4)
+            return -1;
+        uint32_t ihl = (uint32_t)(p[off] & 15) * 4, tot = rd16(p + off + 2);
+        if (ihl < 20 || off + ihl > len || tot < ihl)
+            return -1;
+        if (off + tot > len)
+            tot = len - off;
+        h->proto = p[off + 9];
+        h->l4 = off + ihl;
+        if ((rd16(p + off + 6) & 0x3FFF) == 0) /* not a fragment */
+            h->l4_len = tot - ihl;
+        return 0;
+    }
+    if (et == 0x86DD) {
+        if (off + 40 > len || (p[off] >> 4) != 6)
+            return -1;
+        h->v6 = 1;
+        uint32_t end = off + 40 + rd16(p + off + 4);
+        if (end > len)
+            end = len;
+        uint8_t nh = p[off + 6];
+        uint32_t cur = off + 40;
+        for (int i = 0; i < 6 && (nh == 0 || nh == 43 || nh == 60); i++) {
+            if (cur + 8 > end)
+                return -1;
+            nh = p[cur];
+            cur += (uint32_t)(p[cur + 1] + 1) * 8;
+        }
+        if (cur > end)
+            return -1;
+        h->proto = nh;
+        h->l4 = cur;
+        if (nh != 44)
+            h->l4_len = end - cur;
+        return 0;
+    }
+    return -1;
+}
+
+static uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t s)
+{
+    for (uint32_t i = 0; i + 1 < n; i += 2)
+        s += rd16(p + i);
+    if (n & 1)
+        s += (uint32_t)p[n - 1] << 8;
+    return s;
+}
+
+static uint16_t fold(uint32_t s)
+{
+    while (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16);
+    return (uint16_t)~s;
+}
+
+static void fix_checksums(uint8_t *p, uint32_t len)
+{
+    struct hdrs h;
+    if (parse(p, len, &h) != 0)
+        return;
+    if (!h.v6) {
+        uint32_t ihl = (uint32_t)(p[h.l3] & 15) * 4;
+        wr16(p + h.l3 + 10, 0);
+        wr16(p + h.l3 + 10, fold(sum16(p + h.l3, ihl, 0)));
+    }
+    if (!h.l4_len || (h.proto != 6 && h.proto != 17))
+        return;
+    uint32_t csum_off = h.proto == 6 ? 16 : 6;
+    if (h.l4_len < csum_off + 2)
+        return;
+    if (h.proto == 17 && !h.v6 && rd16(p + h.l4 + 6) == 0)
+        return; /* IPv4 UDP without a checksum stays so */
+    uint32_t s = 0;
+    if (h.v6)
+        s = sum16(p + h.l3 + 8, 32, 0);
+    else
+        s = sum16(p + h.l3 + 12, 8, 0);
+    s += h.proto;
+    s += h.l4_len & 0xFFFF;
+    s += h.l4_len >> 16;
+    wr16(p + h.l4 + csum_off, 0);
+    uint16_t c = fold(sum16(p + h.l4, h.l4_len, s));
+    if (h.proto == 17 && c == 0)
+        c = 0xFFFF;
+    wr16(p + h.l4 + csum_off, c);
+}
+
+int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32_t offset,
+                        const uint8_t *bytes, uint32_t len, uint32_t new_len)
+{
+    uint64_t addr;
+    int64_t f = frame_of(x, e, pkt, &addr);
+    if (f < 0)
+        return -1;
+    uint32_t room = XSK_FRAME - (uint32_t)(addr % XSK_FRAME);
+    if ((uint64_t)offset + len > room || new_len > room)
+        return -2;
+    uint8_t *p = x->area + addr;
+    memcpy(p + offset, bytes, len);
+    if (new_len)
+        x->flen[f] = new_len;
+    else if (offset + len > x->flen[f])
+        x->flen[f] = offset + len;
+    fix_checksums(p, x->flen[f]);
+    x->counters[MOS_XSK_C_REWRITES]++;
+    return x->flen[f];
+}
+
+int64_t mos_xsk_header_offset(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int layer)
+{
+    uint64_t addr;
+    int64_t f = frame_of(x, e, pkt, &addr);
+    if (f < 0)
+        return -1;
+    struct hdrs h;
+    if (parse(x->area + addr, x->flen[f], &h) != 0)
+        return -1;
+    if (layer == 0)
+        return 0;
+    if (layer == 1)
+        return h.l3;
+    if (layer == 2)
+        return h.l4;
+    if (layer == 3 && h.proto == 6 && h.l4 + 13 <= x->flen[f])
+        return h.l4 + (uint32_t)(x->area[addr + h.l4 + 12] >> 4) * 4;
+    if (layer == 3 && h.proto == 17)
+        return h.l4 + 8;
+    return -1;
+}
+
+static int frame_key(const uint8_t *p, uint32_t len, struct flow_key *k)
+{
+    struct hdrs h;
+    if (parse(p, len, &h) != 0 || (h.proto != 6 && h.proto != 17) || h.l4 + 4 > len)
+        return -1;
+    uint8_t s[16] = {0}, d[16] = {0};
+    if (h.v6) {
+        memcpy(s, p + h.l3 + 8, 16);
+        memcpy(d, p + h.l3 + 24, 16);
+    } else {
+        memcpy(s + 12, p + h.l3 + 12, 4);
+        memcpy(d + 12, p + h.l3 + 16, 4);
+    }
+    uint16_t sp = rd16(p + h.l4), dp = rd16(p + h.l4 + 2);
+    int c = memcmp(s, d, 16);
+    int lower = c < 0 || (c == 0 && sp <= dp);
+    memset(k, 0, sizeof(*k));
+    memcpy(k->lo, lower ? s : d, 16);
+    memcpy(k->hi, lower ? d : s, 16);
+    k->plo = lower ? sp : dp;
+    k->phi = lower ? dp : sp;
+    k->proto = h.proto;
+    /* VLAN ids: part of the key (the same connection in two VLANs is two connections) */
+    uint32_t off = 12;
+    for (int i = 0; i < 2 && off + 4 <= len && (rd16(p + off) == 0x8100 || rd16(p + off) == 0x88A8); i++) {
+        k->vlan = (k->vlan << 12) | (rd16(p + off + 2) & 0x0FFFu);
+        off += 4;
+    }
+    return 0;
+}
