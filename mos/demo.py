@@ -30,7 +30,9 @@ def _conn(ip, cli: str, srv: str, sport: int, path: str, host: str, body: bytes,
         t[0] += 0.001
         tcp = TCP(sport=sp, dport=dp, flags=flags, seq=seq % (1 << 32), ack=ack % (1 << 32), window=65535,
                   options=opts or [])
-        pk.append((t[0], Ether() / ip(src=src, dst=dst) / tcp / data))
+        # explicit MACs: scapy would otherwise try to resolve them (ARP on this machine's network)
+        macs = ("02:00:00:00:00:01", "02:00:00:00:00:02") if src == cli else ("02:00:00:00:00:02", "02:00:00:00:00:01")
+        pk.append((t[0], Ether(src=macs[0], dst=macs[1]) / ip(src=src, dst=dst) / tcp / data))
 
     c, s = cisn + 1, sisn + 1
     if not midstream:

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import bpf
 from .monitor import Connection, Monitor, MosError, StaleConnection
@@ -57,6 +57,17 @@ class LiveError(MosError):
 # ---- the session a worker runs (what Connection.drop & co. reach through monitor._live) ------------------
 
 _current: Optional[LiveSession] = None
+_on_start: List[Callable[[Monitor], Any]] = []
+
+
+def on_start(fn: Callable[[Monitor], Any]) -> Callable[[Monitor], Any]:
+    """Registers ``fn(monitor)`` to run once the live run is set up, before traffic reaches the app and
+    before workers are forked (usable as a decorator).
+
+    The place for what needs the XDP program, e.g. ``monitor.block("10.0.0.0/8")`` from an app's ``init``.
+    """
+    _on_start.append(fn)
+    return fn
 
 
 def worker() -> Tuple[int, int]:
@@ -91,8 +102,7 @@ class LiveSession:
         return self.peer is not None
 
     def _pkt(self, mon: Monitor) -> Optional[int]:
-        p = int(mon._cur_pkt)
-        return None if p == 0xFFFFFFFF else p
+        return mon._current_pkt()
 
     def drop(self, mon: Monitor, conn: Connection) -> None:
         """The connection's packets are dropped: in XDP from now on, and those of the batch being handled."""
@@ -129,7 +139,7 @@ class LiveSession:
             raise MosError(f"{start + len(data)} bytes do not fit in an AF_XDP frame")
         if n < 0:
             raise MosError("no live packet is being handled")
-        mon._views.pop(p, None)
+        getattr(mon, "_views", {}).pop(p, None)  # a cached view of the packet is stale now
         return int(n)
 
 
@@ -315,6 +325,14 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
                     prog.set_xsk(idx, lib.mos_xsk_fd(xsk, slot, q, w))
                     indexes.append(idx)
         prog.set_config(workers=workers)
+        if _on_start:
+            global _current
+            _current = mon._live = LiveSession(prog, xsk, iface, peer, workers, 0)
+            try:
+                for fn in _on_start:
+                    fn(mon)
+            finally:
+                _current = mon._live = None
         info = ffi.new("struct mos_xsk_info *")
         lib.mos_xsk_info(xsk, info)
         xdp_mode = bpf.link_xdp(iface).mode or "?"
@@ -421,4 +439,4 @@ def _teardown(prog: Optional[bpf.XdpProgram], xsk: Any, indexes: List[int], atta
                 sys.stderr.write(f"mos-xdp: {e}\n")
 
 
-__all__ = ["LiveError", "LiveSession", "StaleConnection", "flow_of", "run_live", "rx_queues", "worker"]
+__all__ = ["LiveError", "LiveSession", "StaleConnection", "flow_of", "on_start", "run_live", "rx_queues", "worker"]

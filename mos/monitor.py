@@ -335,6 +335,8 @@ class Connection:
             "s2c_held": int(i.held_bytes[0]),
             "c2s_rexmit_packets": int(i.rexmit_pkts[0]),
             "s2c_rexmit_packets": int(i.rexmit_pkts[1]),
+            "c2s_rexmit_inconsistent": int(i.rexmit_inconsistent[1]),
+            "s2c_rexmit_inconsistent": int(i.rexmit_inconsistent[0]),
         }
 
     @property
@@ -977,6 +979,12 @@ class Monitor:
         if self._live is None:
             raise MosError("this works on live traffic only (mos-xdp run --iface)")
         return self._live
+
+    def _current_pkt(self) -> Optional[int]:
+        """The engine's index of the packet being handled (None outside a packet's handlers)."""
+        cur = self._cur_f
+        pkt = int(cur[_PKT]) if cur is not None else 0xFFFFFFFF
+        return None if pkt == 0xFFFFFFFF else pkt
 
     @property
     def bpf(self) -> Any:

@@ -65,6 +65,7 @@ def run_streams(
             "c2s_packets": i["c2s_packets"],
             "s2c_packets": i["s2c_packets"],
             "picked_up": i["picked_up"],
+            "rexmit_inconsistent": i["c2s_rexmit_inconsistent"] + i["s2c_rexmit_inconsistent"],
             "first_ts": i["first_ts"],
             "last_ts": i["last_ts"],
         })

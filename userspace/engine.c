@@ -64,6 +64,7 @@ struct conn {
     struct tcp_end end[2];
     struct reasm_dir rx[2];   /* rx[s]: the stream side s receives */
     uint32_t rexmit[2];       /* retransmitted segments sent by each side */
+    uint32_t inconsistent[2]; /* retransmissions with differing bytes, in the stream each side receives */
 };
 
 struct lru_list {
@@ -429,6 +430,8 @@ static void cb_rexmit(void *user, void *owner, uint64_t off, uint32_t len, int i
     t.off = off;
     t.len = len;
     t.inconsistent = (uint8_t)(inconsistent != 0);
+    if (inconsistent)
+        o->c->inconsistent[o->side]++;
     uint64_t bit = 1ull << MOS_EV_REXMIT;
     if (inconsistent && ((conn_mask(e, o->c, MOS_HK_RCV, o->side) | e->user_bases) & bit)) {
         t.data = arena_copy(e, old_bytes, len);
@@ -1448,6 +1451,7 @@ int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_
         out->gap_bytes[s] = c->gap_bytes[s];
         out->held_bytes[s] = reasm_held_bytes(&c->rx[s]);
         out->rexmit_pkts[s] = c->rexmit[s];
+        out->rexmit_inconsistent[s] = c->inconsistent[s];
     }
     return 0;
 }

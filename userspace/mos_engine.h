@@ -152,6 +152,7 @@ struct mos_conn_info {
     uint64_t gap_bytes[2];        /* bytes lost in the stream received by client [0] / server [1] */
     uint64_t held_bytes[2];       /* bytes currently held for that receive stream */
     uint64_t rexmit_pkts[2];      /* retransmitted segments sent by client [0] / server [1] */
+    uint64_t rexmit_inconsistent[2]; /* retransmissions whose bytes differed, received by client / server */
 };
 
 /* Decoded headers of one packet (for conn.last_packet in Python). */
