@@ -432,8 +432,7 @@ class Connection:
         if self._handlers is None:
             self._handlers = {}
             self._masks = [[0, 0], [0, 0]]
-        for s in _sides(side):
-            self._handlers.setdefault((int(event), s, int(hook)), []).append(handler)
+        _subscribe(self._handlers, event, handler, side, hook)
         self._sync_masks()
 
     def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
@@ -441,14 +440,7 @@ class Connection:
         """Unsubscribe a handler of this connection (all of the event's handlers when None)."""
         if not self._handlers:
             return
-        for s in _sides(side):
-            lst = self._handlers.get((int(event), s, int(hook)))
-            if lst is None:
-                continue
-            if handler is None:
-                lst.clear()
-            elif handler in lst:
-                lst.remove(handler)
+        _unsubscribe(self._handlers, event, handler, side, hook)
         self._sync_masks()
 
     def _sync_masks(self) -> None:
@@ -506,6 +498,26 @@ class Connection:
             return f"<Connection {self.id} {self.client} -> {self.server}>"
         except MosError:
             return f"<Connection {self.id} (ended)>"
+
+
+_HandlerTable = Dict[Tuple[int, int, int], List[Handler]]
+
+
+def _subscribe(table: _HandlerTable, event: EventId, handler: Handler, side: Side, hook: Hook) -> None:
+    for s in _sides(side):
+        table.setdefault((int(event), s, int(hook)), []).append(handler)
+
+
+def _unsubscribe(table: _HandlerTable, event: EventId, handler: Optional[Handler], side: Side,
+                 hook: Hook) -> None:
+    for s in _sides(side):
+        lst = table.get((int(event), s, int(hook)))
+        if not lst:
+            continue
+        if handler is None:
+            lst.clear()
+        elif handler in lst:
+            lst.remove(handler)
 
 
 def _one_side(side: Side) -> int:
@@ -655,8 +667,7 @@ class Monitor:
         self._check_event(event)
 
         def add(fn: Handler) -> Handler:
-            for s in _sides(side):
-                self._handlers.setdefault((int(event), s, int(hook)), []).append(fn)
+            _subscribe(self._handlers, event, fn, side, hook)
             self._sync_masks()
             return fn
 
@@ -665,14 +676,7 @@ class Monitor:
     def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
             hook: Hook = Hook.RCV) -> None:
         """Unsubscribe a handler (or all of the event's handlers); allowed inside a handler."""
-        for s in _sides(side):
-            lst = self._handlers.get((int(event), s, int(hook)))
-            if not lst:
-                continue
-            if handler is None:
-                lst.clear()
-            elif handler in lst:
-                lst.remove(handler)
+        _unsubscribe(self._handlers, event, handler, side, hook)
         self._sync_masks()
 
     def define_event(self, base: EventId, filter: Union[Filter, PyFilter, None] = None) -> int:

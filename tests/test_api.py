@@ -57,7 +57,8 @@ def decoded(built: Built) -> List[dict]:
 
 def udp_filler(n: int, t0: float) -> Built:
     """n UDP datagrams (not TCP: no connection) -- used to push later packets into another batch of 256."""
-    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="10.99.0.1", dst="10.99.0.2") / UDP(sport=9, dport=9) / Raw(b"x" * 8))
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    frame = bytes(eth / IP(src="10.99.0.1", dst="10.99.0.2") / UDP(sport=9, dport=9) / Raw(b"x" * 8))
     return Built([(t0 + i * 1e-6, frame, len(frame)) for i in range(n)])
 
 
