@@ -15,8 +15,31 @@ from .events import Policy
 POLICIES = [p.value for p in Policy]
 
 
+# Commands that live in their own modules, imported only when used (so `streams` starts fast).
+_LAZY = {
+    "attach": ("mos.live_cli", "attach"),
+    "detach": ("mos.live_cli", "detach"),
+    "status": ("mos.live_cli", "status"),
+    "block": ("mos.live_cli", "block"),
+    "vm": ("mos.vm", "vm_group"),
+}
+
+
 class _Group(click.Group):
-    """Turns the stack's own errors into one line and a non-zero exit, never a traceback."""
+    """Lazily loaded subcommands; the stack's own errors become one line and a non-zero exit."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_LAZY))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in _LAZY:
+            modname, attr = _LAZY[cmd_name]
+            try:
+                cmd = getattr(importlib.import_module(modname), attr)
+            except ImportError as exc:
+                raise click.ClickException(f"{cmd_name}: not available ({exc})") from None
+        return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -216,21 +239,6 @@ def demo(outdir: Optional[str]) -> None:
         tmp.cleanup()
 
 
-def _register_optional() -> None:
-    for modname, attr, name in (("mos.vm", "vm_group", "vm"), ("mos.live_cli", "commands", None)):
-        try:
-            mod = importlib.import_module(modname)
-        except ImportError:
-            continue
-        obj = getattr(mod, attr, None)
-        if isinstance(obj, click.Command):
-            main.add_command(obj, name)
-        elif isinstance(obj, (list, tuple)):
-            for cmd in obj:
-                main.add_command(cmd)
-
-
-_register_optional()
 
 if __name__ == "__main__":
     main()

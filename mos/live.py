@@ -271,8 +271,20 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
     ``mode``: XDP attach mode (auto, native, generic); ``copy``: force AF_XDP copy (True) or zero-copy
     (False) mode, None picks; ``duration``: stop after so many seconds (None: on SIGINT/SIGTERM).
     Returns the engine's counters (in each worker process when ``workers > 1``, see the module doc).
-    Errors a user can act on raise :class:`LiveError` (one line).
+    Errors a user can act on raise :class:`LiveError` (one line). For the CLI, the environment can set
+    ``MOS_XDP_MODE`` (auto, native, generic), ``MOS_XDP_COPY`` (1: copy, 0: zero-copy) and
+    ``MOS_XDP_BUSY_POLL`` (0: off) when the arguments are left at their defaults.
     """
+    env_mode = os.environ.get("MOS_XDP_MODE")
+    if mode == "auto" and env_mode:
+        if env_mode not in ("auto", "native", "generic"):
+            raise LiveError(f"MOS_XDP_MODE={env_mode!r}: use auto, native or generic")
+        mode = env_mode
+    env_copy = os.environ.get("MOS_XDP_COPY")
+    if copy is None and env_copy in ("0", "1"):
+        copy = env_copy == "1"
+    if busy_poll and os.environ.get("MOS_XDP_BUSY_POLL") == "0":
+        busy_poll = False
     try:
         return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration)
     except bpf.XdpError as e:
@@ -309,6 +321,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
     xsk: Any = None
     indexes: List[int] = []
     children: List[int] = []
+    restore_workers: Optional[int] = None
     exit_code = 0
     try:
         prog, attached = _attach(iface, peer, workers, max(nq, npq), mode)
@@ -316,7 +329,10 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
         raw = lib.mos_xsk_open(iface.encode(), nq, peer.encode() if peer else ffi.NULL, npq, workers, flags,
                                err, 256)
         if raw == ffi.NULL:
-            raise LiveError(ffi.string(err).decode())
+            msg = ffi.string(err).decode()
+            if "busy" in msg.lower():
+                msg += " (another mos-xdp run or AF_XDP program on this interface?)"
+            raise LiveError(msg)
         xsk = raw
         for slot, count in ((0, nq), (1, npq)):
             for q in range(count):
@@ -324,6 +340,8 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
                     idx = bpf.xsk_index(slot, q, w)
                     prog.set_xsk(idx, lib.mos_xsk_fd(xsk, slot, q, w))
                     indexes.append(idx)
+        if not attached:
+            restore_workers = int(prog.config().workers)
         prog.set_config(workers=workers)
         if _on_start:
             global _current
@@ -368,6 +386,11 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
                 _kill(pid)
             for sig, h in old.items():
                 signal.signal(sig, h)
+            if prog is not None and restore_workers is not None:
+                try:  # a program attached by `mos-xdp attach` gets its own setting back
+                    prog.set_config(workers=restore_workers)
+                except OSError:
+                    pass
             _teardown(prog, xsk, indexes, attached, iface, workers)
     raise SystemExit(exit_code)
 

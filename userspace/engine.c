@@ -101,6 +101,7 @@ struct mos_engine {
     uint32_t free_head;
     uint32_t next_unused;     /* slots never used yet start here (lazy pool) */
     uint32_t live;
+    uint32_t pool;            /* slots: max_conns plus room for connections ended in a batch */
     uint64_t next_id;
     uint64_t seed;
     struct lru_list lru[3];
@@ -671,7 +672,7 @@ static struct conn *conn_new(mos_engine_t *e, const struct pkt_info *pi, int sen
     uint32_t s = e->free_head;
     if (s)
         e->free_head = C(e, s)->hnext;
-    else if (e->next_unused <= e->cfg.max_conns)
+    else if (e->next_unused <= e->pool)
         s = e->next_unused++;
     else
         return NULL;
@@ -703,27 +704,30 @@ static struct conn *conn_new(mos_engine_t *e, const struct pkt_info *pi, int sen
     return c;
 }
 
-/* The table is full: end the oldest connection, preferring closed, then half-open ones. */
-static int evict_one(mos_engine_t *e)
+/* The table holds max_conns live connections: end the least recently used, half-open ones first. */
+static int evict_live(mos_engine_t *e)
 {
-    static const int order[3] = {LRU_CLOSED, LRU_HANDSHAKE, LRU_EST};
-    for (int k = 0; k < 3; k++) {
-        int cls = order[k];
-        uint32_t s = e->lru[cls].head;
-        while (s) {
-            struct conn *c = C(e, s);
-            uint32_t next = c->lnext;
-            if (c->flags & CF_ENDED) {
-                if (!(c->flags & CF_END_PENDING)) {
-                    conn_free(e, c);
-                    return 1;
-                }
-            } else {
-                e->counters[MOS_C_CONNS_EVICTED]++;
-                end_conn(e, c, MOS_END_EVICTION, MOS_SIDE_CLI);
-                return 1;
-            }
-            s = next;
+    static const int order[2] = {LRU_HANDSHAKE, LRU_EST};
+    for (int k = 0; k < 2; k++) {
+        uint32_t s = e->lru[order[k]].head;
+        if (s) {
+            e->counters[MOS_C_CONNS_EVICTED]++;
+            end_conn(e, C(e, s), MOS_END_EVICTION, MOS_SIDE_CLI);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Every slot is taken (live, lingering after a close, or ended this batch): free the oldest lingering
+ * connection whose end was handled. */
+static int free_lingering(mos_engine_t *e)
+{
+    for (uint32_t s = e->lru[LRU_CLOSED].head; s; s = C(e, s)->lnext) {
+        struct conn *c = C(e, s);
+        if ((c->flags & CF_ENDED) && !(c->flags & CF_END_PENDING)) {
+            conn_free(e, c);
+            return 1;
         }
     }
     return 0;
@@ -943,6 +947,15 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
             else
                 rx_init(e, c, r, dseq);
         }
+        if (R->ack_pending) {
+            /* The sender is a whole window past what the receiver acknowledged (reordering at the capture
+             * point does not reach that far), or waiting would hold too much: the acknowledged hole is
+             * lost. */
+            uint32_t rwnd = R->max_win > 65535 ? R->max_win : 65535;
+            if ((seq_geq(dseq, R->hint) && dseq - R->hint >= rwnd) ||
+                reasm_held_bytes(d) > e->cfg.dir_buffer_limit / 2)
+                settle_acks(e, c, r);
+        }
         int64_t off = reasm_seq_to_off(d, dseq);
         if (off - (int64_t)d->next_off > (1 << 30) && R->ack_pending) {
             /* Far ahead of what we have, and the receiver acknowledged past a hole: the hole is lost
@@ -1138,9 +1151,13 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
                 lru_push(e, c, LRU_CLOSED);
                 goto fixup;
             }
-            if (c->flags & CF_END_PENDING)
-                return PROC_RETRY; /* the old connection's end is not handled yet */
-            conn_free(e, c);
+            if (c->flags & CF_END_PENDING) {
+                /* its end is not handled yet: out of the table now, freed after the events */
+                hash_remove(e, c);
+                lru_unlink(e, c);
+            } else {
+                conn_free(e, c);
+            }
             break; /* port reuse: a new connection below */
         }
         process_tcp(e, c, side, &pi);
@@ -1156,21 +1173,21 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
             goto fixup;
         }
         int cli = syn_only ? 1 : guess_sender_is_client(&pi);
+        if (e->live >= e->cfg.max_conns)
+            evict_live(e);
         struct conn *c = conn_new(e, &pi, cli, bucket);
+        if (!c && free_lingering(e))
+            c = conn_new(e, &pi, cli, bucket);
         if (!c) {
-            if (e->nzombies)
+            /* Slots of connections that ended in this batch come back once its events are handled.
+             * A reassembled datagram cannot be offered again (its fragments are consumed). */
+            if (e->nzombies && !e->no_account)
                 return PROC_RETRY;
-            if (evict_one(e)) {
-                c = conn_new(e, &pi, cli, bucket);
-                if (!c)
-                    return PROC_RETRY;
-            } else {
-                account(e, MOS_C_ORPHAN_TABLE_FULL);
-                struct mos_event t = {0};
-                t.reason = MOS_ORPHAN_TABLE_FULL;
-                emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
-                goto fixup;
-            }
+            account(e, MOS_C_ORPHAN_TABLE_FULL);
+            struct mos_event t = {0};
+            t.reason = MOS_ORPHAN_TABLE_FULL;
+            emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
+            goto fixup;
         }
         int sside = cli ? MOS_SIDE_CLI : MOS_SIDE_SVR;
         if (syn_only) {
@@ -1243,8 +1260,9 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
         nb <<= 1;
     e->nbuckets = nb;
     /* calloc'd memory is only committed when touched, so a big table costs what it holds */
-    e->conns = calloc((size_t)cfg->max_conns + 1, sizeof(struct conn));
-    e->ext = calloc((size_t)cfg->max_conns + 1, sizeof(struct conn_ext));
+    e->pool = cfg->max_conns + (cfg->max_conns / 8 > 4096 ? 4096 : cfg->max_conns / 8) + 64;
+    e->conns = calloc((size_t)e->pool + 1, sizeof(struct conn));
+    e->ext = calloc((size_t)e->pool + 1, sizeof(struct conn_ext));
     e->buckets = calloc(nb, sizeof(uint32_t));
     e->qcap = e->cfg.event_queue + 256;
     e->q = malloc((size_t)e->qcap * sizeof(struct mos_event));
