@@ -16,7 +16,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _NO_ZERO = bytes([1]) + bytes(range(1, 256))  # byte 0 -> 1, the others unchanged
-BLOCK = 1 << 22
+BLOCK = 1 << 24  # larger than any transfer: no body repeats itself
 
 
 def make_block(seed: int) -> bytes:
@@ -70,9 +70,9 @@ def main() -> None:
     ap.add_argument("--lifetime", type=float, default=600.0)
     a = ap.parse_args()
     Handler.block = make_block(a.seed)
+    ThreadingHTTPServer.request_queue_size = 1024  # listen() backlog, read by the constructor
     srv = ThreadingHTTPServer((a.addr, a.port), Handler)
     srv.daemon_threads = True
-    srv.request_queue_size = 1024
     t = threading.Timer(a.lifetime, srv.shutdown)
     t.daemon = True
     t.start()

@@ -2,8 +2,14 @@
 
 ``impair IN OUT --drop P --swap Q --seed S``: copy a pcap, dropping each TCP packet that carries
 payload with probability P (capture loss: those bytes are in no packet of OUT, a monitor must skip
-them) and swapping a data packet with the next one, when that one carries data too, with probability Q (reordering; timestamps stay in
+them) and swapping a data packet with the next one, when that one carries data too,
+with probability Q (reordering; timestamps stay in
 file order). Prints what it did as JSON.
+
+``distinct FILE DIR``: the distinct, correct stream bytes in the files that Suricata's ``tcp-data``
+logger (``type: dir``) wrote to DIR: each file is aligned against the stream rebuilt from the capture's
+packets, and the stream ranges it matches are added up once (a byte logged twice counts once, a byte
+that matches nothing counts as wrong).
 
 ``truth FILE``: what a capture holds, computed from the packets alone (no reassembly engine):
 per direction of each TCP connection, the union of the payload's sequence ranges (``present``: the
@@ -17,7 +23,9 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import os
 import random
+import re
 import struct
 import sys
 from typing import BinaryIO, Dict, Iterator, List, Tuple
@@ -86,7 +94,7 @@ def impair(src: str, dst: str, drop: float, swap: float, seed: int) -> Dict[str,
         for rh, pkt in recs:
             stats["packets_in"] += 1
             f = tcp_fields(pkt, off)
-            if f is not None and f[6] > 0 and rnd.random() < drop:
+            if f is not None and f[6] > 0 and not f[5] & 0x07 and rnd.random() < drop:  # data, no SYN/FIN/RST
                 stats["dropped_data_packets"] += 1
                 stats["dropped_bytes"] += f[6]
                 continue
@@ -204,6 +212,89 @@ def truth(path: str, per_conn: bool) -> Dict[str, object]:
     return out
 
 
+def streams(path: str) -> Dict[Tuple[str, int, str, int], bytearray]:
+    """Every direction's stream rebuilt from the packets (holes left as zeros), keyed (src, sport, dst, dport)."""
+    out: Dict[Tuple[str, int, str, int], bytearray] = {}
+    isn: Dict[Tuple[str, int, str, int], int] = {}
+    with open(path, "rb") as f:
+        _, lt, recs = read_pcap(f)
+        off = l3_offset(lt)
+        for _rh, pkt in recs:
+            fl = tcp_fields(pkt, off)
+            if fl is None:
+                continue
+            src, dst, sport, dport, seq, flags, plen = fl
+            key = (".".join(map(str, src)), sport, ".".join(map(str, dst)), dport)
+            if flags & 0x02:
+                isn[key] = seq
+            if not plen or key not in isn:
+                continue
+            a = (seq - isn[key] - 1) & 0xFFFFFFFF
+            if a > 0xF0000000:
+                continue
+            buf = out.setdefault(key, bytearray())
+            if len(buf) < a + plen:
+                buf.extend(bytes(a + plen - len(buf)))
+            p0 = len(pkt) - plen  # the payload ends the frame (no Ethernet padding on these lengths)
+            buf[a:a + plen] = pkt[p0:p0 + plen]
+    return out
+
+
+def align(data: bytes, truth: bytes) -> Tuple[int, int]:
+    """(distinct truth bytes matched, bytes of data matching nothing)."""
+    starts: List[int] = []
+    ends: List[int] = []
+    d = Dir()
+    d.starts, d.ends = starts, ends
+    p = hint = wrong = 0
+    W = 48
+    n, m = len(data), len(truth)
+    while p < n:
+        w = data[p:p + W]
+        if len(w) < W:  # a short tail: match it at the hint
+            if truth[hint:hint + len(w)] == w:
+                d.add(hint, hint + len(w))
+            else:
+                wrong += len(w)
+            break
+        j = truth.find(w, max(0, hint - (1 << 16)))
+        if j < 0:
+            j = truth.find(w)
+        if j < 0:
+            wrong += 1
+            p += 1
+            continue
+        k = W
+        step = 1 << 16
+        while step >= 1:  # extend the match: doubling steps down to one byte
+            while p + k + step <= n and j + k + step <= m and data[p + k:p + k + step] == truth[j + k:j + k + step]:
+                k += step
+            step //= 2
+        d.add(j, j + k)
+        p += k
+        hint = j + k
+    return d.present(), wrong
+
+
+def distinct(pcap: str, ddir: str) -> Dict[str, int]:
+    st = streams(pcap)
+    total = matched = wrong = files = 0
+    for name in os.listdir(ddir):
+        m = re.match(r"(.+)_(\d+)-(.+)_(\d+)-\d*-(ts|tc)\.data$", name)
+        if not m:
+            continue
+        src, sp, dst, dp, d = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        key = (src, sp, dst, dp) if d == "ts" else (dst, dp, src, sp)
+        with open(os.path.join(ddir, name), "rb") as f:
+            data = f.read()
+        files += 1
+        total += len(data)
+        a, b = align(data, bytes(st.get(key, b"")))
+        matched += a
+        wrong += b
+    return {"files": files, "bytes": total, "distinct": matched, "wrong": wrong}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -213,12 +304,17 @@ def main() -> None:
     p.add_argument("--drop", type=float, default=0.002)
     p.add_argument("--swap", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=1)
+    q = sub.add_parser("distinct")
+    q.add_argument("pcap")
+    q.add_argument("dir")
     t = sub.add_parser("truth")
     t.add_argument("pcap")
     t.add_argument("--per-conn", action="store_true")
     a = ap.parse_args()
     if a.cmd == "impair":
         print(json.dumps(impair(a.src, a.dst, a.drop, a.swap, a.seed)))
+    elif a.cmd == "distinct":
+        print(json.dumps(distinct(a.pcap, a.dir)))
     else:
         print(json.dumps(truth(a.pcap, a.per_conn)))
 

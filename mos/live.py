@@ -36,7 +36,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import bpf
-from .monitor import Connection, Monitor, MosError, StaleConnection
+from .monitor import Connection, Monitor, MosError
 
 try:
     from ._engine import ffi, lib
@@ -462,4 +462,4 @@ def _teardown(prog: Optional[bpf.XdpProgram], xsk: Any, indexes: List[int], atta
                 sys.stderr.write(f"mos-xdp: {e}\n")
 
 
-__all__ = ["LiveError", "LiveSession", "StaleConnection", "flow_of", "on_start", "run_live", "rx_queues", "worker"]
+__all__ = ["LiveError", "LiveSession", "flow_of", "on_start", "run_live", "rx_queues", "worker"]
