@@ -210,10 +210,32 @@ def _print_table(rows: List[Dict[str, Any]], st: Dict[str, int], limit: int = 50
 
 
 @main.command()
+@click.option("--pcap", "offline", is_flag=True,
+              help="The offline demo: a capture built here, through the apps (no root needed).")
 @click.option("-o", "outdir", type=click.Path(file_okay=False), default=None,
-              help="Keep the capture and the streams here (default: a temporary directory).")
-def demo(outdir: Optional[str]) -> None:
-    """Build a small capture with reordering, loss, retransmission, pick-up, RST and IPv6; run the apps on it."""
+              help="Offline demo (implies --pcap): keep the capture and the streams here.")
+@click.option("--timeout", type=click.FloatRange(5, 3600), default=60, show_default=True,
+              help="Live demo: stop (and clean up) after so many seconds.")
+def demo(offline: bool, outdir: Optional[str], timeout: float) -> None:
+    """Live: a client, mos-xdp inline and a server in network namespaces, real traffic through the apps.
+
+    Falls back to the offline demo (--pcap: a capture with reordering, loss, retransmission, pick-up, RST
+    and IPv6) when the live demo cannot run here (not root, no bcc, kernel headers or XDP).
+    """
+    if not offline and outdir is None:
+        from .livedemo import CannotRun, run_demo
+
+        try:
+            code = run_demo(timeout=timeout, echo=click.echo)
+        except CannotRun as exc:
+            click.echo(f"mos-xdp demo: the live demo cannot run here ({exc}); showing the offline demo "
+                       "(mos-xdp demo --pcap)", err=True)
+        else:
+            sys.exit(code)
+    _offline_demo(outdir)
+
+
+def _offline_demo(outdir: Optional[str]) -> None:
     import tempfile
 
     from .demo import build_demo_pcap
@@ -237,7 +259,6 @@ def demo(outdir: Optional[str]) -> None:
     _print_table(rows, st)
     if tmp is not None:
         tmp.cleanup()
-
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 #include "mos_engine.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1237,6 +1238,21 @@ void mos_config_default(struct mos_config *cfg)
     cfg->frag_max = 4096;
 }
 
+static void tune_malloc(void)
+{
+#ifdef __GLIBC__
+    /* Reassembly frees and allocates buffers at a high rate. glibc gives the top of the heap back to
+     * the kernel once 128 KiB of it are free, which turns the next allocations into page faults (about
+     * a tenth of the time on a capture with reordering); keep up to 32 MiB instead. */
+    static int done;
+    if (!done) {
+        done = 1;
+        mallopt(M_TRIM_THRESHOLD, 32 << 20);
+        mallopt(M_TOP_PAD, 4 << 20);
+    }
+#endif
+}
+
 mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t errlen)
 {
     if (cfg->max_conns < 1 || cfg->max_conns > (1u << 28)) {
@@ -1247,6 +1263,7 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
         snprintf(err, errlen, "unknown overlap policy %u", cfg->policy);
         return NULL;
     }
+    tune_malloc();
     mos_engine_t *e = calloc(1, sizeof(*e));
     if (!e) {
         snprintf(err, errlen, "out of memory");

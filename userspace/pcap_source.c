@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 struct mos_pcap {
     pcap_t *pc;
@@ -17,6 +20,9 @@ struct mos_pcap {
     int64_t size;
     uint8_t *arena;
     size_t arena_cap;
+    void *map;          /* the file, mapped (NULL when read through stdio) */
+    size_t maplen;
+    size_t released;    /* bytes of the mapping already read and given back */
 };
 
 mos_pcap_t *mos_pcap_open(const char *path, char *err, size_t errlen)
@@ -31,20 +37,48 @@ mos_pcap_t *mos_pcap_open(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: is a directory, not a capture file", path);
         return NULL;
     }
-    FILE *fp = fopen(path, "rb");
+    /* libpcap reads through stdio in 4 KiB read() calls (a syscall and a kernel copy each). A regular
+     * file is mapped instead and read from memory; anything else (a pipe, a device) is read as usual. */
+    void *map = NULL;
+    size_t maplen = 0;
+    FILE *fp = NULL;
+    if (S_ISREG(st.st_mode) && st.st_size > 0) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+            close(fd);
+            if (map == MAP_FAILED) {
+                map = NULL;
+            } else {
+                maplen = (size_t)st.st_size;
+                madvise(map, maplen, MADV_SEQUENTIAL | MADV_WILLNEED);
+                fp = fmemopen(map, maplen, "rb");
+                if (fp)
+                    setvbuf(fp, NULL, _IOFBF, 1u << 16);
+            }
+        }
+    }
+    if (!fp)
+        fp = fopen(path, "rb");
     if (!fp) {
+        if (map)
+            munmap(map, maplen);
         snprintf(err, errlen, "%s: cannot open", path);
         return NULL;
     }
     pcap_t *pc = pcap_fopen_offline_with_tstamp_precision(fp, PCAP_TSTAMP_PRECISION_NANO, ebuf);
     if (!pc) {
         fclose(fp);
+        if (map)
+            munmap(map, maplen);
         snprintf(err, errlen, "%s: not a pcap or pcapng capture (%s)", path, ebuf);
         return NULL;
     }
     mos_pcap_t *p = calloc(1, sizeof(*p));
     if (!p) {
         pcap_close(pc);
+        if (map)
+            munmap(map, maplen);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
@@ -52,6 +86,8 @@ mos_pcap_t *mos_pcap_open(const char *path, char *err, size_t errlen)
     p->fp = fp;
     p->linktype = pcap_datalink(pc);
     p->size = st.st_size;
+    p->map = map;
+    p->maplen = maplen;
     return p;
 }
 
@@ -108,6 +144,16 @@ int mos_pcap_next_batch(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *e
     }
     for (uint32_t k = 0; k < i; k++)
         pkts[k].data = p->arena + offs[k];
+    if (p->map) {
+        /* Drop the pages already read from the mapping so the process does not appear to hold the
+         * whole file (they stay in the page cache). */
+        long pos = ftell(p->fp);
+        size_t done = pos > 0 ? ((size_t)pos & ~(size_t)((1u << 20) - 1)) : 0;
+        if (done >= p->released + (32u << 20)) {
+            madvise((uint8_t *)p->map + p->released, done - p->released, MADV_DONTNEED);
+            p->released = done;
+        }
+    }
     return (int)i;
 }
 
@@ -116,6 +162,8 @@ void mos_pcap_close(mos_pcap_t *p)
     if (!p)
         return;
     pcap_close(p->pc); /* closes fp too */
+    if (p->map)
+        munmap(p->map, p->maplen);
     free(p->arena);
     free(p);
 }
