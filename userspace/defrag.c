@@ -53,6 +53,7 @@
  * - Trailing bytes beyond the IP total length (Ethernet padding) are ignored.
  */
 #include "defrag.h"
+#include "mix.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -149,25 +150,15 @@ static void wr32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
-static uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdULL;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ULL;
-    x ^= x >> 33;
-    return x;
-}
-
 static uint64_t key_hash(const defrag_t *df, const uint8_t *key)
 {
     uint64_t h = df->seed;
     for (size_t i = 0; i < KEY_LEN; i += 8) {
         uint64_t w;
         memcpy(&w, key + i, 8);
-        h = mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
+        h = mos_mix64(h ^ w) + 0x9e3779b97f4a7c15ULL;
     }
-    return mix64(h);
+    return mos_mix64(h);
 }
 
 /* ---------------------------------------------------------------- parsing */
@@ -372,7 +363,7 @@ defrag_t *defrag_new(uint64_t memcap, uint64_t timeout_ns, uint32_t max_datagram
         free(df);
         return NULL;
     }
-    df->seed = mix64((uint64_t)(uintptr_t)df ^ 0x6d6f732d78647066ULL);
+    df->seed = mos_random_seed(df);
     return df;
 }
 

@@ -19,6 +19,7 @@
 
 #include "decode.h"
 #include "defrag.h"
+#include "mix.h"
 #include "reasm.h"
 
 #define SEC 1000000000ull
@@ -457,22 +458,12 @@ static void cb_limit(void *user, void *owner, enum reasm_limit why, uint64_t off
 /* ---------------------------------------------------------------------------------------------- */
 /* flow table */
 
-static inline uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return x;
-}
-
 static uint64_t addr_hash(const uint8_t *a, uint64_t seed)
 {
     uint64_t w0, w1;
     memcpy(&w0, a, 8);
     memcpy(&w1, a + 8, 8);
-    return mix64(w0 ^ seed) ^ mix64(w1 + seed * 3);
+    return mos_mix64(w0 ^ seed) ^ mos_mix64(w1 + seed * 3);
 }
 
 /* Symmetric: both directions of a connection hash alike. The seed is random so that a sender cannot
@@ -481,9 +472,9 @@ static uint32_t flow_hash(mos_engine_t *e, const struct pkt_info *pi, int with_v
 {
     uint64_t ha = addr_hash(pi->src, e->seed) + pi->sport;
     uint64_t hb = addr_hash(pi->dst, e->seed) + pi->dport;
-    uint64_t h = mix64((ha ^ hb) + (ha + hb) * 0x9e3779b97f4a7c15ull + pi->ip_version);
+    uint64_t h = mos_mix64((ha ^ hb) + (ha + hb) * 0x9e3779b97f4a7c15ull + pi->ip_version);
     if (with_vlan)
-        h = mix64(h ^ ((uint64_t)pi->vlan[0] << 16 | pi->vlan[1]) ^ ((uint64_t)pi->nvlan << 40));
+        h = mos_mix64(h ^ ((uint64_t)pi->vlan[0] << 16 | pi->vlan[1]) ^ ((uint64_t)pi->nvlan << 40));
     return (uint32_t)h;
 }
 
@@ -1290,9 +1281,7 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
         return NULL;
     }
     e->next_unused = 1;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    e->seed = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)(uintptr_t)e);
+    e->seed = mos_random_seed(e);
     static const struct reasm_cb cb = {cb_data, cb_gap, cb_rexmit, cb_limit};
     reasm_ctx_init(&e->rctx, &cb, e, cfg->memcap, cfg->dir_buffer_limit, cfg->max_segments);
     return e;
