@@ -645,6 +645,8 @@ class Monitor:
         self._stop = False
         self.handler_errors = 0
         """Exceptions raised by handlers (reported on stderr)."""
+        self.read_error: Optional[str] = None
+        """Why the last capture ended early (a truncated file), if it did."""
         self._sync_masks()
         if stream_dir is not None:
             self.write_streams(stream_dir)
@@ -804,10 +806,18 @@ class Monitor:
             size = lib.mos_pcap_file_size(src)
             pkts = ffi.new("struct mos_pkt[]", _BATCH)
             self._running = True
+            got = 0
             while not self._stop:
                 n = lib.mos_pcap_next_batch(src, pkts, _BATCH, err, 512)
                 if n < 0:
-                    raise MosError(f"{path}: {ffi.string(err).decode()}")
+                    msg = f"{path}: {ffi.string(err).decode()}"
+                    if not got:
+                        raise MosError(msg)
+                    # a capture cut short (the capturing tool was killed): what came before is good
+                    self.read_error = msg
+                    sys.stderr.write(f"mos-xdp: warning: {msg}; the {got} packets before it were processed\n")
+                    break
+                got += n
                 if n == 0:
                     break
                 self.feed(linktype, pkts, n)

@@ -1,29 +1,67 @@
 #define _DEFAULT_SOURCE
-/* pcap and pcapng files through libpcap, read in batches. libpcap reuses its buffer for each packet,
- * so a batch is copied into an arena that stays valid until the next batch (the engine's events point
- * into it until they are handled). */
+/* pcap and pcapng files, read in batches.
+ *
+ * libpcap opens every file (it knows the formats and link types). For a classic pcap file that can be
+ * mapped, the records are then read straight from the mapping: a batch's packets point into the file
+ * itself, with no copy at all. Anything else (pcapng, a pipe, a modified-pcap variant) is read with
+ * pcap_next_ex(), which reuses its buffer for each packet, so the batch is copied into an arena.
+ * Either way a batch's packets stay valid until the next batch is read (the engine's events point into
+ * them until they are handled).
+ */
 #include "mos_engine.h"
 
+#include <fcntl.h>
 #include <pcap/pcap.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define RELEASE_STEP (32u << 20)
+#define MAX_RECORD (1u << 18) /* libpcap's own limit on a record's captured length */
 
 struct mos_pcap {
     pcap_t *pc;
     FILE *fp;
     int linktype;
     int64_t size;
-    uint8_t *arena;
+    uint8_t *arena;       /* copies of a batch (libpcap path) */
     size_t arena_cap;
-    void *map;          /* the file, mapped (NULL when read through stdio) */
+    const uint8_t *map;   /* the file, mapped */
     size_t maplen;
-    size_t released;    /* bytes of the mapping already read and given back */
+    size_t released;      /* bytes of the mapping already read and given back */
+    /* direct path (classic pcap in the mapping) */
+    int direct;
+    int swapped;          /* the file's byte order is not ours */
+    int nano;             /* timestamps in nanoseconds */
+    size_t pos;           /* offset of the next record */
 };
+
+static uint32_t rd32(const uint8_t *p, int swapped)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return swapped ? __builtin_bswap32(v) : v;
+}
+
+/* A classic pcap header we can read ourselves (libpcap has validated the rest). */
+static void detect_direct(mos_pcap_t *p)
+{
+    if (!p->map || p->maplen < 24)
+        return;
+    uint32_t magic;
+    memcpy(&magic, p->map, 4);
+    switch (magic) {
+    case 0xa1b2c3d4: p->direct = 1; break;
+    case 0xd4c3b2a1: p->direct = 1; p->swapped = 1; break;
+    case 0xa1b23c4d: p->direct = 1; p->nano = 1; break;
+    case 0x4d3cb2a1: p->direct = 1; p->nano = 1; p->swapped = 1; break;
+    default: return; /* pcapng, modified pcap, ...: libpcap reads them */
+    }
+    p->pos = 24;
+}
 
 mos_pcap_t *mos_pcap_open(const char *path, char *err, size_t errlen)
 {
@@ -37,8 +75,6 @@ mos_pcap_t *mos_pcap_open(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: is a directory, not a capture file", path);
         return NULL;
     }
-    /* libpcap reads through stdio in 4 KiB read() calls (a syscall and a kernel copy each). A regular
-     * file is mapped instead and read from memory; anything else (a pipe, a device) is read as usual. */
     void *map = NULL;
     size_t maplen = 0;
     FILE *fp = NULL;
@@ -52,9 +88,8 @@ mos_pcap_t *mos_pcap_open(const char *path, char *err, size_t errlen)
             } else {
                 maplen = (size_t)st.st_size;
                 madvise(map, maplen, MADV_SEQUENTIAL | MADV_WILLNEED);
+                /* libpcap reads through stdio (4 KiB read() calls): from memory instead */
                 fp = fmemopen(map, maplen, "rb");
-                if (fp)
-                    setvbuf(fp, NULL, _IOFBF, 1u << 16);
             }
         }
     }
@@ -88,6 +123,7 @@ mos_pcap_t *mos_pcap_open(const char *path, char *err, size_t errlen)
     p->size = st.st_size;
     p->map = map;
     p->maplen = maplen;
+    detect_direct(p);
     return p;
 }
 
@@ -96,11 +132,55 @@ int64_t mos_pcap_file_size(const mos_pcap_t *p) { return p->size; }
 
 int64_t mos_pcap_file_pos(const mos_pcap_t *p)
 {
+    if (p->direct)
+        return (int64_t)p->pos;
     long pos = ftell(p->fp);
     return pos < 0 ? 0 : pos;
 }
 
-int mos_pcap_next_batch(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *err, size_t errlen)
+/* The previous batch has been handled: give its pages back (they stay in the page cache), so the
+ * process does not appear to hold the whole file. */
+static void release_read(mos_pcap_t *p)
+{
+    if (!p->map)
+        return;
+    size_t done = (size_t)mos_pcap_file_pos(p) & ~(size_t)((1u << 20) - 1);
+    if (done >= p->released + RELEASE_STEP) {
+        madvise((uint8_t *)p->map + p->released, done - p->released, MADV_DONTNEED);
+        p->released = done;
+    }
+}
+
+static int next_direct(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *err, size_t errlen)
+{
+    uint32_t i = 0;
+    while (i < n && p->pos < p->maplen) {
+        if (p->maplen - p->pos < 16) {
+            snprintf(err, errlen, "capture read error: truncated dump file; tried to read 16 header bytes, "
+                     "only got %zu", p->maplen - p->pos);
+            p->pos = p->maplen;
+            return i ? (int)i : -1;
+        }
+        const uint8_t *h = p->map + p->pos;
+        uint32_t sec = rd32(h, p->swapped), frac = rd32(h + 4, p->swapped);
+        uint32_t caplen = rd32(h + 8, p->swapped), len = rd32(h + 12, p->swapped);
+        if (caplen > MAX_RECORD || caplen > p->maplen - p->pos - 16) {
+            snprintf(err, errlen, "capture read error: %s record of %u bytes at offset %zu",
+                     caplen > MAX_RECORD ? "bogus" : "truncated", caplen, p->pos);
+            p->pos = p->maplen;
+            return i ? (int)i : -1;
+        }
+        pkts[i].data = h + 16;
+        pkts[i].caplen = caplen;
+        pkts[i].wirelen = len;
+        pkts[i].ts_ns = (uint64_t)sec * 1000000000ull + (p->nano ? frac : (uint64_t)frac * 1000u);
+        p->pos += 16 + (size_t)caplen;
+        i++;
+    }
+    return (int)i;
+}
+
+static int next_libpcap(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *err, size_t errlen)
 {
     size_t used = 0;
     uint32_t i = 0;
@@ -144,17 +224,13 @@ int mos_pcap_next_batch(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *e
     }
     for (uint32_t k = 0; k < i; k++)
         pkts[k].data = p->arena + offs[k];
-    if (p->map) {
-        /* Drop the pages already read from the mapping so the process does not appear to hold the
-         * whole file (they stay in the page cache). */
-        long pos = ftell(p->fp);
-        size_t done = pos > 0 ? ((size_t)pos & ~(size_t)((1u << 20) - 1)) : 0;
-        if (done >= p->released + (32u << 20)) {
-            madvise((uint8_t *)p->map + p->released, done - p->released, MADV_DONTNEED);
-            p->released = done;
-        }
-    }
     return (int)i;
+}
+
+int mos_pcap_next_batch(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *err, size_t errlen)
+{
+    release_read(p);
+    return p->direct ? next_direct(p, pkts, n, err, errlen) : next_libpcap(p, pkts, n, err, errlen);
 }
 
 void mos_pcap_close(mos_pcap_t *p)
@@ -163,7 +239,7 @@ void mos_pcap_close(mos_pcap_t *p)
         return;
     pcap_close(p->pc); /* closes fp too */
     if (p->map)
-        munmap(p->map, p->maplen);
+        munmap((void *)p->map, p->maplen);
     free(p->arena);
     free(p);
 }
