@@ -37,6 +37,7 @@ struct mos_pcap {
     int swapped;          /* the file's byte order is not ours */
     int nano;             /* timestamps in nanoseconds */
     size_t pos;           /* offset of the next record */
+    char pending[256];    /* an error met after a batch's good packets: reported by the next call */
 };
 
 static uint32_t rd32(const uint8_t *p, int swapped)
@@ -151,24 +152,24 @@ static void release_read(mos_pcap_t *p)
     }
 }
 
-static int next_direct(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *err, size_t errlen)
+static int next_direct(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n)
 {
     uint32_t i = 0;
     while (i < n && p->pos < p->maplen) {
         if (p->maplen - p->pos < 16) {
-            snprintf(err, errlen, "capture read error: truncated dump file; tried to read 16 header bytes, "
-                     "only got %zu", p->maplen - p->pos);
+            snprintf(p->pending, sizeof(p->pending), "capture read error: truncated dump file; tried to "
+                     "read 16 header bytes, only got %zu", p->maplen - p->pos);
             p->pos = p->maplen;
-            return i ? (int)i : -1;
+            break;
         }
         const uint8_t *h = p->map + p->pos;
         uint32_t sec = rd32(h, p->swapped), frac = rd32(h + 4, p->swapped);
         uint32_t caplen = rd32(h + 8, p->swapped), len = rd32(h + 12, p->swapped);
         if (caplen > MAX_RECORD || caplen > p->maplen - p->pos - 16) {
-            snprintf(err, errlen, "capture read error: %s record of %u bytes at offset %zu",
-                     caplen > MAX_RECORD ? "bogus" : "truncated", caplen, p->pos);
+            snprintf(p->pending, sizeof(p->pending), "capture read error: %s record of %u bytes at offset %zu",
+                     caplen > MAX_RECORD ? "bogus" : "truncated dump file:", caplen, p->pos);
             p->pos = p->maplen;
-            return i ? (int)i : -1;
+            break;
         }
         pkts[i].data = h + 16;
         pkts[i].caplen = caplen;
@@ -195,9 +196,7 @@ static int next_libpcap(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *e
         if (r == PCAP_ERROR_BREAK)
             break;
         if (r == PCAP_ERROR) {
-            snprintf(err, errlen, "capture read error: %s", pcap_geterr(p->pc));
-            if (i == 0)
-                return -1;
+            snprintf(p->pending, sizeof(p->pending), "capture read error: %s", pcap_geterr(p->pc));
             break; /* hand over what was read; the error comes back on the next call */
         }
         if (r != 1)
@@ -230,7 +229,18 @@ static int next_libpcap(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *e
 int mos_pcap_next_batch(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *err, size_t errlen)
 {
     release_read(p);
-    return p->direct ? next_direct(p, pkts, n, err, errlen) : next_libpcap(p, pkts, n, err, errlen);
+    if (p->pending[0]) {
+        snprintf(err, errlen, "%s", p->pending);
+        p->pending[0] = 0;
+        return -1;
+    }
+    int got = p->direct ? next_direct(p, pkts, n) : next_libpcap(p, pkts, n, err, errlen);
+    if (got == 0 && p->pending[0]) {
+        snprintf(err, errlen, "%s", p->pending);
+        p->pending[0] = 0;
+        return -1;
+    }
+    return got;
 }
 
 void mos_pcap_close(mos_pcap_t *p)
