@@ -184,8 +184,8 @@ def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: st
     return bpf.XdpProgram.open_pinned(iface), True
 
 
-def _print_counters(prog: Optional[bpf.XdpProgram], xsk: Any, workers: int) -> None:
-    lines = []
+def _counter_lines(prog: Optional[bpf.XdpProgram], xsk: Any, workers: int) -> List[str]:
+    lines = ["mos-xdp: stopped; final counters"]
     if prog is not None:
         try:
             st = prog.stats()
@@ -199,8 +199,7 @@ def _print_counters(prog: Optional[bpf.XdpProgram], xsk: Any, workers: int) -> N
                 continue
             vals = {ffi.string(lib.mos_xsk_counter_name(i)).decode(): int(c[i]) for i in range(lib.MOS_XSK_C_COUNT)}
             lines.append(f"  af_xdp worker {w}: " + " ".join(f"{k}={v}" for k, v in vals.items() if v))
-    sys.stderr.write("mos-xdp: stopped; final counters\n" + "\n".join(lines) + "\n")
-    sys.stderr.flush()
+    return lines
 
 
 class _Stop:
@@ -384,14 +383,19 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
         if os.getpid() == parent:
             for pid in children:  # set-up failed half-way, or an exception: no worker outlives us
                 _kill(pid)
-            for sig, h in old.items():
-                signal.signal(sig, h)
-            if prog is not None and restore_workers is not None:
-                try:  # a program attached by `mos-xdp attach` gets its own setting back
-                    prog.set_config(workers=restore_workers)
-                except OSError:
-                    pass
-            _teardown(prog, xsk, indexes, attached, iface, workers)
+            # a second Ctrl-C or SIGTERM must not cut the teardown short (the program would stay attached)
+            for sig in old:
+                signal.signal(sig, signal.SIG_IGN)
+            try:
+                if prog is not None and restore_workers is not None:
+                    try:  # a program attached by `mos-xdp attach` gets its own setting back
+                        prog.set_config(workers=restore_workers)
+                    except OSError:
+                        pass
+                _teardown(prog, xsk, indexes, attached, iface, workers)
+            finally:
+                for sig, h in old.items():
+                    signal.signal(sig, h)
     raise SystemExit(exit_code)
 
 
@@ -442,8 +446,8 @@ def _wait_workers(children: List[int], stop: _Stop, deadline: float) -> int:
 
 def _teardown(prog: Optional[bpf.XdpProgram], xsk: Any, indexes: List[int], attached: bool, iface: str,
               workers: int) -> None:
-    if prog is not None and xsk is not None:
-        _print_counters(prog, xsk, workers)
+    # read the counters before detaching, print them after: a closed stderr must not stop the detach
+    report = _counter_lines(prog, xsk, workers) if prog is not None and xsk is not None else []
     if prog is not None:
         for idx in indexes:
             try:
@@ -456,10 +460,14 @@ def _teardown(prog: Optional[bpf.XdpProgram], xsk: Any, indexes: List[int], atta
         prog.close()
         if attached:
             try:
-                for line in bpf.detach(iface):
-                    sys.stderr.write(f"mos-xdp: {line}\n")
+                report += [f"mos-xdp: {line}" for line in bpf.detach(iface)]
             except bpf.XdpError as e:
-                sys.stderr.write(f"mos-xdp: {e}\n")
+                report.append(f"mos-xdp: {e}")
+    try:
+        sys.stderr.write("".join(line + "\n" for line in report))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 __all__ = ["LiveError", "LiveSession", "flow_of", "on_start", "run_live", "rx_queues", "worker"]
