@@ -802,7 +802,9 @@ def write_results(path: Path, a: argparse.Namespace, cap: Dict[str, Any], res: D
     w("```json")
     w(json.dumps({k: v for k, v in cap.items()}, indent=1))
     w("```")
-    path.write_text("\n".join(L) + "\n")
+    # keep the live-path section (bench/live.py writes it between these markers)
+    live = re.search(r"<!-- live:begin -->.*?<!-- live:end -->\n?", path.read_text() if path.exists() else "", re.S)
+    path.write_text("\n".join(L) + "\n" + ("\n" + live.group(0) if live else ""))
 
 
 if __name__ == "__main__":
