@@ -647,6 +647,7 @@ class Monitor:
         """Exceptions raised by handlers (reported on stderr)."""
         self.read_error: Optional[str] = None
         """Why the last capture ended early (a truncated file), if it did."""
+        self._pev = ffi.new("struct mos_event **")
         self._sync_masks()
         if stream_dir is not None:
             self.write_streams(stream_dir)
@@ -876,8 +877,11 @@ class Monitor:
             raise
 
     def _dispatch(self) -> None:
-        pev = ffi.new("struct mos_event **")
+        pev = self._pev
         n = lib.mos_engine_events(self._eng, pev)
+        if not n and not self._views:
+            lib.mos_engine_events_done(self._eng)  # nothing for Python: the common case on a busy link
+            return
         try:
             if n:
                 children = self._children
