@@ -165,6 +165,7 @@ class Dir:
 
 def truth(path: str, per_conn: bool) -> Dict[str, object]:
     dirs: Dict[Tuple[bytes, bytes, int, int], Dir] = {}
+    done: List[Dir] = []  # directions of earlier connections on a reused 4-tuple
     total = tcp = 0
     with open(path, "rb") as f:
         _, lt, recs = read_pcap(f)
@@ -178,6 +179,10 @@ def truth(path: str, per_conn: bool) -> Dict[str, object]:
             src, dst, sport, dport, seq, flags, plen = fl
             key = (src, dst, sport, dport)
             d = dirs.get(key)
+            if d is not None and flags & 0x02 and d.syn and seq != d.isn:
+                # the 4-tuple is reused by a new connection (a new ISN): its bytes are another stream
+                done.append(d)
+                d = None
             if d is None:
                 d = dirs[key] = Dir()
             d.pkts += 1
@@ -194,14 +199,15 @@ def truth(path: str, per_conn: bool) -> Dict[str, object]:
                 if a > 0xF0000000:  # before the anchor (a picked-up stream's earlier byte): ignore
                     continue
                 d.add(a, a + plen)
+    every = list(dirs.values()) + done
     out: Dict[str, object] = {
-        "packets": total, "tcp_packets": tcp, "directions": len(dirs),
-        "conns": sum(1 for d in dirs.values() if d.client),
-        "present": sum(d.present() for d in dirs.values()),
-        "exchanged": sum(d.exchanged() for d in dirs.values()),
-        "payload_seen": sum(d.seen for d in dirs.values()),
-        "data_packets": sum(d.data_pkts for d in dirs.values()),
-        "holes": sum(len(d.starts) - 1 for d in dirs.values() if d.starts),
+        "packets": total, "tcp_packets": tcp, "directions": len(every),
+        "conns": sum(1 for d in every if d.client),
+        "present": sum(d.present() for d in every),
+        "exchanged": sum(d.exchanged() for d in every),
+        "payload_seen": sum(d.seen for d in every),
+        "data_packets": sum(d.data_pkts for d in every),
+        "holes": sum(len(d.starts) - 1 for d in every if d.starts),
     }
     if per_conn:
         out["per_direction"] = [

@@ -10,8 +10,12 @@ import struct
 
 def community_id(src: str, dst: str, sport: int, dport: int, proto: int = 6, seed: int = 0) -> str:
     """The ``1:<base64>`` Community ID of a flow; the same for both directions."""
-    a = ipaddress.ip_address(src).packed
-    b = ipaddress.ip_address(dst).packed
+    return community_id_packed(ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, sport, dport,
+                               proto, seed)
+
+
+def community_id_packed(a: bytes, b: bytes, sport: int, dport: int, proto: int = 6, seed: int = 0) -> str:
+    """The same from packed addresses (4 or 16 bytes)."""
     if (a, sport) > (b, dport):
         a, b, sport, dport = b, a, dport, sport
     data = struct.pack("!H", seed) + a + b + struct.pack("!BBHH", proto, 0, sport, dport)

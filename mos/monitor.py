@@ -9,8 +9,8 @@ still there while the batch's events are handled: bytes delivered, connections t
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import itertools
+import socket
 import struct
 import sys
 import traceback
@@ -150,8 +150,9 @@ class PacketView:
 
 
 def _addr(version: int, raw: Any) -> str:
-    b = bytes(ffi.buffer(raw, 16))
-    return str(ipaddress.IPv4Address(b[:4]) if version == 4 else ipaddress.IPv6Address(b))
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, ffi.buffer(raw, 4)[:])
+    return socket.inet_ntop(socket.AF_INET6, ffi.buffer(raw, 16)[:])
 
 
 def endpoint(version: int, addr: str, port: int) -> str:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .communityid import community_id
+from .communityid import community_id_packed
 from .events import Event, Side
 from .monitor import Connection, EventInfo, Monitor
+
+
+def _packed(addr: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
 
 
 def run_streams(
@@ -61,7 +66,8 @@ def run_streams(
             "client_state": i["client_state"],
             "server_state": i["server_state"],
             "end": ev.reason.name,
-            "community_id": community_id(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"]),
+            "community_id": community_id_packed(_packed(i["client_addr"]), _packed(i["server_addr"]),
+                                                i["client_port"], i["server_port"]),
             "c2s_packets": i["c2s_packets"],
             "s2c_packets": i["s2c_packets"],
             "picked_up": i["picked_up"],
