@@ -46,8 +46,8 @@
 #endif
 
 #define XSK_FRAME 4096u
-#define XSK_RING 2048u          /* RX and TX descriptors per socket */
-#define XSK_POOL_FRAMES_MAX 4096u /* frames (and fill/completion ring entries) per pool, fewer pools */
+#define XSK_RING 4096u          /* RX and TX descriptors per socket: absorbs a few ms of the engine descheduled */
+#define XSK_POOL_FRAMES_MAX 8192u /* frames (and fill/completion ring entries) per pool, fewer pools */
 #define XSK_MAX_POOLS 128u      /* 2 slots x 64 queues */
 #define XSK_MAX_WORKERS 64u
 #define XSK_DROP_KEYS 64u
@@ -411,7 +411,7 @@ mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *pe
     x->nqueues[1] = peer ? peer_queues : 0;
     x->npools = iface_queues + x->nqueues[1];
     x->nsocks = 0;
-    /* 16 MiB of frames per pool for up to 4 pools, less with many queues (RX rings stay 2048) */
+    /* 32 MiB of frames per pool for up to 4 pools, less with many queues (RX rings stay 4096) */
     x->pool_frames = x->npools <= 4 ? XSK_POOL_FRAMES_MAX : x->npools <= 16 ? XSK_POOL_FRAMES_MAX / 2
                                                                           : XSK_POOL_FRAMES_MAX / 4;
     x->nframes = x->npools * x->pool_frames;
