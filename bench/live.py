@@ -57,6 +57,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from common import commands_log, logger
+from common import sh as common_sh
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / "work"
@@ -78,21 +81,12 @@ IPERF_PORT = 5201
 READY = "mos-xdp: live on"
 RX_RATES: List[Optional[int]] = [100_000, 300_000, None]  # None: flat out
 
-commands_log: List[str] = []
-
-
-def log(msg: str) -> None:
-    print(f"[live {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger("live")
 
 
 def sh(cmd: List[str], check: bool = True, timeout: float = 120, record: bool = False,
        **kw: Any) -> subprocess.CompletedProcess:
-    if record:
-        commands_log.append(shlex.join(cmd))
-    r = subprocess.run(cmd, timeout=timeout, text=True, capture_output=True, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} exited {r.returncode}: {(r.stderr or r.stdout).strip()[-1500:]}")
-    return r
+    return common_sh(cmd, check=check, timeout=timeout, record=record, **kw)
 
 
 def med(xs: List[float]) -> float:

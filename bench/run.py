@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from common import commands_log, logger
+from common import sh as common_sh
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / "work"
@@ -60,18 +63,12 @@ APT = ["tcpflow", "libnids-dev", "libnet1-dev", "libglib2.0-dev", "libpcap-dev",
 BACKPORTS = "deb http://deb.debian.org/debian bookworm-backports main"
 BACKPORTS_LIST = Path("/etc/apt/sources.list.d/mos-bench-backports.list")
 
-commands_log: List[str] = []
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger("bench")
 
 
 def sh(cmd: List[str], check: bool = True, timeout: float = 600, record: bool = False,
        **kw: Any) -> subprocess.CompletedProcess:
-    if record:
-        commands_log.append(shlex.join(cmd))
-    return subprocess.run(cmd, check=check, timeout=timeout, text=True, capture_output=True, **kw)
+    return common_sh(cmd, check=check, timeout=timeout, record=record, **kw)
 
 
 def ns(name: str, *cmd: str) -> List[str]:
