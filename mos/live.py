@@ -47,6 +47,7 @@ DLT_EN10MB = 1
 BATCH = 256
 POLL_MS = 100
 TICK_NS = 1_000_000_000
+PUMP_NS = 20_000_000  # at most this long in C before Python checks signals, timers, idle expiry
 LAYERS = {"eth": 0, "ip": 1, "tcp": 2, "udp": 2, "l4": 2, "payload": 3}
 
 
@@ -224,16 +225,21 @@ def _loop(mon: Monitor, xsk: Any, stop: _Stop, batch: int, deadline: float) -> N
     if mon._unanchored:
         mon._anchor_timers(now)
     next_tick = now + TICK_NS
+    fed = ffi.new("uint32_t *")
     while not stop.flag and not mon._stop:
-        n = lib.mos_xsk_rx(xsk, pkts, batch, POLL_MS)
+        # C runs the loop (receive, engine, frames back) until a batch raises something for Python
+        n = lib.mos_xsk_pump(xsk, eng, pkts, batch, POLL_MS, mon._next_due(), PUMP_NS, fed)
         if n < 0:
             err = ffi.errno
             raise LiveError(f"AF_XDP receive failed: {os.strerror(err)}")
         try:
             if n:
-                mon.feed(DLT_EN10MB, pkts, n)
+                mon._dispatch()  # the events of the packets the engine took
+                if fed[0] < n:  # it stopped early (a timer is due, or the queue filled): the rest
+                    mon.feed(DLT_EN10MB, pkts + fed[0], n - fed[0])
         finally:
-            lib.mos_xsk_done(xsk)  # verdicts applied only now: after every handler of the batch ran
+            if n:
+                lib.mos_xsk_done(xsk)  # verdicts applied only now: after every handler of the batch ran
         now = time.time_ns()
         due = mon._next_due()
         if due and due <= now:

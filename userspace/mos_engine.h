@@ -321,6 +321,13 @@ int mos_xsk_set_worker(mos_xsk_t *x, uint32_t worker);
 int mos_xsk_rx(mos_xsk_t *x, struct mos_pkt *pkts, uint32_t max, int timeout_ms);
 /* The batch is handled: apply verdicts (forward / drop), recycle frames. Returns frames sent. */
 uint32_t mos_xsk_done(mos_xsk_t *x);
+/* The hot loop in C: receive, feed the engine, and as long as no event needs Python, hand the frames
+ * back and receive again, for up to budget_ns. Returns the count of the last batch's packets (in pkts,
+ * pending as after mos_xsk_rx) with *fed of them already fed to the engine, when Python has work
+ * (events queued, or the engine stopped early: stop_ts reached, queue full); 0 when nothing arrived
+ * within timeout_ms or the budget ran out; -1 on error (errno). */
+int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t max, int timeout_ms,
+                 uint64_t stop_ts_ns, uint64_t budget_ns, uint32_t *fed);
 /* Per-packet verdicts and rewriting; pkt is the engine's index of a packet of the current batch. */
 int mos_xsk_verdict(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int verdict);
 /* Drops pkt and every packet of the same connection in the current batch. */

@@ -932,3 +932,26 @@ static int frame_key(const uint8_t *p, uint32_t len, struct flow_key *k)
     }
     return 0;
 }
+
+int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t max, int timeout_ms,
+                 uint64_t stop_ts_ns, uint64_t budget_ns, uint32_t *fed)
+{
+    uint64_t start = now_ns();
+    *fed = 0;
+    for (;;) {
+        int n = mos_xsk_rx(x, pkts, max, timeout_ms);
+        if (n <= 0)
+            return n;
+        uint32_t k = mos_engine_feed(e, MOS_DLT_EN10MB, pkts, (uint32_t)n, stop_ts_ns);
+        const struct mos_event *evs;
+        if (k < (uint32_t)n || mos_engine_events(e, &evs) > 0) {
+            *fed = k;
+            return n; /* Python's turn: handlers, timers, verdicts, then mos_xsk_done */
+        }
+        mos_engine_events_done(e);
+        mos_xsk_done(x);
+        if (now_ns() - start >= budget_ns)
+            return 0;
+        timeout_ms = 0; /* within the budget, only what is already there */
+    }
+}
