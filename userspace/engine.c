@@ -23,6 +23,7 @@
 #include "reasm.h"
 
 #define SEC 1000000000ull
+#define ACKED_HOLE_PATIENCE (64u << 10) /* bytes sent past an acknowledged hole before it is a gap */
 #define NIL 0u
 
 /* One endpoint's TCP stack, as far as a passive observer can tell. */
@@ -940,11 +941,10 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
                 rx_init(e, c, r, dseq);
         }
         if (R->ack_pending) {
-            /* The sender is a whole window past what the receiver acknowledged (reordering at the capture
-             * point does not reach that far), or waiting would hold too much: the acknowledged hole is
-             * lost. */
-            uint32_t rwnd = R->max_win > 65535 ? R->max_win : 65535;
-            if ((seq_geq(dseq, R->hint) && dseq - R->hint >= rwnd) ||
+            /* The sender is well past what the receiver acknowledged (64 KiB: reordering at a capture
+             * point does not reach that far, and waiting longer holds every later segment out of order),
+             * or waiting would hold too much: the acknowledged hole is lost. */
+            if ((seq_geq(dseq, R->hint) && dseq - R->hint >= ACKED_HOLE_PATIENCE) ||
                 reasm_held_bytes(d) > e->cfg.dir_buffer_limit / 2)
                 settle_acks(e, c, r);
         }
