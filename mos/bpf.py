@@ -708,8 +708,8 @@ class XdpProgram:
                 obj_pin(m.fd, pins / mname)
             obj_pin(self.prog_fd, pins / PROG_PIN)
         except BaseException:
-            for name, m in done:
-                xdp_remove(name, m)
+            for name, attached_mode in done:
+                xdp_remove(name, attached_mode)
             _remove_pins(pins)
             raise
         self.state.update({"mode": used, "prog_id": prog_info(self.prog_fd)["id"], "pin_dir": str(pins),

@@ -6,7 +6,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
@@ -73,7 +73,7 @@ def _monitor(policy: str, vlan: bool, pickup: bool, strict: bool = False, **kw: 
     return Monitor(policy=policy, vlan_in_key=vlan, pickup=pickup, strict=strict, **kw)
 
 
-def _progress(enabled: bool, path: str):  # type: ignore[no-untyped-def]
+def _progress(enabled: bool, path: str) -> Tuple[Any, Optional[Callable[[int, int], None]]]:
     size = os.path.getsize(path) if os.path.exists(path) else 0
     if not enabled or not sys.stderr.isatty() or size == 0:
         return None, None

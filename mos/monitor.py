@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
     ) from exc
 
 Handler = Callable[["Connection", "EventInfo"], Any]
-PyFilter = Callable[["Connection", "EventInfo"], bool]
+PyFilter = Callable[[Optional["Connection"], "EventInfo"], bool]
 EventId = Union[Event, int]
 
 _CONN_LEVEL = (int(Event.CONN_START), int(Event.CONN_END))
@@ -377,7 +377,7 @@ class Connection:
     def peek(self, side: Side) -> bytes:
         """The bytes ``side`` received that this app has not peeked yet (gaps skipped), as mOS's mtcp_peek."""
         s = _one_side(side)
-        end = self.stream_offset(s)
+        end = self.stream_offset(Side(s))
         start = self._read[s]
         if end <= start:
             return b""
@@ -618,10 +618,10 @@ class Monitor:
         cfg.max_segments = int(max_segments)
         cfg.memcap = int(memcap)
         cfg.event_queue = int(event_queue)
-        for name, val in (("timeout_syn", timeout_syn), ("timeout_established", timeout_established),
-                          ("timeout_closed", timeout_closed), ("frag_timeout", frag_timeout)):
-            if val <= 0:
-                raise MosError(f"{name} must be positive, not {val}")
+        for tname, tval in (("timeout_syn", timeout_syn), ("timeout_established", timeout_established),
+                            ("timeout_closed", timeout_closed), ("frag_timeout", frag_timeout)):
+            if tval <= 0:
+                raise MosError(f"{tname} must be positive, not {tval}")
         cfg.timeout_syn_ns = int(timeout_syn * 1e9)
         cfg.timeout_est_ns = int(timeout_established * 1e9)
         cfg.timeout_closed_ns = int(timeout_closed * 1e9)

@@ -12,7 +12,7 @@ import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .communityid import community_id_packed
-from .events import Event, Side
+from .events import EndReason, Event, Side
 from .monitor import Connection, EventInfo, Monitor
 
 
@@ -65,7 +65,7 @@ def run_streams(
             "s2c_gaps": s2c_gaps,
             "client_state": i["client_state"],
             "server_state": i["server_state"],
-            "end": ev.reason.name,
+            "end": EndReason(ev.reason).name,
             "community_id": community_id_packed(_packed(i["client_addr"]), _packed(i["server_addr"]),
                                                 i["client_port"], i["server_port"]),
             "c2s_packets": i["c2s_packets"],
