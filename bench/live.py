@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime
+import functools
 import json
 import os
 import platform
@@ -83,10 +84,7 @@ RX_RATES: List[Optional[int]] = [100_000, 300_000, None]  # None: flat out
 
 log = logger("live")
 
-
-def sh(cmd: List[str], check: bool = True, timeout: float = 120, record: bool = False,
-       **kw: Any) -> subprocess.CompletedProcess:
-    return common_sh(cmd, check=check, timeout=timeout, record=record, **kw)
+sh = functools.partial(common_sh, timeout=120)
 
 
 def med(xs: List[float]) -> float:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -65,10 +66,7 @@ BACKPORTS_LIST = Path("/etc/apt/sources.list.d/mos-bench-backports.list")
 
 log = logger("bench")
 
-
-def sh(cmd: List[str], check: bool = True, timeout: float = 600, record: bool = False,
-       **kw: Any) -> subprocess.CompletedProcess:
-    return common_sh(cmd, check=check, timeout=timeout, record=record, **kw)
+sh = functools.partial(common_sh, timeout=600)
 
 
 def ns(name: str, *cmd: str) -> List[str]:

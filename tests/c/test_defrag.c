@@ -6,17 +6,7 @@
 
 #include "../../userspace/defrag.h"
 
-static int g_pass, g_fail;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            g_pass++;                                                                              \
-        } else {                                                                                   \
-            g_fail++;                                                                              \
-            fprintf(stderr, "%s:%d: %s: CHECK failed: %s\n", __FILE__, __LINE__, __func__, #cond); \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 #define C(df, name) (defrag_counters(df)[DEFRAG_C_##name])
 #define SEC 1000000000ull

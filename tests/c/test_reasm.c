@@ -30,30 +30,7 @@ void *realloc(void *p, size_t n) { return fault_now() ? NULL : __libc_realloc(p,
 #define FAULT_INJECTION 0
 #endif
 
-static int g_pass, g_fail;
-static const char *g_test;
-
-#define CHECK(cond)                                                                                   \
-    do {                                                                                              \
-        if (cond) {                                                                                   \
-            g_pass++;                                                                                 \
-        } else {                                                                                      \
-            g_fail++;                                                                                 \
-            fprintf(stderr, "FAIL %s:%d [%s]: %s\n", __FILE__, __LINE__, g_test, #cond);              \
-        }                                                                                             \
-    } while (0)
-
-#define CHECK_EQ(a, b)                                                                                \
-    do {                                                                                              \
-        unsigned long long a_ = (unsigned long long)(a), b_ = (unsigned long long)(b);                \
-        if (a_ == b_) {                                                                               \
-            g_pass++;                                                                                 \
-        } else {                                                                                      \
-            g_fail++;                                                                                 \
-            fprintf(stderr, "FAIL %s:%d [%s]: %s == %s (%llu != %llu)\n", __FILE__, __LINE__, g_test, \
-                    #a, #b, a_, b_);                                                                  \
-        }                                                                                             \
-    } while (0)
+#include "check.h"
 
 /* ---- recorder ------------------------------------------------------------------------------- */
 
