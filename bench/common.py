@@ -6,7 +6,15 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, List
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORK = BENCH / "work"
+VENV = ROOT / ".venv"
+MOS = VENV / "bin" / "mos-xdp"
+MOSPY = VENV / "bin" / "python"
 
 commands_log: List[str] = []
 """The commands that produced the figures, in order, for the report."""

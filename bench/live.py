@@ -58,15 +58,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import commands_log, logger
+from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, logger
 from common import sh as common_sh
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-WORK = BENCH / "work"
-VENV = ROOT / ".venv"
-MOS = VENV / "bin" / "mos-xdp"
-MOSPY = VENV / "bin" / "python"
 RESULTS = BENCH / "RESULTS.md"
 BEGIN, END = "<!-- live:begin -->", "<!-- live:end -->"
 

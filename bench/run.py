@@ -40,15 +40,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import commands_log, logger
+from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, logger
 from common import sh as common_sh
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-WORK = BENCH / "work"
-VENV = ROOT / ".venv"
-MOS = VENV / "bin" / "mos-xdp"
-MOSPY = VENV / "bin" / "python"
 BVENV = WORK / "venv"
 BPY = BVENV / "bin" / "python"
 NIDS = WORK / "nids_count"
