@@ -116,6 +116,19 @@ static inline uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 static inline uint64_t cend(const struct chunk *c) { return c->off + c->len; }
 static inline uint8_t *cdata(const struct chunk *c) { return c->mem + c->skip; }
 
+static inline void chunk_set(struct chunk *c, uint64_t off, int64_t so, int64_t se, uint8_t *mem, uint32_t len,
+                             uint32_t cap, uint32_t mark)
+{
+    c->off = off;
+    c->seg_off = so;
+    c->seg_end = se;
+    c->mem = mem;
+    c->skip = 0;
+    c->len = len;
+    c->cap = cap;
+    c->pad_ = mark;
+}
+
 static inline void acct_add(struct reasm_ctx *ctx, struct reasm_buf *b, uint64_t n)
 {
     b->mem += n;
@@ -505,15 +518,7 @@ static const uint8_t *append_inorder(struct reasm_ctx *ctx, struct reasm_dir *d,
     if (!m)
         return NULL;
     memcpy(m, data, len);
-    struct chunk *c = &b->c[b->n++];
-    c->off = off;
-    c->seg_off = so;
-    c->seg_end = se;
-    c->mem = m;
-    c->skip = 0;
-    c->len = len;
-    c->cap = cap;
-    c->pad_ = 0;
+    chunk_set(&b->c[b->n++], off, so, se, m, len, cap, 0);
     b->held += len;
     acct_add(ctx, b, (uint64_t)cap + ALLOC_OVH);
     return m;
@@ -640,14 +645,7 @@ static int apply_plan(struct reasm_ctx *ctx, struct reasm_buf *b, uint32_t i0, u
         if (!m)
             goto fail;
         memcpy(m, data + (p->s - off), len);
-        o->off = p->s;
-        o->seg_off = ns;
-        o->seg_end = ne;
-        o->mem = m;
-        o->skip = 0;
-        o->len = len;
-        o->cap = len;
-        o->pad_ = 1;
+        chunk_set(o, p->s, ns, ne, m, len, len, 1); /* marked fresh (for rollback/accounting) */
     }
     /* commit */
     for (uint32_t j = i0; j < i1; j++) {
