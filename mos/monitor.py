@@ -806,6 +806,10 @@ class Monitor:
         try:
             linktype = lib.mos_pcap_linktype(src)
             size = lib.mos_pcap_file_size(src)
+            region = ffi.new("const void *[2]")
+            if lib.mos_pcap_stable_region(src, region, region + 1):
+                # the file is mapped: reassembly holds its bytes by reference, no copy
+                lib.mos_engine_set_stable(self._eng, region[0], region[1])
             pkts = ffi.new("struct mos_pkt[]", _BATCH)
             self._running = True
             got = 0
@@ -828,6 +832,7 @@ class Monitor:
             self.finish()
         finally:
             self._running = False
+            lib.mos_engine_set_stable(self._eng, ffi.NULL, ffi.NULL)  # copies what is still held
             lib.mos_pcap_close(src)
         return self.stats()
 

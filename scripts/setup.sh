@@ -67,6 +67,14 @@ sum=$(cat pyproject.toml setup.py userspace/*.c userspace/*.h userspace/*.py 2>/
 if [ ! -f .venv/.mos-installed ] || [ "$(cat .venv/.mos-installed)" != "$sum" ]; then
     log "installing mos-xdp into .venv (builds the C engine)"
     .venv/bin/pip install -q --disable-pip-version-check -U pip >/dev/null
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    # compat mode puts the checkout on sys.path with a plain .pth line: `mos-xdp` starts about 10 ms
+    # sooner than with setuptools' import-hook finder. A setuptools without it gets the default mode.
+    if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' \
+            --config-settings editable_mode=compat >.venv/pip-compat.log 2>&1; then
+        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    fi
     echo "$sum" > .venv/.mos-installed
 fi
+# Byte-code compiled ahead (a no-op when up to date): with PYTHONDONTWRITEBYTECODE set, as on CI
+# machines, every start would otherwise compile the package again (about 15 ms).
+.venv/bin/python -m compileall -q mos apps >/dev/null

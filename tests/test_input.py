@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from scapy.utils import PcapNgWriter
 
-from mos import Event, Monitor
+from mos import Event, Monitor, Side
 from tests import pcaps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,3 +99,80 @@ def test_corrupt_capture_is_one_line(tmp_path):
                              text=True, timeout=60, cwd=ROOT)
         assert out.returncode != 0
         assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr, out.stderr
+
+
+def _event_log(path: Path, **cfg) -> list:
+    """Every stream event of a run, with its bytes: what reassembly decided, in order."""
+    log: list = []
+    mon = Monitor(**cfg)
+    kinds = (Event.CONN_NEW_DATA, Event.REXMIT, Event.DATA_GAP, Event.ERROR, Event.CONN_END)
+
+    def rec(conn, ev):
+        log.append((conn.id, int(ev.event), int(ev.side), ev.offset, ev.length, ev.data, ev.old_data,
+                    ev.new_data, ev.inconsistent, int(ev.reason)))
+
+    for k in kinds:
+        mon.on(k, rec)
+    mon.run_pcap(str(path))
+    log.append(tuple(sorted(mon.stats().items())))
+    return log
+
+
+def _write_pcapng(path: Path, records) -> None:
+    from scapy.layers.l2 import Ether
+
+    w = PcapNgWriter(str(path))
+    for ts, frame, _ in records:
+        pkt = Ether(frame)
+        pkt.time = ts
+        w.write(pkt)
+    w.close()
+
+
+BUILDERS = ["out_of_order_fill", "reversed_segments", "retransmissions", "overlap_new_starts_before",
+            "acked_hole", "seq_wrap", "half_close", "midstream_pickup", "syn_with_data", "basic_close"]
+
+
+@pytest.mark.parametrize("policy", ["first", "last", "linux"])
+def test_mapped_capture_held_by_reference_same_as_copied(tmp_path, policy):
+    """A classic pcap is mapped and reassembly holds its bytes by reference (no copy); a pcapng file
+    goes through libpcap, whose packets are copies valid for one batch, so every byte is copied. Both
+    must decide exactly the same: same events, same bytes, same counters, with the limits on bytes and
+    segments held too. (Not memcap: a copy in order is allocated with room to grow, which memcap counts;
+    bytes held by reference cost no such room.)"""
+    for cfg in ({"policy": policy}, {"policy": policy, "dir_buffer_limit": 1500},
+                {"policy": policy, "max_segments": 1}):
+        for name in BUILDERS:
+            b = getattr(pcaps, name)()
+            classic = b.write(tmp_path / f"{name}.pcap")
+            ng = tmp_path / f"{name}.pcapng"
+            _write_pcapng(ng, b.records)
+            assert _event_log(classic, **cfg) == _event_log(ng, **cfg), (name, cfg)
+
+
+def test_bytes_held_by_reference_are_copied_before_the_file_is_closed(tmp_path):
+    """A run that stops early (a strict handler raising) closes and unmaps the capture while its
+    connections still hold bytes: delivered ones kept until acknowledged, and out-of-order ones behind
+    a hole. They must have been copied first (reading them would fault otherwise)."""
+    c = pcaps.Conv()
+    c.handshake()
+    resp = pcaps.payload("H", 3000)
+    c.tcp(False, "PA", payload=resp[:1000])                                  # delivered, not acked
+    c.tcp(False, "PA", seq=c.off_seq(False, 2000), payload=resp[2000:])      # behind a hole
+    c.tcp(True, "PA", payload=pcaps.REQ, ack=c.off_seq(False, 0))            # acks nothing
+    c.tcp(True, "PA", payload=b"x" * 10, ack=c.off_seq(False, 0))
+    path = c.built().write(tmp_path / "held.pcap")
+    mon = Monitor(strict=True)
+    seen = []
+
+    @mon.on(Event.CONN_NEW_DATA, side=Side.SERVER)
+    def stop(conn, ev):
+        seen.append(conn)
+        raise KeyError("stop here")
+
+    with pytest.raises(KeyError):
+        mon.run_pcap(str(path))
+    conn = seen[0]
+    assert conn.held_segments(Side.CLIENT) == [(2000, 1000)]
+    assert conn.ppeek(Side.CLIENT, 2000, 1000) == resp[2000:]
+    assert conn.ppeek(Side.CLIENT, 0, 1000) == resp[:1000]

@@ -1363,6 +1363,23 @@ uint32_t mos_engine_feed(mos_engine_t *e, int linktype, const struct mos_pkt *pk
     return n;
 }
 
+void mos_engine_set_stable(mos_engine_t *e, const void *lo, const void *hi)
+{
+    if (e->rctx.stable_lo && (e->rctx.stable_lo != lo || e->rctx.stable_hi != hi)) {
+        for (uint32_t s = 1; s < e->next_unused; s++) {
+            struct conn *c = &e->conns[s];
+            for (int side = 0; side < 2; side++) {
+                if (!c->rx[side].buf)
+                    continue;
+                struct owner o = {c, side};
+                reasm_unborrow(&e->rctx, &c->rx[side], &o);
+            }
+        }
+    }
+    e->rctx.stable_lo = lo && hi ? lo : NULL;
+    e->rctx.stable_hi = lo && hi ? hi : NULL;
+}
+
 void mos_engine_advance(mos_engine_t *e, uint64_t now_ns)
 {
     if (now_ns > e->now)

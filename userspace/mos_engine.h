@@ -219,6 +219,10 @@ int mos_engine_define_event(mos_engine_t *e, int id, int base, const struct mos_
  * packet's time reaches stop_ts_ns (0: never), so Python can run handlers and timers in order. */
 uint32_t mos_engine_feed(mos_engine_t *e, int linktype, const struct mos_pkt *pkts, uint32_t n,
                          uint64_t stop_ts_ns);
+/* Packet bytes inside [lo, hi) stay readable (a capture file mapped in memory): reassembly then holds
+ * them by reference instead of copying them. Before that region goes away, call it again (NULL, NULL,
+ * or the next region): bytes still held by reference are copied first. */
+void mos_engine_set_stable(mos_engine_t *e, const void *lo, const void *hi);
 /* Advance packet time without a packet (idle expiry). */
 void mos_engine_advance(mos_engine_t *e, uint64_t now_ns);
 /* End of input: flush and end every connection (reason EOF), raising their events. Call repeatedly
@@ -274,6 +278,9 @@ int mos_pcap_linktype(const mos_pcap_t *p);
 int mos_pcap_next_batch(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *err, size_t errlen);
 int64_t mos_pcap_file_size(const mos_pcap_t *p);
 int64_t mos_pcap_file_pos(const mos_pcap_t *p);
+/* The range every packet of this source points into for as long as it is open (the mapped file), or
+ * 0 when packets are copies valid for one batch only. */
+int mos_pcap_stable_region(const mos_pcap_t *p, const void **lo, const void **hi);
 void mos_pcap_close(mos_pcap_t *p);
 
 /* ---- AF_XDP live input (userspace/xsk.c) ---------------------------------------------------------

@@ -14,6 +14,16 @@
  * Bytes are never moved once delivered: on_data pointers stay valid until reasm_trim/reasm_release frees
  * them, as the header promises.
  *
+ * Borrowed chunks: when a segment's bytes lie in ctx's stable region (a capture file mapped in memory,
+ * which outlives every connection of the run), the chunk points at them instead of copying them: no
+ * malloc, no memcpy, for in-order and out-of-order bytes alike (one chunk per segment then, since
+ * there is no slack to append to). They are accounted as an exact copy would be (bytes plus per-chunk
+ * overhead), so dir_limit and max_segments act the same whatever the packet source; memcap is reached
+ * a little later than with copies, which also count the slack they were allocated with.
+ * reasm_unborrow copies them before the region goes away.
+ * Chunks leave the array from the front (trim) by advancing its start, so that the many small chunks
+ * of borrowed in-order data cost O(1) each to free.
+ *
  * Retention, trim and limits
  * --------------------------
  * - Delivered bytes are freed by reasm_trim (and by reasm_ack once a trim already allowed it) below
@@ -87,11 +97,13 @@ struct chunk {
     uint64_t off;      /* stream offset of the first valid byte */
     int64_t seg_off;   /* original bounds of the segment these bytes came from (overlap policy) */
     int64_t seg_end;
-    uint8_t *mem;      /* allocation (owned) */
+    uint8_t *mem;      /* allocation (owned), or the segment's bytes in the stable region (borrowed) */
     uint32_t skip;     /* bytes trimmed from the front of mem: data = mem + skip */
     uint32_t len;      /* valid bytes (> 0) */
-    uint32_t cap;      /* allocation size */
-    uint32_t pad_;
+    uint32_t cap;      /* allocation size; borrowed: the bytes accounted, as if copied */
+    uint16_t fresh;    /* made by the plan being applied (rollback/accounting); 0 outside apply_plan */
+    uint8_t borrowed;  /* mem is not ours: never written, never freed */
+    uint8_t pad_;
 };
 
 struct scratch {
@@ -101,8 +113,10 @@ struct scratch {
 };
 
 struct reasm_buf {
-    struct chunk *c;
-    uint32_t n, ncap;
+    struct chunk *c;     /* the first live chunk; chunks removed from the front only advance it */
+    struct chunk *base;  /* the array's allocation (acap descriptors) */
+    uint32_t n, ncap;    /* live chunks, and room from c on */
+    uint32_t acap;
     uint64_t held;       /* payload bytes in chunks */
     uint64_t mem;        /* bytes this direction accounts in ctx->mem_used */
     uint64_t keep_from;  /* highest keep_from given to reasm_trim */
@@ -126,7 +140,26 @@ static inline void chunk_set(struct chunk *c, uint64_t off, int64_t so, int64_t 
     c->skip = 0;
     c->len = len;
     c->cap = cap;
-    c->pad_ = mark;
+    c->fresh = (uint16_t)mark;
+    c->borrowed = 0;
+    c->pad_ = 0;
+}
+
+/* Whether [p, p+len) lies in the stable region (compared as integers: the region is another object). */
+static inline int stable(const struct reasm_ctx *ctx, const uint8_t *p, uint32_t len)
+{
+    uintptr_t a = (uintptr_t)p;
+    return ctx->stable_lo && a >= (uintptr_t)ctx->stable_lo && a <= (uintptr_t)ctx->stable_hi &&
+           len <= (uintptr_t)ctx->stable_hi - a;
+}
+
+/* A chunk holding [p, p+len) by reference; accounted as if copied, so that the limits do not depend
+ * on where the packets came from. */
+static inline void chunk_borrow(struct chunk *c, uint64_t off, int64_t so, int64_t se, const uint8_t *p,
+                                uint32_t len, uint32_t mark)
+{
+    chunk_set(c, off, so, se, (uint8_t *)(uintptr_t)p, len, len, mark);
+    c->borrowed = 1;
 }
 
 static inline void acct_add(struct reasm_ctx *ctx, struct reasm_buf *b, uint64_t n)
@@ -187,7 +220,7 @@ static void buf_maybe_free(struct reasm_ctx *ctx, struct reasm_dir *d)
     if (!b || b->n || b->scr)
         return;
     ctx->mem_used -= b->mem;
-    free(b->c);
+    free(b->base);
     free(b);
     d->buf = NULL;
 }
@@ -198,17 +231,31 @@ static int arr_reserve(struct reasm_ctx *ctx, struct reasm_buf *b, uint32_t extr
     if (b->ncap - b->n >= extra)
         return 0;
     uint64_t want = (uint64_t)b->n + extra;
-    uint64_t ncap = b->ncap ? b->ncap : 4;
+    if (b->c != b->base && want <= b->acap) {
+        /* room freed at the front: slide the live chunks down (each slot is slid at most once per
+         * time it is filled, so removal from the front stays O(1) amortized) */
+        memmove(b->base, b->c, (size_t)b->n * sizeof(*b->c));
+        b->c = b->base;
+        b->ncap = b->acap;
+        return 0;
+    }
+    uint64_t ncap = b->acap ? b->acap : 4;
     while (ncap < want)
         ncap *= 2;
     if (ncap > UINT32_MAX / 2)
         return -1;
-    struct chunk *nc = realloc(b->c, (size_t)ncap * sizeof(*nc));
-    if (!nc)
+    if (b->c != b->base) {
+        memmove(b->base, b->c, (size_t)b->n * sizeof(*b->c));
+        b->c = b->base;
+    }
+    struct chunk *nc = realloc(b->base, (size_t)ncap * sizeof(*nc));
+    if (!nc) {
+        b->ncap = b->acap;
         return -1;
-    acct_add(ctx, b, (ncap - b->ncap) * sizeof(*nc) + (b->ncap ? 0 : ALLOC_OVH));
-    b->c = nc;
-    b->ncap = (uint32_t)ncap;
+    }
+    acct_add(ctx, b, (ncap - b->acap) * sizeof(*nc) + (b->acap ? 0 : ALLOC_OVH));
+    b->base = b->c = nc;
+    b->acap = b->ncap = (uint32_t)ncap;
     return 0;
 }
 
@@ -216,14 +263,21 @@ static void arr_remove_front(struct reasm_buf *b, uint32_t k)
 {
     if (!k)
         return;
-    memmove(b->c, b->c + k, (size_t)(b->n - k) * sizeof(*b->c));
     b->n -= k;
+    if (b->n) {
+        b->c += k;
+        b->ncap -= k;
+    } else {
+        b->c = b->base;
+        b->ncap = b->acap;
+    }
 }
 
 static void chunk_free_mem(struct reasm_ctx *ctx, struct reasm_buf *b, struct chunk *c)
 {
     acct_sub(ctx, b, (uint64_t)c->cap + ALLOC_OVH);
-    free(c->mem);
+    if (!c->borrowed)
+        free(c->mem);
     c->mem = NULL;
 }
 
@@ -488,9 +542,17 @@ static const uint8_t *append_inorder(struct reasm_ctx *ctx, struct reasm_dir *d,
     struct reasm_buf *b = buf_get(ctx, d);
     if (!b)
         return NULL;
+    if (stable(ctx, data, len)) {
+        if (arr_reserve(ctx, b, 1))
+            return NULL;
+        chunk_borrow(&b->c[b->n++], off, so, se, data, len, 0);
+        b->held += len;
+        acct_add(ctx, b, (uint64_t)len + ALLOC_OVH);
+        return data;
+    }
     if (b->n) {
         struct chunk *t = &b->c[b->n - 1];
-        if (cend(t) == off && t->cap - t->skip - t->len >= len) {
+        if (!t->borrowed && cend(t) == off && t->cap - t->skip - t->len >= len) {
             uint8_t *p = cdata(t) + t->len;
             memcpy(p, data, len);
             t->len += len;
@@ -628,7 +690,11 @@ static int apply_plan(struct reasm_ctx *ctx, struct reasm_buf *b, uint32_t i0, u
                 o->len = len;
                 continue;
             }
-            /* suffix of a chunk whose prefix is also kept: own copy */
+            /* suffix of a chunk whose prefix is also kept: own copy (or reference) */
+            if (c->borrowed) {
+                chunk_borrow(o, p->s, c->seg_off, c->seg_end, cdata(c) + (p->s - c->off), len, 1);
+                continue;
+            }
             uint8_t *m = malloc(len);
             if (!m)
                 goto fail;
@@ -638,7 +704,11 @@ static int apply_plan(struct reasm_ctx *ctx, struct reasm_buf *b, uint32_t i0, u
             o->off = p->s;
             o->len = len;
             o->cap = len;
-            o->pad_ = 1; /* marks a fresh allocation (for rollback/accounting) */
+            o->fresh = 1; /* marks a fresh allocation (for rollback/accounting) */
+            continue;
+        }
+        if (stable(ctx, data + (p->s - off), len)) {
+            chunk_borrow(o, p->s, ns, ne, data + (p->s - off), len, 1);
             continue;
         }
         uint8_t *m = malloc(len);
@@ -655,9 +725,9 @@ static int apply_plan(struct reasm_ctx *ctx, struct reasm_buf *b, uint32_t i0, u
     }
     for (q = 0; q < pl->np; q++) {
         b->held += out[q].len;
-        if (out[q].pad_) {
+        if (out[q].fresh) {
             acct_add(ctx, b, (uint64_t)out[q].cap + ALLOC_OVH);
-            out[q].pad_ = 0;
+            out[q].fresh = 0;
         }
     }
     if (pl->np != k)
@@ -667,7 +737,7 @@ static int apply_plan(struct reasm_ctx *ctx, struct reasm_buf *b, uint32_t i0, u
     return 0;
 fail:
     for (uint32_t r = 0; r < q; r++)
-        if (out[r].pad_)
+        if (out[r].fresh && !out[r].borrowed)
             free(out[r].mem);
     return -1;
 }
@@ -773,11 +843,11 @@ static int segment_general(struct reasm_ctx *ctx, struct reasm_dir *d, void *own
         if (!inorder && *fresh) {
             uint64_t need_mem = *fresh + (uint64_t)pl.np * ALLOC_OVH;
             uint64_t want_n = (uint64_t)b->n - k + pl.np;
-            if (want_n > b->ncap) {
-                uint64_t ncap = b->ncap ? b->ncap : 4;
+            if (want_n > b->acap) {
+                uint64_t ncap = b->acap ? b->acap : 4;
                 while (ncap < want_n)
                     ncap *= 2;
-                need_mem += (ncap - b->ncap) * sizeof(struct chunk) + ALLOC_OVH;
+                need_mem += (ncap - b->acap) * sizeof(struct chunk) + ALLOC_OVH;
             }
             room = make_room(ctx, d, *fresh, need_mem, &why);
             /* make_room may have evicted delivered chunks: indexes shift */
@@ -1000,6 +1070,45 @@ void reasm_release(struct reasm_ctx *ctx, struct reasm_dir *d)
     b->n = 0;
     b->held = 0;
     buf_maybe_free(ctx, d);
+}
+
+uint64_t reasm_unborrow(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner)
+{
+    struct reasm_buf *b = d->buf;
+    uint64_t copied = 0;
+    if (!b)
+        return 0;
+    uint32_t w = 0;
+    for (uint32_t i = 0; i < b->n; i++) {
+        struct chunk c = b->c[i];
+        if (c.borrowed) {
+            uint8_t *m = malloc(c.len);
+            if (!m) {
+                /* dropped like a memcap hit: delivered bytes only lose their comparison copy, held
+                 * ones become a hole */
+                b->held -= c.len;
+                chunk_free_mem(ctx, b, &c);
+                count_limit(ctx, REASM_LIMIT_MEMCAP);
+                if (c.off >= d->next_off)
+                    limit_hit(ctx, d, owner, REASM_LIMIT_MEMCAP, c.off, c.len);
+                else
+                    ctx->counters[REASM_C_BYTES_DROPPED_LIMIT] += c.len;
+                continue;
+            }
+            memcpy(m, cdata(&c), c.len);
+            acct_sub(ctx, b, c.cap);
+            acct_add(ctx, b, c.len);
+            c.mem = m;
+            c.skip = 0;
+            c.cap = c.len;
+            c.borrowed = 0;
+            copied += c.len;
+        }
+        b->c[w++] = c;
+    }
+    b->n = w;
+    buf_maybe_free(ctx, d);
+    return copied;
 }
 
 uint32_t reasm_copy(const struct reasm_dir *d, uint64_t off, uint32_t len, uint8_t *dst)

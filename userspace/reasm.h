@@ -84,6 +84,10 @@ struct reasm_ctx {
     uint64_t mem_used;
     uint32_t dir_limit;       /* cap on bytes held by one direction */
     uint32_t max_segments;    /* cap on held segments in one direction */
+    /* Bytes inside [stable_lo, stable_hi) stay readable until reasm_unborrow has been called for every
+     * direction (a memory-mapped capture file): segments from there are held by reference instead of
+     * copied. NULL: always copy. */
+    const uint8_t *stable_lo, *stable_hi;
     uint64_t counters[REASM_C_COUNT];
 };
 
@@ -133,6 +137,11 @@ void reasm_trim(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t keep_from);
 
 /* Free everything held. */
 void reasm_release(struct reasm_ctx *ctx, struct reasm_dir *d);
+
+/* Copy every byte held by reference (from the stable region) into memory of the direction's own, so
+ * that the region may go away. Held bytes that cannot be copied (no memory) are dropped like a memcap
+ * hit: counted, and reported with on_limit when not delivered yet. Returns the bytes copied. */
+uint64_t reasm_unborrow(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner);
 
 /* Copy held bytes [off, off+len) to dst. Returns the number of bytes copied from `off` on, stopping at
  * the first byte not held. */

@@ -1123,16 +1123,28 @@ struct fseg {
 #define FUZZ_MAX 6000
 #define FUZZ_SEGS 1200
 
-static void fuzz(int iterations, int with_limits, int with_versions)
+/* The segments' source bytes; with `borrow`, the stable region reassembly may hold by reference. */
+struct fsrc {
+    uint8_t orig[FUZZ_MAX];
+    uint8_t alt[3][FUZZ_MAX];
+};
+
+/* borrow: the sources are a stable region (held by reference); at a random point the region goes
+ * away (reasm_unborrow, then its bytes are overwritten) and the rest comes from a copy. */
+static void fuzz(int iterations, int with_limits, int with_versions, int borrow)
 {
-    static uint8_t orig[FUZZ_MAX], alt[3][FUZZ_MAX], first[FUZZ_MAX], last[FUZZ_MAX], seen[FUZZ_MAX];
+    static struct fsrc srcs[2];
+    static uint8_t first[FUZZ_MAX], last[FUZZ_MAX], seen[FUZZ_MAX];
     static uint8_t held_before[FUZZ_MAX];
     static struct fseg segs[FUZZ_SEGS];
     char name[64];
     for (int it = 0; it < iterations; it++) {
-        snprintf(name, sizeof(name), "fuzz%s%s #%d", with_limits ? " limits" : "",
-                 with_versions ? " versions" : "", it);
+        snprintf(name, sizeof(name), "fuzz%s%s%s #%d", with_limits ? " limits" : "",
+                 with_versions ? " versions" : "", borrow ? " borrow" : "", it);
         g_test = name;
+        struct fsrc *S = &srcs[0];
+        uint8_t *orig = S->orig;
+        uint8_t(*alt)[FUZZ_MAX] = S->alt;
         uint32_t n = 1 + rnd_n(FUZZ_MAX);
         for (uint32_t i = 0; i < n; i++) {
             orig[i] = (uint8_t)rnd();
@@ -1175,6 +1187,11 @@ static void fuzz(int iterations, int with_limits, int with_versions)
         uint64_t memcap = with_limits && rnd_n(2) ? 2000 + rnd_n(8000) : 0;
         uint32_t maxsegs = with_limits && rnd_n(2) ? 1 + rnd_n(20) : 0;
         reasm_ctx_init(&ctx, &CB, r, memcap, dir_limit, maxsegs);
+        if (borrow) {
+            ctx.stable_lo = (const uint8_t *)&srcs[0];
+            ctx.stable_hi = (const uint8_t *)(&srcs[0] + 1);
+        }
+        uint32_t switch_at = borrow && rnd_n(2) ? rnd_n(ns) : UINT32_MAX;
         reasm_dir_init(&d, isn, policy, 1);
         memset(seen, 0, n);
         if (with_versions) {
@@ -1186,6 +1203,20 @@ static void fuzz(int iterations, int with_limits, int with_versions)
         uint32_t contig = 0;
         int reported = 0;
         for (uint32_t i = 0; i < ns; i++) {
+            if (i == switch_at) {
+                trim(&ctx, &d, r, r->next);
+                uint64_t before = ctx.mem_used;
+                reasm_unborrow(&ctx, &d, NULL);
+                ctx.stable_lo = ctx.stable_hi = NULL;
+                CHECK(ctx.mem_used <= before + 64 * 1024);
+                srcs[1] = srcs[0];
+                memset(&srcs[0], 0xa5, sizeof(srcs[0])); /* anything still borrowed now reads garbage */
+                S = &srcs[1];
+                orig = S->orig;
+                alt = S->alt;
+                if (!with_versions)
+                    r->expect = orig;
+            }
             const uint8_t *src = segs[i].version ? alt[segs[i].version - 1] : orig;
             /* model: first/last version of each byte, and the version held before this segment */
             for (uint32_t k = segs[i].off; k < segs[i].off + segs[i].len; k++) {
@@ -1276,9 +1307,11 @@ int main(int argc, char **argv)
     test_limit_replace();
     test_edges();
     test_alloc_failures();
-    fuzz(iters, 0, 0);
-    fuzz(iters, 0, 1);
-    fuzz(iters, 1, 0);
+    for (int borrow = 0; borrow < 2; borrow++) {
+        fuzz(iters, 0, 0, borrow);
+        fuzz(iters, 0, 1, borrow);
+        fuzz(iters, 1, 0, borrow);
+    }
     printf("test_reasm: %d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }
