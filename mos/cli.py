@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
@@ -90,6 +89,9 @@ def _progress(enabled: bool, path: str) -> Tuple[Any, Optional[Callable[[int, in
 
 def load_app(path: str) -> Any:
     """Import an app file; it must define ``init(monitor)`` (and may define ``finish(monitor)``)."""
+    import importlib.util
+    from pathlib import Path
+
     p = Path(path)
     if not p.is_file():
         raise click.ClickException(f"{path}: no such app file")
@@ -179,17 +181,21 @@ def _print_stats(st: Dict[str, int]) -> None:
 def streams(pcap: str, outdir: Optional[str], policy: str, no_vlan: bool, no_pickup: bool, max_conns: int,
             progress: bool, show_stats: bool) -> None:
     """Reassemble every connection of a capture: files per direction and an index (-o), or a table."""
-    from .streams import run_streams
+    from .streams import run_streams, stream_table
 
     bar, update = _progress(progress, pcap)
+    opts: Dict[str, Any] = dict(policy=policy, vlan_in_key=not no_vlan, pickup=not no_pickup, max_conns=max_conns,
+                                progress=update)
     try:
-        rows, st = run_streams(pcap, outdir, policy=policy, vlan_in_key=not no_vlan, pickup=not no_pickup,
-                               max_conns=max_conns, progress=update)
+        if outdir is None:
+            rows, totals, st = stream_table(pcap, limit=TABLE_ROWS, **opts)
+        else:
+            rows, st = run_streams(pcap, outdir, **opts)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
     if outdir is None:
-        _print_table(rows, st)
+        _print_table(rows, totals, st)
     else:
         click.echo(f"{len(rows)} connections, {sum(r['c2s_bytes'] + r['s2c_bytes'] for r in rows)} bytes "
                    f"-> {outdir}/", err=True)
@@ -197,18 +203,21 @@ def streams(pcap: str, outdir: Optional[str], policy: str, no_vlan: bool, no_pic
         _print_stats(st)
 
 
-def _print_table(rows: List[Dict[str, Any]], st: Dict[str, int], limit: int = 50) -> None:
-    hdr = f"{'id':>5} {'client':>28} {'server':>28} {'c2s':>10} {'s2c':>10} {'gaps':>5} " \
+TABLE_ROWS = 50  # connections shown by `streams` without -o (the totals count them all)
+
+
+def _print_table(rows: List[Dict[str, Any]], totals: Dict[str, int], st: Dict[str, int]) -> None:
+    hdr = f"{'id':>5} {'client':>28} {'server':>28} {'c2s':>10} {'s2c':>10} {'lost':>8} " \
           f"{'client state':>12} {'server state':>12} {'end':>8}"
     click.echo(hdr)
-    for r in rows[:limit]:
-        gaps = len(r["c2s_gaps"]) + len(r["s2c_gaps"])
+    for r in rows:
+        lost = r["c2s_gap_bytes"] + r["s2c_gap_bytes"]
         click.echo(f"{r['id']:>5} {r['client']:>28} {r['server']:>28} {r['c2s_bytes']:>10} {r['s2c_bytes']:>10} "
-                   f"{gaps:>5} {r['client_state']:>12} {r['server_state']:>12} {r['end']:>8}")
-    if len(rows) > limit:
-        click.echo(f"... {len(rows) - limit} more connections")
-    total = sum(r["c2s_bytes"] + r["s2c_bytes"] for r in rows)
-    click.echo(f"{len(rows)} connections, {total} stream bytes, {st['packets']} packets "
+                   f"{lost:>8} {r['client_state']:>12} {r['server_state']:>12} {r['end']:>8}")
+    if totals["connections"] > len(rows):
+        click.echo(f"... {totals['connections'] - len(rows)} more connections")
+    click.echo(f"{totals['connections']} connections, {totals['stream_bytes']} stream bytes "
+               f"({totals['gap_bytes']} lost in holes), {st['packets']} packets "
                f"({st['conn_packets']} in connections, {st['orphan_not_tcp']} not TCP, "
                f"{sum(v for k, v in st.items() if k.startswith('malformed_'))} malformed)")
 
@@ -243,6 +252,7 @@ def demo(offline: bool, outdir: Optional[str], timeout: Optional[float]) -> None
 
 def _offline_demo(outdir: Optional[str]) -> None:
     import tempfile
+    from pathlib import Path
 
     from .demo import build_demo_pcap
     from .streams import run_streams
@@ -262,7 +272,12 @@ def _offline_demo(outdir: Optional[str]) -> None:
         mod.finish(mon)
     click.secho(f"== mos-xdp streams {pcap} -o {outdir}/streams", bold=True)
     rows, st = run_streams(pcap, f"{outdir}/streams")
-    _print_table(rows, st)
+    for r in rows:
+        for d in ("c2s", "s2c"):
+            r[f"{d}_gap_bytes"] = sum(g[1] for g in r[f"{d}_gaps"])
+    totals = {"connections": len(rows), "stream_bytes": sum(r["c2s_bytes"] + r["s2c_bytes"] for r in rows),
+              "gap_bytes": st["reasm_bytes_gap"]}
+    _print_table(rows[:TABLE_ROWS], totals, st)
     if tmp is not None:
         tmp.cleanup()
 

@@ -155,6 +155,47 @@ def _addr(version: int, raw: Any) -> str:
     return socket.inet_ntop(socket.AF_INET6, ffi.buffer(raw, 16)[:])
 
 
+def info_dict(i: Any) -> Dict[str, Any]:
+    """A ``struct mos_conn_info`` as the dict ``Connection.info()`` returns."""
+    v = i.ip_version
+    ca, sa = _addr(v, i.cli_addr), _addr(v, i.svr_addr)
+    return {
+        "id": int(i.id),
+        "client": endpoint(v, ca, i.cli_port),
+        "server": endpoint(v, sa, i.svr_port),
+        "client_addr": ca,
+        "server_addr": sa,
+        "client_port": int(i.cli_port),
+        "server_port": int(i.svr_port),
+        "ip_version": int(v),
+        "vlan": [int(i.vlan[k]) for k in range(i.nvlan)],
+        "client_state": TcpState(i.cli_state).name,
+        "server_state": TcpState(i.svr_state).name,
+        "end": EndReason(i.end_reason).name if i.end_reason else None,
+        "picked_up": bool(i.picked_up),
+        "client_wscale": None if i.cli_wscale == 0xFF else int(i.cli_wscale),
+        "server_wscale": None if i.svr_wscale == 0xFF else int(i.svr_wscale),
+        "client_isn": int(i.cli_isn),
+        "server_isn": int(i.svr_isn),
+        "first_ts": i.first_ts_ns / 1e9,
+        "last_ts": i.last_ts_ns / 1e9,
+        "c2s_packets": int(i.pkts[0]),
+        "s2c_packets": int(i.pkts[1]),
+        "c2s_payload": int(i.bytes[0]),
+        "s2c_payload": int(i.bytes[1]),
+        "c2s_stream": int(i.stream_off[1]),
+        "s2c_stream": int(i.stream_off[0]),
+        "c2s_gap_bytes": int(i.gap_bytes[1]),
+        "s2c_gap_bytes": int(i.gap_bytes[0]),
+        "c2s_held": int(i.held_bytes[1]),
+        "s2c_held": int(i.held_bytes[0]),
+        "c2s_rexmit_packets": int(i.rexmit_pkts[0]),
+        "s2c_rexmit_packets": int(i.rexmit_pkts[1]),
+        "c2s_rexmit_inconsistent": int(i.rexmit_inconsistent[1]),
+        "s2c_rexmit_inconsistent": int(i.rexmit_inconsistent[0]),
+    }
+
+
 def endpoint(version: int, addr: str, port: int) -> str:
     """``ip:port``, with IPv6 addresses in brackets."""
     return f"[{addr}]:{port}" if version == 6 else f"{addr}:{port}"
@@ -301,44 +342,7 @@ class Connection:
 
     def info(self) -> Dict[str, Any]:
         """Everything known about the connection, as a dict (addresses, states, counters, times)."""
-        i = self._info()
-        v = i.ip_version
-        ca, sa = _addr(v, i.cli_addr), _addr(v, i.svr_addr)
-        return {
-            "id": int(i.id),
-            "client": endpoint(v, ca, i.cli_port),
-            "server": endpoint(v, sa, i.svr_port),
-            "client_addr": ca,
-            "server_addr": sa,
-            "client_port": int(i.cli_port),
-            "server_port": int(i.svr_port),
-            "ip_version": int(v),
-            "vlan": [int(i.vlan[k]) for k in range(i.nvlan)],
-            "client_state": TcpState(i.cli_state).name,
-            "server_state": TcpState(i.svr_state).name,
-            "end": EndReason(i.end_reason).name if i.end_reason else None,
-            "picked_up": bool(i.picked_up),
-            "client_wscale": None if i.cli_wscale == 0xFF else int(i.cli_wscale),
-            "server_wscale": None if i.svr_wscale == 0xFF else int(i.svr_wscale),
-            "client_isn": int(i.cli_isn),
-            "server_isn": int(i.svr_isn),
-            "first_ts": i.first_ts_ns / 1e9,
-            "last_ts": i.last_ts_ns / 1e9,
-            "c2s_packets": int(i.pkts[0]),
-            "s2c_packets": int(i.pkts[1]),
-            "c2s_payload": int(i.bytes[0]),
-            "s2c_payload": int(i.bytes[1]),
-            "c2s_stream": int(i.stream_off[1]),
-            "s2c_stream": int(i.stream_off[0]),
-            "c2s_gap_bytes": int(i.gap_bytes[1]),
-            "s2c_gap_bytes": int(i.gap_bytes[0]),
-            "c2s_held": int(i.held_bytes[1]),
-            "s2c_held": int(i.held_bytes[0]),
-            "c2s_rexmit_packets": int(i.rexmit_pkts[0]),
-            "s2c_rexmit_packets": int(i.rexmit_pkts[1]),
-            "c2s_rexmit_inconsistent": int(i.rexmit_inconsistent[1]),
-            "s2c_rexmit_inconsistent": int(i.rexmit_inconsistent[0]),
-        }
+        return info_dict(self._info())
 
     @property
     def client(self) -> str:
@@ -791,6 +795,20 @@ class Monitor:
                 heapq.heappush(self._timers, t)
 
     # -- output -------------------------------------------------------------------------------------
+    def log_ended(self, max_id: int) -> None:
+        """Keep, in C, the final info of connections 1..``max_id`` as they end (no handler: a summary of a
+        run then costs no crossing into Python per connection). Read it with :meth:`ended_log`."""
+        if not 0 <= max_id <= 1 << 24:
+            raise MosError(f"log_ended: {max_id} is not between 0 and {1 << 24}")
+        if lib.mos_engine_log_ended(self._eng, max_id) != 0:
+            raise MosError(f"log_ended: no memory for {max_id} records")
+
+    def ended_log(self) -> List[Dict[str, Any]]:
+        """The info (as :meth:`Connection.info`) of the logged connections that have ended, by id."""
+        n = ffi.new("uint64_t *")
+        recs = lib.mos_engine_ended_log(self._eng, n)
+        return [info_dict(recs[k]) for k in range(n[0]) if recs[k].id]
+
     def write_streams(self, directory: str, max_open_files: int = 64) -> None:
         """Append every connection's delivered bytes to DIR/<id>.c2s and DIR/<id>.s2c (done in C)."""
         if lib.mos_engine_stream_dir(self._eng, directory.encode(), max_open_files) != 0:

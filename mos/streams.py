@@ -1,23 +1,75 @@
 """``mos-xdp streams``: every connection's two reassembled directions, written by the engine in C.
 
-Python runs once per connection (CONN_END) and once per hole (DATA_GAP), never per packet or per
-chunk of data: the bytes go from the reassembly buffers to the files inside the engine.
+With files (``run_streams``), Python runs once per connection (CONN_END) and once per hole (DATA_GAP),
+never per packet or per chunk of data: the bytes go from the reassembly buffers to the files inside the
+engine. The table (``stream_table``) runs no Python at all while the capture is read: the engine keeps
+the final info of the connections to show, and the totals are its counters.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .communityid import community_id_packed
-from .events import EndReason, Event, Side
+from .events import Event, Side
 from .monitor import Connection, EventInfo, Monitor
 
 
 def _packed(addr: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+
+
+def _row(i: Dict[str, Any], c2s_gaps: List[List[int]], s2c_gaps: List[List[int]]) -> Dict[str, Any]:
+    return {
+        "id": i["id"],
+        "client": i["client"],
+        "server": i["server"],
+        "vlan": i["vlan"],
+        "c2s_bytes": i["c2s_stream"] - i["c2s_gap_bytes"],
+        "s2c_bytes": i["s2c_stream"] - i["s2c_gap_bytes"],
+        "c2s_gaps": c2s_gaps,
+        "s2c_gaps": s2c_gaps,
+        "client_state": i["client_state"],
+        "server_state": i["server_state"],
+        "end": i["end"],
+        "community_id": community_id_packed(_packed(i["client_addr"]), _packed(i["server_addr"]),
+                                            i["client_port"], i["server_port"]),
+        "c2s_packets": i["c2s_packets"],
+        "s2c_packets": i["s2c_packets"],
+        "picked_up": i["picked_up"],
+        "rexmit_inconsistent": i["c2s_rexmit_inconsistent"] + i["s2c_rexmit_inconsistent"],
+        "first_ts": i["first_ts"],
+        "last_ts": i["last_ts"],
+    }
+
+
+def stream_table(
+    pcap: str,
+    *,
+    limit: int = 50,
+    policy: str = "first",
+    vlan_in_key: bool = True,
+    pickup: bool = True,
+    max_conns: int = 1 << 20,
+    progress: Optional[Callable[[int, int], Any]] = None,
+) -> Tuple[List[Dict[str, Any]], Dict[str, int], Dict[str, int]]:
+    """Reassemble ``pcap`` for a summary: the rows of connections 1..``limit`` (as ``run_streams`` gives
+    them, with ``c2s_gap_bytes``/``s2c_gap_bytes`` instead of the gap lists), the totals over all
+    connections (``connections``, ``stream_bytes``, ``gap_bytes``) and the engine's counters."""
+    mon = Monitor(policy=policy, vlan_in_key=vlan_in_key, pickup=pickup, max_conns=max_conns, strict=True)
+    mon.log_ended(limit)
+    st = mon.run_pcap(pcap, progress=progress)
+    rows = []
+    for i in mon.ended_log():
+        r = _row(i, [], [])
+        del r["c2s_gaps"], r["s2c_gaps"]
+        r["c2s_gap_bytes"], r["s2c_gap_bytes"] = i["c2s_gap_bytes"], i["s2c_gap_bytes"]
+        rows.append(r)
+    totals = {"connections": st["conns_ended"], "stream_bytes": st["reasm_bytes_delivered"],
+              "gap_bytes": st["reasm_bytes_gap"]}
+    return rows, totals, st
 
 
 def run_streams(
@@ -52,33 +104,14 @@ def run_streams(
 
     @mon.on(Event.CONN_END)
     def end(conn: Connection, ev: EventInfo) -> None:
-        i = conn.info()
         c2s_gaps, s2c_gaps = gaps.pop(conn.id, ([], []))
-        rows.append({
-            "id": i["id"],
-            "client": i["client"],
-            "server": i["server"],
-            "vlan": i["vlan"],
-            "c2s_bytes": i["c2s_stream"] - sum(g[1] for g in c2s_gaps),
-            "s2c_bytes": i["s2c_stream"] - sum(g[1] for g in s2c_gaps),
-            "c2s_gaps": c2s_gaps,
-            "s2c_gaps": s2c_gaps,
-            "client_state": i["client_state"],
-            "server_state": i["server_state"],
-            "end": EndReason(ev.reason).name,
-            "community_id": community_id_packed(_packed(i["client_addr"]), _packed(i["server_addr"]),
-                                                i["client_port"], i["server_port"]),
-            "c2s_packets": i["c2s_packets"],
-            "s2c_packets": i["s2c_packets"],
-            "picked_up": i["picked_up"],
-            "rexmit_inconsistent": i["c2s_rexmit_inconsistent"] + i["s2c_rexmit_inconsistent"],
-            "first_ts": i["first_ts"],
-            "last_ts": i["last_ts"],
-        })
+        rows.append(_row(conn.info(), c2s_gaps, s2c_gaps))
 
     st = mon.run_pcap(pcap, progress=progress)
     rows.sort(key=lambda r: r["id"])
     if outdir is not None:
+        import json
+
         with open(os.path.join(outdir, "index.jsonl"), "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")

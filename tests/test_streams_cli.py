@@ -209,6 +209,53 @@ def test_summary_without_output_dir(tmp_path):
     assert built.client.split(":")[0] in text and built.server.split(":")[0] in text
 
 
+def test_table_agrees_with_the_index(tmp_path, run_streams):
+    """Without -o the engine keeps the first connections' final info in C and the totals are its counters
+    (no Python per event); rows and totals must be those of the index, past the rows shown too."""
+    from mos.streams import stream_table
+
+    recs = []
+    for k in range(60):  # 60 conversations of three kinds (holes too), each on its own client port
+        b = [pcaps.basic_close, pcaps.acked_hole, pcaps.out_of_order_fill][k % 3]()
+        cport = int(b.client.rpartition(":")[2])
+        recs += [(t + k * 0.01, _with_client_port(f, cport, 20000 + k), n) for t, f, n in b.records]
+    recs.sort(key=lambda r: r[0])
+    pcap = pcaps.Built(recs).write(tmp_path / "many.pcap")
+    index, _ = run_streams(pcap)
+    assert len(index) == 60
+    rows, totals, st = stream_table(str(pcap), limit=50)
+    assert len(rows) == 50
+    assert totals["connections"] == 60
+    assert totals["stream_bytes"] == sum(r["c2s_bytes"] + r["s2c_bytes"] for r in index)
+    assert totals["gap_bytes"] == sum(g[1] for r in index for g in r["c2s_gaps"] + r["s2c_gaps"]) > 0
+    for row, full in zip(rows, index):
+        for key, v in row.items():
+            if key.endswith("_gap_bytes"):
+                assert v == sum(g[1] for g in full[key.replace("_bytes", "s")])
+            else:
+                assert v == full[key], key
+    proc = run_cli(pcap)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode()
+    assert "... 10 more connections" in text
+    assert f"60 connections, {totals['stream_bytes']} stream bytes ({totals['gap_bytes']} lost in holes)" in text
+
+
+def _with_client_port(frame: bytes, old: int, port: int) -> bytes:
+    """The frame with the client's port replaced, checksums recomputed by scapy."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    p = Ether(frame)
+    t = p[TCP]
+    if t.sport == old:
+        t.sport = port
+    if t.dport == old:
+        t.dport = port
+    del p[IP].chksum, t.chksum
+    return bytes(p)
+
+
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "empty", "bad_policy", "bad_option"])
 def test_errors_are_one_line(tmp_path, kind):
     pcap = tmp_path / "x.pcap"

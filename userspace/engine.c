@@ -106,6 +106,8 @@ struct mos_engine {
     uint32_t live;
     uint32_t pool;            /* slots: max_conns plus room for connections ended in a batch */
     uint64_t next_id;
+    struct mos_conn_info *ended_log; /* final info of connections 1..ended_log_n (mos_engine_log_ended) */
+    uint64_t ended_log_n;
     uint64_t seed;
     struct lru_list lru[3];
     uint64_t now;
@@ -614,6 +616,7 @@ static void set_state(mos_engine_t *e, struct conn *c, int side, int st, int hoo
 }
 
 static void check_fin(mos_engine_t *e, struct conn *c, int snd, int hook);
+static void conn_fill_info(const struct conn *c, struct mos_conn_info *out);
 
 /* Holes that side `s` acknowledged (in the stream it receives) become gaps now. */
 static void settle_acks(mos_engine_t *e, struct conn *c, int s)
@@ -643,6 +646,8 @@ static void end_conn(mos_engine_t *e, struct conn *c, int reason, int side)
         reasm_flush(&e->rctx, &c->rx[1], &o1);
     c->flags |= CF_ENDED | CF_END_PENDING;
     c->end_reason = (uint8_t)reason;
+    if (c->id <= e->ended_log_n)
+        conn_fill_info(c, &e->ended_log[c->id - 1]);
     struct mos_event t = {0};
     t.reason = (uint32_t)reason;
     emit(e, c, MOS_EV_CONN_END, side, MOS_HK_RCV, &t);
@@ -1306,6 +1311,7 @@ void mos_engine_free(mos_engine_t *e)
     free(e->q);
     free(e->zombies);
     free(e->touched);
+    free(e->ended_log);
     free(e);
 }
 
@@ -1459,11 +1465,8 @@ static struct conn *conn_get(const mos_engine_t *e, uint32_t slot, uint64_t id)
     return c->id == id && id != 0 ? c : NULL;
 }
 
-int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_conn_info *out)
+static void conn_fill_info(const struct conn *c, struct mos_conn_info *out)
 {
-    struct conn *c = conn_get(e, slot, id);
-    if (!c)
-        return -1;
     memset(out, 0, sizeof(*out));
     out->id = c->id;
     out->ip_version = c->ip_version;
@@ -1494,7 +1497,37 @@ int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_
         out->rexmit_pkts[s] = c->rexmit[s];
         out->rexmit_inconsistent[s] = c->inconsistent[s];
     }
+}
+
+int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_conn_info *out)
+{
+    const struct conn *c = conn_get(e, slot, id);
+    if (!c)
+        return -1;
+    conn_fill_info(c, out);
     return 0;
+}
+
+int mos_engine_log_ended(mos_engine_t *e, uint64_t max_id)
+{
+    free(e->ended_log);
+    e->ended_log = NULL;
+    e->ended_log_n = 0;
+    if (max_id == 0)
+        return 0;
+    if (max_id > MOS_ENDED_LOG_MAX)
+        return -1;
+    e->ended_log = calloc((size_t)max_id, sizeof(*e->ended_log));
+    if (!e->ended_log)
+        return -1;
+    e->ended_log_n = max_id;
+    return 0;
+}
+
+const struct mos_conn_info *mos_engine_ended_log(const mos_engine_t *e, uint64_t *n)
+{
+    *n = e->ended_log_n;
+    return e->ended_log;
 }
 
 int mos_conn_set_mask(mos_engine_t *e, uint32_t slot, uint64_t id, int hook, int side, uint64_t mask)

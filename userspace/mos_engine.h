@@ -263,6 +263,14 @@ int64_t mos_conn_peek(const mos_engine_t *e, uint32_t slot, uint64_t id, int sid
 const uint8_t *mos_pkt_raw(const mos_engine_t *e, uint32_t pkt);
 /* The decoded headers of packet `pkt` of the current batch. */
 int mos_pkt_view(const mos_engine_t *e, uint32_t pkt, struct mos_pkt_view *out);
+/* Keep the final info (as of its CONN_END) of every connection whose id is 1..max_id, without any
+ * handler: a summary costs no crossing per connection. 0 turns it off. Returns 0, or -1 (no memory, or
+ * max_id above MOS_ENDED_LOG_MAX). */
+#define MOS_ENDED_LOG_MAX 16777216
+int mos_engine_log_ended(mos_engine_t *e, uint64_t max_id);
+/* The records, indexed by id - 1 (*n of them); a record whose id is 0 has not ended yet. */
+const struct mos_conn_info *mos_engine_ended_log(const mos_engine_t *e, uint64_t *n);
+
 /* Per-connection 32-bit user tag (Python uses it as an index into its context table). */
 int mos_conn_user(mos_engine_t *e, uint32_t slot, uint64_t id, uint32_t *get, const uint32_t *set);
 
