@@ -27,9 +27,13 @@ Design (see also the comments of ``userspace/xsk.c`` and ``bpf/xdp_mos.c``):
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -147,15 +151,33 @@ class LiveSession:
 # ---- set-up helpers ------------------------------------------------------------------------------------
 
 
+def _channels_in_use(ifname: str) -> int:
+    """RX queues in use from the driver (ETHTOOL_GCHANNELS: rx + combined), or 0 if it does not say."""
+    chan = (ctypes.c_uint32 * 9)(0x3C)  # struct ethtool_channels, cmd = ETHTOOL_GCHANNELS
+    ifr = struct.pack("16sP", ifname.encode()[:15], ctypes.addressof(chan)) + bytes(16)  # struct ifreq
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
+            fcntl.ioctl(sk.fileno(), 0x8946, ifr)  # SIOCETHTOOL
+    except OSError:
+        return 0
+    return int(chan[5] + chan[8])  # rx_count + combined_count
+
+
 def rx_queues(ifname: str) -> int:
-    """Receive queues of an interface in this network namespace (``ip -d -j link``)."""
+    """Receive queues in use on an interface of this network namespace.
+
+    The driver's channel count when it gives one, else ``num_rx_queues`` of ``ip -d -j link``. The latter
+    is only what was allocated: a veth made without ``numrxqueues`` has one queue per CPU allocated and
+    one in use, and an AF_XDP socket cannot bind to the others.
+    """
     try:
         out = subprocess.run(["ip", "-d", "-j", "link", "show", "dev", ifname], capture_output=True, text=True,
                              check=True, timeout=10)
         info = json.loads(out.stdout)[0]
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
         raise LiveError(f"interface {ifname} does not exist (ip link show {ifname})") from e
-    return max(1, min(int(info.get("num_rx_queues", 1)), bpf.MAX_QUEUES))
+    n = _channels_in_use(ifname) or int(info.get("num_rx_queues", 1))
+    return max(1, min(n, int(info.get("num_rx_queues", n)), bpf.MAX_QUEUES))
 
 
 def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: str) -> Tuple[bpf.XdpProgram, bool]:

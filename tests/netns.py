@@ -253,10 +253,11 @@ class Topology:
              extra_b: Sequence[str] = ()) -> None:
         """A veth pair between two namespaces, up, with optional addresses (``10.200.1.1/24``).
 
-        ``queues`` sets the number of RX/TX queues of both ends (veth default: one per CPU; one queue
-        keeps both directions of a flow on queue 0). Extra addresses go in ``extra_a``/``extra_b``.
+        ``queues`` sets the number of RX/TX queues of both ends (one queue keeps both directions of a flow
+        on queue 0); 0 leaves the kernel's default (one per CPU allocated, one in use). Extra addresses go
+        in ``extra_a``/``extra_b``.
         """
-        q = ["numrxqueues", str(queues), "numtxqueues", str(queues)]
+        q = ["numrxqueues", str(queues), "numtxqueues", str(queues)] if queues else []
         _run(["ip", "link", "add", name_a, "netns", a.name, *q, "type", "veth", "peer", "name", name_b,
               "netns", b.name, *q])
         for ns, name, addrs in ((a, name_a, [addr_a, *extra_a]), (b, name_b, [addr_b, *extra_b])):

@@ -461,9 +461,11 @@ def _streams_app(tmp: Path) -> str:
     """)
 
 
-def test_passive_replay_gives_the_pcap_streams(tmp_path: Path) -> None:
+@pytest.mark.parametrize("queues", [1, 0], ids=["one-queue", "kernel-default-queues"])
+def test_passive_replay_gives_the_pcap_streams(tmp_path: Path, queues: int) -> None:
     """tcpreplay plays a capture into a veth; mos-xdp (passive) on the other end gives the same streams as
-    `mos-xdp streams` on the file."""
+    `mos-xdp streams` on the file. Also on a veth made without numrxqueues, which has more queues allocated
+    than in use (AF_XDP sockets go on the queues in use)."""
     require_root()
     reap_stale()
     from mos.demo import build_demo_pcap
@@ -479,7 +481,7 @@ def test_passive_replay_gives_the_pcap_streams(tmp_path: Path) -> None:
         a, b = topo.netns("pa"), topo.netns("pb")
         tag = topo.tag[-6:]
         va, vb = f"pa{tag}", f"pb{tag}"
-        topo.veth(a, va, b, vb)
+        topo.veth(a, va, b, vb, queues=queues)
         run = LiveRun(b, _streams_app(tmp_path), "--iface", vb, env={"MOS_TEST_STREAMS": str(live_dir)})
         try:
             run.wait_ready()
