@@ -49,6 +49,7 @@ import re
 import secrets
 import shlex
 import signal
+import socket
 import statistics
 import struct
 import subprocess
@@ -75,6 +76,9 @@ C_INLINE, S_INLINE = f"{NET}.4.1", f"{NET}.4.2"
 IPERF_PORT = 5201
 READY = "mos-xdp: live on"
 RX_RATES: List[Optional[int]] = [100_000, 300_000, None]  # None: flat out
+# The XDP frame sender runs flat out only: each BPF_PROG_TEST_RUN call has a fixed cost of some 25 ms (its
+# page pool set up and torn down), so it cannot pace frames smoothly at a fixed rate.
+SENDER_RATES: Dict[str, List[Optional[int]]] = {"trafgen": RX_RATES, "xdp": [None]}
 
 log = logger("live")
 
@@ -89,6 +93,66 @@ def med(xs: List[float]) -> float:
 # the bare XDP program (run as `live.py --bare-xdp IFACE ACTION` inside the receiver's namespace)
 
 BARE_PROG = "int bare(struct xdp_md *ctx) { return XDP_%s; }"
+GEN_PROG = "int gen(struct xdp_md *ctx) { return bpf_redirect(%d, 0); }"
+
+
+def udp_frame() -> bytes:
+    """The 60-byte frame both senders send (trafgen builds the same from trafgen_cfg)."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 46, 0, 0, 64, 17, 0, socket.inet_aton(GEN_ADDR),
+                     socket.inet_aton(RCV_ADDR))
+    words = sum(struct.unpack("!10H", ip))
+    words = (words & 0xFFFF) + (words >> 16)
+    ip = ip[:10] + struct.pack("!H", ~(words + (words >> 16)) & 0xFFFF) + ip[12:]
+    mac = bytes.fromhex(FOREIGN_MAC.replace(":", ""))
+    return mac + bytes.fromhex("020000000002") + b"\x08\x00" + ip + struct.pack("!HHHH", 4000, 9, 26, 0) + b"A" * 18
+
+
+def xdp_frames_main(iface: str, rate: int) -> None:
+    """The NIC-like sender: XDP frames (no skb) pushed into IFACE's peer, like a NIC driver's RX ring.
+
+    BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (what xdp-trafficgen does) runs a program that
+    redirects to IFACE, on a page-pool frame filled with the packet, `repeat` times per call: veth's
+    ndo_xdp_xmit queues the frames to its peer, whose NAPI poll (on this CPU) runs the peer's XDP program on
+    the frame itself, or builds an skb around it for the stack. Until SIGINT; `rate` 0 is flat out.
+    """
+    import ctypes  # noqa: PLC0415
+
+    from bcc import BPF  # noqa: PLC0415 - only this helper needs bcc
+
+    b = BPF(text=GEN_PROG % socket.if_nametoindex(iface))
+    fd = b.load_func(b"gen", BPF.XDP).fd
+    frame = udp_frame()
+    data = ctypes.create_string_buffer(frame, len(frame))
+    libc = ctypes.CDLL(None, use_errno=True)
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+
+    def run(repeat: int) -> None:
+        # union bpf_attr, test: prog_fd, retval, data_size_in/out, data_in/out, repeat, duration,
+        # ctx_size_in/out, ctx_in/out, flags (BPF_F_TEST_XDP_LIVE_FRAMES), cpu, batch_size
+        attr = struct.pack("=IIIIQQIIIIQQIII4x", fd, 0, len(frame), 0, ctypes.addressof(data), 0, repeat, 0,
+                           0, 0, 0, 0, 1 << 1, 0, 64)
+        buf = ctypes.create_string_buffer(attr, len(attr))
+        if libc.syscall(321, 10, buf, len(attr)) != 0:  # SYS_bpf, BPF_PROG_TEST_RUN
+            err = ctypes.get_errno()
+            if err != 4:  # EINTR: a signal, checked by the loop
+                raise OSError(err, os.strerror(err))
+
+    print("sending", flush=True)
+    if not rate:
+        while not stop:
+            run(1 << 21)  # about a second of frames: the call's fixed cost (~25 ms) stays small
+        return
+    tick = 0.1  # bursts: see SENDER_RATES
+    per = max(1, round(rate * tick))
+    nxt = time.perf_counter()
+    while not stop:
+        run(per)
+        nxt += tick
+        d = nxt - time.perf_counter()
+        if d > 0:
+            time.sleep(d)
 
 
 def bare_xdp_main(iface: str, action: str) -> None:
@@ -207,16 +271,47 @@ def bpf_stats(on: bool) -> None:
 # --------------------------------------------------------------------------------------------------
 # the sender
 
-class Sender:
-    """trafgen on CPU 0, flat out or at a fixed rate; its own process group, stopped with SIGINT."""
+SENDERS = ("trafgen", "xdp")
+SENDER_LABELS = {"trafgen": "trafgen (skbs)", "xdp": "XDP frames (NIC-like)"}
 
-    def __init__(self, ns: Ns, dev: str, cfg: Path, rate: Optional[int] = None) -> None:
-        argv = ["taskset", "-c", str(SENDER_CPU), "trafgen", "--no-sock-mem", "--dev", dev, "--conf", str(cfg),
-                "--cpus", "1", "--no-cpu-stats"]
-        if rate:
-            argv += ["--rate", f"{rate}pps"]
+
+class Sender:
+    """On CPU 0, flat out or at a fixed rate; its own process group, stopped with SIGINT.
+
+    kind "trafgen": trafgen's AF_PACKET TX ring (each frame an skb, which veth must copy into a page before
+    the peer's XDP program runs); kind "xdp": xdp_frames_main (frames, as a NIC driver hands them to XDP).
+    """
+
+    def __init__(self, ns: Ns, dev: str, cfg: Path, rate: Optional[int] = None, kind: str = "trafgen") -> None:
+        if kind == "xdp":
+            argv = ["taskset", "-c", str(SENDER_CPU), str(MOSPY), str(Path(__file__).resolve()), "--xdp-frames",
+                    dev, str(rate or 0)]
+        else:
+            argv = ["taskset", "-c", str(SENDER_CPU), "trafgen", "--no-sock-mem", "--dev", dev, "--conf", str(cfg),
+                    "--cpus", "1", "--no-cpu-stats"]
+            if rate:
+                argv += ["--rate", f"{rate}pps"]
+        self.kind = kind
         self.log = tempfile.TemporaryFile("w+")
         self.proc = ns.popen(*argv, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if kind == "xdp":
+            end = time.time() + 60
+            while time.time() < end and self.proc.poll() is None:
+                self.log.seek(0)
+                if "sending" in self.log.read():
+                    break
+                time.sleep(0.05)
+            else:
+                self.log.seek(0)
+                raise RuntimeError(f"the XDP frame sender did not start: {self.log.read()[-1500:]}")
+
+    @staticmethod
+    def sent(stats: Dict[str, int], kind: str) -> int:
+        """Frames sent, from the sender veth's counters (for XDP frames: queued to the peer, or dropped
+        because its ring was full, which is the receiver's loss)."""
+        if kind == "xdp":
+            return stats.get("tx_queue_0_xdp_xmit", 0) + stats.get("tx_queue_0_xdp_xmit_errors", 0)
+        return stats["tx_packets"]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -422,13 +517,13 @@ class Live:
             ("xdp_mos -> AF_XDP (`mos-xdp run`, no-handler app, CPU 1)", "redirect", self._run_mos_xsk),
         ]
 
-    def fast_drop_once(self, setup: Callable[[], Callable[[], None]], profile: Optional[str] = None
-                       ) -> Dict[str, float]:
+    def fast_drop_once(self, setup: Callable[[], Callable[[], None]], kind: str = "trafgen",
+                       profile: Optional[str] = None) -> Dict[str, float]:
         stop = setup()
         snd: Optional[Sender] = None
         try:
             pid = xdp_prog_id(self.r, self.rd)
-            snd = Sender(self.g, self.gd, self.cfg)
+            snd = Sender(self.g, self.gd, self.cfg, kind=kind)
             rt0 = prog_runtime(pid)
             bpf_stats(True)
             time.sleep(1.0)  # warm-up; the program's run time is measured meanwhile
@@ -452,32 +547,41 @@ class Live:
             "xdp_pps": (r1[q + "xdp_packets"] - r0[q + "xdp_packets"]) / dt,
             "drop_pps": (r1[q + "xdp_drops"] - r0[q + "xdp_drops"]) / dt,
             "redirect_pps": (r1[q + "xdp_redirect"] - r0[q + "xdp_redirect"]) / dt,
-            "sent_pps": (s1["tx_packets"] - s0["tx_packets"]) / dt,
+            "sent_pps": (Sender.sent(s1, kind) - Sender.sent(s0, kind)) / dt,
             "ns_per_pkt": (rt1[0] - rt0[0]) / runs if runs else float("nan"),
         }
 
     def fast_drop(self) -> List[Dict[str, Any]]:
         cfgs = self.drop_configs()
-        res: Dict[str, List[Dict[str, float]]] = {name: [] for name, _, _ in cfgs}
+        res: Dict[Tuple[str, str], List[Dict[str, float]]] = {}
         for i in range(self.a.runs):
-            for name, _, setup in cfgs:
-                x = self.fast_drop_once(setup)
-                res[name].append(x)
-                log(f"fast drop {i + 1}/{self.a.runs} {name}: {x['xdp_pps'] / 1e6:.3f} Mpps through XDP, "
-                    f"{x['ns_per_pkt']:.0f} ns/packet in the program")
+            for kind in SENDERS:
+                for name, _, setup in cfgs:
+                    x = self.fast_drop_once(setup, kind)
+                    res.setdefault((kind, name), []).append(x)
+                    log(f"fast drop {i + 1}/{self.a.runs} {kind} {name}: {x['xdp_pps'] / 1e6:.3f} Mpps through "
+                        f"XDP, {x['ns_per_pkt']:.0f} ns/packet in the program")
         rows = []
-        for name, verdict, _ in cfgs:
-            xs = res[name]
-            rows.append({"name": name, "verdict": verdict, "runs": xs,
-                         **{k: med([x[k] for x in xs]) for k in xs[0]}})
+        for kind in SENDERS:
+            for name, verdict, _ in cfgs:
+                xs = res[(kind, name)]
+                rows.append({"sender": kind, "name": name, "verdict": verdict, "runs": xs,
+                             **{k: med([x[k] for x in xs]) for k in xs[0]}})
         return rows
 
     # -- 2. AF_XDP receive against AF_PACKET
 
-    def rx_once(self, tool: str, rate: Optional[int], profile: Optional[str] = None) -> Dict[str, Any]:
+    def rx_once(self, tool: str, rate: Optional[int], kind: str = "trafgen", profile: Optional[str] = None
+                ) -> Dict[str, Any]:
         lr: Optional[LiveRun] = None
         td: Optional[subprocess.Popen] = None
         td_err = tempfile.TemporaryFile("w+")
+        # XDP frames reach a veth through its NAPI poll, which runs when the veth has an XDP program (the
+        # AF_XDP case) or GRO on: for tcpdump, GRO on (the frames then become skbs in that poll, as a NIC
+        # driver's would); for trafgen's skbs, the default (off: the backlog, as before)
+        gro = tool == "af_packet" and kind == "xdp"
+        if gro:
+            self.r.run("ethtool", "-K", self.rd, "gro", "on", record=True)
         if tool == "af_xdp":
             lr = LiveRun(self.r, self.noop_app, "--iface", self.rd, cpu=CONSUMER_CPU)
             lr.wait_ready()
@@ -496,7 +600,7 @@ class Live:
             s0 = link_stats(self.g, self.gd)
             r0 = link_stats(self.r, self.rd)
             t0 = time.perf_counter()
-            snd = Sender(self.g, self.gd, self.cfg, rate)
+            snd = Sender(self.g, self.gd, self.cfg, rate, kind=kind)
             try:
                 perf = None
                 if profile:
@@ -519,10 +623,14 @@ class Live:
             if td is not None:
                 td.send_signal(signal.SIGINT)
                 td.wait(timeout=30)
+            if gro:
+                self.r.run("ethtool", "-K", self.rd, "gro", "off", record=True)
         dt = t1 - t0
-        sent = s1["tx_packets"] - s0["tx_packets"]
+        sent = Sender.sent(s1, kind) - Sender.sent(s0, kind)
         out: Dict[str, Any] = {"sent": sent, "seconds": dt, "sent_pps": sent / dt, "receiver_cpu": (c1 - c0) / dt,
-                               "veth_rx_dropped": r1["rx_dropped"] - r0["rx_dropped"]}
+                               "veth_rx_dropped": r1["rx_dropped"] - r0["rx_dropped"],
+                               "xmit_errors": s1.get("tx_queue_0_xdp_xmit_errors", 0)
+                               - s0.get("tx_queue_0_xdp_xmit_errors", 0)}
         if lr is not None:
             if lr.proc.returncode != 0:
                 raise RuntimeError(f"mos-xdp run failed: {lr.stderr[-1500:]}")
@@ -545,15 +653,17 @@ class Live:
         out["loss"] = 1 - got / sent if sent else float("nan")
         return out
 
-    def rx(self) -> Dict[Tuple[Optional[int], str], Dict[str, Any]]:
-        res: Dict[Tuple[Optional[int], str], List[Dict[str, Any]]] = {}
+    def rx(self) -> Dict[Tuple[str, Optional[int], str], Dict[str, Any]]:
+        res: Dict[Tuple[str, Optional[int], str], List[Dict[str, Any]]] = {}
         for i in range(self.a.runs):
-            for rate in RX_RATES:
-                for tool in ("af_xdp", "af_packet"):
-                    x = self.rx_once(tool, rate)
-                    res.setdefault((rate, tool), []).append(x)
-                    log(f"receive {i + 1}/{self.a.runs} {tool} at {rate or 'max'} pps: sent {x['sent_pps'] / 1e3:.0f} "
-                        f"kpps, received {x['received_pps'] / 1e3:.0f} kpps, loss {x['loss']:.3%}")
+            for kind in SENDERS:
+                for rate in SENDER_RATES[kind]:
+                    for tool in ("af_xdp", "af_packet"):
+                        x = self.rx_once(tool, rate, kind)
+                        res.setdefault((kind, rate, tool), []).append(x)
+                        log(f"receive {i + 1}/{self.a.runs} {kind} {tool} at {rate or 'max'} pps: sent "
+                            f"{x['sent_pps'] / 1e3:.0f} kpps, received {x['received_pps'] / 1e3:.0f} kpps, "
+                            f"loss {x['loss']:.3%}")
         out = {}
         for key, xs in res.items():
             row: Dict[str, Any] = {"runs": xs}
@@ -650,8 +760,9 @@ class Live:
 
     def profile(self) -> None:
         log("profiles (perf record -a, 3 s)")
-        self.rx_once("af_xdp", None, profile="af_xdp_max")
-        self.rx_once("af_packet", None, profile="af_packet_max")
+        for kind in SENDERS:
+            self.rx_once("af_xdp", None, kind, profile=f"af_xdp_max_{kind}")
+            self.rx_once("af_packet", None, kind, profile=f"af_packet_max_{kind}")
         self.iperf_once("mos", profile="inline_mos")
         self.iperf_once("kernel", profile="inline_kernel")
 
@@ -682,7 +793,8 @@ def verdict(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def report(a: argparse.Namespace, drop: List[Dict[str, Any]], rx: Dict[Tuple[Optional[int], str], Dict[str, Any]],
+def report(a: argparse.Namespace, drop: List[Dict[str, Any]],
+           rx: Dict[Tuple[str, Optional[int], str], Dict[str, Any]],
            inl: Dict[str, Dict[str, Any]], profiles: Dict[str, str], load_start: str, t_start: float,
            tag: str, load_end: Optional[str] = None, t_end: Optional[float] = None) -> str:
     m = machine()
@@ -703,12 +815,21 @@ def report(a: argparse.Namespace, drop: List[Dict[str, Any]], rx: Dict[Tuple[Opt
     w(f"- Versions: trafgen (netsniff-ng) {dpkg('netsniff-ng')}, iperf3 {dpkg('iperf3')}, tcpdump {dpkg('tcpdump')}, "
       f"bcc {dpkg('python3-bpfcc')}, libxdp {dpkg('libxdp1')}; mos-xdp at commit "
       f"{sh(['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'], check=False).stdout.strip() or '?'}.")
-    w(f"- Sender: trafgen pinned to CPU {SENDER_CPU} (AF_PACKET TX ring, qdisc bypass), 60-byte UDP frames "
-      f"{GEN_ADDR}:4000 -> {RCV_ADDR}:9 addressed to a MAC that is not the receiver's ({FOREIGN_MAC}: traffic of a "
-      "monitoring port, which the host stack discards early). On veth the receiving side's work (the peer's "
-      "NAPI poll running XDP, or the backlog for the stack) runs on the **sender's CPU**: the figures below are "
-      "what one CPU does sending and receiving. The sender's alternatives: xdp-trafficgen (xdp-tools 1.3.1) "
-      "fails to load on this kernel (BTF of `xdp_redirect_map_err`), pktgen needs a kernel module.\n")
+    w(f"- Senders, both pinned to CPU {SENDER_CPU}, both sending the same 60-byte UDP frames {GEN_ADDR}:4000 -> "
+      f"{RCV_ADDR}:9 addressed to a MAC that is not the receiver's ({FOREIGN_MAC}: traffic of a monitoring port, "
+      "which the host stack discards early):\n"
+      "  - **trafgen (skbs)**: netsniff-ng's trafgen, AF_PACKET TX ring with qdisc bypass. Each frame is an "
+      "skb; before the receiving veth can run XDP on it, veth copies it into a page of its own "
+      "(`veth_xdp_rcv_skb` -> `skb_pp_cow_data`), a cost no NIC has.\n"
+      "  - **XDP frames (NIC-like)**: `bench/live.py --xdp-frames` (bcc): `BPF_PROG_TEST_RUN` with "
+      "`BPF_F_TEST_XDP_LIVE_FRAMES`, what xdp-trafficgen does, runs `bpf_redirect(veth)` on page-pool frames; "
+      "veth queues them to its peer, whose NAPI poll runs the peer's XDP program on the frame itself (or, "
+      "for tcpdump, GRO on, builds an skb around it for the stack), as a NIC driver does with its RX ring. "
+      "It runs flat out only (each call has a fixed cost of ~25 ms, so it cannot pace at a fixed rate). "
+      "xdp-trafficgen itself (xdp-tools 1.3.1) fails to load on this kernel (BTF of `xdp_redirect_map_err`); "
+      "pktgen needs a kernel module.\n"
+      "  On veth the receiving side's work (the peer's NAPI poll running XDP, or the backlog for the stack) runs "
+      "on the **sender's CPU**: the flat-out figures below are what one CPU does sending and receiving.\n")
 
     # 1
     w("### 1. Fast drop\n")
@@ -716,104 +837,115 @@ def report(a: argparse.Namespace, drop: List[Dict[str, Any]], rx: Dict[Tuple[Opt
       f"`rx_queue_0_xdp_packets`, the same counter whatever the program) over {a.seconds:g} s after 1 s of "
       "warm-up. ns/packet = the program's own run time (`bpf_prog_info.run_time_ns / run_cnt`, "
       "`kernel.bpf_stats_enabled=1` during the warm-up second only).\n")
-    w("| XDP program | verdict | Mpps through XDP | of the bare program's | ns/packet in the program | sender Mpps |")
-    w("| --- | --- | ---: | ---: | ---: | ---: |")
-    base = {r["verdict"]: r for r in drop if r["name"].startswith("bare")}
-    for r in drop:
-        b = base.get(r["verdict"]) or base["drop"]
-        rel = r["xdp_pps"] / b["xdp_pps"]
-        w(f"| {r['name']} | {r['verdict']} | {r['xdp_pps'] / 1e6:.3f} | {rel:.1%} | {r['ns_per_pkt']:.0f} | "
-          f"{r['sent_pps'] / 1e6:.3f} |")
+    w("| sender | XDP program | verdict | Mpps through XDP | of the bare program's | ns/packet in the program | "
+      "sender Mpps |")
+    w("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    kinds = [k for k in SENDERS if any(r.get("sender", "trafgen") == k for r in drop)]
+    by_kind = {k: [r for r in drop if r.get("sender", "trafgen") == k] for k in kinds}
+    for k in kinds:
+        base = {r["verdict"]: r for r in by_kind[k] if r["name"].startswith("bare")}
+        for r in by_kind[k]:
+            b = base.get(r["verdict"]) or base["drop"]
+            w(f"| {SENDER_LABELS[k]} | {r['name']} | {r['verdict']} | {r['xdp_pps'] / 1e6:.3f} | "
+              f"{r['xdp_pps'] / b['xdp_pps']:.1%} | {r['ns_per_pkt']:.0f} | {r['sent_pps'] / 1e6:.3f} |")
     w("")
     w("All runs (Mpps through XDP): " + "; ".join(
-        f"{r['name']}: " + ", ".join(f"{x['xdp_pps'] / 1e6:.3f}" for x in r["runs"]) for r in drop) + ".\n")
-    bd = base["drop"]
-    md = next(r for r in drop if "block list" in r["name"])
-    cost = 1 - md["xdp_pps"] / bd["xdp_pps"]
-    extra_ns = md["ns_per_pkt"] - bd["ns_per_pkt"]
-    per_pkt_total = 1e9 / bd["xdp_pps"]
-    share = extra_ns / per_pkt_total
-    spread = (min(x["xdp_pps"] for x in bd["runs"]) / 1e6, max(x["xdp_pps"] for x in bd["runs"]) / 1e6)
-    ok = cost < 0.10 and share < 0.10
-    w(f"- **Target: classification costs less than 10% of the bare drop rate**: {verdict(ok)}. Rates: xdp_mos "
-      f"drops {md['xdp_pps'] / 1e6:.3f} Mpps against {bd['xdp_pps'] / 1e6:.3f} Mpps for the bare "
-      f"program ({-cost:+.1%}; the bare program's own runs spread over {spread[0]:.3f}-{spread[1]:.3f} Mpps on this "
-      f"shared machine, more than the difference). Time, which noise does not blur: xdp_mos runs "
-      f"{md['ns_per_pkt']:.0f} ns per packet against {bd['ns_per_pkt']:.0f} ns for `return XDP_DROP`: "
-      f"+{extra_ns:.0f} ns (parsing, two LPM-trie lookups, the per-CPU counters) out of {per_pkt_total:.0f} ns per "
-      f"packet for the whole path on the sender's CPU (trafgen, veth transmit, the peer's NAPI poll with its "
-      f"skb-to-XDP conversion, the program), i.e. **{share:.1%}** of the bare drop rate.")
-    mp = next(r for r in drop if "unmonitored" in r["name"])
-    mx = next(r for r in drop if r["verdict"] == "redirect")
-    w(f"- Unmonitored traffic passed to the stack: {mp['xdp_pps'] / 1e6:.3f} Mpps against "
-      f"{base['pass']['xdp_pps'] / 1e6:.3f} Mpps for a bare XDP_PASS ({mp['ns_per_pkt']:.0f} against "
-      f"{base['pass']['ns_per_pkt']:.0f} ns in the program; the port filter adds two array lookups). Redirect "
-      f"into the engine's AF_XDP socket: {mx['xdp_pps'] / 1e6:.3f} Mpps, {mx['ns_per_pkt']:.0f} ns in the program "
-      "(the hash and the XSKMAP lookup; the copy into the UMEM happens after the program, in the kernel's "
-      "redirect).\n")
+        f"{SENDER_LABELS[r.get('sender', 'trafgen')]}, {r['name']}: "
+        + ", ".join(f"{x['xdp_pps'] / 1e6:.3f}" for x in r["runs"]) for r in drop) + ".\n")
+    verdicts = []
+    for k in kinds:
+        rows = by_kind[k]
+        bd = next(r for r in rows if r["name"].startswith("bare") and r["verdict"] == "drop")
+        md = next(r for r in rows if "block list" in r["name"])
+        cost = 1 - md["xdp_pps"] / bd["xdp_pps"]
+        extra_ns = md["ns_per_pkt"] - bd["ns_per_pkt"]
+        per_pkt_total = 1e9 / bd["xdp_pps"]
+        share = extra_ns / per_pkt_total
+        spread = (min(x["xdp_pps"] for x in bd["runs"]) / 1e6, max(x["xdp_pps"] for x in bd["runs"]) / 1e6)
+        ok = cost < 0.10 and share < 0.10
+        verdicts.append(ok)
+        w(f"- {SENDER_LABELS[k]}: xdp_mos drops {md['xdp_pps'] / 1e6:.3f} Mpps against {bd['xdp_pps'] / 1e6:.3f} "
+          f"Mpps for the bare program ({-cost:+.1%}; the bare program's own runs spread over "
+          f"{spread[0]:.3f}-{spread[1]:.3f} Mpps). Time, which noise does not blur: {md['ns_per_pkt']:.0f} ns per "
+          f"packet in xdp_mos against {bd['ns_per_pkt']:.0f} ns for `return XDP_DROP`: +{extra_ns:.0f} ns "
+          f"(parsing, two LPM-trie lookups, the per-CPU counters) out of {per_pkt_total:.0f} ns per packet for the "
+          f"whole path on the sender's CPU, i.e. **{share:.1%}** of the bare drop rate.")
+    w(f"- **Target: classification costs less than 10% of the bare drop rate**: "
+      f"{verdict(all(verdicts))} with both senders (rate and time).")
+    for k in kinds:
+        rows = by_kind[k]
+        mp = next(r for r in rows if "unmonitored" in r["name"])
+        mx = next(r for r in rows if r["verdict"] == "redirect")
+        bp = next(r for r in rows if r["name"].startswith("bare") and r["verdict"] == "pass")
+        w(f"- {SENDER_LABELS[k]}: unmonitored traffic passed to the stack at {mp['xdp_pps'] / 1e6:.3f} Mpps "
+          f"against {bp['xdp_pps'] / 1e6:.3f} Mpps for a bare XDP_PASS ({mp['ns_per_pkt']:.0f} against "
+          f"{bp['ns_per_pkt']:.0f} ns in the program; the port filter adds two array lookups); redirect into the "
+          f"engine's AF_XDP socket at {mx['xdp_pps'] / 1e6:.3f} Mpps, {mx['ns_per_pkt']:.0f} ns in the program (the "
+          "hash and the XSKMAP lookup; the copy into the UMEM happens after the program, in the kernel's redirect).")
+    w("")
 
     # 2
     w("### 2. AF_XDP receive into the engine against AF_PACKET (tcpdump)\n")
     w(f"`mos-xdp run bench/app_noop.py --iface R --stats` (passive: native XDP, AF_XDP copy mode, busy polling, "
-      f"no handler, the engine decodes every packet) against `tcpdump -i R -n -B 16384 -w /dev/null`, "
-      f"each pinned to CPU {CONSUMER_CPU}, over the same sender runs ({a.seconds:g} s; 100 kpps and 300 kpps with "
-      "trafgen's `--rate`, then flat out). Received = the engine's packet count / tcpdump's \"captured\"; loss = "
-      "1 - received / sent (the sender veth's TX packets); receiver CPU = its user + system time over the run "
-      "(the kernel's receive work runs on the sender's CPU and is not in it).\n")
-    w("| offered | receiver | sent kpps | received kpps | loss (median) | loss per run | receiver CPU | "
+      f"no handler, the engine decodes every packet) against `tcpdump -i R -n -B 16384 -w /dev/null` "
+      f"(TPACKET_V3, a 16 MiB ring), each pinned to CPU {CONSUMER_CPU}, over the same sender runs "
+      f"({a.seconds:g} s; trafgen at 100 kpps and 300 kpps with its `--rate`, then each sender flat out). Received "
+      "= the engine's packet count / tcpdump's \"captured\"; loss = 1 - received / sent (trafgen: the sender "
+      "veth's TX packets; XDP frames: the frames the sender veth queued to its peer plus those it dropped because "
+      "the peer's ring was full); receiver CPU = its user + system time over the run (the kernel's receive work "
+      "runs on the sender's CPU and is not in it).\n")
+    w("| sender | offered | receiver | sent kpps | received kpps | loss (median) | loss per run | receiver CPU | "
       "where the losses are (all runs) |")
-    w("| --- | --- | ---: | ---: | ---: | --- | ---: | --- |")
-    for rate in RX_RATES:
-        for tool, label in (("af_xdp", "mos-xdp (AF_XDP)"), ("af_packet", "tcpdump (AF_PACKET)")):
-            r = rx[(rate, tool)]
-            per = ", ".join(f"{x['loss']:.3%}" for x in r["runs"])
-            if tool == "af_xdp":
-                where = ("AF_XDP RX ring full " + "/".join(f"{x['k_rx_ring_full']:,}" for x in r["runs"])
-                         + ", fill ring empty " + "/".join(f"{x['k_rx_fill_ring_empty_descs']:,}" for x in r["runs"]))
-            else:
-                where = "dropped by kernel (ring full) " + "/".join(f"{x['kernel_dropped']:,}" for x in r["runs"])
-            w(f"| {f'{rate // 1000} kpps' if rate else 'flat out'} | {label} | {r['sent_pps'] / 1e3:.0f} | "
-              f"{r['received_pps'] / 1e3:.0f} | {r['loss']:.3%} | {per} | {r['receiver_cpu']:.0%} | {where} |")
+    w("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- |")
+    rkinds = [k for k in SENDERS if any(key[0] == k for key in rx)]
+    for k in rkinds:
+        for rate in SENDER_RATES[k]:
+            for tool, label in (("af_xdp", "mos-xdp (AF_XDP)"), ("af_packet", "tcpdump (AF_PACKET)")):
+                r = rx[(k, rate, tool)]
+                per = ", ".join(f"{x['loss']:.3%}" for x in r["runs"])
+                if tool == "af_xdp":
+                    where = ("AF_XDP RX ring full " + "/".join(f"{x['k_rx_ring_full']:,}" for x in r["runs"])
+                             + ", fill ring empty "
+                             + "/".join(f"{x['k_rx_fill_ring_empty_descs']:,}" for x in r["runs"]))
+                else:
+                    where = "dropped by kernel (ring full) " + "/".join(f"{x['kernel_dropped']:,}" for x in r["runs"])
+                if k == "xdp":
+                    where += "; sender's veth ring full " + "/".join(
+                        f"{x.get('xmit_errors', 0):,}" for x in r["runs"])
+                w(f"| {SENDER_LABELS[k]} | {f'{rate // 1000} kpps' if rate else 'flat out'} | {label} | "
+                  f"{r['sent_pps'] / 1e3:.0f} | {r['received_pps'] / 1e3:.0f} | {r['loss']:.3%} | {per} | "
+                  f"{r['receiver_cpu']:.0%} | {where} |")
     w("")
-    mx_x, mx_p = rx[(None, "af_xdp")], rx[(None, "af_packet")]
     # at a fixed offered rate both must get the sender's packets out at that rate and lose no more
-    fixed_ok = all(rx[(rt, "af_xdp")]["loss"] <= rx[(rt, "af_packet")]["loss"] + 1e-4
-                   and rx[(rt, "af_xdp")]["sent_pps"] >= 0.95 * rx[(rt, "af_packet")]["sent_pps"]
-                   for rt in RX_RATES if rt)
-    max_ok = mx_x["received_pps"] >= mx_p["received_pps"]
-    w(f"- **Target: AF_XDP receive at least matches AF_PACKET**: at the fixed rates, {verdict(fixed_ok)} "
-      "(the sender reaching the offered rate with each receiver, and loss compared); flat out, "
-      f"{mx_x['received_pps'] / 1e3:.0f} against {mx_p['received_pps'] / 1e3:.0f} kpps received "
-      f"({mx_x['received_pps'] / mx_p['received_pps']:.0%}): {verdict(max_ok)}.")
-    if not max_ok:
-        runs_x = mx_x["runs"]
-        per_wake = sum(x["received"] for x in runs_x) / max(1, sum(x["polls"] for x in runs_x))
-        ns_x, ns_p = 1e9 / mx_x["sent_pps"], 1e9 / mx_p["sent_pps"]
-        prog_ns = next((r["ns_per_pkt"] for r in drop if r["verdict"] == "redirect"), float("nan"))
-        bare_ns = base["drop"]["ns_per_pkt"]
-        w(f"  **Why**, flat out: (1) *the sender's CPU* gets fewer packets out with mos-xdp on the receiver "
-          f"({mx_x['sent_pps'] / 1e3:.0f} against {mx_p['sent_pps'] / 1e3:.0f} kpps: {ns_x:.0f} against {ns_p:.0f} "
-          f"ns per packet, +{ns_x - ns_p:.0f} ns of kernel work on CPU {SENDER_CPU}). perf shows where "
-          "(below; `skb_pp_cow_data` and `veth_xdp_rcv_skb` took 1.2-1.5% of the samples in trial profiles, around "
-          "the cutoff): "
-          "veth's native-XDP path for an skb (`veth_xdp_rcv_skb` -> `skb_pp_cow_data`: the AF_PACKET-built skb is "
-          "copied into a page-pool page before XDP runs), then copy-mode AF_XDP delivery (`xsk_rcv` -> `xp_alloc` + "
-          "`memcpy` into the UMEM, `sock_def_readable` waking the engine), where AF_PACKET has the single copy of "
-          f"`tpacket_rcv`; of our code only `xdp_mos` itself is on that CPU: {prog_ns:.0f} ns per packet on the "
-          f"redirect path against {bare_ns:.0f} for a bare program. These are veth and copy-mode costs of the kernel "
-          f"(a NIC with native XDP and zero-copy AF_XDP has neither copy). (2) *The engine's CPU* is nearly "
-          f"saturated too: {mx_x['receiver_cpu']:.0%} of CPU {CONSUMER_CPU} at {mx_x['received_pps'] / 1e3:.0f} kpps "
-          f"(tcpdump: {mx_p['receiver_cpu']:.0%}), mostly in the Python interpreter (`_PyEval_EvalFrameDefault` "
-          "first in the profile): `mos/live.py` `_loop` runs, for every `mos_xsk_rx` call, `Monitor.feed` -> "
-          "`Monitor._dispatch`, `_next_due`, `time.time_ns`, `mos_xsk_done`, and the batches "
-          f"are small: `mos_xsk_rx` (`userspace/xsk.c`) returns as soon as the RX ring holds anything, so the engine "
-          f"woke up every {per_wake:.1f} packets on average (the `polls` counter) and paid that per-batch Python cost "
-          "each time. It is the next limit: a faster sender path would leave the engine short of CPU.")
-        lost = sum(x["k_rx_ring_full"] for rt in RX_RATES for x in rx[(rt, "af_xdp")]["runs"])
-        if lost:
-            w(f"  (3) The losses ({lost:,} frames in all runs) are the AF_XDP RX ring (`XSK_RING` in "
-              "`userspace/xsk.c`) overflowing while the engine is descheduled for a few ms on the shared CPU; "
-              "tcpdump's 16 MiB TPACKET_V3 ring holds far more 60-byte frames.")
+    fixed_ok = all(rx[(k, rt, "af_xdp")]["loss"] <= rx[(k, rt, "af_packet")]["loss"] + 1e-4
+                   and rx[(k, rt, "af_xdp")]["sent_pps"] >= 0.95 * rx[(k, rt, "af_packet")]["sent_pps"]
+                   for k in rkinds for rt in SENDER_RATES[k] if rt)
+    flat = {k: (rx[(k, None, "af_xdp")], rx[(k, None, "af_packet")]) for k in rkinds}
+    flat_ok = {k: x["received_pps"] >= p["received_pps"] for k, (x, p) in flat.items()}
+    w("- **Target: AF_XDP receive at least matches AF_PACKET**: at the fixed rates (trafgen), "
+      f"{verdict(fixed_ok)} (the sender reaching the offered rate with each receiver, and loss compared); flat "
+      "out, " + "; ".join(
+          f"{SENDER_LABELS[k]}: {x['received_pps'] / 1e3:.0f} against {p['received_pps'] / 1e3:.0f} kpps received "
+          f"({x['received_pps'] / p['received_pps']:.0%}), {verdict(flat_ok[k])}" for k, (x, p) in flat.items()) + ".")
+    if "xdp" in flat and "trafgen" in flat:
+        (fx, fp), (tx, tp) = flat["xdp"], flat["trafgen"]
+        ns_tx, ns_tp = 1e9 / tx["sent_pps"], 1e9 / tp["sent_pps"]
+        w(f"  With frames as a NIC delivers them, AF_XDP receives {fx['received_pps'] / fp['received_pps']:.2f}x "
+          "what AF_PACKET does: XDP redirects each frame into the UMEM with one copy and no skb, where the "
+          "stack path builds an skb, runs the packet taps (`tpacket_rcv` copies it into tcpdump's ring) and "
+          "drops it in IP. With trafgen's skbs the order flips "
+          f"({tx['received_pps'] / 1e3:.0f} against {tp['received_pps'] / 1e3:.0f} kpps): the sender's CPU, which "
+          f"carries the receive work on veth, spends {ns_tx:.0f} ns per packet with mos-xdp on the receiver "
+          f"against {ns_tp:.0f} ns with tcpdump, because veth's native XDP first copies each skb into a page "
+          "(`skb_pp_cow_data`, in the profile below) and copy-mode AF_XDP then copies it again into the UMEM; "
+          "tcpdump's path has the one copy of `tpacket_rcv`. That extra copy is veth's, for skbs only: a NIC, "
+          "like the frame sender, hands XDP its own pages.")
+        lost = [x["k_rx_ring_full"] for x in fx["runs"]]
+        if any(lost):
+            w(f"  Flat out with frames, the engine (CPU {CONSUMER_CPU}, {fx['receiver_cpu']:.0%} busy) lost "
+              f"{fx['loss']:.3%} (median) of {fx['sent_pps'] / 1e3:.0f} kpps to a full AF_XDP RX ring "
+              f"({'/'.join(f'{n:,}' for n in lost)} frames): the sender is faster than one engine; tcpdump's "
+              "sender side is slower (its stack path costs more on CPU 0), so tcpdump's ring never filled.")
     w("")
 
     # 3
@@ -855,10 +987,13 @@ def report(a: argparse.Namespace, drop: List[Dict[str, Any]], rx: Dict[Tuple[Opt
         w("`perf record -a -F 997` for 3 s in the middle of one extra run of each (both CPUs, so the other work "
           "on the machine shows too; shares are of the samples taken, an idle CPU may go unsampled), "
           "`perf report --no-children --sort cpu,comm` and `--sort comm,symbol` (entries of "
-          "1.2% or more; softirq work is charged to the command it interrupted, so `trafgen` includes the "
+          "1.2% or more; softirq work is charged to the command it interrupted, so the sender (`trafgen`, or `python3` "
+          "sending XDP frames) includes the "
           "receiving veth's NAPI poll, XDP and AF_XDP/AF_PACKET delivery):\n")
-        names = {"af_xdp_max": "mos-xdp (AF_XDP) receiving, sender flat out",
-                 "af_packet_max": "tcpdump (AF_PACKET) receiving, sender flat out",
+        names = {"af_xdp_max_trafgen": "mos-xdp (AF_XDP) receiving, trafgen flat out",
+                 "af_packet_max_trafgen": "tcpdump (AF_PACKET) receiving, trafgen flat out",
+                 "af_xdp_max_xdp": "mos-xdp (AF_XDP) receiving, XDP frames flat out",
+                 "af_packet_max_xdp": "tcpdump (AF_PACKET) receiving, XDP frames flat out",
                  "inline_mos": "iperf3 through mos-xdp inline (no-handler app)",
                  "inline_kernel": "iperf3 through kernel forwarding"}
         for k, txt in profiles.items():
@@ -912,6 +1047,9 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--bare-xdp":
         bare_xdp_main(sys.argv[2], sys.argv[3])
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "--xdp-frames":
+        xdp_frames_main(sys.argv[2], int(sys.argv[3]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
@@ -931,7 +1069,7 @@ def main() -> None:
         d = json.loads(saved.read_text())
         commands_log[:] = d["commands"]
         a.runs, a.seconds = d["runs"], d["seconds"]
-        rx_d = {(k[0], k[1]): k[2] for k in d["rx"]}
+        rx_d = {(k[0], k[1], k[2]): k[3] for k in d["rx"]}
         section = report(a, d["drop"], rx_d, d["inline"], d["profiles"], d["load_start"], d["t_start"], d["tag"],
                          d.get("load_end"), d.get("t_end"))
         write_section(Path(a.results), section)
@@ -965,7 +1103,7 @@ def main() -> None:
         log("partial run (--only): bench/RESULTS.md left alone")
         return
     saved.write_text(json.dumps({
-        "runs": a.runs, "seconds": a.seconds, "drop": drop, "rx": [[k[0], k[1], v] for k, v in rx.items()],
+        "runs": a.runs, "seconds": a.seconds, "drop": drop, "rx": [[k[0], k[1], k[2], v] for k, v in rx.items()],
         "inline": inl, "profiles": bench.profiles, "load_start": load_start, "t_start": t_start,
         "tag": bench.topo.tag, "commands": commands_log, "load_end": machine()["load"], "t_end": time.time()},
         indent=1))

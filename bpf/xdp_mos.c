@@ -44,7 +44,11 @@
 
 /* ---- maps ------------------------------------------------------------------------------------- */
 BPF_ARRAY(mos_config, struct mos_config, 1);
-BPF_PERCPU_ARRAY(mos_counters, u64, MOS_C_COUNT);
+/* All counters of a CPU in one value: one lookup per packet, however many counters it bumps. */
+struct mos_counter_block {
+    u64 c[MOS_C_COUNT];
+};
+BPF_PERCPU_ARRAY(mos_counters, struct mos_counter_block, 1);
 BPF_XSKMAP(mos_xsks, MOS_XSK_MAP_SIZE);
 BPF_DEVMAP(mos_tx_ports, MOS_MAX_SLOTS);
 BPF_LPM_TRIE(mos_block_v4, struct mos_lpm_v4, u64, MOS_BLOCK_MAX);
@@ -89,11 +93,10 @@ struct pkt {
     u8 is_frag;
 };
 
-static __always_inline void count(u32 c)
+static __always_inline void count(struct mos_counter_block *ctr, u32 c)
 {
-    u64 *v = mos_counters.lookup(&c);
-    if (v)
-        *v += 1; /* per-CPU: no atomics needed */
+    if (c < MOS_C_COUNT)
+        ctr->c[c] += 1; /* per-CPU: no atomics needed */
 }
 
 static __always_inline int parse_l4(void *cur, void *data_end, struct pkt *p, int first_fragment)
@@ -292,10 +295,10 @@ static __always_inline void make_key(struct pkt *p, struct mos_flow_key *k)
 }
 
 /* ---- verdicts --------------------------------------------------------------------------------- */
-static __always_inline int finish(int action, u32 reason)
+static __always_inline int finish(struct mos_counter_block *ctr, int action, u32 reason)
 {
-    count(reason);
-    count(action == XDP_DROP ? MOS_C_DROP : action == XDP_REDIRECT ? MOS_C_REDIRECT : MOS_C_PASS);
+    count(ctr, reason);
+    count(ctr, action == XDP_DROP ? MOS_C_DROP : action == XDP_REDIRECT ? MOS_C_REDIRECT : MOS_C_PASS);
     return action;
 }
 
@@ -305,17 +308,19 @@ static __always_inline u32 rx_slot(struct xdp_md *ctx, struct mos_config *cfg)
 }
 
 /* Traffic the engine does not take: to the host (passive) or to the other interface (inline). */
-static __always_inline int not_taken(struct xdp_md *ctx, struct mos_config *cfg, u32 reason)
+static __always_inline int not_taken(struct xdp_md *ctx, struct mos_config *cfg, struct mos_counter_block *ctr,
+                                     u32 reason)
 {
     if (cfg->mode == MOS_MODE_INLINE) {
         int act = mos_tx_ports.redirect_map(rx_slot(ctx, cfg) ^ 1, XDP_PASS);
-        return finish(act, reason);
+        return finish(ctr, act, reason);
     }
-    return finish(XDP_PASS, reason);
+    return finish(ctr, XDP_PASS, reason);
 }
 
 /* Returns an XDP action, or -1 when the connection is not (or no longer) bypassed. */
-static __always_inline int check_bypass(struct xdp_md *ctx, struct mos_config *cfg, struct mos_flow_key *k)
+static __always_inline int check_bypass(struct xdp_md *ctx, struct mos_config *cfg, struct mos_counter_block *ctr,
+                                        struct mos_flow_key *k)
 {
     struct mos_bypass_entry *e = mos_bypass.lookup(k);
     if (!e || !e->verdict)
@@ -323,23 +328,24 @@ static __always_inline int check_bypass(struct xdp_md *ctx, struct mos_config *c
     u64 now = bpf_ktime_get_ns();
     if (cfg->bypass_idle_ns && now > e->last_seen_ns && now - e->last_seen_ns > cfg->bypass_idle_ns) {
         mos_bypass.delete(k);
-        count(MOS_C_BYPASS_EXPIRED);
+        count(ctr, MOS_C_BYPASS_EXPIRED);
         return -1;
     }
     e->last_seen_ns = now;
     __sync_fetch_and_add(&e->packets, 1);
     __sync_fetch_and_add(&e->bytes, (u64)(ctx->data_end - ctx->data));
     if (e->verdict == MOS_BYPASS_DROP)
-        return finish(XDP_DROP, MOS_C_BYPASS_DROP);
+        return finish(ctr, XDP_DROP, MOS_C_BYPASS_DROP);
     if (e->verdict == MOS_BYPASS_REDIRECT) {
         int act = mos_tx_ports.redirect_map(rx_slot(ctx, cfg) ^ 1, XDP_PASS);
-        return finish(act, act == XDP_REDIRECT ? MOS_C_BYPASS_REDIRECT : MOS_C_BYPASS_PASS);
+        return finish(ctr, act, act == XDP_REDIRECT ? MOS_C_BYPASS_REDIRECT : MOS_C_BYPASS_PASS);
     }
-    return finish(XDP_PASS, MOS_C_BYPASS_PASS);
+    return finish(ctr, XDP_PASS, MOS_C_BYPASS_PASS);
 }
 
 /* Picks the worker's socket among those bound to the receiving (interface, queue). */
-static __always_inline int steer(struct xdp_md *ctx, struct mos_config *cfg, struct mos_flow_key *k)
+static __always_inline int steer(struct xdp_md *ctx, struct mos_config *cfg, struct mos_counter_block *ctr,
+                                 struct mos_flow_key *k)
 {
     u32 workers = cfg->workers;
     if (workers == 0)
@@ -364,11 +370,11 @@ static __always_inline int steer(struct xdp_md *ctx, struct mos_config *cfg, str
         }
     }
     if (queue >= MOS_MAX_QUEUES || !mos_xsks.lookup(&idx))
-        return not_taken(ctx, cfg, MOS_C_PASS_NO_SOCKET);
+        return not_taken(ctx, cfg, ctr, MOS_C_PASS_NO_SOCKET);
     int act = mos_xsks.redirect_map(idx, XDP_PASS);
     if (act != XDP_REDIRECT)
-        return not_taken(ctx, cfg, MOS_C_PASS_NO_SOCKET);
-    return finish(XDP_REDIRECT, MOS_C_XSK_REDIRECT);
+        return not_taken(ctx, cfg, ctr, MOS_C_PASS_NO_SOCKET);
+    return finish(ctr, XDP_REDIRECT, MOS_C_XSK_REDIRECT);
 }
 
 /* ---- entry point ------------------------------------------------------------------------------ */
@@ -378,29 +384,30 @@ int xdp_mos(struct xdp_md *ctx)
     struct pkt p = {};
     struct mos_flow_key key = {};
 
-    count(MOS_C_RX);
+    struct mos_counter_block *ctr = mos_counters.lookup(&zero);
     struct mos_config *cfg = mos_config.lookup(&zero);
-    if (!cfg)
+    if (!ctr || !cfg)
         return XDP_PASS;
+    count(ctr, MOS_C_RX);
 
     int rc = parse_packet(ctx, &p);
     if (rc == PARSE_NOT_IP)
-        return not_taken(ctx, cfg, MOS_C_PASS_NOT_IP);
+        return not_taken(ctx, cfg, ctr, MOS_C_PASS_NOT_IP);
     if (rc == PARSE_MALFORMED)
-        return finish(XDP_DROP, MOS_C_DROP_MALFORMED);
+        return finish(ctr, XDP_DROP, MOS_C_DROP_MALFORMED);
 
     if (blocked_prefix(&p))
-        return finish(XDP_DROP, MOS_C_DROP_BLOCKED_PREFIX);
+        return finish(ctr, XDP_DROP, MOS_C_DROP_BLOCKED_PREFIX);
     if (blocked_port(&p))
-        return finish(XDP_DROP, MOS_C_DROP_BLOCKED_PORT);
+        return finish(ctr, XDP_DROP, MOS_C_DROP_BLOCKED_PORT);
     if (!is_monitored(cfg, &p))
-        return not_taken(ctx, cfg, MOS_C_PASS_NOT_MONITORED);
+        return not_taken(ctx, cfg, ctr, MOS_C_PASS_NOT_MONITORED);
     if (p.is_frag)
-        count(MOS_C_FRAGMENT);
+        count(ctr, MOS_C_FRAGMENT);
 
     make_key(&p, &key);
-    rc = check_bypass(ctx, cfg, &key);
+    rc = check_bypass(ctx, cfg, ctr, &key);
     if (rc >= 0)
         return rc;
-    return steer(ctx, cfg, &key);
+    return steer(ctx, cfg, ctr, &key);
 }

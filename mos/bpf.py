@@ -800,11 +800,9 @@ class XdpProgram:
 
     def stats(self) -> Dict[str, int]:
         """Every counter, summed over CPUs, by name (see :data:`COUNTERS`)."""
-        m = self.maps[MAP_COUNTERS]
-        out = {}
-        for i, name in enumerate(COUNTERS):
-            out[name] = sum(struct.unpack("=Q", v)[0] for v in m.lookup_percpu(i))
-        return out
+        # one value per CPU holding all of that CPU's counters (struct mos_counter_block in xdp_mos.c)
+        per_cpu = [struct.unpack_from(f"={len(COUNTERS)}Q", v) for v in self.maps[MAP_COUNTERS].lookup_percpu(0)]
+        return {name: sum(c[i] for c in per_cpu) for i, name in enumerate(COUNTERS)}
 
     # -- block lists
 
