@@ -539,6 +539,14 @@ def _is_bpffs(path: Path) -> bool:
     return False
 
 
+def _private_mount_ns() -> bool:
+    """Whether this process has a mount namespace of its own (not init's), as under ``ip netns exec``."""
+    try:
+        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+    except OSError:
+        return False
+
+
 def ensure_bpffs(root: Path = PIN_ROOT) -> None:
     """Makes sure ``root`` lies on a bpffs, mounting one at /sys/fs/bpf when nothing is mounted there."""
     mnt = Path("/sys/fs/bpf")
@@ -547,6 +555,11 @@ def ensure_bpffs(root: Path = PIN_ROOT) -> None:
         if r.returncode != 0 and not _is_bpffs(mnt):
             why = r.stderr.strip() or "mount failed"
             raise XdpError(f"bpffs unavailable: cannot mount it at {mnt} ({why})")
+        if _private_mount_ns():
+            sys.stderr.write(
+                f"mos-xdp: warning: bpffs was mounted at {mnt} in this process's own mount namespace (ip netns "
+                "exec gives each command one): the pins go away when it exits, and other mos-xdp commands will not "
+                "find them; enter the network namespace with `nsenter --net=/run/netns/NAME` instead\n")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -616,6 +616,21 @@ def test_cli_finds_program_left_by_a_crash(live: Live, pair: Tuple[Netns, str]) 
     assert [line for line in xdp_links(ns) if vd in line] == []
 
 
+def test_cli_warns_when_pins_live_in_a_private_mount_namespace(live: Live, pair: Tuple[Netns, str]) -> None:
+    """`ip netns exec` gives each command a mount namespace of its own (and a fresh /sys, without bpffs): pins
+    made there go away with it. attach says so, and what it leaves is found and removed like a crash's."""
+    ns, vd = pair
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m", "mos.live_cli", "attach", vd,
+                        "--mode", "generic"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "own mount namespace" in r.stderr and "nsenter --net=/run/netns/NAME" in r.stderr
+    infos = {i["iface"]: i for i in json.loads(cli(ns, "status", "--json").stdout)}
+    assert infos[vd]["attached"] and "crashed run" in infos[vd]["problem"]
+    assert "detached XDP program" in cli(ns, "detach", vd).stdout
+    assert [line for line in xdp_links(ns) if vd in line] == []
+
+
 def test_cli_errors_are_one_line(live: Live) -> None:
     ns = live.b
     cases = [
