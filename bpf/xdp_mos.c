@@ -235,7 +235,9 @@ static __always_inline int blocked_prefix(struct pkt *p)
     }
     if (!hits)
         return 0;
-    __sync_fetch_and_add(hits, 1);
+    /* A plain increment: the drop counters (per CPU) are exact; a prefix's hit count may miss a few when
+     * CPUs hit it at the same time, which an atomic add would prevent at ~2 ns on every drop. */
+    *hits += 1;
     return 1;
 }
 
@@ -382,7 +384,6 @@ int xdp_mos(struct xdp_md *ctx)
 {
     u32 zero = 0;
     struct pkt p = {};
-    struct mos_flow_key key = {};
 
     struct mos_counter_block *ctr = mos_counters.lookup(&zero);
     struct mos_config *cfg = mos_config.lookup(&zero);
@@ -405,6 +406,7 @@ int xdp_mos(struct xdp_md *ctx)
     if (p.is_frag)
         count(ctr, MOS_C_FRAGMENT);
 
+    struct mos_flow_key key = {};
     make_key(&p, &key);
     rc = check_bypass(ctx, cfg, ctr, &key);
     if (rc >= 0)

@@ -540,9 +540,10 @@ def _is_bpffs(path: Path) -> bool:
 
 
 def _private_mount_ns() -> bool:
-    """Whether this process has a mount namespace of its own (not init's), as under ``ip netns exec``."""
+    """Whether this process runs in another mount namespace than its parent, as under ``ip netns exec``
+    (which unshares one, mounts a fresh /sys and execs the command): mounts made here die with it."""
     try:
-        return os.readlink("/proc/self/ns/mnt") != os.readlink("/proc/1/ns/mnt")
+        return os.readlink("/proc/self/ns/mnt") != os.readlink(f"/proc/{os.getppid()}/ns/mnt")
     except OSError:
         return False
 

@@ -115,6 +115,9 @@ def load_app(path: str) -> Any:
 @click.option("--iface", help="Run live on this interface (see `mos-xdp attach`).")
 @click.option("--peer", help="Inline mode: the other interface.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--ring", type=click.IntRange(64, 65536), default=4096, show_default=True,
+              help="Live: AF_XDP ring descriptors per socket (a power of two); each queue gets 2 x ring "
+                   "frames of 4 KiB.")
 @click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
               help="Overlap policy.")
 @click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
@@ -122,8 +125,8 @@ def load_app(path: str) -> Any:
 @click.option("--strict", is_flag=True, help="Stop at the first exception in a handler.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
-def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str], workers: int, policy: str,
-        no_vlan: bool, no_pickup: bool, strict: bool, progress: bool, show_stats: bool) -> None:
+def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str], workers: int, ring: int,
+        policy: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool, show_stats: bool) -> None:
     """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
     if bool(pcap) == bool(iface):
         raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
@@ -138,7 +141,9 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
             from . import live
         except ImportError:
             raise click.ClickException("the live path is not available in this build") from None
-        live.run_live(mon, iface, peer=peer, workers=workers)
+        if ring & (ring - 1):
+            raise click.ClickException(f"--ring {ring}: the AF_XDP ring size must be a power of two")
+        live.run_live(mon, iface, peer=peer, workers=workers, ring=ring)
     else:
         assert pcap is not None
         bar, update = _progress(progress, pcap)

@@ -292,16 +292,20 @@ def _run_worker(mon: Monitor, prog: bpf.XdpProgram, xsk: Any, iface: str, peer: 
 
 def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int = 1, *, mode: str = "auto",
              copy: Optional[bool] = None, busy_poll: bool = True, batch: int = BATCH,
-             duration: Optional[float] = None) -> Dict[str, int]:
+             duration: Optional[float] = None, ring: int = 0) -> Dict[str, int]:
     """Run ``mon`` on live traffic of ``iface`` (inline between ``iface`` and ``peer`` when given).
 
     ``mode``: XDP attach mode (auto, native, generic); ``copy``: force AF_XDP copy (True) or zero-copy
-    (False) mode, None picks; ``duration``: stop after so many seconds (None: on SIGINT/SIGTERM).
+    (False) mode, None picks; ``duration``: stop after so many seconds (None: on SIGINT/SIGTERM); ``ring``:
+    AF_XDP RX/TX descriptors per socket (a power of two, 64..65536; 0: 4096), each interface queue getting
+    2 x ``ring`` frames of 4 KiB: a bigger ring rides out longer stalls of the engine at higher rates.
     Returns the engine's counters (in each worker process when ``workers > 1``, see the module doc).
     Errors a user can act on raise :class:`LiveError` (one line). For the CLI, the environment can set
     ``MOS_XDP_MODE`` (auto, native, generic), ``MOS_XDP_COPY`` (1: copy, 0: zero-copy) and
     ``MOS_XDP_BUSY_POLL`` (0: off) when the arguments are left at their defaults.
     """
+    if ring and (ring & (ring - 1) or not 64 <= ring <= 65536):
+        raise LiveError(f"ring {ring}: the AF_XDP ring size must be a power of two between 64 and 65536")
     env_mode = os.environ.get("MOS_XDP_MODE")
     if mode == "auto" and env_mode:
         if env_mode not in ("auto", "native", "generic"):
@@ -313,7 +317,7 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
     if busy_poll and os.environ.get("MOS_XDP_BUSY_POLL") == "0":
         busy_poll = False
     try:
-        return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration)
+        return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration, ring)
     except bpf.XdpError as e:
         raise LiveError(str(e)) from None
     except PermissionError as e:
@@ -321,7 +325,7 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
 
 
 def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode: str, copy: Optional[bool],
-              busy_poll: bool, batch: int, duration: Optional[float]) -> Dict[str, int]:
+              busy_poll: bool, batch: int, duration: Optional[float], ring: int) -> Dict[str, int]:
     bpf.require_root("mos-xdp run --iface")
     if peer is not None and peer == iface:
         raise LiveError("--peer must be another interface than --iface")
@@ -353,8 +357,8 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
     try:
         prog, attached = _attach(iface, peer, workers, max(nq, npq), mode)
         err = ffi.new("char[256]")
-        raw = lib.mos_xsk_open(iface.encode(), nq, peer.encode() if peer else ffi.NULL, npq, workers, flags,
-                               err, 256)
+        raw = lib.mos_xsk_open(iface.encode(), nq, peer.encode() if peer else ffi.NULL, npq, workers, ring,
+                               flags, err, 256)
         if raw == ffi.NULL:
             msg = ffi.string(err).decode()
             if "busy" in msg.lower():

@@ -482,7 +482,8 @@ def test_passive_replay_gives_the_pcap_streams(tmp_path: Path, queues: int) -> N
         tag = topo.tag[-6:]
         va, vb = f"pa{tag}", f"pb{tag}"
         topo.veth(a, va, b, vb, queues=queues)
-        run = LiveRun(b, _streams_app(tmp_path), "--iface", vb, env={"MOS_TEST_STREAMS": str(live_dir)})
+        ring = ["--ring", "256"] if queues == 0 else []  # (and a small ring: 512 frames in all)
+        run = LiveRun(b, _streams_app(tmp_path), "--iface", vb, *ring, env={"MOS_TEST_STREAMS": str(live_dir)})
         try:
             run.wait_ready()
             rp = a.run("tcpreplay", "-q", "-i", va, "--pps", "1000", str(pcap), check=False, timeout=60)
@@ -523,6 +524,7 @@ def test_user_errors_are_one_line(inline: Inline, tmp_path: Path) -> None:
         (["--iface", "nosuchif0"], "interface nosuchif0 does not exist"),
         (["--iface", inline.mi, "--peer", "nosuchif1"], "interface nosuchif1 does not exist"),
         (["--iface", inline.mi, "--peer", inline.mi], "--peer must be another interface"),
+        (["--iface", inline.mi, "--ring", "1000"], "--ring 1000: the AF_XDP ring size must be a power of two"),
     ]
     for args, msg in cases:
         r = cli(*args)

@@ -324,8 +324,11 @@ typedef struct mos_xsk mos_xsk_t;
 
 /* peer NULL: passive. flags: enum mos_xsk_flags (neither COPY nor ZEROCOPY: zero-copy when the
  * drivers support it, else copy). NULL on error with one line in err. */
+/* ring: RX (and TX) descriptors per socket, a power of two in 64..65536, 0 for the default; each pool
+ * (interface queue) gets 2 x ring frames of 4 KiB (ring, or ring / 2, beyond 4 or 16 pools). */
+#define MOS_XSK_RING_DEFAULT 4096
 mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *peer, uint32_t peer_queues,
-                        uint32_t workers, uint32_t flags, char *err, size_t errlen);
+                        uint32_t workers, uint32_t ring, uint32_t flags, char *err, size_t errlen);
 void mos_xsk_close(mos_xsk_t *x);
 int mos_xsk_info(const mos_xsk_t *x, struct mos_xsk_info *out);
 /* The socket of (slot, queue, worker), or -1. */

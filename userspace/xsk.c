@@ -46,8 +46,8 @@
 #endif
 
 #define XSK_FRAME 4096u
-#define XSK_RING 4096u          /* RX and TX descriptors per socket: absorbs a few ms of the engine descheduled */
-#define XSK_POOL_FRAMES_MAX 8192u /* frames (and fill/completion ring entries) per pool, fewer pools */
+#define XSK_RING_MIN 64u
+#define XSK_RING_MAX 65536u
 #define XSK_MAX_POOLS 128u      /* 2 slots x 64 queues */
 #define XSK_MAX_WORKERS 64u
 #define XSK_DROP_KEYS 64u
@@ -86,6 +86,7 @@ struct mos_xsk {
     uint8_t *area;
     size_t area_len;
     uint32_t nframes, pool_frames;
+    uint32_t ring;            /* RX and TX descriptors per socket */
     struct xsk_umem *umem;
     struct xsk_pool *pools;
     uint32_t npools;
@@ -220,7 +221,7 @@ static void set_err(char *err, size_t errlen, const char *what, const char *name
  * (device, queue): the pool's first socket (worker 0's). */
 static int raw_socket(struct mos_xsk *x, struct xsk_sock *s, const char *ifname, uint32_t queue, int shared_fd)
 {
-    uint32_t n = XSK_RING;
+    uint32_t n = x->ring;
     struct xdp_mmap_offsets off;
     socklen_t optlen = sizeof(off);
     unsigned int ifindex = if_nametoindex(ifname);
@@ -342,7 +343,7 @@ static int open_sockets(struct mos_xsk *x, const char *names[2], uint16_t bind_f
         for (uint32_t w = 0; w < x->workers; w++) {
             struct xsk_sock *s = &x->socks[p * x->workers + w];
             struct xsk_socket_config cfg = {
-                .rx_size = XSK_RING, .tx_size = XSK_RING,
+                .rx_size = x->ring, .tx_size = x->ring,
                 .libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
                 .xdp_flags = 0, .bind_flags = bind_flags,
             };
@@ -392,10 +393,12 @@ static int is_zerocopy(int fd)
 }
 
 mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *peer, uint32_t peer_queues,
-                        uint32_t workers, uint32_t flags, char *err, size_t errlen)
+                        uint32_t workers, uint32_t ring, uint32_t flags, char *err, size_t errlen)
 {
+    if (ring == 0)
+        ring = MOS_XSK_RING_DEFAULT;
     if (!iface || !iface_queues || iface_queues > 64 || (peer && (!peer_queues || peer_queues > 64)) ||
-        !workers || workers > XSK_MAX_WORKERS) {
+        !workers || workers > XSK_MAX_WORKERS || ring < XSK_RING_MIN || ring > XSK_RING_MAX || (ring & (ring - 1))) {
         set_err(err, errlen, "bad AF_XDP parameters for ", iface ? iface : "?", EINVAL);
         return NULL;
     }
@@ -411,9 +414,10 @@ mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *pe
     x->nqueues[1] = peer ? peer_queues : 0;
     x->npools = iface_queues + x->nqueues[1];
     x->nsocks = 0;
-    /* 32 MiB of frames per pool for up to 4 pools, less with many queues (RX rings stay 4096) */
-    x->pool_frames = x->npools <= 4 ? XSK_POOL_FRAMES_MAX : x->npools <= 16 ? XSK_POOL_FRAMES_MAX / 2
-                                                                          : XSK_POOL_FRAMES_MAX / 4;
+    /* Two rings' worth of frames per pool (the default: 32 MiB) for up to 4 pools, less with many
+     * queues: the frames not in the RX ring wait in the fill ring or in a batch being handled. */
+    x->ring = ring;
+    x->pool_frames = x->npools <= 4 ? 2 * ring : x->npools <= 16 ? ring : ring / 2;
     x->nframes = x->npools * x->pool_frames;
     x->area_len = (size_t)x->nframes * XSK_FRAME;
     x->counters = x->scratch;
