@@ -391,7 +391,7 @@ def make_tools(work: Path) -> List[Tool]:
         return f
 
     def p_streams(so: str, se: str) -> Dict[str, Any]:
-        m = re.search(r"(\d+) connections, (\d+) stream bytes, (\d+) packets", so)
+        m = re.search(r"(\d+) connections, (\d+) stream bytes \(\d+ lost in holes\), (\d+) packets", so)
         assert m, so[-500:]
         out: Dict[str, Any] = {"conns": int(m.group(1)), "delivered": int(m.group(2)), "packets": int(m.group(3))}
         counters = {k: int(v) for k, v in re.findall(r"^\s+([a-z_]+)\s+(\d+)$", se, re.M)}
@@ -759,8 +759,10 @@ def write_results(path: Path, a: argparse.Namespace, cap: Dict[str, Any], res: D
     w("")
     sur_out = res.get("suricata + tcp-data", {}).get("out") or {}
     w("## How each tool's bytes are counted\n")
-    w("- **mos-xdp streams**: the table's total (`c2s_bytes + s2c_bytes` of every connection: stream bytes "
-      "without the holes). `-o`: the sizes of the `.c2s`/`.s2c` files (holes skipped, not filled).")
+    w("- **mos-xdp streams**: the table's total (the engine's delivered-bytes counter: `c2s_bytes + s2c_bytes` of "
+      "every connection, stream bytes without the holes; the table shows the first 50 connections and runs no "
+      "Python while the capture is read). `-o`: the sizes of the `.c2s`/`.s2c` files (holes skipped, not "
+      "filled).")
     w("- **mos-xdp app**: `len(ev.data)` summed in a `CONN_NEW_DATA` handler (`bench/app_count.py`).")
     w("- **libnids**: `count_new` of both half-streams summed at every `NIDS_DATA` callback "
       "(`bench/nids_count.c`: checksums not verified, 64K-stream table, port-scan detection off).")
