@@ -141,8 +141,6 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
             from . import live
         except ImportError:
             raise click.ClickException("the live path is not available in this build") from None
-        if ring & (ring - 1):
-            raise click.ClickException(f"--ring {ring}: the AF_XDP ring size must be a power of two")
         live.run_live(mon, iface, peer=peer, workers=workers, ring=ring)
     else:
         assert pcap is not None

@@ -305,7 +305,7 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
     ``MOS_XDP_BUSY_POLL`` (0: off) when the arguments are left at their defaults.
     """
     if ring and (ring & (ring - 1) or not 64 <= ring <= 65536):
-        raise LiveError(f"ring {ring}: the AF_XDP ring size must be a power of two between 64 and 65536")
+        raise LiveError(f"--ring {ring}: the AF_XDP ring size must be a power of two between 64 and 65536")
     env_mode = os.environ.get("MOS_XDP_MODE")
     if mode == "auto" and env_mode:
         if env_mode not in ("auto", "native", "generic"):

@@ -21,7 +21,8 @@ def _packed(addr: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
 
 
-def _row(i: Dict[str, Any], c2s_gaps: List[List[int]], s2c_gaps: List[List[int]]) -> Dict[str, Any]:
+def _row(i: Dict[str, Any], gaps: Optional[Tuple[List[List[int]], List[List[int]]]]) -> Dict[str, Any]:
+    """A connection's row from its info: with its gap lists (the index), or with the bytes lost (the table)."""
     return {
         "id": i["id"],
         "client": i["client"],
@@ -29,8 +30,8 @@ def _row(i: Dict[str, Any], c2s_gaps: List[List[int]], s2c_gaps: List[List[int]]
         "vlan": i["vlan"],
         "c2s_bytes": i["c2s_stream"] - i["c2s_gap_bytes"],
         "s2c_bytes": i["s2c_stream"] - i["s2c_gap_bytes"],
-        "c2s_gaps": c2s_gaps,
-        "s2c_gaps": s2c_gaps,
+        **({"c2s_gaps": gaps[0], "s2c_gaps": gaps[1]} if gaps is not None else
+           {"c2s_gap_bytes": i["c2s_gap_bytes"], "s2c_gap_bytes": i["s2c_gap_bytes"]}),
         "client_state": i["client_state"],
         "server_state": i["server_state"],
         "end": i["end"],
@@ -61,12 +62,7 @@ def stream_table(
     mon = Monitor(policy=policy, vlan_in_key=vlan_in_key, pickup=pickup, max_conns=max_conns, strict=True)
     mon.log_ended(limit)
     st = mon.run_pcap(pcap, progress=progress)
-    rows = []
-    for i in mon.ended_log():
-        r = _row(i, [], [])
-        del r["c2s_gaps"], r["s2c_gaps"]
-        r["c2s_gap_bytes"], r["s2c_gap_bytes"] = i["c2s_gap_bytes"], i["s2c_gap_bytes"]
-        rows.append(r)
+    rows = [_row(i, None) for i in mon.ended_log()]
     totals = {"connections": st["conns_ended"], "stream_bytes": st["reasm_bytes_delivered"],
               "gap_bytes": st["reasm_bytes_gap"]}
     return rows, totals, st
@@ -104,8 +100,7 @@ def run_streams(
 
     @mon.on(Event.CONN_END)
     def end(conn: Connection, ev: EventInfo) -> None:
-        c2s_gaps, s2c_gaps = gaps.pop(conn.id, ([], []))
-        rows.append(_row(conn.info(), c2s_gaps, s2c_gaps))
+        rows.append(_row(conn.info(), gaps.pop(conn.id, ([], []))))
 
     st = mon.run_pcap(pcap, progress=progress)
     rows.sort(key=lambda r: r["id"])

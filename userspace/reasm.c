@@ -230,29 +230,24 @@ static int arr_reserve(struct reasm_ctx *ctx, struct reasm_buf *b, uint32_t extr
 {
     if (b->ncap - b->n >= extra)
         return 0;
-    uint64_t want = (uint64_t)b->n + extra;
-    if (b->c != b->base && want <= b->acap) {
-        /* room freed at the front: slide the live chunks down (each slot is slid at most once per
-         * time it is filled, so removal from the front stays O(1) amortized) */
+    if (b->c != b->base) {
+        /* slide the live chunks down over those removed from the front (a slot is slid at most once
+         * per time it is filled, so removal from the front stays O(1) amortized) */
         memmove(b->base, b->c, (size_t)b->n * sizeof(*b->c));
         b->c = b->base;
         b->ncap = b->acap;
-        return 0;
+        if (b->ncap - b->n >= extra)
+            return 0;
     }
+    uint64_t want = (uint64_t)b->n + extra;
     uint64_t ncap = b->acap ? b->acap : 4;
     while (ncap < want)
         ncap *= 2;
     if (ncap > UINT32_MAX / 2)
         return -1;
-    if (b->c != b->base) {
-        memmove(b->base, b->c, (size_t)b->n * sizeof(*b->c));
-        b->c = b->base;
-    }
     struct chunk *nc = realloc(b->base, (size_t)ncap * sizeof(*nc));
-    if (!nc) {
-        b->ncap = b->acap;
+    if (!nc)
         return -1;
-    }
     acct_add(ctx, b, (ncap - b->acap) * sizeof(*nc) + (b->acap ? 0 : ALLOC_OVH));
     b->base = b->c = nc;
     b->acap = b->ncap = (uint32_t)ncap;
