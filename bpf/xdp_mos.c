@@ -24,10 +24,9 @@
  *     only with XDP_SHARED_UMEM, and those sockets then share the UMEM's fill and completion rings
  *     (each keeps its own RX/TX ring), so the engine serialises fill/completion ring access per queue.
  *   - Worker w owns the sockets at index (s, q, w) for every slot s and queue q it serves.
- *   - Both directions of a connection reach the same worker only if they arrive on the same queue:
- *     true on single-queue NICs and veth; on multi-queue NICs use one queue (ethtool -L IF combined 1)
- *     or a symmetric RSS key (ethtool -X IF hkey 6d:5a:6d:5a:...). The hash is symmetric, so within a
- *     queue the choice of worker does not depend on the direction.
+ *   - Both directions of a connection must reach the same worker whatever queue each arrives on:
+ *     the engine gives every worker a socket on every queue (see userspace/xsk.c), and the hash is
+ *     symmetric, so no symmetric RSS key or single-queue setting is needed.
  *   - Inline mode: each direction arrives on its own interface; worker w needs a socket on both
  *     (slot 0 and slot 1), and the same hash puts both directions on w.
  * When no socket sits at the chosen index the frame is passed (counter pass_no_socket).
@@ -41,32 +40,24 @@
 #include <uapi/linux/udp.h>
 
 #include "mos_shared.h"
+#include "mos_parse.h"
 
 /* ---- maps ------------------------------------------------------------------------------------- */
-BPF_ARRAY(mos_config, struct mos_config, 1);
+BPF_ARRAY(mos_config, struct mos_xdp_config, 1);
 /* All counters of a CPU in one value: one lookup per packet, however many counters it bumps. */
 struct mos_counter_block {
-    u64 c[MOS_C_COUNT];
+    u64 c[MOS_XDP_C_COUNT];
 };
 BPF_PERCPU_ARRAY(mos_counters, struct mos_counter_block, 1);
 BPF_XSKMAP(mos_xsks, MOS_XSK_MAP_SIZE);
 BPF_DEVMAP(mos_tx_ports, MOS_MAX_SLOTS);
-BPF_LPM_TRIE(mos_block_v4, struct mos_lpm_v4, u64, MOS_BLOCK_MAX);
-BPF_LPM_TRIE(mos_block_v6, struct mos_lpm_v6, u64, MOS_BLOCK_MAX);
-BPF_ARRAY(mos_ports, u8, MOS_PORTS);
-BPF_TABLE("lru_hash", struct mos_flow_key, struct mos_bypass_entry, mos_bypass, MOS_BYPASS_MAX);
-BPF_ARRAY(mos_debug, struct mos_debug, 1);
+BPF_LPM_TRIE(mos_block_v4, struct mos_xdp_lpm_v4, u64, MOS_XDP_BLOCK_MAX);
+BPF_LPM_TRIE(mos_block_v6, struct mos_xdp_lpm_v6, u64, MOS_XDP_BLOCK_MAX);
+BPF_ARRAY(mos_ports, u8, MOS_XDP_PORTS);
+BPF_TABLE("lru_hash", struct mos_flow_key, struct mos_xdp_bypass_entry, mos_bypass, MOS_XDP_BYPASS_MAX);
+BPF_ARRAY(mos_debug, struct mos_xdp_debug, 1);
 
-/* ---- parsing ---------------------------------------------------------------------------------- */
-#define MOS_ETH_P_8021Q 0x8100
-#define MOS_ETH_P_8021AD 0x88A8
-#define MOS_ETH_P_IP 0x0800
-#define MOS_ETH_P_IPV6 0x86DD
-#define MOS_IP_MF 0x2000
-#define MOS_IP_OFFSET 0x1FFF
-#define MOS_MAX_VLAN 2
-#define MOS_MAX_EXTHDR 6
-
+/* ---- parsing (the walk's rules and limits: mos_parse.h, shared with the engine's decoder) ---- */
 struct mos_vlan_hdr {
     __be16 tci;
     __be16 encap_proto;
@@ -95,7 +86,7 @@ struct pkt {
 
 static __always_inline void count(struct mos_counter_block *ctr, u32 c)
 {
-    if (c < MOS_C_COUNT)
+    if (c < MOS_XDP_C_COUNT)
         ctr->c[c] += 1; /* per-CPU: no atomics needed */
 }
 
@@ -158,25 +149,27 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p)
     int first_fragment = 1;
 
 #pragma unroll
-    for (int i = 0; i < MOS_MAX_EXTHDR; i++) {
-        if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
-            struct ipv6_opt_hdr *oh = cur;
-            if ((void *)(oh + 1) > data_end)
-                return PARSE_MALFORMED;
-            next = oh->nexthdr;
-            cur += (oh->hdrlen + 1) * 8;
-        } else if (next == IPPROTO_FRAGMENT) {
+    for (int i = 0; i < MOS_MAX_IPV6_EXT; i++) {
+        if (next == MOS_IPPROTO_FRAGMENT) {
             struct mos_ipv6_frag_hdr *fh = cur;
             if ((void *)(fh + 1) > data_end)
                 return PARSE_MALFORMED;
             u16 off = bpf_ntohs(fh->frag_off);
-            p->is_frag = 1;
-            first_fragment = (off & 0xFFF8) == 0;
+            if (!mos_ipv6_frag_is_atomic(off)) {
+                p->is_frag = 1;
+                first_fragment = mos_ipv6_frag_is_first(off);
+            }
             next = fh->nexthdr;
             cur = fh + 1;
-        } else {
-            break;
+            continue;
         }
+        if (!mos_ipv6_is_ext(next))
+            break;
+        struct ipv6_opt_hdr *oh = cur;
+        if ((void *)(oh + 1) > data_end)
+            return PARSE_MALFORMED;
+        cur += mos_ipv6_ext_len(next, oh->hdrlen);
+        next = oh->nexthdr;
     }
     p->proto = next;
     return parse_l4(cur, data_end, p, first_fragment);
@@ -195,7 +188,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct pkt *p)
 
 #pragma unroll
     for (int i = 0; i < MOS_MAX_VLAN; i++) {
-        if (proto != MOS_ETH_P_8021Q && proto != MOS_ETH_P_8021AD)
+        if (!mos_is_vlan_ethertype(proto))
             break;
         struct mos_vlan_hdr *vh = cur;
         if ((void *)(vh + 1) > data_end)
@@ -217,7 +210,7 @@ static __always_inline int blocked_prefix(struct pkt *p)
 {
     u64 *hits;
     if (p->ipv6) {
-        struct mos_lpm_v6 k6 = {.prefixlen = 128};
+        struct mos_xdp_lpm_v6 k6 = {.prefixlen = 128};
         __builtin_memcpy(k6.addr, p->saddr, 16);
         hits = mos_block_v6.lookup(&k6);
         if (!hits) {
@@ -225,7 +218,7 @@ static __always_inline int blocked_prefix(struct pkt *p)
             hits = mos_block_v6.lookup(&k6);
         }
     } else {
-        struct mos_lpm_v4 k4 = {.prefixlen = 32};
+        struct mos_xdp_lpm_v4 k4 = {.prefixlen = 32};
         __builtin_memcpy(k4.addr, &p->saddr[3], 4);
         hits = mos_block_v4.lookup(&k4);
         if (!hits) {
@@ -252,68 +245,46 @@ static __always_inline int blocked_port(struct pkt *p)
 {
     if (!p->has_ports)
         return 0;
-    return ((port_flags(p->sport) | port_flags(p->dport)) & MOS_PORT_BLOCK) != 0;
+    return ((port_flags(p->sport) | port_flags(p->dport)) & MOS_XDP_PORT_BLOCK) != 0;
 }
 
 /* ---- filter ----------------------------------------------------------------------------------- */
-static __always_inline int is_monitored(struct mos_config *cfg, struct pkt *p)
+static __always_inline int is_monitored(struct mos_xdp_config *cfg, struct pkt *p)
 {
-    u32 bit = p->proto == IPPROTO_TCP ? MOS_PROTO_TCP : p->proto == IPPROTO_UDP ? MOS_PROTO_UDP : 0;
+    u32 bit = p->proto == IPPROTO_TCP ? MOS_XDP_PROTO_TCP : p->proto == IPPROTO_UDP ? MOS_XDP_PROTO_UDP : 0;
     if (!(cfg->protocols & bit))
         return 0;
-    if (!(cfg->flags & MOS_CFG_PORT_FILTER) || !p->has_ports || p->is_frag)
+    if (!(cfg->flags & MOS_XDP_CFG_PORT_FILTER) || !p->has_ports || p->is_frag)
         return 1; /* fragments cannot be matched on ports: the engine reassembles them */
-    return ((port_flags(p->sport) | port_flags(p->dport)) & MOS_PORT_MONITOR) != 0;
+    return ((port_flags(p->sport) | port_flags(p->dport)) & MOS_XDP_PORT_MONITOR) != 0;
 }
 
 /* ---- symmetric flow key ----------------------------------------------------------------------- */
-static __always_inline int src_is_lower(struct pkt *p)
-{
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        if (p->saddr[i] != p->daddr[i])
-            return p->saddr[i] < p->daddr[i];
-    }
-    return p->sport <= p->dport;
-}
-
 static __always_inline void make_key(struct pkt *p, struct mos_flow_key *k)
 {
     u16 sport = p->is_frag ? 0 : p->sport;
     u16 dport = p->is_frag ? 0 : p->dport;
-    if (src_is_lower(p)) {
-        __builtin_memcpy(k->addr_lo, p->saddr, 16);
-        __builtin_memcpy(k->addr_hi, p->daddr, 16);
-        k->port_lo = sport;
-        k->port_hi = dport;
-    } else {
-        __builtin_memcpy(k->addr_lo, p->daddr, 16);
-        __builtin_memcpy(k->addr_hi, p->saddr, 16);
-        k->port_lo = dport;
-        k->port_hi = sport;
-    }
-    k->vlan_key = p->vlan_key;
-    k->proto = p->proto;
+    mos_flow_key_make(k, p->saddr, p->daddr, sport, dport, p->vlan_key, p->proto);
 }
 
 /* ---- verdicts --------------------------------------------------------------------------------- */
 static __always_inline int finish(struct mos_counter_block *ctr, int action, u32 reason)
 {
     count(ctr, reason);
-    count(ctr, action == XDP_DROP ? MOS_C_DROP : action == XDP_REDIRECT ? MOS_C_REDIRECT : MOS_C_PASS);
+    count(ctr, action == XDP_DROP ? MOS_XDP_C_DROP : action == XDP_REDIRECT ? MOS_XDP_C_REDIRECT : MOS_XDP_C_PASS);
     return action;
 }
 
-static __always_inline u32 rx_slot(struct xdp_md *ctx, struct mos_config *cfg)
+static __always_inline u32 rx_slot(struct xdp_md *ctx, struct mos_xdp_config *cfg)
 {
     return cfg->peer_ifindex && ctx->ingress_ifindex == cfg->peer_ifindex ? 1 : 0;
 }
 
 /* Traffic the engine does not take: to the host (passive) or to the other interface (inline). */
-static __always_inline int not_taken(struct xdp_md *ctx, struct mos_config *cfg, struct mos_counter_block *ctr,
+static __always_inline int not_taken(struct xdp_md *ctx, struct mos_xdp_config *cfg, struct mos_counter_block *ctr,
                                      u32 reason)
 {
-    if (cfg->mode == MOS_MODE_INLINE) {
+    if (cfg->mode == MOS_XDP_MODE_INLINE) {
         int act = mos_tx_ports.redirect_map(rx_slot(ctx, cfg) ^ 1, XDP_PASS);
         return finish(ctr, act, reason);
     }
@@ -321,32 +292,32 @@ static __always_inline int not_taken(struct xdp_md *ctx, struct mos_config *cfg,
 }
 
 /* Returns an XDP action, or -1 when the connection is not (or no longer) bypassed. */
-static __always_inline int check_bypass(struct xdp_md *ctx, struct mos_config *cfg, struct mos_counter_block *ctr,
+static __always_inline int check_bypass(struct xdp_md *ctx, struct mos_xdp_config *cfg, struct mos_counter_block *ctr,
                                         struct mos_flow_key *k)
 {
-    struct mos_bypass_entry *e = mos_bypass.lookup(k);
+    struct mos_xdp_bypass_entry *e = mos_bypass.lookup(k);
     if (!e || !e->verdict)
         return -1;
     u64 now = bpf_ktime_get_ns();
     if (cfg->bypass_idle_ns && now > e->last_seen_ns && now - e->last_seen_ns > cfg->bypass_idle_ns) {
         mos_bypass.delete(k);
-        count(ctr, MOS_C_BYPASS_EXPIRED);
+        count(ctr, MOS_XDP_C_BYPASS_EXPIRED);
         return -1;
     }
     e->last_seen_ns = now;
     __sync_fetch_and_add(&e->packets, 1);
     __sync_fetch_and_add(&e->bytes, (u64)(ctx->data_end - ctx->data));
-    if (e->verdict == MOS_BYPASS_DROP)
-        return finish(ctr, XDP_DROP, MOS_C_BYPASS_DROP);
-    if (e->verdict == MOS_BYPASS_REDIRECT) {
+    if (e->verdict == MOS_XDP_BYPASS_DROP)
+        return finish(ctr, XDP_DROP, MOS_XDP_C_BYPASS_DROP);
+    if (e->verdict == MOS_XDP_BYPASS_REDIRECT) {
         int act = mos_tx_ports.redirect_map(rx_slot(ctx, cfg) ^ 1, XDP_PASS);
-        return finish(ctr, act, act == XDP_REDIRECT ? MOS_C_BYPASS_REDIRECT : MOS_C_BYPASS_PASS);
+        return finish(ctr, act, act == XDP_REDIRECT ? MOS_XDP_C_BYPASS_REDIRECT : MOS_XDP_C_BYPASS_PASS);
     }
-    return finish(ctr, XDP_PASS, MOS_C_BYPASS_PASS);
+    return finish(ctr, XDP_PASS, MOS_XDP_C_BYPASS_PASS);
 }
 
 /* Picks the worker's socket among those bound to the receiving (interface, queue). */
-static __always_inline int steer(struct xdp_md *ctx, struct mos_config *cfg, struct mos_counter_block *ctr,
+static __always_inline int steer(struct xdp_md *ctx, struct mos_xdp_config *cfg, struct mos_counter_block *ctr,
                                  struct mos_flow_key *k)
 {
     u32 workers = cfg->workers;
@@ -359,9 +330,9 @@ static __always_inline int steer(struct xdp_md *ctx, struct mos_config *cfg, str
     u32 slot = rx_slot(ctx, cfg);
     u32 idx = mos_xsk_index(slot, queue, hash % workers);
 
-    if (cfg->flags & MOS_CFG_DEBUG) {
+    if (cfg->flags & MOS_XDP_CFG_DEBUG) {
         u32 zero = 0;
-        struct mos_debug *d = mos_debug.lookup(&zero);
+        struct mos_xdp_debug *d = mos_debug.lookup(&zero);
         if (d) {
             __builtin_memcpy(&d->key, k, sizeof(*k));
             d->hash = hash;
@@ -372,11 +343,11 @@ static __always_inline int steer(struct xdp_md *ctx, struct mos_config *cfg, str
         }
     }
     if (queue >= MOS_MAX_QUEUES || !mos_xsks.lookup(&idx))
-        return not_taken(ctx, cfg, ctr, MOS_C_PASS_NO_SOCKET);
+        return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NO_SOCKET);
     int act = mos_xsks.redirect_map(idx, XDP_PASS);
     if (act != XDP_REDIRECT)
-        return not_taken(ctx, cfg, ctr, MOS_C_PASS_NO_SOCKET);
-    return finish(ctr, XDP_REDIRECT, MOS_C_XSK_REDIRECT);
+        return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NO_SOCKET);
+    return finish(ctr, XDP_REDIRECT, MOS_XDP_C_XSK_REDIRECT);
 }
 
 /* ---- entry point ------------------------------------------------------------------------------ */
@@ -386,25 +357,25 @@ int xdp_mos(struct xdp_md *ctx)
     struct pkt p = {};
 
     struct mos_counter_block *ctr = mos_counters.lookup(&zero);
-    struct mos_config *cfg = mos_config.lookup(&zero);
+    struct mos_xdp_config *cfg = mos_config.lookup(&zero);
     if (!ctr || !cfg)
         return XDP_PASS;
-    count(ctr, MOS_C_RX);
+    count(ctr, MOS_XDP_C_RX);
 
     int rc = parse_packet(ctx, &p);
     if (rc == PARSE_NOT_IP)
-        return not_taken(ctx, cfg, ctr, MOS_C_PASS_NOT_IP);
+        return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NOT_IP);
     if (rc == PARSE_MALFORMED)
-        return finish(ctr, XDP_DROP, MOS_C_DROP_MALFORMED);
+        return finish(ctr, XDP_DROP, MOS_XDP_C_DROP_MALFORMED);
 
     if (blocked_prefix(&p))
-        return finish(ctr, XDP_DROP, MOS_C_DROP_BLOCKED_PREFIX);
+        return finish(ctr, XDP_DROP, MOS_XDP_C_DROP_BLOCKED_PREFIX);
     if (blocked_port(&p))
-        return finish(ctr, XDP_DROP, MOS_C_DROP_BLOCKED_PORT);
+        return finish(ctr, XDP_DROP, MOS_XDP_C_DROP_BLOCKED_PORT);
     if (!is_monitored(cfg, &p))
-        return not_taken(ctx, cfg, ctr, MOS_C_PASS_NOT_MONITORED);
+        return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NOT_MONITORED);
     if (p.is_frag)
-        count(ctr, MOS_C_FRAGMENT);
+        count(ctr, MOS_XDP_C_FRAGMENT);
 
     struct mos_flow_key key = {};
     make_key(&p, &key);

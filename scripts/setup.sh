@@ -63,7 +63,7 @@ if [ -d /usr/lib/python3/dist-packages/bcc ] && [ ! -e "$site/bcc" ]; then
 fi
 
 # Reinstall (and so rebuild the engine) only when the inputs changed.
-sum=$(cat pyproject.toml setup.py userspace/*.c userspace/*.h userspace/*.py 2>/dev/null | sha256sum | cut -d' ' -f1)
+sum=$(cat pyproject.toml setup.py userspace/*.c userspace/*.h userspace/*.py bpf/*.h 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ ! -f .venv/.mos-installed ] || [ "$(cat .venv/.mos-installed)" != "$sum" ]; then
     log "installing mos-xdp into .venv (builds the C engine)"
     .venv/bin/pip install -q --disable-pip-version-check -U pip >/dev/null

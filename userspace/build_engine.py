@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 from cffi import FFI
@@ -16,11 +17,27 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 
 
+def _preprocess(header: Path, *flags: str) -> str:
+    cmd = [os.environ.get("CC", "gcc"), "-E", "-P", "-DMOS_CDEF", "-I", str(HERE), "-I", str(HERE.parent / "bpf"),
+           *flags, str(header)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+_INT_MACRO = re.compile(r"#define (MOS_\w+) ([-+*/<>()|&~\w][-+*/<>()|&~\s\w]*)$")
+_NOT_CONSTANTS = {"MOS_CDEF", "MOS_IN_BPF", "MOS_INLINE"}
+
+
 def _cdef_from_header(path: Path) -> str:
-    text = path.read_text()
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r"//[^\n]*", "", text)
-    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    """The cdef of the engine's API: its header (and mos_shared.h, which it includes) after the C
+    preprocessor, so the X-macro lists expand as the compiler sees them; integer macros are declared
+    with ``...`` so that cffi takes their values from the C side."""
+    text = _preprocess(path)
+    macros = []
+    for line in _preprocess(path, "-dM").splitlines():
+        m = _INT_MACRO.match(line)
+        if m and m.group(1) not in _NOT_CONSTANTS and not m.group(1).endswith("_H"):
+            macros.append(f"#define {m.group(1)} ...")
+    return text + "\n" + "\n".join(sorted(macros)) + "\n" + (HERE / "libbpf_cdef.h").read_text()
 
 
 # setuptools wants paths relative to setup.py; a direct ffibuilder.compile() in a scratch directory
@@ -46,7 +63,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef_from_header(HERE / "mos_engine.h"))
 ffibuilder.set_source(
     "mos._engine",
-    '#include "mos_engine.h"\n',
+    '#include <bpf/bpf.h>\n#include <bpf/libbpf.h>\n#include "mos_engine.h"\n',
     sources=_sources(),
     include_dirs=[_path(HERE), _path(HERE.parent / "bpf")],
     libraries=["pcap", "xdp", "bpf"],

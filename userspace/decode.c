@@ -9,15 +9,6 @@ static inline uint32_t rd32(const uint8_t *p)
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86dd
-#define ETH_P_8021Q 0x8100
-#define ETH_P_8021AD 0x88a8
-#define ETH_P_QINQ1 0x9100
-#define ETH_P_PPPOE_SESS 0x8864
-#define ETH_P_MPLS_UC 0x8847
-#define ETH_P_MPLS_MC 0x8848
-
 static void tcp_options(const uint8_t *opt, uint32_t len, struct pkt_info *pi)
 {
     uint32_t i = 0;
@@ -125,7 +116,7 @@ static int decode_ipv4(const uint8_t *p, uint32_t len, struct pkt_info *pi)
     memcpy(pi->src, p + 12, 4);
     memcpy(pi->dst, p + 16, 4);
     uint16_t frag = rd16(p + 6);
-    if ((frag & 0x2000) || (frag & 0x1fff)) {
+    if (frag & (MOS_IP_MF | MOS_IP_OFFSET)) {
         pi->is_fragment = 1;
         return 0;
     }
@@ -148,42 +139,28 @@ static int decode_ipv6(const uint8_t *p, uint32_t len, struct pkt_info *pi)
     memcpy(pi->dst, p + 24, 16);
     uint8_t nh = p[6];
     uint32_t off = 40, end = 40 + plen;
-    for (int i = 0; i < 16; i++) {
-        switch (nh) {
-        case 0:   /* hop-by-hop */
-        case 43:  /* routing */
-        case 60:  /* destination options */
-        case 135: /* mobility */
-            if (off + 8 > end)
+    for (int i = 0; i < MOS_MAX_IPV6_EXT; i++) {
+        if (nh == MOS_IPPROTO_FRAGMENT) {
+            if (off + MOS_IPV6_EXT_MIN > end)
                 return MOS_C_MAL_TRUNCATED_IPV6_EXT;
-            nh = p[off];
-            off += ((uint32_t)p[off + 1] + 1) * 8;
-            if (off > end)
-                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
-            continue;
-        case 51: /* AH: length in 4-byte units, minus 2 */
-            if (off + 8 > end)
-                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
-            nh = p[off];
-            off += ((uint32_t)p[off + 1] + 2) * 4;
-            if (off > end)
-                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
-            continue;
-        case 44: /* fragment */
-            if (off + 8 > end)
-                return MOS_C_MAL_TRUNCATED_IPV6_EXT;
-            if ((rd16(p + off + 2) & 0xfff9) != 0) { /* offset or M flag set: a real fragment */
+            if (!mos_ipv6_frag_is_atomic(rd16(p + off + 2))) {
                 pi->is_fragment = 1;
                 pi->proto = p[off];
                 return 0;
             }
-            nh = p[off]; /* atomic fragment: just skip the header */
-            off += 8;
+            nh = p[off];
+            off += MOS_IPV6_EXT_MIN;
             continue;
-        default:
-            break;
         }
-        break;
+        if (!mos_ipv6_is_ext(nh))
+            break;
+        if (off + MOS_IPV6_EXT_MIN > end)
+            return MOS_C_MAL_TRUNCATED_IPV6_EXT;
+        uint32_t hlen = mos_ipv6_ext_len(nh, p[off + 1]);
+        nh = p[off];
+        off += hlen;
+        if (off > end)
+            return MOS_C_MAL_TRUNCATED_IPV6_EXT;
     }
     pi->proto = nh;
     return decode_l4(pi, p + off, end - off);
@@ -213,10 +190,10 @@ static int decode_ether(const uint8_t *p, uint32_t caplen, uint32_t *off, struct
     uint32_t o = 12;
     uint16_t et = rd16(p + o);
     o += 2;
-    while (et == ETH_P_8021Q || et == ETH_P_8021AD || et == ETH_P_QINQ1) {
+    while (mos_is_vlan_ethertype(et)) {
         if (o + 4 > caplen)
             return -MOS_C_MAL_TRUNCATED_L2;
-        if (pi->nvlan >= 2)
+        if (pi->nvlan >= MOS_MAX_VLAN)
             return -MOS_C_MAL_TOO_MANY_VLANS;
         pi->vlan[pi->nvlan++] = rd16(p + o) & 0x0fff;
         et = rd16(p + o + 2);
@@ -244,7 +221,7 @@ int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_in
     case MOS_DLT_IPV6:
         if (caplen < 1)
             return MOS_C_MAL_TRUNCATED_L2;
-        et = (p[0] >> 4) == 6 ? ETH_P_IPV6 : ETH_P_IP;
+        et = (p[0] >> 4) == 6 ? MOS_ETH_P_IPV6 : MOS_ETH_P_IP;
         break;
     case MOS_DLT_NULL:
     case MOS_DLT_LOOP: {
@@ -256,7 +233,7 @@ int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_in
         if (fam > 0xffff)
             fam = rd32(p);
         off = 4;
-        et = fam == 2 ? ETH_P_IP : (fam == 24 || fam == 28 || fam == 30 || fam == 10) ? ETH_P_IPV6 : 0;
+        et = fam == 2 ? MOS_ETH_P_IP : (fam == 24 || fam == 28 || fam == 30 || fam == 10) ? MOS_ETH_P_IPV6 : 0;
         break;
     }
     case MOS_DLT_PPP:
@@ -286,7 +263,7 @@ int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_in
             proto = rd16(p + off);
             off += 2;
         }
-        et = proto == 0x21 ? ETH_P_IP : proto == 0x57 ? ETH_P_IPV6 : 0;
+        et = proto == 0x21 ? MOS_ETH_P_IP : proto == 0x57 ? MOS_ETH_P_IPV6 : 0;
         break;
     }
     case MOS_DLT_PPP_ETHER:
@@ -294,7 +271,7 @@ int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_in
         if (caplen < 8)
             return MOS_C_MAL_TRUNCATED_L2;
         off = 8;
-        et = rd16(p + 6) == 0x21 ? ETH_P_IP : rd16(p + 6) == 0x57 ? ETH_P_IPV6 : 0;
+        et = rd16(p + 6) == 0x21 ? MOS_ETH_P_IP : rd16(p + 6) == 0x57 ? MOS_ETH_P_IPV6 : 0;
         break;
     case MOS_DLT_LINUX_SLL:
         if (caplen < 16)
@@ -311,14 +288,14 @@ int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_in
     default:
         return MOS_C_MAL_UNKNOWN_LINK;
     }
-    if (et == ETH_P_PPPOE_SESS) {
+    if (et == MOS_ETH_P_PPPOE_SESS) {
         /* PPPoE session: 6-byte header, then the PPP protocol */
         if (off + 8 > caplen)
             return MOS_C_MAL_TRUNCATED_L2;
         uint16_t proto = rd16(p + off + 6);
         off += 8;
-        et = proto == 0x21 ? ETH_P_IP : proto == 0x57 ? ETH_P_IPV6 : 0;
-    } else if (et == ETH_P_MPLS_UC || et == ETH_P_MPLS_MC) {
+        et = proto == 0x21 ? MOS_ETH_P_IP : proto == 0x57 ? MOS_ETH_P_IPV6 : 0;
+    } else if (et == MOS_ETH_P_MPLS_UC || et == MOS_ETH_P_MPLS_MC) {
         /* MPLS: labels up to the bottom of the stack, then IP told apart by its version */
         for (;;) {
             if (off + 4 > caplen)
@@ -330,15 +307,43 @@ int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_in
         }
         if (off + 1 > caplen)
             return MOS_C_MAL_TRUNCATED_L2;
-        et = (p[off] >> 4) == 4 ? ETH_P_IP : (p[off] >> 4) == 6 ? ETH_P_IPV6 : 0;
+        et = (p[off] >> 4) == 4 ? MOS_ETH_P_IP : (p[off] >> 4) == 6 ? MOS_ETH_P_IPV6 : 0;
     }
-    if (et == ETH_P_IP || et == ETH_P_IPV6) {
+    if (et == MOS_ETH_P_IP || et == MOS_ETH_P_IPV6) {
         int r = decode_ip(p + off, caplen - off, pi);
-        if (r == 0 && ((et == ETH_P_IP) != (pi->ip_version == 4)))
+        if (r == 0 && ((et == MOS_ETH_P_IP) != (pi->ip_version == 4)))
             return MOS_C_MAL_BAD_IP_VERSION;
         return r;
     }
     pi->proto = 0;
     pi->ip_version = 0; /* not IP: the caller counts it as not TCP */
+    return 0;
+}
+
+int decode_flow_key(const struct pkt_info *pi, struct mos_flow_key *k)
+{
+    if (!pi->ip_version || (pi->proto != MOS_IPPROTO_TCP && pi->proto != MOS_IPPROTO_UDP))
+        return -1;
+    uint32_t s[4] = {0}, d[4] = {0};
+    if (pi->ip_version == 6) {
+        memcpy(s, pi->src, 16);
+        memcpy(d, pi->dst, 16);
+    } else {
+        const uint8_t mapped[4] = {0, 0, 0xff, 0xff}; /* ::ffff:a.b.c.d */
+        memcpy(&s[2], mapped, 4);
+        memcpy(&d[2], mapped, 4);
+        memcpy(&s[3], pi->src, 4);
+        memcpy(&d[3], pi->dst, 4);
+    }
+    uint32_t vlan_key = 0;
+    for (int i = 0; i < pi->nvlan; i++)
+        vlan_key = (vlan_key << 12) | pi->vlan[i];
+    /* ports in network byte order, as in the frame; fragments have none */
+    uint16_t sp = 0, dp = 0;
+    if (!pi->is_fragment) {
+        memcpy(&sp, pi->l4, 2);
+        memcpy(&dp, pi->l4 + 2, 2);
+    }
+    mos_flow_key_make(k, s, d, sp, dp, vlan_key, pi->proto);
     return 0;
 }

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 #include "mos_engine.h"
+#include "mos_parse.h"
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -21,7 +22,7 @@ struct pkt_info {
     uint32_t l4_len;
     const uint8_t *payload;
     uint32_t payload_len;
-    uint16_t vlan[2];
+    uint16_t vlan[MOS_MAX_VLAN];
     uint8_t nvlan;
     uint8_t ip_version;
     uint8_t proto;              /* IPPROTO_* of the transport */
@@ -43,5 +44,8 @@ struct pkt_info {
 int decode_packet(const uint8_t *pkt, uint32_t caplen, int linktype, struct pkt_info *pi);
 /* Decode from an IP header (after defragmentation); keeps pi's VLAN ids. */
 int decode_ip(const uint8_t *l3, uint32_t len, struct pkt_info *pi);
+/* The symmetric steering key (bpf/mos_shared.h) of a decoded TCP or UDP packet, as the XDP program
+ * builds it; -1 for other protocols. */
+int decode_flow_key(const struct pkt_info *pi, struct mos_flow_key *k);
 
 #endif

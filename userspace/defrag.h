@@ -15,15 +15,20 @@ enum defrag_result {
     DEFRAG_ERROR = -1,    /* fragment rejected: reason counted (see defrag_stats) */
 };
 
+#define DEFRAG_COUNTERS(X)                                                                                  \
+    X(FRAGMENTS, fragments)         /* fragments offered */                                             \
+    X(DATAGRAMS, datagrams)         /* datagrams completed */                                           \
+    X(OVERLAPS, overlaps)           /* fragments overlapping others (first copy kept) */                \
+    X(TOO_BIG, too_big)             /* reassembled size would exceed 65535 */                           \
+    X(BAD_FRAGMENT, bad_fragment)   /* malformed fragment (zero length, bad alignment, truncated) */    \
+    X(TIMEOUTS, timeouts)           /* datagrams dropped after the timeout */                           \
+    X(MEMCAP, memcap)               /* fragments dropped because of the memory cap or datagram limit */ \
+    X(FRAGS_DISCARDED, discarded)   /* fragments freed without completing a datagram */
+
 enum defrag_counter {
-    DEFRAG_C_FRAGMENTS = 0,   /* fragments offered */
-    DEFRAG_C_DATAGRAMS,       /* datagrams completed */
-    DEFRAG_C_OVERLAPS,        /* fragments overlapping others (first copy kept) */
-    DEFRAG_C_TOO_BIG,         /* reassembled size would exceed 65535 */
-    DEFRAG_C_BAD_FRAGMENT,    /* malformed fragment (zero length, bad alignment, truncated header) */
-    DEFRAG_C_TIMEOUTS,        /* datagrams dropped after the timeout */
-    DEFRAG_C_MEMCAP,          /* fragments dropped because of the memory cap or datagram limit */
-    DEFRAG_C_FRAGS_DISCARDED, /* fragments freed without completing a datagram (timeout/memcap/error) */
+#define DEFRAG_X_(id, name) DEFRAG_C_##id,
+    DEFRAG_COUNTERS(DEFRAG_X_)
+#undef DEFRAG_X_
     DEFRAG_C_COUNT
 };
 

@@ -147,22 +147,6 @@ static inline void account(mos_engine_t *e, int counter)
         e->counters[counter]++;
 }
 
-static const char *counter_names[MOS_C_COUNT] = {
-    "packets", "bytes", "conn_packets", "orphan_not_tcp", "orphan_no_conn", "orphan_table_full",
-    "frag_held", "frag_error", "ignored_side", "malformed_truncated_l2", "malformed_unknown_link",
-    "malformed_truncated_ip", "malformed_bad_ip_version", "malformed_bad_ip_hlen", "malformed_bad_ip_len",
-    "malformed_truncated_ipv6_ext", "malformed_truncated_tcp", "malformed_bad_tcp_hlen",
-    "malformed_truncated_udp", "malformed_truncated_payload", "malformed_bad_tcp_flags",
-    "malformed_too_many_vlans", "datagrams_reassembled", "conns_created", "conns_picked_up",
-    "conns_ended", "conns_evicted", "conns_timed_out", "conns_live", "syn_rexmit", "out_of_window",
-    "rst_out_of_window", "rst_accepted", "data_after_close", "events_queued", "event_batches",
-};
-
-const char *mos_counter_name(int i)
-{
-    return (i >= 0 && i < MOS_C_COUNT) ? counter_names[i] : NULL;
-}
-
 size_t mos_conn_size(void)
 {
     return sizeof(struct conn);

@@ -12,8 +12,12 @@
 #ifndef MOS_ENGINE_H
 #define MOS_ENGINE_H
 
+#ifndef MOS_CDEF
 #include <stdint.h>
 #include <stddef.h>
+#endif
+
+#include "mos_shared.h"
 
 /* Event ids: bit numbers in 64-bit masks. 0..8 built in (mos/events.py), 32..63 user-defined. */
 enum mos_event_type {
@@ -60,45 +64,51 @@ enum mos_linktype {
     MOS_DLT_LINUX_SLL = 113, MOS_DLT_LINUX_SLL2 = 276, MOS_DLT_IPV4 = 228, MOS_DLT_IPV6 = 229,
 };
 
-/* Every packet ends in exactly one of these (plus the reasons of MOS_PKT_MALFORMED_*). */
+/* The engine's counters (mos_engine_counters(), names through mos_counter_name()). The dispositions come
+ * first: every packet fed ends in exactly one of them (or one of the malformed_* reasons). */
+#define MOS_ENGINE_COUNTERS(X)                                                                              \
+    X(PACKETS, packets)                 /* packets fed */                                               \
+    X(BYTES, bytes)                     /* wire bytes fed */                                            \
+    X(CONN_PACKETS, conn_packets)       /* processed in a connection */                                 \
+    X(ORPHAN_NOT_TCP, orphan_not_tcp)   /* not TCP (ARP, UDP, ICMP, ...) */                             \
+    X(ORPHAN_NO_CONN, orphan_no_conn)   /* TCP of no tracked connection (pick-up off, a stray) */       \
+    X(ORPHAN_TABLE_FULL, orphan_table_full) /* would start a connection while the table is full */      \
+    X(FRAG_HELD, frag_held)             /* IP fragments absorbed by defragmentation */                  \
+    X(FRAG_ERROR, frag_error)           /* IP fragments rejected by defragmentation (frag counters) */  \
+    X(IGNORED_SIDE, ignored_side)       /* packets of a connection no longer monitored on either side */\
+    X(MAL_TRUNCATED_L2, malformed_truncated_l2) /* malformed, by reason */                             \
+    X(MAL_UNKNOWN_LINK, malformed_unknown_link)                                                         \
+    X(MAL_TRUNCATED_IP, malformed_truncated_ip)                                                         \
+    X(MAL_BAD_IP_VERSION, malformed_bad_ip_version)                                                     \
+    X(MAL_BAD_IP_HLEN, malformed_bad_ip_hlen)                                                           \
+    X(MAL_BAD_IP_LEN, malformed_bad_ip_len)                                                             \
+    X(MAL_TRUNCATED_IPV6_EXT, malformed_truncated_ipv6_ext)                                             \
+    X(MAL_TRUNCATED_TCP, malformed_truncated_tcp)                                                       \
+    X(MAL_BAD_TCP_HLEN, malformed_bad_tcp_hlen)                                                         \
+    X(MAL_TRUNCATED_UDP, malformed_truncated_udp)                                                       \
+    X(MAL_TRUNCATED_PAYLOAD, malformed_truncated_payload)                                               \
+    X(MAL_BAD_TCP_FLAGS, malformed_bad_tcp_flags)                                                       \
+    X(MAL_TOO_MANY_VLANS, malformed_too_many_vlans)                                                     \
+    /* not dispositions: extra information */                                                          \
+    X(DATAGRAMS_REASSEMBLED, datagrams_reassembled)                                                     \
+    X(CONNS_CREATED, conns_created)                                                                     \
+    X(CONNS_PICKED_UP, conns_picked_up) /* created mid-stream (no SYN seen) */                          \
+    X(CONNS_ENDED, conns_ended)                                                                         \
+    X(CONNS_EVICTED, conns_evicted)                                                                     \
+    X(CONNS_TIMED_OUT, conns_timed_out)                                                                 \
+    X(CONNS_LIVE, conns_live)                                                                           \
+    X(SYN_REXMIT, syn_rexmit)                                                                           \
+    X(OUT_OF_WINDOW, out_of_window)                                                                     \
+    X(RST_OUT_OF_WINDOW, rst_out_of_window)                                                             \
+    X(RST_ACCEPTED, rst_accepted)                                                                       \
+    X(DATA_AFTER_CLOSE, data_after_close)                                                               \
+    X(EVENTS_QUEUED, events_queued)                                                                     \
+    X(EVENT_BATCHES, event_batches)
+
 enum mos_counter {
-    MOS_C_PACKETS = 0,       /* packets fed */
-    MOS_C_BYTES,             /* wire bytes fed */
-    MOS_C_CONN_PACKETS,      /* processed in a connection */
-    MOS_C_ORPHAN_NOT_TCP,    /* not TCP (ARP, UDP, ICMP, ...) */
-    MOS_C_ORPHAN_NO_CONN,    /* TCP of no tracked connection (pick-up off, or a stray after close) */
-    MOS_C_ORPHAN_TABLE_FULL, /* TCP that would start a connection while the table is full of live ones */
-    MOS_C_FRAG_HELD,         /* IP fragments absorbed by defragmentation (datagrams counted below) */
-    MOS_C_FRAG_ERROR,        /* IP fragments rejected by defragmentation (reasons in frag counters) */
-    MOS_C_IGNORED_SIDE,      /* packets of a connection whose monitoring was stopped on both sides */
-    MOS_C_MAL_TRUNCATED_L2,  /* malformed, by reason */
-    MOS_C_MAL_UNKNOWN_LINK,
-    MOS_C_MAL_TRUNCATED_IP,
-    MOS_C_MAL_BAD_IP_VERSION,
-    MOS_C_MAL_BAD_IP_HLEN,
-    MOS_C_MAL_BAD_IP_LEN,
-    MOS_C_MAL_TRUNCATED_IPV6_EXT,
-    MOS_C_MAL_TRUNCATED_TCP,
-    MOS_C_MAL_BAD_TCP_HLEN,
-    MOS_C_MAL_TRUNCATED_UDP,
-    MOS_C_MAL_TRUNCATED_PAYLOAD,
-    MOS_C_MAL_BAD_TCP_FLAGS,
-    MOS_C_MAL_TOO_MANY_VLANS,
-    /* not dispositions: extra information */
-    MOS_C_DATAGRAMS_REASSEMBLED,
-    MOS_C_CONNS_CREATED,
-    MOS_C_CONNS_PICKED_UP,   /* created mid-stream (no SYN seen) */
-    MOS_C_CONNS_ENDED,
-    MOS_C_CONNS_EVICTED,
-    MOS_C_CONNS_TIMED_OUT,
-    MOS_C_CONNS_LIVE,
-    MOS_C_SYN_REXMIT,
-    MOS_C_OUT_OF_WINDOW,
-    MOS_C_RST_OUT_OF_WINDOW,
-    MOS_C_RST_ACCEPTED,
-    MOS_C_DATA_AFTER_CLOSE,
-    MOS_C_EVENTS_QUEUED,
-    MOS_C_EVENT_BATCHES,
+#define MOS_X_(id, name) MOS_C_##id,
+    MOS_ENGINE_COUNTERS(MOS_X_)
+#undef MOS_X_
     MOS_C_COUNT
 };
 
@@ -235,9 +245,18 @@ uint32_t mos_engine_events(mos_engine_t *e, const struct mos_event **evs);
 void mos_engine_events_done(mos_engine_t *e);
 
 const uint64_t *mos_engine_counters(const mos_engine_t *e);   /* MOS_C_COUNT values */
-const char *mos_counter_name(int i);
-const uint64_t *mos_engine_reasm_counters(const mos_engine_t *e);
-const uint64_t *mos_engine_frag_counters(const mos_engine_t *e);
+const uint64_t *mos_engine_reasm_counters(const mos_engine_t *e); /* mos_reasm_counter_count() values */
+const uint64_t *mos_engine_frag_counters(const mos_engine_t *e);  /* mos_frag_counter_count() values */
+
+/* Name tables, generated from the X-macro lists (userspace/abi.c): NULL past the end. */
+const char *mos_counter_name(int i);        /* enum mos_counter */
+const char *mos_reasm_counter_name(int i);  /* reassembly counters (userspace/reasm.h) */
+int mos_reasm_counter_count(void);
+const char *mos_frag_counter_name(int i);   /* defragmentation counters (userspace/defrag.h) */
+int mos_frag_counter_count(void);
+const char *mos_xsk_counter_name(int i);    /* enum mos_xsk_counter */
+const char *mos_xdp_counter_name(int i);    /* enum mos_xdp_counter (bpf/mos_shared.h) */
+const char *mos_xdp_map_name(int i);        /* enum mos_xdp_map (bpf/mos_shared.h) */
 uint64_t mos_engine_mem_used(const mos_engine_t *e);
 uint64_t mos_engine_now(const mos_engine_t *e);
 size_t mos_conn_size(void);
@@ -303,11 +322,19 @@ enum mos_xsk_flags { MOS_XSK_COPY = 1, MOS_XSK_ZEROCOPY = 2, MOS_XSK_BUSY_POLL =
  * always recycled). */
 enum mos_verdict { MOS_VERDICT_FORWARD = 0, MOS_VERDICT_DROP = 1 };
 
+/* Counters of the AF_XDP source, per worker; k_* are the kernel's (XDP_STATISTICS). */
+#define MOS_XSK_COUNTERS(X)                                                                                 \
+    X(RX_PACKETS, rx_packets) X(RX_BYTES, rx_bytes) X(TX_PACKETS, tx_packets) X(TX_BYTES, tx_bytes)     \
+    X(VERDICT_DROP, verdict_drop) X(TX_RING_FULL, tx_ring_full) X(REWRITES, rewrites) X(POLLS, polls)   \
+    X(KICKS, kicks) X(K_RX_DROPPED, k_rx_dropped) X(K_RX_INVALID_DESCS, k_rx_invalid_descs)             \
+    X(K_TX_INVALID_DESCS, k_tx_invalid_descs) X(K_RX_RING_FULL, k_rx_ring_full)                         \
+    X(K_RX_FILL_RING_EMPTY_DESCS, k_rx_fill_ring_empty_descs)                                           \
+    X(K_TX_RING_EMPTY_DESCS, k_tx_ring_empty_descs)
+
 enum mos_xsk_counter {
-    MOS_XSK_C_RX_PACKETS = 0, MOS_XSK_C_RX_BYTES, MOS_XSK_C_TX_PACKETS, MOS_XSK_C_TX_BYTES,
-    MOS_XSK_C_VERDICT_DROP, MOS_XSK_C_TX_RING_FULL, MOS_XSK_C_REWRITES, MOS_XSK_C_POLLS, MOS_XSK_C_KICKS,
-    MOS_XSK_C_K_RX_DROPPED, MOS_XSK_C_K_RX_INVALID_DESCS, MOS_XSK_C_K_TX_INVALID_DESCS,
-    MOS_XSK_C_K_RX_RING_FULL, MOS_XSK_C_K_RX_FILL_RING_EMPTY_DESCS, MOS_XSK_C_K_TX_RING_EMPTY_DESCS,
+#define MOS_X_(id, name) MOS_XSK_C_##id,
+    MOS_XSK_COUNTERS(MOS_X_)
+#undef MOS_X_
     MOS_XSK_C_COUNT
 };
 
@@ -359,6 +386,5 @@ int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint3
 int64_t mos_xsk_header_offset(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int layer);
 /* Counters of a worker (MOS_XSK_C_COUNT values, shared between the processes of a run). */
 const uint64_t *mos_xsk_counters(const mos_xsk_t *x, uint32_t worker);
-const char *mos_xsk_counter_name(int i);
 
 #endif

@@ -39,21 +39,26 @@ enum reasm_limit {
     REASM_LIMIT_COUNT
 };
 
+#define REASM_COUNTERS(X)                                                                                   \
+    X(SEGMENTS, segments)                       /* data segments offered */                             \
+    X(BYTES_DELIVERED, bytes_delivered)         /* in-order bytes delivered */                          \
+    X(BYTES_GAP, bytes_gap)                     /* bytes declared lost (holes) */                       \
+    X(GAPS, gaps)                                                                                       \
+    X(OOO_SEGMENTS, ooo_segments)               /* segments that arrived ahead of a hole */             \
+    X(REXMIT_SEGMENTS, rexmit_segments)         /* segments carrying only bytes already seen */         \
+    X(REXMIT_BYTES, rexmit_bytes)                                                                       \
+    X(REXMIT_INCONSISTENT, rexmit_inconsistent) /* retransmitted bytes differing from the first copy */ \
+    X(REXMIT_UNVERIFIABLE, rexmit_unverifiable) /* retransmitted bytes no longer held, not compared */  \
+    X(OVERLAP_SEGMENTS, overlap_segments)       /* segments partly overlapping held data */             \
+    X(LIMIT_DIR_BUF, limit_dir_buf)                                                                     \
+    X(LIMIT_MEMCAP, limit_memcap)                                                                       \
+    X(LIMIT_SEGMENTS, limit_segments)                                                                   \
+    X(BYTES_DROPPED_LIMIT, bytes_dropped_limit) /* bytes not buffered because of a limit */
+
 enum reasm_counter {
-    REASM_C_SEGMENTS = 0,        /* data segments offered */
-    REASM_C_BYTES_DELIVERED,     /* in-order bytes delivered */
-    REASM_C_BYTES_GAP,           /* bytes declared lost (holes) */
-    REASM_C_GAPS,
-    REASM_C_OOO_SEGMENTS,        /* segments that arrived ahead of a hole */
-    REASM_C_REXMIT_SEGMENTS,     /* segments carrying only bytes already seen */
-    REASM_C_REXMIT_BYTES,
-    REASM_C_REXMIT_INCONSISTENT, /* retransmitted bytes differing from the first copy */
-    REASM_C_REXMIT_UNVERIFIABLE, /* retransmitted bytes no longer held, so not compared */
-    REASM_C_OVERLAP_SEGMENTS,    /* segments partly overlapping held data */
-    REASM_C_LIMIT_DIR_BUF,
-    REASM_C_LIMIT_MEMCAP,
-    REASM_C_LIMIT_SEGMENTS,
-    REASM_C_BYTES_DROPPED_LIMIT, /* bytes not buffered because of a limit */
+#define REASM_X_(id, name) REASM_C_##id,
+    REASM_COUNTERS(REASM_X_)
+#undef REASM_X_
     REASM_C_COUNT
 };
 

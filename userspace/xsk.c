@@ -33,6 +33,7 @@
 
 #include <xdp/xsk.h>
 
+#include "decode.h"
 #include "mos_engine.h"
 
 #ifndef SO_PREFER_BUSY_POLL
@@ -48,8 +49,8 @@
 #define XSK_FRAME 4096u
 #define XSK_RING_MIN 64u
 #define XSK_RING_MAX 65536u
-#define XSK_MAX_POOLS 128u      /* 2 slots x 64 queues */
-#define XSK_MAX_WORKERS 64u
+#define XSK_MAX_POOLS ((uint32_t)MOS_MAX_SLOTS * MOS_MAX_QUEUES)
+#define XSK_MAX_WORKERS ((uint32_t)MOS_MAX_WORKERS)
 #define XSK_DROP_KEYS 64u
 #define XSK_KICK_TRIES 64
 
@@ -73,13 +74,6 @@ struct xsk_sock {
 struct xsk_shared {
     atomic_uint lock[XSK_MAX_POOLS];
     uint64_t counters[XSK_MAX_WORKERS][MOS_XSK_C_COUNT];
-};
-
-struct flow_key {
-    uint8_t lo[16], hi[16];
-    uint16_t plo, phi;
-    uint32_t vlan;
-    uint8_t proto, pad[3];
 };
 
 struct mos_xsk {
@@ -106,21 +100,10 @@ struct mos_xsk {
     uint32_t bn, bcap;
     uint8_t *verdict;         /* per frame: enum mos_verdict */
     uint32_t *flen;           /* per frame: the frame's length (after rewrites) */
-    struct flow_key drop_keys[XSK_DROP_KEYS];
+    struct mos_flow_key drop_keys[XSK_DROP_KEYS];
     uint32_t ndrop_keys;
     struct pollfd *pfds;
 };
-
-static const char *const counter_names[MOS_XSK_C_COUNT] = {
-    "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "verdict_drop", "tx_ring_full", "rewrites",
-    "polls", "kicks", "k_rx_dropped", "k_rx_invalid_descs", "k_tx_invalid_descs", "k_rx_ring_full",
-    "k_rx_fill_ring_empty_descs", "k_tx_ring_empty_descs",
-};
-
-const char *mos_xsk_counter_name(int i)
-{
-    return i >= 0 && i < MOS_XSK_C_COUNT ? counter_names[i] : "";
-}
 
 /* ---- locking of a pool's fill and completion ring ----------------------------------------------- */
 
@@ -647,12 +630,19 @@ static void kick_tx(struct mos_xsk *x, struct xsk_sock *s)
     }
 }
 
-/* Canonical (direction-free) key of a frame; -1 when it is not TCP/UDP over IP. */
-static int frame_key(const uint8_t *p, uint32_t len, struct flow_key *k);
+/* Canonical (direction-free) key of a frame, through the engine's decoder; -1 when it is not TCP/UDP
+ * over IP. */
+static int frame_key(const uint8_t *p, uint32_t len, struct mos_flow_key *k)
+{
+    struct pkt_info pi;
+    if (decode_packet(p, len, MOS_DLT_EN10MB, &pi) != 0)
+        return -1;
+    return decode_flow_key(&pi, k);
+}
 
 static int dropped_flow(struct mos_xsk *x, const uint8_t *p, uint32_t len)
 {
-    struct flow_key k;
+    struct mos_flow_key k;
     if (frame_key(p, len, &k) != 0)
         return 0;
     for (uint32_t i = 0; i < x->ndrop_keys; i++)
@@ -744,81 +734,19 @@ int mos_xsk_drop_flow(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt)
     if (f < 0)
         return -1;
     x->verdict[f] = MOS_VERDICT_DROP;
-    struct flow_key k;
+    struct mos_flow_key k;
     if (frame_key(x->area + addr, x->flen[f], &k) != 0 || x->ndrop_keys >= XSK_DROP_KEYS)
         return 0;
     x->drop_keys[x->ndrop_keys++] = k;
     return 0;
 }
 
-struct hdrs {
-    uint32_t l3, l4, l4_len;  /* offsets in the frame; l4_len 0: no transport checksum to fix */
-    uint8_t v6, proto;
-};
-
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-
-/* Ethernet, up to two VLAN tags, IPv4 or IPv6 (skipping extension headers), TCP or UDP. */
-static int parse(const uint8_t *p, uint32_t len, struct hdrs *h)
-{
-    memset(h, 0, sizeof(*h));
-    if (len < 14)
-        return -1;
-    uint32_t off = 12;
-    uint16_t et = rd16(p + off);
-    for (int i = 0; i < 2 && (et == 0x8100 || et == 0x88A8); i++) {
-        off += 4;
-        if (off + 2 > len)
-            return -1;
-        et = rd16(p + off);
-    }
-    off += 2;
-    h->l3 = off;
-    if (et == 0x0800) {
-        if (off + 20 > len || (p[off] >> 4) != 4)
-            return -1;
-        uint32_t ihl = (uint32_t)(p[off] & 15) * 4, tot = rd16(p + off + 2);
-        if (ihl < 20 || off + ihl > len || tot < ihl)
-            return -1;
-        if (off + tot > len)
-            tot = len - off;
-        h->proto = p[off + 9];
-        h->l4 = off + ihl;
-        if ((rd16(p + off + 6) & 0x3FFF) == 0) /* not a fragment */
-            h->l4_len = tot - ihl;
-        return 0;
-    }
-    if (et == 0x86DD) {
-        if (off + 40 > len || (p[off] >> 4) != 6)
-            return -1;
-        h->v6 = 1;
-        uint32_t end = off + 40 + rd16(p + off + 4);
-        if (end > len)
-            end = len;
-        uint8_t nh = p[off + 6];
-        uint32_t cur = off + 40;
-        for (int i = 0; i < 6 && (nh == 0 || nh == 43 || nh == 60); i++) {
-            if (cur + 8 > end)
-                return -1;
-            nh = p[cur];
-            cur += (uint32_t)(p[cur + 1] + 1) * 8;
-        }
-        if (cur > end)
-            return -1;
-        h->proto = nh;
-        h->l4 = cur;
-        if (nh != 44)
-            h->l4_len = end - cur;
-        return 0;
-    }
-    return -1;
-}
 
 static uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t s)
 {
     for (uint32_t i = 0; i + 1 < n; i += 2)
-        s += rd16(p + i);
+        s += (uint32_t)(p[i] << 8 | p[i + 1]);
     if (n & 1)
         s += (uint32_t)p[n - 1] << 8;
     return s;
@@ -831,36 +759,45 @@ static uint16_t fold(uint32_t s)
     return (uint16_t)~s;
 }
 
+/* The IP header's length field follows the frame's new length (a resizing rewrite). */
+static void set_ip_length(uint8_t *p, uint32_t l3, uint32_t len)
+{
+    if (l3 + 40 <= len && (p[l3] >> 4) == 6)
+        wr16(p + l3 + 4, (uint16_t)(len - l3 - 40));
+    else if (l3 + 20 <= len && (p[l3] >> 4) == 4)
+        wr16(p + l3 + 2, (uint16_t)(len - l3));
+}
+
+/* Recomputes the IPv4 header checksum and the TCP/UDP checksum of a frame the engine can decode. */
 static void fix_checksums(uint8_t *p, uint32_t len)
 {
-    struct hdrs h;
-    if (parse(p, len, &h) != 0)
+    struct pkt_info pi;
+    if (decode_packet(p, len, MOS_DLT_EN10MB, &pi) != 0 || !pi.ip_version)
         return;
-    if (!h.v6) {
-        uint32_t ihl = (uint32_t)(p[h.l3] & 15) * 4;
-        wr16(p + h.l3 + 10, 0);
-        wr16(p + h.l3 + 10, fold(sum16(p + h.l3, ihl, 0)));
+    uint8_t *l3 = p + (pi.l3 - p);
+    if (pi.ip_version == 4) {
+        uint32_t ihl = (uint32_t)(l3[0] & 15) * 4;
+        wr16(l3 + 10, 0);
+        wr16(l3 + 10, fold(sum16(l3, ihl, 0)));
     }
-    if (!h.l4_len || (h.proto != 6 && h.proto != 17))
+    if (pi.is_fragment || (pi.proto != MOS_IPPROTO_TCP && pi.proto != MOS_IPPROTO_UDP))
         return;
-    uint32_t csum_off = h.proto == 6 ? 16 : 6;
-    if (h.l4_len < csum_off + 2)
+    uint8_t *l4 = p + (pi.l4 - p);
+    uint32_t l4_len = pi.l4_len;
+    uint32_t csum_off = pi.proto == MOS_IPPROTO_TCP ? 16 : 6;
+    if (l4_len < csum_off + 2)
         return;
-    if (h.proto == 17 && !h.v6 && rd16(p + h.l4 + 6) == 0)
+    if (pi.proto == MOS_IPPROTO_UDP && pi.ip_version == 4 && l4[6] == 0 && l4[7] == 0)
         return; /* IPv4 UDP without a checksum stays so */
-    uint32_t s = 0;
-    if (h.v6)
-        s = sum16(p + h.l3 + 8, 32, 0);
-    else
-        s = sum16(p + h.l3 + 12, 8, 0);
-    s += h.proto;
-    s += h.l4_len & 0xFFFF;
-    s += h.l4_len >> 16;
-    wr16(p + h.l4 + csum_off, 0);
-    uint16_t c = fold(sum16(p + h.l4, h.l4_len, s));
-    if (h.proto == 17 && c == 0)
+    uint32_t s = pi.ip_version == 6 ? sum16(l3 + 8, 32, 0) : sum16(l3 + 12, 8, 0);
+    s += pi.proto;
+    s += l4_len & 0xFFFF;
+    s += l4_len >> 16;
+    wr16(l4 + csum_off, 0);
+    uint16_t c = fold(sum16(l4, l4_len, s));
+    if (pi.proto == MOS_IPPROTO_UDP && c == 0)
         c = 0xFFFF;
-    wr16(p + h.l4 + csum_off, c);
+    wr16(l4 + csum_off, c);
 }
 
 int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32_t offset,
@@ -874,11 +811,16 @@ int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint3
     if ((uint64_t)offset + len > room || new_len > room)
         return -2;
     uint8_t *p = x->area + addr;
+    struct pkt_info pi;
+    int64_t l3 = decode_packet(p, x->flen[f], MOS_DLT_EN10MB, &pi) == 0 && pi.ip_version ? pi.l3 - p : -1;
     memcpy(p + offset, bytes, len);
+    uint32_t old_len = x->flen[f];
     if (new_len)
         x->flen[f] = new_len;
     else if (offset + len > x->flen[f])
         x->flen[f] = offset + len;
+    if (x->flen[f] != old_len && l3 >= 0)
+        set_ip_length(p, (uint32_t)l3, x->flen[f]);
     fix_checksums(p, x->flen[f]);
     x->counters[MOS_XSK_C_REWRITES]++;
     return x->flen[f];
@@ -890,51 +832,21 @@ int64_t mos_xsk_header_offset(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt,
     int64_t f = frame_of(x, e, pkt, &addr);
     if (f < 0)
         return -1;
-    struct hdrs h;
-    if (parse(x->area + addr, x->flen[f], &h) != 0)
+    const uint8_t *p = x->area + addr;
+    struct pkt_info pi;
+    if (decode_packet(p, x->flen[f], MOS_DLT_EN10MB, &pi) != 0 || !pi.ip_version)
         return -1;
     if (layer == 0)
         return 0;
     if (layer == 1)
-        return h.l3;
-    if (layer == 2)
-        return h.l4;
-    if (layer == 3 && h.proto == 6 && h.l4 + 13 <= x->flen[f])
-        return h.l4 + (uint32_t)(x->area[addr + h.l4 + 12] >> 4) * 4;
-    if (layer == 3 && h.proto == 17)
-        return h.l4 + 8;
-    return -1;
-}
-
-static int frame_key(const uint8_t *p, uint32_t len, struct flow_key *k)
-{
-    struct hdrs h;
-    if (parse(p, len, &h) != 0 || (h.proto != 6 && h.proto != 17) || h.l4 + 4 > len)
+        return pi.l3 - p;
+    if (pi.is_fragment || !pi.l4)
         return -1;
-    uint8_t s[16] = {0}, d[16] = {0};
-    if (h.v6) {
-        memcpy(s, p + h.l3 + 8, 16);
-        memcpy(d, p + h.l3 + 24, 16);
-    } else {
-        memcpy(s + 12, p + h.l3 + 12, 4);
-        memcpy(d + 12, p + h.l3 + 16, 4);
-    }
-    uint16_t sp = rd16(p + h.l4), dp = rd16(p + h.l4 + 2);
-    int c = memcmp(s, d, 16);
-    int lower = c < 0 || (c == 0 && sp <= dp);
-    memset(k, 0, sizeof(*k));
-    memcpy(k->lo, lower ? s : d, 16);
-    memcpy(k->hi, lower ? d : s, 16);
-    k->plo = lower ? sp : dp;
-    k->phi = lower ? dp : sp;
-    k->proto = h.proto;
-    /* VLAN ids: part of the key (the same connection in two VLANs is two connections) */
-    uint32_t off = 12;
-    for (int i = 0; i < 2 && off + 4 <= len && (rd16(p + off) == 0x8100 || rd16(p + off) == 0x88A8); i++) {
-        k->vlan = (k->vlan << 12) | (rd16(p + off + 2) & 0x0FFFu);
-        off += 4;
-    }
-    return 0;
+    if (layer == 2)
+        return pi.l4 - p;
+    if (layer == 3 && (pi.proto == MOS_IPPROTO_TCP || pi.proto == MOS_IPPROTO_UDP))
+        return pi.payload - p;
+    return -1;
 }
 
 int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t max, int timeout_ms,

@@ -1,0 +1,44 @@
+/* The part of libbpf that Python uses for XDP control (pinned objects, map elements, program info and
+ * test runs), declared for cffi's cdef; build_engine.py appends it verbatim after the engine's API. The
+ * "...;" entries let cffi take the rest of each struct from libbpf's own headers. */
+int bpf_obj_get(const char *pathname);
+int bpf_obj_pin(int fd, const char *pathname);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags);
+int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
+int bpf_prog_get_fd_by_id(uint32_t id);
+int bpf_map_get_fd_by_id(uint32_t id);
+int libbpf_num_possible_cpus(void);
+
+struct bpf_map_info {
+    uint32_t type;
+    uint32_t id;
+    uint32_t key_size;
+    uint32_t value_size;
+    uint32_t max_entries;
+    uint32_t map_flags;
+    char name[16];
+    ...;
+};
+struct bpf_prog_info {
+    uint32_t type;
+    uint32_t id;
+    char name[16];
+    ...;
+};
+int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
+
+struct bpf_test_run_opts {
+    size_t sz;
+    const void *data_in;
+    void *data_out;
+    uint32_t data_size_in;
+    uint32_t data_size_out;
+    uint32_t retval;
+    int repeat;
+    uint32_t duration;
+    uint32_t flags;
+    ...;
+};
+int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
