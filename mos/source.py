@@ -55,10 +55,13 @@ class LiveControl(Protocol):
 class PacketSource(Protocol):
     """Where a :class:`~mos.Monitor` run gets its packets (see the module's doc)."""
 
-    session: Optional[LiveControl]
-    """Live control for the run's handlers, or None (a capture)."""
-    read_error: Optional[str]
-    """Why the input ended early (a truncated capture), once it did."""
+    @property
+    def session(self) -> Optional[LiveControl]:
+        """Live control for the run's handlers, or None (a capture)."""
+
+    @property
+    def read_error(self) -> Optional[str]:
+        """Why the input ended early (a truncated capture), once it did."""
 
     def open(self) -> None:
         """Acquire the input; a :class:`MosError` when it cannot be read."""

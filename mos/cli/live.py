@@ -1,7 +1,7 @@
-"""``mos-xdp attach|detach|status|block``: the XDP side of the live path from the command line.
+"""The live half of the CLI: ``mos-xdp run APP --iface`` (:func:`run_app_live`) and ``mos-xdp
+attach|detach|status|block``, the XDP side of the live path.
 
-The lead's ``mos/cli.py`` registers :data:`COMMANDS` on its group; ``python -m mos.live_cli`` runs them
-standalone. Every error a user can meet is one line and a non-zero exit (click.ClickException).
+Every error a user can meet is one line and a non-zero exit (click.ClickException).
 """
 
 from __future__ import annotations
@@ -15,6 +15,15 @@ import click
 from mos import bpf
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def run_app_live(mon: Any, iface: str, peer: Optional[str], workers: int, ring: int) -> None:
+    """``run --iface``: the monitor an app initialised, on live traffic (returns in each worker process)."""
+    try:
+        from .. import live
+    except ImportError:
+        raise click.ClickException("the live path is not available in this build") from None
+    live.run_live(mon, iface, peer=peer, workers=workers, ring=ring)
 
 
 def _one_line_errors(fn: F) -> F:
@@ -206,26 +215,3 @@ def block_list(iface: Optional[str], as_json: bool) -> None:
         click.echo(f"port {port}")
     if not blocked["prefixes"] and not blocked["ports"]:
         click.echo("nothing blocked")
-
-
-COMMANDS = [attach, detach, status, block]
-"""The commands to register on the main ``mos-xdp`` group."""
-commands = COMMANDS  # the name mos/cli.py looks for
-
-
-@click.group(name="mos-xdp")
-def cli() -> None:
-    """mos-xdp live path (XDP side)."""
-
-
-for _cmd in COMMANDS:
-    cli.add_command(_cmd)
-
-
-def main() -> None:
-    """Entry point for ``python -m mos.live_cli``."""
-    cli()
-
-
-if __name__ == "__main__":
-    main()
