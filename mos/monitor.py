@@ -38,20 +38,18 @@ from .connection import (
     Handler,
     PacketView,
     addr_str,
-    endpoint,
     info_dict,
     subscribe,
     unsubscribe,
 )
-from .errors import MosError, StaleConnection
+from .errors import MosError
 from .events import BUILTIN_EVENTS, MAX_EVENTS, USER_EVENT_BASE, Event, Hook, Policy, Side, policy_of
 from .filter import Filter, PyFilter, UserEvent
 from .source import LiveControl, PacketSource, PcapSource
-from .stats import DISPOSITIONS, MALFORMED_PREFIX, accounted, engine_stats
+from .stats import engine_stats
 from .timer import Timer, TimerQueue
 
-__all__ = ["DISPOSITIONS", "MALFORMED_PREFIX", "Connection", "EnginePort", "EventInfo", "Filter", "Monitor",
-           "MosError", "PacketView", "StaleConnection", "Timer", "accounted", "endpoint", "info_dict"]
+__all__ = ["EnginePort", "Monitor"]
 
 _CONN_LEVEL = (int(Event.CONN_START), int(Event.CONN_END))
 
