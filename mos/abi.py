@@ -24,7 +24,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
         "the mos-xdp C engine is not built; run `bash scripts/setup.sh` (or `pip install .`)"
     ) from exc
 
-__all__ = ["EVENT_FIELDS", "EVENT_FORMAT", "EVENT_SIZE", "NO_PACKET", "counter_names", "ffi", "lib",
+__all__ = ["EVENT_FIELDS", "EVENT_FORMAT", "EVENT_SIZE", "NO_PACKET", "NO_WSCALE", "counter_names", "ffi", "lib",
            "struct_format", "xsk_counter_names"]
 
 # struct codes by (size, signed); pointers are unpacked as unsigned addresses
@@ -103,6 +103,8 @@ if EV_SVR_STATE != EV_CLI_STATE + 1 or EV_RX_OFF1 != EV_RX_OFF0 + 1:  # pragma: 
 
 NO_PACKET = 0xFFFFFFFF
 """``mos_event.pkt`` of an event raised by no packet (a timer, expiry, end of input)."""
+NO_WSCALE = 0xFF
+"""A ``wscale`` field of ``mos_conn_info`` / ``mos_pkt_view`` when no window-scale option was seen."""
 
 
 def counter_names() -> Tuple[str, ...]:

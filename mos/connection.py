@@ -28,6 +28,7 @@ from .abi import (
     EV_SIDE,
     EV_SVR_STATE,
     EV_TYPE,
+    NO_WSCALE,
     ffi,
     lib,
 )
@@ -102,8 +103,8 @@ def info_dict(i: Any) -> Dict[str, Any]:
         "server_state": TcpState(i.svr_state).name,
         "end": EndReason(i.end_reason).name if i.end_reason else None,
         "picked_up": bool(i.picked_up),
-        "client_wscale": None if i.cli_wscale == 0xFF else int(i.cli_wscale),
-        "server_wscale": None if i.svr_wscale == 0xFF else int(i.svr_wscale),
+        "client_wscale": None if i.cli_wscale == NO_WSCALE else int(i.cli_wscale),
+        "server_wscale": None if i.svr_wscale == NO_WSCALE else int(i.svr_wscale),
         "client_isn": int(i.cli_isn),
         "server_isn": int(i.svr_isn),
         "first_ts": i.first_ts_ns / 1e9,

@@ -28,6 +28,7 @@ from .abi import (
     EVENT_FORMAT,
     EVENT_SIZE,
     NO_PACKET,
+    NO_WSCALE,
     ffi,
     lib,
 )
@@ -430,7 +431,7 @@ class Monitor:
             return
         # field indexes and event numbers as locals: the loop below runs once per event
         i_type, i_side, i_hook, i_slot, i_cid = EV_TYPE, EV_SIDE, EV_HOOK, EV_CONN, EV_CONN_ID
-        conn_end = _CONN_END
+        conn_end, max_ev = _CONN_END, MAX_EVENTS
         try:
             if n:
                 children = self._children
@@ -447,7 +448,7 @@ class Monitor:
                     self._cur_f = f
                     info = EventInfo(f, self, t)
                     # (re-read each time: a handler may subscribe or unsubscribe)
-                    for fn in self._flat[(f[i_hook] * 2 + f[i_side]) * MAX_EVENTS + t]:
+                    for fn in self._flat[(f[i_hook] * 2 + f[i_side]) * max_ev + t]:
                         try:
                             fn(conn, info)
                         except Exception:
@@ -509,7 +510,7 @@ class Monitor:
             ts=out.ts_ns / 1e9, ip_version=ver,
             src=addr_str(ver, out.src) if ver else "", dst=addr_str(ver, out.dst) if ver else "",
             sport=out.sport, dport=out.dport, proto=out.proto, tcp_flags=out.tcp_flags, seq=out.seq,
-            ack=out.ack, window=out.window, mss=out.mss, wscale=None if out.wscale == 0xFF else out.wscale,
+            ack=out.ack, window=out.window, mss=out.mss, wscale=None if out.wscale == NO_WSCALE else out.wscale,
             sack_permitted=bool(out.sack_perm), tsval=out.tsval if out.has_ts else None,
             tsecr=out.tsecr if out.has_ts else None, vlan=tuple(out.vlan[k] for k in range(out.nvlan)),
             caplen=out.caplen, wirelen=out.wirelen, raw=rawb, l3_offset=out.l3_off, l4_offset=out.l4_off,
