@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+from .resources import data_dir
+
 # ---- constants mirrored from bpf/mos_shared.h ----------------------------------------------------------
 
 MAX_QUEUES = 64
@@ -82,7 +84,7 @@ XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 
-BPF_DIR = Path(os.environ.get("MOS_XDP_BPF_DIR", Path(__file__).resolve().parent.parent / "bpf"))
+BPF_DIR = Path(os.environ.get("MOS_XDP_BPF_DIR") or data_dir("bpf"))
 PIN_ROOT = Path(os.environ.get("MOS_XDP_PIN_ROOT", "/sys/fs/bpf/mos-xdp"))
 RUN_DIR = Path(os.environ.get("MOS_XDP_RUN_DIR", "/run/mos-xdp"))
 INSTALL_HINT = "apt-get install python3-bpfcc linux-headers-amd64 (then scripts/setup.sh links the headers)"

@@ -1,47 +1,54 @@
 """Names a middlebox author thinks in: events, endpoint sides, hook points, end reasons, TCP states.
 
-The numeric values are shared with the C engine (``userspace/mos_engine.h``).
+The numeric values are the C engine's (``userspace/mos_engine.h``), read through :mod:`mos.abi`.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Union
+
+from .abi import lib
+from .errors import MosError
 
 
 class Event(enum.IntEnum):
     """Built-in events, named as in mOS (plus DATA_GAP). User-defined events get ids from 32 up."""
 
-    PKT_IN = 0
+    PKT_IN = lib.MOS_EV_PKT_IN
     """A packet of a tracked connection, raised at each hook (sender's and receiver's side)."""
-    CONN_START = 1
+    CONN_START = lib.MOS_EV_CONN_START
     """A connection began to be tracked (its first packet, normally the client's SYN)."""
-    CONN_NEW_DATA = 2
+    CONN_NEW_DATA = lib.MOS_EV_CONN_NEW_DATA
     """New in-order bytes reached a side's receive buffer; ``ev.side`` is the receiving side."""
-    REXMIT = 3
+    REXMIT = lib.MOS_EV_REXMIT
     """A segment carried bytes already seen; ``ev.inconsistent`` says whether they differ."""
-    TCP_STATE_CHANGE = 4
+    TCP_STATE_CHANGE = lib.MOS_EV_TCP_STATE_CHANGE
     """One endpoint's TCP state changed (``ev.side``; ``ev.old_state`` -> ``ev.new_state``)."""
-    CONN_END = 5
+    CONN_END = lib.MOS_EV_CONN_END
     """The connection ended; raised exactly once, with ``ev.reason`` (an :class:`EndReason`)."""
-    ORPHAN = 6
+    ORPHAN = lib.MOS_EV_ORPHAN
     """A packet that belongs to no tracked connection (``conn`` is None)."""
-    ERROR = 7
+    ERROR = lib.MOS_EV_ERROR
     """An anomaly on a connection: out-of-window segment or RST, buffer limit, memory cap."""
-    DATA_GAP = 8
+    DATA_GAP = lib.MOS_EV_DATA_GAP
     """Bytes that will never arrive: ``ev.offset``/``ev.length`` in the receiving side's stream."""
 
 
-BUILTIN_EVENTS = len(Event)
-USER_EVENT_BASE = 32
-MAX_EVENTS = 64
+BUILTIN_EVENTS = lib.MOS_EV_BUILTIN_COUNT
+USER_EVENT_BASE = lib.MOS_EV_USER_BASE
+MAX_EVENTS = lib.MOS_EV_MAX
+if len(Event) != BUILTIN_EVENTS:  # pragma: no cover - the engine gained an event this module lacks
+    raise ImportError(f"mos.events knows {len(Event)} events, the engine {BUILTIN_EVENTS}")
 
 
 class Side(enum.IntEnum):
     """An endpoint of a connection. ``BOTH`` is for subscriptions only."""
 
-    CLIENT = 0
-    SERVER = 1
+    CLIENT = lib.MOS_SIDE_CLI
+    SERVER = lib.MOS_SIDE_SVR
     BOTH = 2
+    """Subscriptions only: no C value."""
 
     @property
     def peer(self) -> Side:
@@ -54,50 +61,61 @@ class Side(enum.IntEnum):
 class Hook(enum.IntEnum):
     """When a handler runs, as in mOS: after the sender's stack or after the receiver's stack is updated."""
 
-    SND = 0
-    RCV = 1
+    SND = lib.MOS_HK_SND
+    RCV = lib.MOS_HK_RCV
 
 
 class EndReason(enum.IntEnum):
     """Why a connection ended."""
 
-    FIN = 1
-    RST = 2
-    TIMEOUT = 3
-    EVICTION = 4
-    EOF = 5
+    FIN = lib.MOS_END_FIN
+    RST = lib.MOS_END_RST
+    TIMEOUT = lib.MOS_END_TIMEOUT
+    EVICTION = lib.MOS_END_EVICTION
+    EOF = lib.MOS_END_EOF
     """End of input (end of the capture, or the monitor was stopped)."""
 
 
 class TcpState(enum.IntEnum):
     """The RFC 9293 TCP states of one endpoint."""
 
-    CLOSED = 0
-    LISTEN = 1
-    SYN_SENT = 2
-    SYN_RECEIVED = 3
-    ESTABLISHED = 4
-    FIN_WAIT_1 = 5
-    FIN_WAIT_2 = 6
-    CLOSE_WAIT = 7
-    CLOSING = 8
-    LAST_ACK = 9
-    TIME_WAIT = 10
+    CLOSED = lib.MOS_TCP_CLOSED
+    LISTEN = lib.MOS_TCP_LISTEN
+    SYN_SENT = lib.MOS_TCP_SYN_SENT
+    SYN_RECEIVED = lib.MOS_TCP_SYN_RECEIVED
+    ESTABLISHED = lib.MOS_TCP_ESTABLISHED
+    FIN_WAIT_1 = lib.MOS_TCP_FIN_WAIT_1
+    FIN_WAIT_2 = lib.MOS_TCP_FIN_WAIT_2
+    CLOSE_WAIT = lib.MOS_TCP_CLOSE_WAIT
+    CLOSING = lib.MOS_TCP_CLOSING
+    LAST_ACK = lib.MOS_TCP_LAST_ACK
+    TIME_WAIT = lib.MOS_TCP_TIME_WAIT
 
 
 class ErrorKind(enum.IntEnum):
     """The ``ev.reason`` of an :data:`Event.ERROR`."""
 
-    OUT_OF_WINDOW = 1
+    OUT_OF_WINDOW = lib.MOS_ERR_OUT_OF_WINDOW
     """A data segment entirely outside the receiver's window."""
-    RST_OUT_OF_WINDOW = 2
+    RST_OUT_OF_WINDOW = lib.MOS_ERR_RST_OUT_OF_WINDOW
     """A RST whose sequence number is outside the receiver's window (ignored)."""
-    BUFFER_LIMIT = 3
+    BUFFER_LIMIT = lib.MOS_ERR_BUFFER_LIMIT
     """The side's buffer limit stopped bytes from being held."""
-    MEMCAP = 4
+    MEMCAP = lib.MOS_ERR_MEMCAP
     """The global reassembly memory cap stopped bytes from being held."""
-    SEGMENT_LIMIT = 5
+    SEGMENT_LIMIT = lib.MOS_ERR_SEGMENT_LIMIT
     """Too many out-of-order segments held on one side."""
+
+
+class OrphanKind(enum.IntEnum):
+    """The ``ev.reason`` of an :data:`Event.ORPHAN`."""
+
+    NOT_TCP = lib.MOS_ORPHAN_NOT_TCP
+    """Not TCP (ARP, UDP, ICMP, ...)."""
+    NO_CONN = lib.MOS_ORPHAN_NO_CONN
+    """TCP of no tracked connection (pick-up off, or a stray after the close)."""
+    TABLE_FULL = lib.MOS_ORPHAN_TABLE_FULL
+    """TCP that would start a connection while the flow table is full of live ones."""
 
 
 class Policy(str, enum.Enum):
@@ -114,5 +132,15 @@ class Policy(str, enum.Enum):
 
     @property
     def code(self) -> int:
-        """The engine's number for this policy."""
+        """The engine's number for this policy (``enum reasm_policy``, declared in this order; the enum is
+        not part of the cffi interface)."""
         return list(Policy).index(self)
+
+
+def policy_of(policy: Union[Policy, str]) -> Policy:
+    """A :class:`Policy` from itself or its name; a :class:`MosError` naming the choices otherwise."""
+    try:
+        return Policy(policy)
+    except ValueError:
+        names = ", ".join(p.value for p in Policy)
+        raise MosError(f"unknown overlap policy {policy!r} (choose from {names})") from None

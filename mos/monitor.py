@@ -4,561 +4,113 @@ The C side owns the hot loop: it parses, tracks and reassembles every packet, an
 events someone subscribed to. Python takes the queue once per batch of packets (one crossing per
 batch, not per packet) and calls the handlers. Everything a handler can read about a connection is
 still there while the batch's events are handled: bytes delivered, connections that just ended.
+
+Packets come from a :class:`mos.source.PacketSource` (:meth:`Monitor.run`); the monitor hands the source
+an :class:`EnginePort`, the declared way in (see :mod:`mos.source`).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import socket
+import contextlib
 import struct
 import sys
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from .events import (
-    BUILTIN_EVENTS,
-    MAX_EVENTS,
-    USER_EVENT_BASE,
-    EndReason,
-    ErrorKind,
-    Event,
-    Hook,
-    Policy,
-    Side,
-    TcpState,
+from .abi import (
+    EV_CONN,
+    EV_CONN_ID,
+    EV_HOOK,
+    EV_PKT,
+    EV_SIDE,
+    EV_TS,
+    EV_TYPE,
+    EVENT_FORMAT,
+    EVENT_SIZE,
+    NO_PACKET,
+    NO_WSCALE,
+    ffi,
+    lib,
 )
+from .connection import (
+    Connection,
+    EventId,
+    EventInfo,
+    Handler,
+    PacketView,
+    addr_str,
+    info_dict,
+    subscribe,
+    unsubscribe,
+)
+from .errors import MosError
+from .events import BUILTIN_EVENTS, MAX_EVENTS, USER_EVENT_BASE, Event, Hook, Policy, Side, policy_of
+from .filter import Filter, PyFilter, UserEvent
+from .source import LiveControl, PacketSource, PcapSource
+from .stats import engine_stats
+from .timer import Timer, TimerQueue
 
-try:
-    from ._engine import ffi, lib
-except ImportError as exc:  # pragma: no cover - only without a build
-    raise ImportError(
-        "the mos-xdp C engine is not built; run `bash scripts/setup.sh` (or `pip install -e .`)"
-    ) from exc
-
-Handler = Callable[["Connection", "EventInfo"], Any]
-PyFilter = Callable[[Optional["Connection"], "EventInfo"], bool]
-EventId = Union[Event, int]
+__all__ = ["EnginePort", "Monitor"]
 
 _CONN_LEVEL = (int(Event.CONN_START), int(Event.CONN_END))
-_BATCH = 256
 
 
-class MosError(Exception):
-    """A user-facing error of the stack (bad input, bad option, bad capture)."""
+class EnginePort:
+    """What a :class:`~mos.source.PacketSource` is handed by :meth:`Monitor.run`: the one way a source
+    moves packets into the monitor's engine and lets handlers and timers run.
 
-
-class StaleConnection(MosError):
-    """The connection ended and its slot was reused: a handle kept past its CONN_END."""
-
-
-@dataclass(frozen=True)
-class Filter:
-    """A filter run in C for a user-defined event (:meth:`Monitor.define_event`).
-
-    All given conditions must hold: ``flags`` / ``flags_mask`` on the packet's TCP flags (the flags in
-    ``flags_mask`` must equal those in ``flags``; ``flags_mask`` defaults to ``flags``), ``ports``
-    (source or destination port in the set), ``contains`` (the new bytes of a CONN_NEW_DATA event, or
-    the packet's payload for other events, contain these bytes; at most 64).
+    A batch source calls :meth:`feed`. A source that runs the engine from C itself (the AF_XDP pump)
+    takes :attr:`engine`, stops its C loop at :meth:`next_due`, then calls :meth:`dispatch` for the
+    events its packets raised, and :meth:`fire_timers` / :meth:`advance` as its clock goes.
     """
 
-    flags: int = 0
-    flags_mask: Optional[int] = None
-    ports: Tuple[int, ...] = ()
-    contains: bytes = b""
+    __slots__ = ("_mon", "engine")
 
-    def __post_init__(self) -> None:
-        if len(self.ports) > 16:
-            raise MosError("a Filter takes at most 16 ports")
-        if len(self.contains) > 64:
-            raise MosError("a Filter's `contains` is at most 64 bytes")
-        for p in self.ports:
-            if not 0 <= p <= 65535:
-                raise MosError(f"bad port {p}")
-
-    def _mask(self) -> int:
-        return self.flags if self.flags_mask is None else self.flags_mask
-
-    def to_c(self) -> Any:
-        f = ffi.new("struct mos_filter *")
-        f.flags_mask = self._mask() & 0xFF
-        f.flags_value = self.flags & self._mask() & 0xFF
-        f.nports = len(self.ports)
-        for i, p in enumerate(self.ports):
-            f.ports[i] = p
-        f.pattern_len = len(self.contains)
-        for i, b in enumerate(self.contains):
-            f.pattern[i] = b
-        return f
-
-    def matches(self, conn: Optional[Connection], ev: EventInfo) -> bool:
-        """The same test in Python (used when the base event itself is computed in Python)."""
-        pkt = ev.packet
-        mask = self._mask()
-        if mask and (pkt is None or (pkt.tcp_flags & mask) != (self.flags & mask)):
-            return False
-        if self.ports and (pkt is None or (pkt.sport not in self.ports and pkt.dport not in self.ports)):
-            return False
-        if self.contains:
-            hay = ev.data if ev.data is not None else (pkt.payload if pkt is not None else b"")
-            return self.contains in hay
-        return True
-
-
-@dataclass
-class _UserEvent:
-    id: int
-    base: int
-    filter: Union[Filter, PyFilter, None]
-    in_c: bool
-
-
-@dataclass(frozen=True)
-class PacketView:
-    """The decoded headers of a packet (the packet is only readable while its batch is handled)."""
-
-    ts: float
-    ip_version: int
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    proto: int
-    tcp_flags: int
-    seq: int
-    ack: int
-    window: int
-    mss: int
-    wscale: Optional[int]
-    sack_permitted: bool
-    tsval: Optional[int]
-    tsecr: Optional[int]
-    vlan: Tuple[int, ...]
-    caplen: int
-    wirelen: int
-    raw: bytes = field(repr=False)
-    l3_offset: int = 0
-    l4_offset: int = 0
-    payload_offset: int = 0
-    payload_len: int = 0
-
-    @property
-    def payload(self) -> bytes:
-        """The transport payload."""
-        return self.raw[self.payload_offset : self.payload_offset + self.payload_len]
-
-
-def _addr(version: int, raw: Any) -> str:
-    if version == 4:
-        return socket.inet_ntop(socket.AF_INET, ffi.buffer(raw, 4)[:])
-    return socket.inet_ntop(socket.AF_INET6, ffi.buffer(raw, 16)[:])
-
-
-def info_dict(i: Any) -> Dict[str, Any]:
-    """A ``struct mos_conn_info`` as the dict ``Connection.info()`` returns."""
-    v = i.ip_version
-    ca, sa = _addr(v, i.cli_addr), _addr(v, i.svr_addr)
-    return {
-        "id": int(i.id),
-        "client": endpoint(v, ca, i.cli_port),
-        "server": endpoint(v, sa, i.svr_port),
-        "client_addr": ca,
-        "server_addr": sa,
-        "client_port": int(i.cli_port),
-        "server_port": int(i.svr_port),
-        "ip_version": int(v),
-        "vlan": [int(i.vlan[k]) for k in range(i.nvlan)],
-        "client_state": TcpState(i.cli_state).name,
-        "server_state": TcpState(i.svr_state).name,
-        "end": EndReason(i.end_reason).name if i.end_reason else None,
-        "picked_up": bool(i.picked_up),
-        "client_wscale": None if i.cli_wscale == 0xFF else int(i.cli_wscale),
-        "server_wscale": None if i.svr_wscale == 0xFF else int(i.svr_wscale),
-        "client_isn": int(i.cli_isn),
-        "server_isn": int(i.svr_isn),
-        "first_ts": i.first_ts_ns / 1e9,
-        "last_ts": i.last_ts_ns / 1e9,
-        "c2s_packets": int(i.pkts[0]),
-        "s2c_packets": int(i.pkts[1]),
-        "c2s_payload": int(i.bytes[0]),
-        "s2c_payload": int(i.bytes[1]),
-        "c2s_stream": int(i.stream_off[1]),
-        "s2c_stream": int(i.stream_off[0]),
-        "c2s_gap_bytes": int(i.gap_bytes[1]),
-        "s2c_gap_bytes": int(i.gap_bytes[0]),
-        "c2s_held": int(i.held_bytes[1]),
-        "s2c_held": int(i.held_bytes[0]),
-        "c2s_rexmit_packets": int(i.rexmit_pkts[0]),
-        "s2c_rexmit_packets": int(i.rexmit_pkts[1]),
-        "c2s_rexmit_inconsistent": int(i.rexmit_inconsistent[1]),
-        "s2c_rexmit_inconsistent": int(i.rexmit_inconsistent[0]),
-    }
-
-
-def endpoint(version: int, addr: str, port: int) -> str:
-    """``ip:port``, with IPv6 addresses in brackets."""
-    return f"[{addr}]:{port}" if version == 6 else f"{addr}:{port}"
-
-
-# struct mos_event, unpacked for a whole queue at once (one crossing per batch)
-_EV_FMT = "<8B4I7Q"
-_EV_SIZE = struct.calcsize(_EV_FMT)
-(_T, _SIDE, _HOOK, _CST, _SST, _OLD, _INC, _FLAGS, _SLOT, _PKT, _REASON, _LEN, _CID, _OFF, _D1, _D2, _TS, _RX0,
- _RX1) = range(19)
-
-
-class EventInfo:
-    """One event as a handler sees it (valid while the batch's events are handled)."""
-
-    __slots__ = ("_f", "_mon", "type")
-
-    def __init__(self, fields: Tuple[int, ...], mon: Monitor, type_: int) -> None:
-        self._f = fields
+    def __init__(self, mon: Monitor) -> None:
         self._mon = mon
-        self.type = type_
+        self.engine: Any = mon._eng
+        """The engine (``mos_engine_t *``) for C-side loops such as ``mos_xsk_pump``."""
 
     @property
-    def event(self) -> Union[Event, int]:
-        """The event (an :class:`Event`, or a user event id)."""
-        return Event(self.type) if self.type < BUILTIN_EVENTS else self.type
+    def stopped(self) -> bool:
+        """A handler or timer called :meth:`Monitor.stop`."""
+        return self._mon._stop
 
-    @property
-    def side(self) -> Side:
-        """The endpoint whose stack raised the event: the receiving side for data events."""
-        return Side(self._f[_SIDE])
+    def feed(self, linktype: int, pkts: Any, n: int) -> None:
+        """Process ``n`` packets of ``pkts`` (``struct mos_pkt[]``): engine, handlers, timers in order."""
+        self._mon.feed(linktype, pkts, n)
 
-    @property
-    def hook(self) -> Hook:
-        """Whether it was raised after the sender's (SND) or the receiver's (RCV) update."""
-        return Hook(self._f[_HOOK])
+    def dispatch(self) -> None:
+        """Run the handlers of the events the engine queued."""
+        self._mon._dispatch()
 
-    @property
-    def offset(self) -> int:
-        """Stream offset (in ``side``'s receive stream) of the data, gap or retransmission."""
-        return self._f[_OFF]
+    def next_due(self) -> int:
+        """Packet time (ns) of the next timer, 0 when none: the engine must stop before it."""
+        return self._mon._timers.next_due()
 
-    @property
-    def length(self) -> int:
-        """Length of the data, gap or retransmission."""
-        return self._f[_LEN]
+    def fire_timers(self, now: int) -> None:
+        """Fire the timers due at ``now`` (ns)."""
+        self._mon._fire_timers(now)
 
-    @property
-    def data(self) -> Optional[bytes]:
-        """CONN_NEW_DATA: the new bytes. REXMIT (inconsistent): the bytes first seen."""
-        p = self._f[_D1]
-        return ffi.unpack(ffi.cast("char *", p), self._f[_LEN]) if p else None
+    def anchor_timers(self, now: int) -> None:
+        """Packet time starts at ``now`` (a live source's clock): timers added before count from it."""
+        if self._mon._timers.unanchored:
+            self._mon._timers.anchor(now)
 
-    @property
-    def old_data(self) -> Optional[bytes]:
-        """REXMIT (inconsistent): the bytes first seen."""
-        return self.data if self._f[_T] == Event.REXMIT else None
+    def advance(self, now: int) -> None:
+        """Move packet time to ``now`` without a packet (idle expiry), then run the events it raised."""
+        lib.mos_engine_advance(self._mon._eng, now)
+        self._mon._dispatch()
 
-    @property
-    def new_data(self) -> Optional[bytes]:
-        """REXMIT (inconsistent): the bytes of the retransmission."""
-        p = self._f[_D2]
-        return ffi.unpack(ffi.cast("char *", p), self._f[_LEN]) if p else None
-
-    @property
-    def inconsistent(self) -> bool:
-        """REXMIT: the retransmitted bytes differ from the first copy."""
-        return bool(self._f[_INC])
-
-    @property
-    def reason(self) -> Union[EndReason, ErrorKind, int]:
-        """CONN_END: an :class:`EndReason`; ERROR: an :class:`ErrorKind`; ORPHAN: 1 not TCP, 2 no connection."""
-        r = self._f[_REASON]
-        base = self._mon._root_type(self.type)
-        if base == Event.CONN_END:
-            return EndReason(r)
-        if base == Event.ERROR:
-            return ErrorKind(r)
-        return r
-
-    @property
-    def old_state(self) -> TcpState:
-        """TCP_STATE_CHANGE: the state ``side`` left."""
-        return TcpState(self._f[_OLD])
-
-    @property
-    def new_state(self) -> TcpState:
-        """TCP_STATE_CHANGE: the state ``side`` entered."""
-        return TcpState(self._f[_CST] if self._f[_SIDE] == 0 else self._f[_SST])
-
-    @property
-    def states(self) -> Tuple[TcpState, TcpState]:
-        """Both endpoints' states (client, server) when the event was raised."""
-        return TcpState(self._f[_CST]), TcpState(self._f[_SST])
-
-    @property
-    def tcp_flags(self) -> int:
-        """TCP flags of the packet that raised the event (0 when there is none)."""
-        return self._f[_FLAGS]
-
-    @property
-    def packet(self) -> Optional[PacketView]:
-        """The packet that raised the event, decoded."""
-        return self._mon._packet_view(self._f[_PKT])
-
-    def __repr__(self) -> str:
-        return f"<EventInfo {self.event!r} side={self.side.name} hook={self.hook.name}>"
-
-
-class Connection:
-    """A TCP connection seen by the stack: both endpoints' states and both receive streams.
-
-    ``Side.CLIENT`` is the endpoint that sent the first SYN (or, for a connection picked up mid-stream,
-    the one guessed from ports and flags). As in mOS, ``peek(side)`` reads the stream ``side``
-    *receives*: ``peek(Side.SERVER)`` gives the bytes the client sent.
-    """
-
-    __slots__ = ("_mon", "_slot", "id", "ctx", "_read", "_handlers", "_masks", "_ended", "__weakref__")
-
-    def __init__(self, mon: Monitor, slot: int, conn_id: int) -> None:
-        self._mon = mon
-        self._slot = slot
-        self.id = conn_id
-        """Connection id: 1, 2, ... in order of the first packet."""
-        self.ctx: Any = None
-        """A user context: any object an app wants to keep with the connection."""
-        self._read = [0, 0]
-        self._handlers: Optional[Dict[Tuple[int, int, int], List[Handler]]] = None
-        self._masks: Optional[List[List[int]]] = None
-        self._ended = False
-
-    # -- reading ------------------------------------------------------------------------------------
-    def _info(self) -> Any:
-        info = ffi.new("struct mos_conn_info *")
-        if lib.mos_conn_info(self._mon._eng, self._slot, self.id, info) != 0:
-            raise StaleConnection(f"connection {self.id} is gone (it ended before this call)")
-        return info
-
-    @property
-    def alive(self) -> bool:
-        """False once the connection's CONN_END has been handled and its slot may be reused."""
-        info = ffi.new("struct mos_conn_info *")
-        return lib.mos_conn_info(self._mon._eng, self._slot, self.id, info) == 0
-
-    def info(self) -> Dict[str, Any]:
-        """Everything known about the connection, as a dict (addresses, states, counters, times)."""
-        return info_dict(self._info())
-
-    @property
-    def client(self) -> str:
-        """The client endpoint, ``ip:port``."""
-        i = self._info()
-        return endpoint(i.ip_version, _addr(i.ip_version, i.cli_addr), i.cli_port)
-
-    @property
-    def server(self) -> str:
-        """The server endpoint, ``ip:port``."""
-        i = self._info()
-        return endpoint(i.ip_version, _addr(i.ip_version, i.svr_addr), i.svr_port)
-
-    def _snapshot(self) -> Optional[Tuple[int, ...]]:
-        """The fields of the event being handled, when it is one of this connection's."""
+    def current_packet(self) -> Optional[int]:
+        """The engine's index of the packet being handled (None outside a packet's handlers)."""
         cur = self._mon._cur_f
-        return cur if cur is not None and cur[_CID] == self.id else None
+        pkt = int(cur[EV_PKT]) if cur is not None else NO_PACKET
+        return None if pkt == NO_PACKET else pkt
 
-    def state(self, side: Side) -> TcpState:
-        """The TCP state of one endpoint (inside a handler: as it was when the event was raised)."""
-        s = _one_side(side)
-        snap = self._snapshot()
-        if snap is not None:
-            return TcpState(snap[_CST + s])
-        i = self._info()
-        return TcpState(i.cli_state if s == 0 else i.svr_state)
-
-    def stream_offset(self, side: Side) -> int:
-        """How many bytes ``side`` has received in order, gaps included (inside a handler: at the event)."""
-        s = _one_side(side)
-        snap = self._snapshot()
-        if snap is not None:
-            return snap[_RX0 + s]
-        return int(self._info().stream_off[s])
-
-    def peek(self, side: Side) -> bytes:
-        """The bytes ``side`` received that this app has not peeked yet (gaps skipped), as mOS's mtcp_peek."""
-        s = _one_side(side)
-        end = self.stream_offset(Side(s))
-        start = self._read[s]
-        if end <= start:
-            return b""
-        out = bytearray()
-        buf = ffi.new("uint8_t[]", min(end - start, 1 << 20))
-        got_start = ffi.new("uint64_t *")
-        pos = start
-        while pos < end:
-            n = lib.mos_conn_peek(self._mon._eng, self._slot, self.id, s, pos, end, buf, len(buf), got_start)
-            if n <= 0:
-                break
-            out += ffi.buffer(buf, n)
-            pos = got_start[0] + n
-        self._read[s] = end
-        return bytes(out)
-
-    def ppeek(self, side: Side, offset: int, length: int) -> bytes:
-        """Bytes of ``side``'s receive stream at a stream offset, if still held (may return fewer)."""
-        s = _one_side(side)
-        if length <= 0:
-            return b""
-        buf = ffi.new("uint8_t[]", length)
-        n = lib.mos_conn_copy(self._mon._eng, self._slot, self.id, s, offset, length, buf)
-        if n < 0:
-            raise StaleConnection(f"connection {self.id} is gone")
-        return bytes(ffi.buffer(buf, n))
-
-    def held_segments(self, side: Side) -> List[Tuple[int, int]]:
-        """Out-of-order segments held for ``side``'s receive stream: ``[(offset, length), ...]``."""
-        s = _one_side(side)
-        n = lib.mos_conn_segments(self._mon._eng, self._slot, self.id, s, ffi.NULL, ffi.NULL, 0)
-        if n <= 0:
-            return []
-        offs = ffi.new("uint64_t[]", n)
-        lens = ffi.new("uint32_t[]", n)
-        n = lib.mos_conn_segments(self._mon._eng, self._slot, self.id, s, offs, lens, n)
-        return [(int(offs[k]), int(lens[k])) for k in range(max(n, 0))]
-
-    def holes(self, side: Side) -> List[Tuple[int, int]]:
-        """Holes before held out-of-order segments: ``[(offset, length), ...]`` (may still fill)."""
-        pos = self.stream_offset(side)
-        out = []
-        for off, ln in self.held_segments(side):
-            if off > pos:
-                out.append((pos, off - pos))
-            pos = max(pos, off + ln)
-        return out
-
-    # -- acting -------------------------------------------------------------------------------------
-    def on(self, event: EventId, handler: Handler, *, side: Side = Side.BOTH, hook: Hook = Hook.RCV) -> None:
-        """Subscribe a handler for this connection only (allowed inside a handler)."""
-        self._mon._check_event(event)
-        if self._handlers is None:
-            self._handlers = {}
-            self._masks = [[0, 0], [0, 0]]
-        _subscribe(self._handlers, event, handler, side, hook)
-        self._sync_masks()
-
-    def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
-            hook: Hook = Hook.RCV) -> None:
-        """Unsubscribe a handler of this connection (all of the event's handlers when None)."""
-        if not self._handlers:
-            return
-        _unsubscribe(self._handlers, event, handler, side, hook)
-        self._sync_masks()
-
-    def _sync_masks(self) -> None:
-        masks = [[0, 0], [0, 0]]
-        for (ev, s, h), lst in (self._handlers or {}).items():
-            if lst:
-                masks[h][s] |= 1 << self._mon._c_bit(ev)
-        self._masks = masks
-        for h in (0, 1):
-            for s in (0, 1):
-                lib.mos_conn_set_mask(self._mon._eng, self._slot, self.id, h, s, masks[h][s])
-
-    def stop_monitoring(self, side: Side = Side.BOTH) -> None:
-        """Stop monitoring one side or both: no more events or bytes for it (CONN_END still comes)."""
-        mask = 3 if Side(side) is Side.BOTH else 1 << int(side)
-        if lib.mos_conn_stop(self._mon._eng, self._slot, self.id, mask) != 0:
-            raise StaleConnection(f"connection {self.id} is gone")
-
-    def set_policy(self, policy: Union[Policy, str]) -> None:
-        """Change the overlap policy of this connection's two streams."""
-        p = _policy(policy)
-        if lib.mos_conn_set_policy(self._mon._eng, self._slot, self.id, p.code) != 0:
-            raise StaleConnection(f"connection {self.id} is gone")
-
-    @property
-    def last_packet(self) -> Optional[PacketView]:
-        """The packet being handled (headers and payload), during a handler."""
-        cur = self._mon._cur_f
-        return self._mon._packet_view(cur[_PKT]) if cur is not None else None
-
-    # -- live path verdicts (mos/live.py; live traffic only) -----------------------------------------
-    def drop(self) -> None:
-        """Live: drop this connection's packets from now on (the current one too), in XDP for later ones."""
-        self._mon._live_session().drop(self._mon, self)
-
-    def bypass(self) -> None:
-        """Live: later packets skip userspace (passed to the host, or forwarded in XDP when inline)."""
-        self._mon._live_session().bypass(self)
-
-    def drop_last_packet(self) -> None:
-        """Live, inline: drop only the packet being handled (the verdict is forward by default)."""
-        self._mon._live_session().drop_packet(self._mon)
-
-    def set_last_packet(self, data: bytes, offset: int = 0, layer: str = "eth", resize: bool = False) -> int:
-        """Live, inline: overwrite bytes of the packet being handled, as mOS's mtcp_setlastpkt.
-
-        ``offset`` counts from the start of ``layer`` (``eth``, ``ip``, ``tcp``/``udp``, ``payload``); the
-        IPv4 header and TCP/UDP checksums are recomputed. ``resize`` makes the packet end after ``data``.
-        Returns the packet's length. The engine's view of the stream is not changed.
-        """
-        return int(self._mon._live_session().rewrite(self._mon, bytes(data), offset, layer, resize))
-
-    def __repr__(self) -> str:
-        try:
-            return f"<Connection {self.id} {self.client} -> {self.server}>"
-        except MosError:
-            return f"<Connection {self.id} (ended)>"
-
-
-_HandlerTable = Dict[Tuple[int, int, int], List[Handler]]
-
-
-def _subscribe(table: _HandlerTable, event: EventId, handler: Handler, side: Side, hook: Hook) -> None:
-    for s in _sides(side):
-        table.setdefault((int(event), s, int(hook)), []).append(handler)
-
-
-def _unsubscribe(table: _HandlerTable, event: EventId, handler: Optional[Handler], side: Side,
-                 hook: Hook) -> None:
-    for s in _sides(side):
-        lst = table.get((int(event), s, int(hook)))
-        if not lst:
-            continue
-        if handler is None:
-            lst.clear()
-        elif handler in lst:
-            lst.remove(handler)
-
-
-def _one_side(side: Side) -> int:
-    s = Side(side)
-    if s is Side.BOTH:
-        raise MosError("this needs Side.CLIENT or Side.SERVER, not Side.BOTH")
-    return int(s)
-
-
-def _sides(side: Side) -> Tuple[int, ...]:
-    s = Side(side)
-    return (0, 1) if s is Side.BOTH else (int(s),)
-
-
-def _policy(policy: Union[Policy, str]) -> Policy:
-    try:
-        return Policy(policy)
-    except ValueError:
-        names = ", ".join(p.value for p in Policy)
-        raise MosError(f"unknown overlap policy {policy!r} (choose from {names})") from None
-
-
-@dataclass(order=True)
-class Timer:
-    """A one-shot or periodic timer in packet time (for captures) -- see :meth:`Monitor.add_timer`."""
-
-    due: int
-    seq: int
-    interval: int = field(compare=False)
-    callback: Callable[[Monitor], Any] = field(compare=False)
-    periodic: bool = field(compare=False, default=False)
-    cancelled: bool = field(compare=False, default=False)
-
-    def cancel(self) -> None:
-        """The timer will not fire (again)."""
-        self.cancelled = True
+    def packet_changed(self, pkt: int) -> None:
+        """The bytes of packet ``pkt`` were rewritten: a view of it read before is stale."""
+        self._mon._views.pop(pkt, None)
 
 
 class Monitor:
@@ -603,7 +155,7 @@ class Monitor:
     ) -> None:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
-        cfg.policy = _policy(policy).code
+        cfg.policy = policy_of(policy).code
         cfg.buffer_cli = int(bool(buffer_client))
         cfg.buffer_svr = int(bool(buffer_server))
         cfg.vlan_in_key = int(bool(vlan_in_key))
@@ -638,12 +190,10 @@ class Monitor:
         self._eng = ffi.gc(eng, lib.mos_engine_free)
         self.strict = strict
         self._handlers: Dict[Tuple[int, int, int], List[Handler]] = {}
-        self._user: Dict[int, _UserEvent] = {}
-        self._children: Dict[int, List[_UserEvent]] = {}
+        self._user: Dict[int, UserEvent] = {}
+        self._children: Dict[int, List[UserEvent]] = {}
         self._conns: Dict[int, Connection] = {}
-        self._timers: List[Timer] = []
-        self._unanchored: List[Timer] = []
-        self._timer_seq = itertools.count()
+        self._timers = TimerQueue()
         self._cur_f: Optional[Tuple[int, ...]] = None
         self._views: Dict[int, PacketView] = {}
         self._running = False
@@ -653,6 +203,9 @@ class Monitor:
         self.read_error: Optional[str] = None
         """Why the last capture ended early (a truncated file), if it did."""
         self._pev = ffi.new("struct mos_event **")
+        self._live: Optional[LiveControl] = None
+        self.port = EnginePort(self)
+        """The engine port a packet source is handed (see :mod:`mos.source`)."""
         self._sync_masks()
         if stream_dir is not None:
             self.write_streams(stream_dir)
@@ -675,7 +228,7 @@ class Monitor:
         self._check_event(event)
 
         def add(fn: Handler) -> Handler:
-            _subscribe(self._handlers, event, fn, side, hook)
+            subscribe(self._handlers, event, fn, side, hook)
             self._sync_masks()
             return fn
 
@@ -684,7 +237,7 @@ class Monitor:
     def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
             hook: Hook = Hook.RCV) -> None:
         """Unsubscribe a handler (or all of the event's handlers); allowed inside a handler."""
-        _unsubscribe(self._handlers, event, handler, side, hook)
+        unsubscribe(self._handlers, event, handler, side, hook)
         self._sync_masks()
 
     def define_event(self, base: EventId, filter: Union[Filter, PyFilter, None] = None) -> int:
@@ -703,7 +256,7 @@ class Monitor:
         in_c = base_in_c and (filter is None or isinstance(filter, Filter))
         if not (filter is None or isinstance(filter, Filter) or callable(filter)):
             raise MosError("a filter is a mos.Filter or a callable(conn, ev) -> bool")
-        ue = _UserEvent(uid, base_i, filter, in_c)
+        ue = UserEvent(uid, base_i, filter, in_c)
         if in_c:
             cf = filter.to_c() if isinstance(filter, Filter) else ffi.NULL
             if lib.mos_engine_define_event(self._eng, uid, base_i, cf) != 0:
@@ -760,39 +313,15 @@ class Monitor:
         """Call ``callback(monitor)`` after ``delay`` seconds of packet time (every ``delay`` if periodic)."""
         if delay <= 0:
             raise MosError("a timer's delay must be positive")
-        ns = int(delay * 1e9)
         cur = self._cur_f
-        now = cur[_TS] if cur is not None else int(lib.mos_engine_now(self._eng))
-        t = Timer(now + ns, next(self._timer_seq), ns, callback, periodic)
-        if now == 0:
-            self._unanchored.append(t)  # no packet yet: packet time starts with the first one
-        else:
-            heapq.heappush(self._timers, t)
-        return t
-
-    def _anchor_timers(self, first_ts: int) -> None:
-        for t in self._unanchored:
-            t.due += first_ts
-            heapq.heappush(self._timers, t)
-        self._unanchored.clear()
-
-    def _next_due(self) -> int:
-        while self._timers and self._timers[0].cancelled:
-            heapq.heappop(self._timers)
-        return self._timers[0].due if self._timers else 0
+        now = cur[EV_TS] if cur is not None else int(lib.mos_engine_now(self._eng))
+        return self._timers.add(now, int(delay * 1e9), callback, periodic)
 
     def _fire_timers(self, now: int) -> None:
-        while self._timers and self._timers[0].due <= now:
-            t = heapq.heappop(self._timers)
-            if t.cancelled:
-                continue
+        for t in self._timers.pop_due(now):
             lib.mos_engine_advance(self._eng, t.due)
             self._dispatch()
             self._call(t.callback, (self,), None)
-            if t.periodic and not t.cancelled:
-                # after a silence in the traffic, the next tick is the next period after now
-                t.due += t.interval * max(1, (now - t.due) // t.interval + 1)
-                heapq.heappush(self._timers, t)
 
     # -- output -------------------------------------------------------------------------------------
     def log_ended(self, max_id: int) -> None:
@@ -815,53 +344,47 @@ class Monitor:
             raise MosError(f"{directory}: not a writable directory")
 
     # -- running ------------------------------------------------------------------------------------
-    def run_pcap(self, path: str, progress: Optional[Callable[[int, int], Any]] = None) -> Dict[str, int]:
-        """Run over a pcap or pcapng file; returns the counters. ``progress(pos, size)`` per batch."""
-        err = ffi.new("char[512]")
-        src = lib.mos_pcap_open(str(path).encode(), err, 512)
-        if src == ffi.NULL:
-            raise MosError(ffi.string(err).decode())
+    def run(self, source: PacketSource, progress: Optional[Callable[[int, int], Any]] = None) -> Dict[str, int]:
+        """Run over a packet source until its input ends or :meth:`stop`; returns the counters.
+
+        Every connection still open at the end ends (EOF). ``progress(pos, size)`` is called after each
+        step when the source knows its size. A source with a ``session`` (live) is this monitor's
+        :meth:`live_session` for the run.
+        """
+        source.open()
         try:
-            linktype = lib.mos_pcap_linktype(src)
-            size = lib.mos_pcap_file_size(src)
-            region = ffi.new("const void *[2]")
-            if lib.mos_pcap_stable_region(src, region, region + 1):
-                # the file is mapped: reassembly holds its bytes by reference, no copy
+            region = source.stable_region()
+            if region is not None:
+                # the packets stay readable until close: reassembly holds their bytes by reference, no copy
                 lib.mos_engine_set_stable(self._eng, region[0], region[1])
-            pkts = ffi.new("struct mos_pkt[]", _BATCH)
-            self._running = True
-            got = 0
-            while not self._stop:
-                n = lib.mos_pcap_next_batch(src, pkts, _BATCH, err, 512)
-                if n < 0:
-                    msg = f"{path}: {ffi.string(err).decode()}"
-                    if not got:
-                        raise MosError(msg)
-                    # a capture cut short (the capturing tool was killed): what came before is good
-                    self.read_error = msg
-                    sys.stderr.write(f"mos-xdp: warning: {msg}; the {got} packets before it were processed\n")
-                    break
-                got += n
-                if n == 0:
-                    break
-                self.feed(linktype, pkts, n)
-                if progress is not None:
-                    progress(lib.mos_pcap_file_pos(src), size)
-            self.finish()
+            with self.session(source.session):
+                port = self.port
+                while not self._stop and source.pump(port):
+                    if progress is not None:
+                        where = source.progress()
+                        if where is not None:
+                            progress(*where)
+                if source.read_error is not None:
+                    self.read_error = source.read_error
+                self.finish()
         finally:
-            self._running = False
             lib.mos_engine_set_stable(self._eng, ffi.NULL, ffi.NULL)  # copies what is still held
-            lib.mos_pcap_close(src)
+            source.close()
         return self.stats()
+
+    def run_pcap(self, path: str, progress: Optional[Callable[[int, int], Any]] = None) -> Dict[str, int]:
+        """Run over a pcap or pcapng file (:class:`~mos.source.PcapSource`); returns the counters."""
+        return self.run(PcapSource(path), progress)
 
     def feed(self, linktype: int, pkts: Any, n: int) -> None:
         """Process a batch of ``struct mos_pkt`` (any packet source): engine, handlers, timers."""
         i = 0
         idle = 0
-        if self._unanchored and n:
-            self._anchor_timers(int(pkts[0].ts_ns))
+        timers = self._timers
+        if n and timers.unanchored:
+            timers.anchor(int(pkts[0].ts_ns))
         while i < n and not self._stop:
-            due = self._next_due()
+            due = timers.next_due()
             k = lib.mos_engine_feed(self._eng, linktype, pkts + i, n - i, due)
             i += k
             self._dispatch()
@@ -906,33 +429,36 @@ class Monitor:
         if not n and not self._views:
             lib.mos_engine_events_done(self._eng)  # nothing for Python: the common case on a busy link
             return
+        # field indexes and event numbers as locals: the loop below runs once per event
+        i_type, i_side, i_hook, i_slot, i_cid = EV_TYPE, EV_SIDE, EV_HOOK, EV_CONN, EV_CONN_ID
+        conn_end, max_ev = _CONN_END, MAX_EVENTS
         try:
             if n:
                 children = self._children
                 conns = self._conns
                 call = self._call
-                for f in struct.iter_unpack(_EV_FMT, ffi.buffer(pev[0], n * _EV_SIZE)):
-                    t = f[0]
-                    slot = f[8]
+                for f in struct.iter_unpack(EVENT_FORMAT, ffi.buffer(pev[0], n * EVENT_SIZE)):
+                    t = f[i_type]
+                    slot = f[i_slot]
                     conn = None
                     if slot:
                         conn = conns.get(slot)
-                        if conn is None or conn.id != f[12]:
-                            conn = conns[slot] = Connection(self, slot, f[12])
+                        if conn is None or conn.id != f[i_cid]:
+                            conn = conns[slot] = Connection(self, slot, f[i_cid])
                     self._cur_f = f
                     info = EventInfo(f, self, t)
                     # (re-read each time: a handler may subscribe or unsubscribe)
-                    for fn in self._flat[(f[2] * 2 + f[1]) * 64 + t]:
+                    for fn in self._flat[(f[i_hook] * 2 + f[i_side]) * max_ev + t]:
                         try:
                             fn(conn, info)
                         except Exception:
                             self._handler_failed(fn, conn)
                     if conn is not None:
                         if conn._handlers:
-                            for s in ((0, 1) if t in _CONN_LEVEL else (f[1],)):
-                                for fn in tuple(conn._handlers.get((t, s, f[2]), ())):
+                            for s in ((0, 1) if t in _CONN_LEVEL else (f[i_side],)):
+                                for fn in tuple(conn._handlers.get((t, s, f[i_hook]), ())):
                                     call(fn, (conn, info), conn)
-                        if t == 5:  # CONN_END
+                        if t == conn_end:
                             conn._ended = True
                             del conns[slot]
                     if t in children:
@@ -959,7 +485,7 @@ class Monitor:
                 ok = False
             if not ok:
                 continue
-            side, hook = f[_SIDE], f[_HOOK]
+            side, hook = f[EV_SIDE], f[EV_HOOK]
             for fn in self._table[hook][side].get(ue.id, ()):
                 self._call(fn, (conn, info), conn)
             if conn is not None and conn._handlers:
@@ -969,7 +495,7 @@ class Monitor:
                 self._derive(conn, f, ue.id)
 
     def _packet_view(self, pkt: int) -> Optional[PacketView]:
-        if pkt == 0xFFFFFFFF:
+        if pkt == NO_PACKET:
             return None
         v = self._views.get(pkt)
         if v is not None:
@@ -982,9 +508,9 @@ class Monitor:
         ver = out.ip_version
         v = PacketView(
             ts=out.ts_ns / 1e9, ip_version=ver,
-            src=_addr(ver, out.src) if ver else "", dst=_addr(ver, out.dst) if ver else "",
+            src=addr_str(ver, out.src) if ver else "", dst=addr_str(ver, out.dst) if ver else "",
             sport=out.sport, dport=out.dport, proto=out.proto, tcp_flags=out.tcp_flags, seq=out.seq,
-            ack=out.ack, window=out.window, mss=out.mss, wscale=None if out.wscale == 0xFF else out.wscale,
+            ack=out.ack, window=out.window, mss=out.mss, wscale=None if out.wscale == NO_WSCALE else out.wscale,
             sack_permitted=bool(out.sack_perm), tsval=out.tsval if out.has_ts else None,
             tsecr=out.tsecr if out.has_ts else None, vlan=tuple(out.vlan[k] for k in range(out.nvlan)),
             caplen=out.caplen, wirelen=out.wirelen, raw=rawb, l3_offset=out.l3_off, l4_offset=out.l4_off,
@@ -996,17 +522,7 @@ class Monitor:
     # -- counters -----------------------------------------------------------------------------------
     def stats(self) -> Dict[str, int]:
         """Engine counters: packet dispositions, malformations by reason, reassembly and fragments."""
-        out: Dict[str, int] = {}
-        c = lib.mos_engine_counters(self._eng)
-        for i in range(lib.MOS_C_COUNT):
-            out[ffi.string(lib.mos_counter_name(i)).decode()] = int(c[i])
-        r = lib.mos_engine_reasm_counters(self._eng)
-        for i, name in enumerate(_REASM_NAMES):
-            out["reasm_" + name] = int(r[i])
-        f = lib.mos_engine_frag_counters(self._eng)
-        for i, name in enumerate(_FRAG_NAMES):
-            out["frag_" + name] = int(f[i])
-        out["memory_held"] = int(lib.mos_engine_mem_used(self._eng))
+        out = engine_stats(self._eng)
         out["handler_errors"] = self.handler_errors
         return out
 
@@ -1014,59 +530,47 @@ class Monitor:
         """Connections that have reached Python and not ended."""
         return list(self._conns.values())
 
-    # -- live path (mos/live.py sets _live while a live run is going on) ----------------------------
-    _live: Any = None
+    # -- live path: the session of the source being run ---------------------------------------------
+    @contextlib.contextmanager
+    def session(self, control: Optional[LiveControl]) -> Iterator[None]:
+        """Within the block, ``control`` answers this monitor's live calls (:meth:`bpf`, :meth:`block`,
+        ``Connection.drop`` ...). :meth:`run` does it for a source's ``session``; a live source does it to
+        run set-up hooks before traffic. None leaves the current one."""
+        if control is None:
+            yield
+            return
+        prev, self._live = self._live, control
+        try:
+            yield
+        finally:
+            self._live = prev
 
-    def _live_session(self) -> Any:
+    def live_session(self) -> LiveControl:
+        """The live control of the run going on; a :class:`MosError` on a capture."""
         if self._live is None:
             raise MosError("this works on live traffic only (mos-xdp run --iface)")
         return self._live
 
-    def _current_pkt(self) -> Optional[int]:
-        """The engine's index of the packet being handled (None outside a packet's handlers)."""
-        cur = self._cur_f
-        pkt = int(cur[_PKT]) if cur is not None else 0xFFFFFFFF
-        return None if pkt == 0xFFFFFFFF else pkt
-
     @property
     def bpf(self) -> Any:
         """Live: the XDP program (a :class:`mos.bpf.XdpProgram`): ``stats()``, ``bypassed()``, ``blocked()``..."""
-        return self._live_session().prog
+        return self.live_session().prog
 
     def block(self, prefix: str) -> str:
         """Live: drop packets from or to an IP prefix in XDP (``10.0.0.0/8``, ``2001:db8::/32``, an address)."""
-        return str(self._live_session().prog.block(prefix))
+        return str(self.live_session().prog.block(prefix))
 
     def unblock(self, prefix: str) -> bool:
         """Live: stop dropping a prefix; False when it was not blocked."""
-        return bool(self._live_session().prog.unblock(prefix))
+        return bool(self.live_session().prog.unblock(prefix))
 
     def block_port(self, port: int) -> None:
         """Live: drop TCP and UDP packets from or to ``port`` in XDP."""
-        self._live_session().prog.block_port(port)
+        self.live_session().prog.block_port(port)
 
     def unblock_port(self, port: int) -> bool:
         """Live: stop dropping ``port``; False when it was not blocked."""
-        return bool(self._live_session().prog.unblock_port(port))
+        return bool(self.live_session().prog.unblock_port(port))
 
 
-_REASM_NAMES = (
-    "segments", "bytes_delivered", "bytes_gap", "gaps", "ooo_segments", "rexmit_segments", "rexmit_bytes",
-    "rexmit_inconsistent", "rexmit_unverifiable", "overlap_segments", "limit_dir_buf", "limit_memcap",
-    "limit_segments", "bytes_dropped_limit",
-)
-_FRAG_NAMES = (
-    "fragments", "datagrams", "overlaps", "too_big", "bad_fragment", "timeouts", "memcap", "discarded",
-)
-
-MALFORMED_PREFIX = "malformed_"
-DISPOSITIONS = (
-    "conn_packets", "orphan_not_tcp", "orphan_no_conn", "orphan_table_full", "frag_held", "frag_error",
-)
-
-
-def accounted(stats: Dict[str, int]) -> int:
-    """Packets accounted for by a disposition (must equal ``stats['packets']``)."""
-    return sum(stats[k] for k in DISPOSITIONS) + sum(
-        v for k, v in stats.items() if k.startswith(MALFORMED_PREFIX)
-    )
+_CONN_END = int(Event.CONN_END)

@@ -13,8 +13,9 @@ import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .communityid import community_id_packed
+from .connection import Connection, EventInfo
 from .events import Event, Side
-from .monitor import Connection, EventInfo, Monitor
+from .monitor import Monitor
 
 
 def _packed(addr: str) -> bytes:

@@ -11,8 +11,11 @@ make -s -C tests/c check SAN="$SAN"
 
 scratch=$(mktemp -d /tmp/mos-asan.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
-mkdir -p "$scratch/mos"
-cp mos/*.py "$scratch/mos/"
+# the whole package tree (subpackages too) without build output: the sanitized engine goes in below
+find mos -name '*.py' -not -path '*/__pycache__/*' -exec cp --parents {} "$scratch/" \;
+# the package data as a checkout has it (mos.resources.data_dir falls back to <tree>/bpf and <tree>/vm)
+ln -s "$here/bpf" "$scratch/bpf"
+ln -s "$here/vm" "$scratch/vm"
 ( cd "$here" && MOS_SANITIZE=1 MOS_ABSOLUTE_PATHS=1 .venv/bin/python - "$scratch" <<'PY'
 import os, sys, importlib.util
 spec = importlib.util.spec_from_file_location("build_engine", "userspace/build_engine.py")

@@ -12,8 +12,8 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 from scapy.all import IP, TCP, UDP, Ether, Raw, fragment
 
-from mos import EndReason, ErrorKind, Event, Hook, Side, TcpState
-from mos.monitor import Filter, Monitor, accounted
+from mos import EndReason, ErrorKind, Event, Filter, Hook, Monitor, Side, TcpState
+from mos.stats import accounted
 from tests import pcaps
 from tests.pcaps import REQ, Built, Conv, payload
 

@@ -10,8 +10,8 @@ from typing import List, Tuple
 
 import pytest
 
-from mos import EndReason, ErrorKind, Event, Side
-from mos.monitor import Monitor, MosError, accounted
+from mos import EndReason, ErrorKind, Event, Monitor, MosError, Side
+from mos.stats import accounted
 from tests.pcaps import Built, payload
 from tests.test_api import ACK, FIN, PSH, FastConn, ipv4_frame
 

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from mos import Event, Monitor
-from mos.monitor import accounted
+from mos.stats import accounted
 from tests import pcaps
 
 LINKTYPES = {1: 0, 12: 14, 113: None, 0: None, 9: None}  # linktype -> bytes of the Ethernet header to cut

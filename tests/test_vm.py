@@ -208,7 +208,7 @@ def test_cli_errors_are_one_line() -> None:
     assert r.returncode != 0 and "no command" in r.stderr
 
     click_testing = pytest.importorskip("click.testing")
-    vm = _load("mos_vm_cli", REPO / "mos" / "vm.py")
+    from mos.cli import vm
     res = click_testing.CliRunner().invoke(vm.vm_group, ["run", "--host-net", "bogus", "--", "true"])
     assert res.exit_code != 0 and "bad --host-net" in res.output
     res = click_testing.CliRunner().invoke(vm.vm_group, ["--help"])

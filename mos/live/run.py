@@ -1,28 +1,8 @@
-"""The live path: XDP steers packets into AF_XDP sockets, the engine reads them in place (``run --iface``).
+"""Setting up and tearing down a live run: ``run_live`` (the XDP program, AF_XDP sockets, workers).
 
-``run_live(monitor, iface, peer=None, workers=1)`` attaches ``bpf/xdp_mos.c`` (through :mod:`mos.bpf`,
-unless ``mos-xdp attach`` already did), creates the AF_XDP sockets (``userspace/xsk.c``, libxdp), puts
-them into the program's XSKMAP and loops: receive a batch, feed it to the engine (handlers run), then
-recycle the frames -- passive mode -- or send each one out of the other interface unless the app dropped
-it -- inline mode, ``peer`` given. SIGINT and SIGTERM stop the run: connections end (EOF), what ``run``
-attached is detached, and the final counters are printed on stderr.
-
-Design (see also the comments of ``userspace/xsk.c`` and ``bpf/xdp_mos.c``):
-
-* **One UMEM** for the run. Each (interface, receive queue) has its fill and completion ring; each worker
-  has one socket per (interface, queue), every queue of both interfaces served. Inline forwarding puts
-  the received descriptor in the other interface's TX ring: no copy in userspace (the kernel copies in
-  copy mode; with zero-copy drivers nothing is copied at all).
-* **Copy or zero-copy**: zero-copy when the drivers support it, else copy (veth: copy). Both interfaces
-  of a pair must use the same mode (one UMEM), so one lacking zero-copy makes both copy.
-* **Workers** (``workers > 1``): processes forked after the sockets exist, each with its own engine (a copy
-  of the monitor the app initialised). The XDP program sends a connection (both directions, any queue)
-  to worker ``flow_hash % workers``: each worker owns a socket on every queue of both interfaces, so the
-  receiving queue does not matter. Workers of one queue share its fill/completion ring (the kernel
-  requires it), guarded by a lock in shared memory. Each worker process returns from :func:`run_live`
-  (the CLI then runs the app's ``finish`` there: one report per worker); the parent exits when they end.
-* **Time**: packets are stamped with CLOCK_REALTIME when received; idle expiry and timers advance once a
-  second without packets.
+The design is described in :mod:`mos.live`; this module attaches the program (unless ``mos-xdp attach``
+did), opens the sockets and fills the XSKMAP, runs the app's :func:`~mos.live.on_start` hooks, forks the
+workers, runs ``Monitor.run(XskSource(...))`` in each, and undoes it all on the way out.
 """
 
 from __future__ import annotations
@@ -37,116 +17,14 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from . import bpf
-from .monitor import Connection, Monitor, MosError
+from mos import bpf
 
-try:
-    from ._engine import ffi, lib
-except ImportError as exc:  # pragma: no cover - only without a build
-    raise ImportError("the mos-xdp C engine is not built; run `bash scripts/setup.sh`") from exc
-
-DLT_EN10MB = 1
-BATCH = 256
-POLL_MS = 100
-TICK_NS = 1_000_000_000
-PUMP_NS = 20_000_000  # at most this long in C before Python checks signals, timers, idle expiry
-LAYERS = {"eth": 0, "ip": 1, "tcp": 2, "udp": 2, "l4": 2, "payload": 3}
-
-
-class LiveError(MosError):
-    """A user-facing error of the live path (one line)."""
-
-
-# ---- the session a worker runs (what Connection.drop & co. reach through monitor._live) ------------------
-
-_current: Optional[LiveSession] = None
-_on_start: List[Callable[[Monitor], Any]] = []
-
-
-def on_start(fn: Callable[[Monitor], Any]) -> Callable[[Monitor], Any]:
-    """Registers ``fn(monitor)`` to run once the live run is set up, before traffic reaches the app and
-    before workers are forked (usable as a decorator).
-
-    The place for what needs the XDP program, e.g. ``monitor.block("10.0.0.0/8")`` from an app's ``init``.
-    """
-    _on_start.append(fn)
-    return fn
-
-
-def worker() -> Tuple[int, int]:
-    """``(index, count)`` of the worker running in this process (``(0, 1)`` outside a live run)."""
-    return (_current.worker, _current.workers) if _current is not None else (0, 1)
-
-
-def flow_of(conn: Connection) -> bpf.FlowTuple:
-    """The connection as the XDP program keys it (client -> server, VLAN ids folded as the program does)."""
-    i = conn.info()
-    vlan_key = 0
-    for vid in i["vlan"]:
-        vlan_key = (vlan_key << 12) | (vid & 0xFFF)
-    return bpf.FlowTuple(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"], "tcp", vlan_key)
-
-
-class LiveSession:
-    """One worker's view of a live run: the XDP program's maps and this worker's AF_XDP sockets."""
-
-    def __init__(self, prog: bpf.XdpProgram, xsk: Any, iface: str, peer: Optional[str], workers: int,
-                 worker: int) -> None:
-        self.prog = prog
-        self.xsk = xsk
-        self.iface = iface
-        self.peer = peer
-        self.workers = workers
-        self.worker = worker
-
-    @property
-    def inline(self) -> bool:
-        """Inline (bump in the wire) rather than passive."""
-        return self.peer is not None
-
-    def _pkt(self, mon: Monitor) -> Optional[int]:
-        return mon._current_pkt()
-
-    def drop(self, mon: Monitor, conn: Connection) -> None:
-        """The connection's packets are dropped: in XDP from now on, and those of the batch being handled."""
-        self.prog.bypass(flow_of(conn), "drop")
-        p = self._pkt(mon)
-        if p is not None:
-            lib.mos_xsk_drop_flow(self.xsk, mon._eng, p)
-
-    def bypass(self, conn: Connection) -> None:
-        """The connection's later packets skip userspace: passed to the host, or forwarded inline in XDP."""
-        self.prog.bypass(flow_of(conn), "redirect" if self.inline else "pass")
-
-    def drop_packet(self, mon: Monitor) -> None:
-        """Only the packet being handled is dropped."""
-        p = self._pkt(mon)
-        if p is None or lib.mos_xsk_verdict(self.xsk, mon._eng, p, lib.MOS_VERDICT_DROP) != 0:
-            raise MosError("no live packet is being handled")
-
-    def rewrite(self, mon: Monitor, data: bytes, offset: int, layer: str, resize: bool) -> int:
-        """Overwrites bytes of the packet being handled (checksums fixed); returns its new length."""
-        p = self._pkt(mon)
-        if p is None:
-            raise MosError("no live packet is being handled")
-        if layer not in LAYERS:
-            raise MosError(f"unknown layer {layer!r} (choose from {', '.join(LAYERS)})")
-        base = lib.mos_xsk_header_offset(self.xsk, mon._eng, p, LAYERS[layer])
-        if base < 0:
-            raise MosError(f"the packet has no {layer} layer")
-        if offset < 0:
-            raise MosError("offset must be >= 0")
-        start = base + offset
-        n = lib.mos_xsk_rewrite(self.xsk, mon._eng, p, start, data, len(data), start + len(data) if resize else 0)
-        if n == -2:
-            raise MosError(f"{start + len(data)} bytes do not fit in an AF_XDP frame")
-        if n < 0:
-            raise MosError("no live packet is being handled")
-        getattr(mon, "_views", {}).pop(p, None)  # a cached view of the packet is stale now
-        return int(n)
-
+from ..abi import ffi, lib, xsk_counter_names
+from ..monitor import Monitor
+from .session import LiveError, LiveSession, run_start_hooks
+from .source import BATCH, StopFlag, XskSource
 
 # ---- set-up helpers ------------------------------------------------------------------------------------
 
@@ -220,74 +98,13 @@ def _counter_lines(prog: Optional[bpf.XdpProgram], xsk: Any, workers: int) -> Li
             c = lib.mos_xsk_counters(xsk, w)
             if c == ffi.NULL:
                 continue
-            vals = {ffi.string(lib.mos_xsk_counter_name(i)).decode(): int(c[i]) for i in range(lib.MOS_XSK_C_COUNT)}
+            vals = {name: int(c[i]) for i, name in enumerate(xsk_counter_names())}
             lines.append(f"  af_xdp worker {w}: " + " ".join(f"{k}={v}" for k, v in vals.items() if v))
     return lines
 
 
-class _Stop:
-    """Set by SIGINT/SIGTERM."""
-
-    def __init__(self) -> None:
-        self.flag = False
-        self.signum = 0
-
-    def __call__(self, signum: int, _frame: Any) -> None:
-        self.flag = True
-        self.signum = signum
-
-
-# ---- the loop ------------------------------------------------------------------------------------------
-
-
-def _loop(mon: Monitor, xsk: Any, stop: _Stop, batch: int, deadline: float) -> None:
-    pkts = ffi.new("struct mos_pkt[]", batch)
-    eng = mon._eng
-    now = time.time_ns()
-    if mon._unanchored:
-        mon._anchor_timers(now)
-    next_tick = now + TICK_NS
-    fed = ffi.new("uint32_t *")
-    while not stop.flag and not mon._stop:
-        # C runs the loop (receive, engine, frames back) until a batch raises something for Python
-        n = lib.mos_xsk_pump(xsk, eng, pkts, batch, POLL_MS, mon._next_due(), PUMP_NS, fed)
-        if n < 0:
-            err = ffi.errno
-            raise LiveError(f"AF_XDP receive failed: {os.strerror(err)}")
-        try:
-            if n:
-                mon._dispatch()  # the events of the packets the engine took
-                if fed[0] < n:  # it stopped early (a timer is due, or the queue filled): the rest
-                    mon.feed(DLT_EN10MB, pkts + fed[0], n - fed[0])
-        finally:
-            if n:
-                lib.mos_xsk_done(xsk)  # verdicts applied only now: after every handler of the batch ran
-        now = time.time_ns()
-        due = mon._next_due()
-        if due and due <= now:
-            mon._fire_timers(now)
-        if now >= next_tick:
-            lib.mos_engine_advance(eng, now)  # idle expiry without packets
-            mon._dispatch()
-            next_tick = now + TICK_NS
-        if deadline and time.monotonic() >= deadline:
-            break
-    mon.finish()
-
-
-def _run_worker(mon: Monitor, prog: bpf.XdpProgram, xsk: Any, iface: str, peer: Optional[str], workers: int,
-                w: int, stop: _Stop, batch: int, deadline: float) -> None:
-    global _current
-    if lib.mos_xsk_set_worker(xsk, w) != 0:
-        raise LiveError(f"bad worker {w}")
-    session = LiveSession(prog, xsk, iface, peer, workers, w)
-    _current = session
-    mon._live = session
-    try:
-        _loop(mon, xsk, stop, batch, deadline)
-    finally:
-        mon._live = None
-        _current = None
+def _run_worker(mon: Monitor, session: LiveSession, stop: StopFlag, batch: int, deadline: float) -> None:
+    mon.run(XskSource(session, stop, batch, deadline))
 
 
 def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int = 1, *, mode: str = "auto",
@@ -344,7 +161,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
     elif copy is False:
         flags |= lib.MOS_XSK_ZEROCOPY
 
-    stop = _Stop()
+    stop = StopFlag()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     parent = os.getpid()
     prog: Optional[bpf.XdpProgram] = None
@@ -374,14 +191,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
         if not attached:
             restore_workers = int(prog.config().workers)
         prog.set_config(workers=workers)
-        if _on_start:
-            global _current
-            _current = mon._live = LiveSession(prog, xsk, iface, peer, workers, 0)
-            try:
-                for fn in _on_start:
-                    fn(mon)
-            finally:
-                _current = mon._live = None
+        run_start_hooks(mon, LiveSession(prog, xsk, iface, peer, workers, 0))
         info = ffi.new("struct mos_xsk_info *")
         lib.mos_xsk_info(xsk, info)
         xdp_mode = bpf.link_xdp(iface).mode or "?"
@@ -394,7 +204,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
         deadline = time.monotonic() + duration if duration else 0.0
 
         if workers == 1:
-            _run_worker(mon, prog, xsk, iface, peer, 1, 0, stop, batch, deadline)
+            _run_worker(mon, LiveSession(prog, xsk, iface, peer, 1, 0), stop, batch, deadline)
             return mon.stats()
 
         for w in range(workers):
@@ -402,7 +212,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
             if pid == 0:  # worker: runs, then returns to the caller (the CLI's finish and report)
                 stop.flag = False
                 try:
-                    _run_worker(mon, prog, xsk, iface, peer, workers, w, stop, batch, deadline)
+                    _run_worker(mon, LiveSession(prog, xsk, iface, peer, workers, w), stop, batch, deadline)
                 finally:
                     # a late SIGTERM from the parent must not kill the report (the interpreter resets
                     # handlers at exit): keep it pending, it dies with the process
@@ -444,7 +254,7 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _wait_workers(children: List[int], stop: _Stop, deadline: float) -> int:
+def _wait_workers(children: List[int], stop: StopFlag, deadline: float) -> int:
     """Waits for the workers; a signal or the end of one of them stops them all. Returns an exit code."""
     code = 0
     alive = set(children)
@@ -501,5 +311,3 @@ def _teardown(prog: Optional[bpf.XdpProgram], xsk: Any, indexes: List[int], atta
     except (OSError, ValueError):
         pass
 
-
-__all__ = ["LiveError", "LiveSession", "flow_of", "on_start", "run_live", "rx_queues", "worker"]

@@ -1,0 +1,5 @@
+"""``python -m mos.cli``: the ``mos-xdp`` command."""
+
+from . import main
+
+main()

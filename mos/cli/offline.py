@@ -1,0 +1,119 @@
+"""``mos-xdp run APP --pcap FILE`` and ``mos-xdp streams FILE``: apps and reassembly over captures.
+
+``run`` also takes ``--iface`` (live traffic); that half is :func:`mos.cli.live.run_app_live`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Optional
+
+import click
+
+from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar
+
+
+@click.command()
+@click.argument("app", metavar="APP.py")
+@click.option("--pcap", "pcap", type=click.Path(dir_okay=False), help="Run over this capture file.")
+@click.option("--iface", help="Run live on this interface (see `mos-xdp attach`).")
+@click.option("--peer", help="Inline mode: the other interface.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--ring", type=click.IntRange(64, 65536), default=4096, show_default=True,
+              help="Live: AF_XDP ring descriptors per socket (a power of two); each queue gets 2 x ring "
+                   "frames of 4 KiB.")
+@click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
+              help="Overlap policy.")
+@click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
+@click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
+@click.option("--strict", is_flag=True, help="Stop at the first exception in a handler.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
+@click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
+def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str], workers: int, ring: int,
+        policy: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool, show_stats: bool) -> None:
+    """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
+    if bool(pcap) == bool(iface):
+        raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
+    mod = load_app(app)
+    mon = make_monitor(policy, not no_vlan, not no_pickup, strict)
+    try:
+        mod.init(mon)
+    except Exception as exc:
+        raise click.ClickException(f"{app}: init(monitor) failed: {type(exc).__name__}: {exc}") from None
+    if iface:
+        from .live import run_app_live
+
+        run_app_live(mon, iface, peer, workers, ring)
+    else:
+        assert pcap is not None
+        bar, update = progress_bar(progress, pcap)
+        try:
+            mon.run_pcap(pcap, progress=update)
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
+    fin = getattr(mod, "finish", None)
+    if callable(fin):
+        fin(mon)
+    st = mon.stats()
+    if show_stats:
+        print_stats(st)
+    if mon.handler_errors:
+        click.echo(f"mos-xdp: {mon.handler_errors} handler error(s), see above", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("pcap", metavar="FILE")
+@click.option("-o", "outdir", type=click.Path(file_okay=False), help="Write <n>.c2s, <n>.s2c and index.jsonl here.")
+@click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
+              help="Overlap policy.")
+@click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
+@click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
+@click.option("--max-conns", type=click.IntRange(1, 1 << 28), default=1 << 20, show_default=True)
+@click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
+@click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
+def streams(pcap: str, outdir: Optional[str], policy: str, no_vlan: bool, no_pickup: bool, max_conns: int,
+            progress: bool, show_stats: bool) -> None:
+    """Reassemble every connection of a capture: files per direction and an index (-o), or a table."""
+    from ..streams import run_streams, stream_table
+
+    bar, update = progress_bar(progress, pcap)
+    opts: Dict[str, Any] = dict(policy=policy, vlan_in_key=not no_vlan, pickup=not no_pickup, max_conns=max_conns,
+                                progress=update)
+    try:
+        if outdir is None:
+            rows, totals, st = stream_table(pcap, limit=TABLE_ROWS, **opts)
+        else:
+            rows, st = run_streams(pcap, outdir, **opts)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if outdir is None:
+        _print_table(rows, totals, st)
+    else:
+        click.echo(f"{len(rows)} connections, {sum(r['c2s_bytes'] + r['s2c_bytes'] for r in rows)} bytes "
+                   f"-> {outdir}/", err=True)
+    if show_stats:
+        print_stats(st)
+
+
+TABLE_ROWS = 50  # connections shown by `streams` without -o (the totals count them all)
+
+
+def _print_table(rows: List[Dict[str, Any]], totals: Dict[str, int], st: Dict[str, int]) -> None:
+    from ..stats import MALFORMED_PREFIX
+
+    hdr = f"{'id':>5} {'client':>28} {'server':>28} {'c2s':>10} {'s2c':>10} {'lost':>8} " \
+          f"{'client state':>12} {'server state':>12} {'end':>8}"
+    click.echo(hdr)
+    for r in rows:
+        lost = r["c2s_gap_bytes"] + r["s2c_gap_bytes"]
+        click.echo(f"{r['id']:>5} {r['client']:>28} {r['server']:>28} {r['c2s_bytes']:>10} {r['s2c_bytes']:>10} "
+                   f"{lost:>8} {r['client_state']:>12} {r['server_state']:>12} {r['end']:>8}")
+    if totals["connections"] > len(rows):
+        click.echo(f"... {totals['connections'] - len(rows)} more connections")
+    click.echo(f"{totals['connections']} connections, {totals['stream_bytes']} stream bytes "
+               f"({totals['gap_bytes']} lost in holes), {st['packets']} packets "
+               f"({st['conn_packets']} in connections, {st['orphan_not_tcp']} not TCP, "
+               f"{sum(v for k, v in st.items() if k.startswith(MALFORMED_PREFIX))} malformed)")

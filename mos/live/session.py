@@ -1,0 +1,132 @@
+"""One worker's live session: the verdicts and XDP control handlers reach through the monitor.
+
+:class:`LiveSession` is the :class:`mos.source.LiveControl` of a live run: ``Connection.drop``,
+``bypass``, ``drop_last_packet``, ``set_last_packet`` and ``Monitor.bpf`` / ``block`` end here, with the
+monitor's :class:`mos.monitor.EnginePort` telling which packet is being handled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+
+from mos import bpf
+
+from ..abi import lib
+from ..errors import MosError
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+    from ..monitor import EnginePort, Monitor
+
+LAYERS = {"eth": 0, "ip": 1, "tcp": 2, "udp": 2, "l4": 2, "payload": 3}
+"""``set_last_packet`` layers, as ``mos_xsk_header_offset`` numbers them."""
+
+
+class LiveError(MosError):
+    """A user-facing error of the live path (one line)."""
+
+
+class LiveSession:
+    """One worker's view of a live run: the XDP program's maps and this worker's AF_XDP sockets."""
+
+    def __init__(self, prog: bpf.XdpProgram, xsk: Any, iface: str, peer: Optional[str], workers: int,
+                 worker: int) -> None:
+        self.prog = prog
+        self.xsk = xsk
+        self.iface = iface
+        self.peer = peer
+        self.workers = workers
+        self.worker = worker
+
+    @property
+    def inline(self) -> bool:
+        """Inline (bump in the wire) rather than passive."""
+        return self.peer is not None
+
+    def drop(self, port: EnginePort, conn: Connection) -> None:
+        """The connection's packets are dropped: in XDP from now on, and those of the batch being handled."""
+        self.prog.bypass(flow_of(conn), "drop")
+        p = port.current_packet()
+        if p is not None:
+            lib.mos_xsk_drop_flow(self.xsk, port.engine, p)
+
+    def bypass(self, port: EnginePort, conn: Connection) -> None:
+        """The connection's later packets skip userspace: passed to the host, or forwarded inline in XDP."""
+        self.prog.bypass(flow_of(conn), "redirect" if self.inline else "pass")
+
+    def drop_packet(self, port: EnginePort) -> None:
+        """Only the packet being handled is dropped."""
+        p = port.current_packet()
+        if p is None or lib.mos_xsk_verdict(self.xsk, port.engine, p, lib.MOS_VERDICT_DROP) != 0:
+            raise MosError("no live packet is being handled")
+
+    def rewrite(self, port: EnginePort, data: bytes, offset: int, layer: str, resize: bool) -> int:
+        """Overwrites bytes of the packet being handled (checksums fixed); returns its new length."""
+        p = port.current_packet()
+        if p is None:
+            raise MosError("no live packet is being handled")
+        if layer not in LAYERS:
+            raise MosError(f"unknown layer {layer!r} (choose from {', '.join(LAYERS)})")
+        base = lib.mos_xsk_header_offset(self.xsk, port.engine, p, LAYERS[layer])
+        if base < 0:
+            raise MosError(f"the packet has no {layer} layer")
+        if offset < 0:
+            raise MosError("offset must be >= 0")
+        start = base + offset
+        n = lib.mos_xsk_rewrite(self.xsk, port.engine, p, start, data, len(data),
+                                start + len(data) if resize else 0)
+        if n == -2:
+            raise MosError(f"{start + len(data)} bytes do not fit in an AF_XDP frame")
+        if n < 0:
+            raise MosError("no live packet is being handled")
+        port.packet_changed(p)
+        return int(n)
+
+
+def flow_of(conn: Connection) -> bpf.FlowTuple:
+    """The connection as the XDP program keys it (client -> server, VLAN ids folded as the program does)."""
+    i = conn.info()
+    vlan_key = 0
+    for vid in i["vlan"]:
+        vlan_key = (vlan_key << 12) | (vid & 0xFFF)
+    return bpf.FlowTuple(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"], "tcp", vlan_key)
+
+
+# ---- the session of this process, and the hooks apps register before a run -----------------------------
+
+_current: Optional[LiveSession] = None
+_on_start: List[Callable[[Monitor], Any]] = []
+
+
+def on_start(fn: Callable[[Monitor], Any]) -> Callable[[Monitor], Any]:
+    """Registers ``fn(monitor)`` to run once the live run is set up, before traffic reaches the app and
+    before workers are forked (usable as a decorator).
+
+    The place for what needs the XDP program, e.g. ``monitor.block("10.0.0.0/8")`` from an app's ``init``.
+    """
+    _on_start.append(fn)
+    return fn
+
+
+def worker() -> Tuple[int, int]:
+    """``(index, count)`` of the worker running in this process (``(0, 1)`` outside a live run)."""
+    return (_current.worker, _current.workers) if _current is not None else (0, 1)
+
+
+def set_current(session: Optional[LiveSession]) -> None:
+    """The session this process runs (what :func:`worker` answers from); None after the run."""
+    global _current
+    _current = session
+
+
+def run_start_hooks(mon: Monitor, session: LiveSession) -> None:
+    """Runs the :func:`on_start` hooks with ``session`` as the monitor's live session."""
+    if not _on_start:
+        return
+    set_current(session)
+    try:
+        with mon.session(session):
+            for fn in _on_start:
+                fn(mon)
+    finally:
+        set_current(None)
