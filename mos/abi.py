@@ -15,7 +15,7 @@ the C side's struct or enum is picked up here and nowhere else needs editing:
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 try:
     from ._engine import ffi, lib
@@ -25,7 +25,8 @@ except ImportError as exc:  # pragma: no cover - only without a build
     ) from exc
 
 __all__ = ["EVENT_FIELDS", "EVENT_FORMAT", "EVENT_SIZE", "NO_PACKET", "NO_WSCALE", "counter_names", "ffi", "lib",
-           "struct_format", "xsk_counter_names"]
+           "struct_format", "xsk_counter_names", "name_table", "reasm_counter_names",
+           "frag_counter_names", "policy_names"]
 
 # struct codes by (size, signed); pointers are unpacked as unsigned addresses
 _CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q",
@@ -107,11 +108,37 @@ NO_WSCALE = 0xFF
 """A ``wscale`` field of ``mos_conn_info`` / ``mos_pkt_view`` when no window-scale option was seen."""
 
 
+def name_table(name_of: Callable[[int], Any]) -> Tuple[str, ...]:
+    """A C name table (``const char *f(int i)``, NULL past the end; generated in userspace/abi.c from the
+    same X-macro list as its enum), as a tuple indexed by the enum's values."""
+    out: List[str] = []
+    while True:
+        p = name_of(len(out))
+        if p == ffi.NULL:
+            return tuple(out)
+        out.append(ffi.string(p).decode())
+
+
 def counter_names() -> Tuple[str, ...]:
     """The engine's counter names, in ``enum mos_counter`` order."""
-    return tuple(ffi.string(lib.mos_counter_name(i)).decode() for i in range(lib.MOS_C_COUNT))
+    return name_table(lib.mos_counter_name)
+
+
+def reasm_counter_names() -> Tuple[str, ...]:
+    """The reassembly counter names, in the order of ``mos_engine_reasm_counters``."""
+    return name_table(lib.mos_reasm_counter_name)
+
+
+def frag_counter_names() -> Tuple[str, ...]:
+    """The defragmentation counter names, in the order of ``mos_engine_frag_counters``."""
+    return name_table(lib.mos_frag_counter_name)
 
 
 def xsk_counter_names() -> Tuple[str, ...]:
     """The AF_XDP path's per-worker counter names, in ``enum mos_xsk_counter`` order."""
-    return tuple(ffi.string(lib.mos_xsk_counter_name(i)).decode() for i in range(lib.MOS_XSK_C_COUNT))
+    return name_table(lib.mos_xsk_counter_name)
+
+
+def policy_names() -> Tuple[str, ...]:
+    """The overlap policies' names, indexed by the engine's policy number."""
+    return name_table(lib.mos_policy_name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from typing import Union
 
-from .abi import lib
+from .abi import lib, policy_names
 from .errors import MosError
 
 
@@ -132,9 +132,13 @@ class Policy(str, enum.Enum):
 
     @property
     def code(self) -> int:
-        """The engine's number for this policy (``enum reasm_policy``, declared in this order; the enum is
-        not part of the cffi interface)."""
-        return list(Policy).index(self)
+        """The engine's number for this policy (its index in the engine's policy name table)."""
+        return _POLICY_CODES[self.value]
+
+
+_POLICY_CODES = {name: i for i, name in enumerate(policy_names())}
+if set(_POLICY_CODES) != {p.value for p in Policy}:  # pragma: no cover - a policy added on one side only
+    raise ImportError(f"mos.Policy and the engine's policies differ: {sorted(_POLICY_CODES)}")
 
 
 def policy_of(policy: Union[Policy, str]) -> Policy:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .abi import counter_names, lib
+from .abi import counter_names, frag_counter_names, lib, reasm_counter_names
 
 MALFORMED_PREFIX = "malformed_"
 DISPOSITIONS = (
@@ -17,16 +17,8 @@ DISPOSITIONS = (
 
 ENGINE_COUNTERS = counter_names()
 """The engine's counter names (``enum mos_counter`` order, from the C name table)."""
-# The reassembly and defragmentation counter arrays have no C name table (nor are their enums in the
-# cffi interface): the order is that of enum reasm_counter (reasm.h) and enum defrag_counter (defrag.h).
-REASM_COUNTERS = (
-    "segments", "bytes_delivered", "bytes_gap", "gaps", "ooo_segments", "rexmit_segments", "rexmit_bytes",
-    "rexmit_inconsistent", "rexmit_unverifiable", "overlap_segments", "limit_dir_buf", "limit_memcap",
-    "limit_segments", "bytes_dropped_limit",
-)
-FRAG_COUNTERS = (
-    "fragments", "datagrams", "overlaps", "too_big", "bad_fragment", "timeouts", "memcap", "discarded",
-)
+REASM_COUNTERS = reasm_counter_names()
+FRAG_COUNTERS = frag_counter_names()
 
 
 def engine_stats(eng: Any) -> Dict[str, int]:

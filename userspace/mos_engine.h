@@ -257,6 +257,7 @@ int mos_frag_counter_count(void);
 const char *mos_xsk_counter_name(int i);    /* enum mos_xsk_counter */
 const char *mos_xdp_counter_name(int i);    /* enum mos_xdp_counter (bpf/mos_shared.h) */
 const char *mos_xdp_map_name(int i);        /* enum mos_xdp_map (bpf/mos_shared.h) */
+const char *mos_policy_name(int i);         /* overlap policies, by engine number (userspace/reasm.h) */
 uint64_t mos_engine_mem_used(const mos_engine_t *e);
 uint64_t mos_engine_now(const mos_engine_t *e);
 size_t mos_conn_size(void);

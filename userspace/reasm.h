@@ -19,15 +19,20 @@
 #include <stdint.h>
 
 /* Overlap policies, with the meanings Suricata and Snort give them (target-based reassembly). */
+#define REASM_POLICIES(X)                                                                                   \
+    X(FIRST, "first")         /* keep the bytes seen first */                                           \
+    X(LAST, "last")           /* keep the bytes seen last */                                            \
+    X(BSD, "bsd")                                                                                       \
+    X(LINUX, "linux")                                                                                   \
+    X(OLD_LINUX, "old-linux")                                                                           \
+    X(WINDOWS, "windows")                                                                               \
+    X(VISTA, "vista")                                                                                   \
+    X(SOLARIS, "solaris")
+
 enum reasm_policy {
-    REASM_POLICY_FIRST = 0,   /* keep the bytes seen first */
-    REASM_POLICY_LAST,        /* keep the bytes seen last */
-    REASM_POLICY_BSD,
-    REASM_POLICY_LINUX,
-    REASM_POLICY_OLD_LINUX,
-    REASM_POLICY_WINDOWS,
-    REASM_POLICY_VISTA,
-    REASM_POLICY_SOLARIS,
+#define REASM_X_(id, name) REASM_POLICY_##id,
+    REASM_POLICIES(REASM_X_)
+#undef REASM_X_
     REASM_POLICY_COUNT
 };
 
