@@ -81,12 +81,9 @@ static void cb_limit(void *user, void *owner, enum reasm_limit why, uint64_t off
 {
     mos_engine_t *e = user;
     struct owner *o = owner;
-    struct mos_event t = {0};
-    t.off = off;
-    t.len = len;
-    t.reason = why == REASM_LIMIT_MEMCAP ? MOS_ERR_MEMCAP
+    int kind = why == REASM_LIMIT_MEMCAP ? MOS_ERR_MEMCAP
              : why == REASM_LIMIT_SEGMENTS ? MOS_ERR_SEGMENT_LIMIT : MOS_ERR_BUFFER_LIMIT;
-    emit(e, o->c, MOS_EV_ERROR, o->side, MOS_HK_RCV, &t);
+    raise_anomaly(e, o->c, o->side, kind, off, len);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
