@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mix.h"
 
 int ft_init(struct flow_table *ft, uint32_t max_conns, int vlan_in_key)
 {
@@ -42,71 +41,11 @@ void ft_free(struct flow_table *ft)
     memset(ft, 0, sizeof(*ft));
 }
 
-static uint64_t addr_hash(const uint8_t *a, uint64_t seed)
-{
-    uint64_t w0, w1;
-    memcpy(&w0, a, 8);
-    memcpy(&w1, a + 8, 8);
-    return mos_mix64(w0 ^ seed) ^ mos_mix64(w1 + seed * 3);
-}
-
-/* Symmetric: both directions of a connection hash alike. The seed is random so that a sender cannot
- * aim packets at one bucket. */
-static uint32_t key_hash(const struct flow_table *ft, const uint8_t *src, const uint8_t *dst, uint16_t sport,
-                         uint16_t dport, uint8_t ip_version, uint8_t proto, const uint16_t *vlan, uint8_t nvlan)
-{
-    uint64_t ha = addr_hash(src, ft->seed) + sport;
-    uint64_t hb = addr_hash(dst, ft->seed) + dport;
-    uint64_t h = mos_mix64((ha ^ hb) + (ha + hb) * 0x9e3779b97f4a7c15ull + ((uint64_t)proto << 8 | ip_version));
-    if (ft->vlan_in_key)
-        h = mos_mix64(h ^ ((uint64_t)vlan[0] << 16 | vlan[1]) ^ ((uint64_t)nvlan << 40));
-    return (uint32_t)h & (ft->nbuckets - 1);
-}
-
-uint32_t ft_bucket(const struct flow_table *ft, const struct pkt_info *pi)
-{
-    return key_hash(ft, pi->src, pi->dst, pi->sport, pi->dport, pi->ip_version, pi->proto, pi->vlan, pi->nvlan);
-}
-
 static uint32_t bucket_of(const struct flow_table *ft, const struct conn *c)
 {
     const struct flow_key *k = &c->key;
-    return key_hash(ft, k->addr[0], k->addr[1], k->port[0], k->port[1], k->ip_version, k->proto, k->vlan,
+    return ft_key_hash(ft, k->addr[0], k->addr[1], k->port[0], k->port[1], k->ip_version, k->proto, k->vlan,
                     k->nvlan);
-}
-
-int ft_match(const struct flow_table *ft, const struct conn *c, const struct pkt_info *pi)
-{
-    const struct flow_key *k = &c->key;
-    if (k->ip_version != pi->ip_version || k->proto != pi->proto)
-        return -1;
-    if (ft->vlan_in_key && (k->nvlan != pi->nvlan || memcmp(k->vlan, pi->vlan, sizeof(k->vlan))))
-        return -1;
-    size_t alen = pi->ip_version == 4 ? 4 : 16;
-    if (k->port[0] == pi->sport && k->port[1] == pi->dport && !memcmp(k->addr[0], pi->src, alen) &&
-        !memcmp(k->addr[1], pi->dst, alen))
-        return 0;
-    if (k->port[1] == pi->sport && k->port[0] == pi->dport && !memcmp(k->addr[1], pi->src, alen) &&
-        !memcmp(k->addr[0], pi->dst, alen))
-        return 1;
-    return -1;
-}
-
-void ft_lru_unlink(struct flow_table *ft, struct conn *c)
-{
-    if (c->lru == LRU_NONE)
-        return;
-    struct lru_list *l = &ft->lru[c->lru];
-    if (c->lprev)
-        ft_conn(ft, c->lprev)->lnext = c->lnext;
-    else
-        l->head = c->lnext;
-    if (c->lnext)
-        ft_conn(ft, c->lnext)->lprev = c->lprev;
-    else
-        l->tail = c->lprev;
-    c->lprev = c->lnext = NIL;
-    c->lru = LRU_NONE;
 }
 
 void ft_lru_push(struct flow_table *ft, struct conn *c, int cls)
@@ -165,18 +104,15 @@ void ft_zombie_add(struct flow_table *ft, struct conn *c)
     ft->zombies[ft->nzombies++] = ft_slot(ft, c);
 }
 
-void ft_touch_slow(struct flow_table *ft, struct conn *c)
+int ft_touched_grow(struct flow_table *ft)
 {
-    if (ft->ntouched == ft->tcap) {
-        uint32_t ncap = ft->tcap ? ft->tcap * 2 : 1024;
-        uint32_t *nt = realloc(ft->touched, ncap * sizeof(*nt));
-        if (!nt)
-            return; /* its buffers are trimmed the next time it is listed */
-        ft->touched = nt;
-        ft->tcap = ncap;
-    }
-    c->flags |= CF_TOUCHED;
-    ft->touched[ft->ntouched++] = ft_slot(ft, c);
+    uint32_t ncap = ft->tcap ? ft->tcap * 2 : 1024;
+    uint32_t *nt = realloc(ft->touched, ncap * sizeof(*nt));
+    if (!nt)
+        return -1;
+    ft->touched = nt;
+    ft->tcap = ncap;
+    return 0;
 }
 
 struct conn *ft_alloc(struct flow_table *ft, const struct pkt_info *pi, int sender_is_client, uint32_t bucket)

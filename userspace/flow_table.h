@@ -7,8 +7,10 @@
 #define MOS_FLOW_TABLE_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "decode.h"
+#include "mix.h"
 #include "reasm.h"
 #include "tcp_tracker.h"
 
@@ -96,10 +98,56 @@ void ft_free(struct flow_table *ft);
 /* Every record's held bytes go back to rctx. */
 void ft_release_streams(struct flow_table *ft, struct reasm_ctx *rctx);
 
+/* One address, seeded: the half of the key hash either endpoint contributes. */
+static inline uint64_t ft_addr_hash(const uint8_t *a, uint64_t seed)
+{
+    uint64_t w0, w1;
+    memcpy(&w0, a, 8);
+    memcpy(&w1, a + 8, 8);
+    return mos_mix64(w0 ^ seed) ^ mos_mix64(w1 + seed * 3);
+}
+
+/* Inline, as the lookup is: the hash runs for every packet.
+ * Symmetric: both directions of a connection hash alike. The seed is random so that a sender cannot
+ * aim packets at one bucket. */
+static inline uint32_t ft_key_hash(const struct flow_table *ft, const uint8_t *src, const uint8_t *dst,
+                                   uint16_t sport, uint16_t dport, uint8_t ip_version, uint8_t proto,
+                                   const uint16_t *vlan, uint8_t nvlan)
+{
+    uint64_t ha = ft_addr_hash(src, ft->seed) + sport;
+    uint64_t hb = ft_addr_hash(dst, ft->seed) + dport;
+    uint64_t h = mos_mix64((ha ^ hb) + (ha + hb) * 0x9e3779b97f4a7c15ull + ((uint64_t)proto << 8 | ip_version));
+    if (ft->vlan_in_key)
+        h = mos_mix64(h ^ ((uint64_t)vlan[0] << 16 | vlan[1]) ^ ((uint64_t)nvlan << 40));
+    return (uint32_t)h & (ft->nbuckets - 1);
+}
+
 /* The bucket of a decoded packet's flow (both directions alike). */
-uint32_t ft_bucket(const struct flow_table *ft, const struct pkt_info *pi);
-/* The side of the packet's sender (0 client, 1 server) in connection c, or -1 if not c's packet. */
-int ft_match(const struct flow_table *ft, const struct conn *c, const struct pkt_info *pi);
+static inline uint32_t ft_bucket(const struct flow_table *ft, const struct pkt_info *pi)
+{
+    return ft_key_hash(ft, pi->src, pi->dst, pi->sport, pi->dport, pi->ip_version, pi->proto, pi->vlan,
+                       pi->nvlan);
+}
+
+/* The side of the packet's sender (0 client, 1 server) in connection c, or -1 if not c's packet.
+ * Inline: it runs for every packet and every record of its bucket. */
+static inline int ft_match(const struct flow_table *ft, const struct conn *c, const struct pkt_info *pi)
+{
+    const struct flow_key *k = &c->key;
+    if (k->ip_version != pi->ip_version || k->proto != pi->proto)
+        return -1;
+    if (ft->vlan_in_key && (k->nvlan != pi->nvlan || memcmp(k->vlan, pi->vlan, sizeof(k->vlan))))
+        return -1;
+    size_t alen = pi->ip_version == 4 ? 4 : 16;
+    if (k->port[0] == pi->sport && k->port[1] == pi->dport && !memcmp(k->addr[0], pi->src, alen) &&
+        !memcmp(k->addr[1], pi->dst, alen))
+        return 0;
+    if (k->port[1] == pi->sport && k->port[0] == pi->dport && !memcmp(k->addr[1], pi->src, alen) &&
+        !memcmp(k->addr[0], pi->dst, alen))
+        return 1;
+    return -1;
+}
+
 /* A new record for the packet's flow in `bucket`, live and in the hash; NULL when every slot is
  * taken. */
 struct conn *ft_alloc(struct flow_table *ft, const struct pkt_info *pi, int sender_is_client, uint32_t bucket);
@@ -108,8 +156,24 @@ void ft_release(struct flow_table *ft, struct reasm_ctx *rctx, struct conn *c);
 /* Every slot is taken: free the oldest lingering connection whose end was handled. 1 if one was. */
 int ft_free_lingering(struct flow_table *ft, struct reasm_ctx *rctx);
 
+static inline void ft_lru_unlink(struct flow_table *ft, struct conn *c)
+{
+    if (c->lru == LRU_NONE)
+        return;
+    struct lru_list *l = &ft->lru[c->lru];
+    if (c->lprev)
+        ft_conn(ft, c->lprev)->lnext = c->lnext;
+    else
+        l->head = c->lnext;
+    if (c->lnext)
+        ft_conn(ft, c->lnext)->lprev = c->lprev;
+    else
+        l->tail = c->lprev;
+    c->lprev = c->lnext = NIL;
+    c->lru = LRU_NONE;
+}
+
 void ft_lru_push(struct flow_table *ft, struct conn *c, int cls);
-void ft_lru_unlink(struct flow_table *ft, struct conn *c);
 void ft_hash_remove(struct flow_table *ft, struct conn *c);
 /* Out of the table's lookups and lists (it stays allocated until freed). */
 static inline void ft_detach(struct flow_table *ft, struct conn *c)
@@ -119,13 +183,17 @@ static inline void ft_detach(struct flow_table *ft, struct conn *c)
 }
 /* c ended: its slot is freed once the batch's events are handled. */
 void ft_zombie_add(struct flow_table *ft, struct conn *c);
-void ft_touch_slow(struct flow_table *ft, struct conn *c);
+int ft_touched_grow(struct flow_table *ft);
 /* c got packets this batch: its delivered bytes are trimmed once the events are handled. Inline: it is
- * on every packet's path, and a call for the usual "already listed" would cost more than the test. */
+ * on every packet's path. */
 static inline void ft_touch(struct flow_table *ft, struct conn *c)
 {
-    if (!(c->flags & CF_TOUCHED))
-        ft_touch_slow(ft, c);
+    if (c->flags & CF_TOUCHED)
+        return;
+    if (ft->ntouched == ft->tcap && ft_touched_grow(ft))
+        return; /* no memory: its buffers are trimmed the next time it is listed */
+    c->flags |= CF_TOUCHED;
+    ft->touched[ft->ntouched++] = ft_slot(ft, c);
 }
 
 #endif

@@ -117,33 +117,48 @@ static int st_time_wait(enum tcp_input in)
     return in == TCP_IN_RST ? MOS_TCP_CLOSED : MOS_TCP_TIME_WAIT;
 }
 
-static int (*const tcp_states[])(enum tcp_input) = {
-    [MOS_TCP_CLOSED] = st_closed,           [MOS_TCP_LISTEN] = st_listen,
-    [MOS_TCP_SYN_SENT] = st_syn_sent,       [MOS_TCP_SYN_RECEIVED] = st_syn_received,
-    [MOS_TCP_ESTABLISHED] = st_established, [MOS_TCP_FIN_WAIT_1] = st_fin_wait_1,
-    [MOS_TCP_FIN_WAIT_2] = st_fin_wait_2,   [MOS_TCP_CLOSE_WAIT] = st_close_wait,
-    [MOS_TCP_CLOSING] = st_closing,         [MOS_TCP_LAST_ACK] = st_last_ack,
-    [MOS_TCP_TIME_WAIT] = st_time_wait,
-};
+/* A switch rather than a table of pointers: the state functions inline into it, and the usual case
+ * (an input that changes nothing: every ACK asks SYN_RECEIVED's question) costs no call. */
+static inline int next_state(int state, enum tcp_input in)
+{
+    switch (state) {
+    case MOS_TCP_CLOSED: return st_closed(in);
+    case MOS_TCP_LISTEN: return st_listen(in);
+    case MOS_TCP_SYN_SENT: return st_syn_sent(in);
+    case MOS_TCP_SYN_RECEIVED: return st_syn_received(in);
+    case MOS_TCP_ESTABLISHED: return st_established(in);
+    case MOS_TCP_FIN_WAIT_1: return st_fin_wait_1(in);
+    case MOS_TCP_FIN_WAIT_2: return st_fin_wait_2(in);
+    case MOS_TCP_CLOSE_WAIT: return st_close_wait(in);
+    case MOS_TCP_CLOSING: return st_closing(in);
+    case MOS_TCP_LAST_ACK: return st_last_ack(in);
+    case MOS_TCP_TIME_WAIT: return st_time_wait(in);
+    default: return state;
+    }
+}
 
 int tcp_next_state(int state, enum tcp_input in)
 {
-    if (state < 0 || state > MOS_TCP_TIME_WAIT)
-        return state;
-    return tcp_states[state](in);
+    return next_state(state, in);
+}
+
+static void state_changed(mos_engine_t *e, struct conn *c, int side, int old, int hook)
+{
+    struct mos_event tm = {0};
+    tm.old_state = (uint8_t)old;
+    emit(e, c, MOS_EV_TCP_STATE_CHANGE, side, hook, &tm);
 }
 
 /* `side`'s stack takes an input; a transition raises TCP_STATE_CHANGE at `hook`. */
-static void tcp_step(mos_engine_t *e, struct conn *c, int side, enum tcp_input in, int hook)
+static inline void tcp_step(mos_engine_t *e, struct conn *c, int side, enum tcp_input in, int hook)
 {
     struct tcp_end *t = &c->tcp.end[side];
-    int st = tcp_states[t->state](in);
-    if (st == t->state)
+    int old = t->state;
+    int st = next_state(old, in);
+    if (st == old)
         return;
-    struct mos_event tm = {0};
-    tm.old_state = t->state;
     t->state = (uint8_t)st;
-    emit(e, c, MOS_EV_TCP_STATE_CHANGE, side, hook, &tm);
+    state_changed(e, c, side, old, hook);
 }
 
 /* ---- a new connection --------------------------------------------------------------------------- */
@@ -181,7 +196,14 @@ int tcp_guess_sender_is_client(const struct pkt_info *pi)
 
 /* ---- acknowledgements and FINs ------------------------------------------------------------------ */
 
-static void take_fin(mos_engine_t *e, struct conn *c, int snd, int hook);
+static inline void take_fin(mos_engine_t *e, struct conn *c, int snd, int hook);
+
+/* Inline tests before the calls: most packets have neither a pending ack nor a FIN to take. */
+static inline void settle(mos_engine_t *e, struct conn *c, int s)
+{
+    if (c->tcp.end[s].ack_pending)
+        tcp_settle_acks(e, c, s);
+}
 
 void tcp_settle_acks(mos_engine_t *e, struct conn *c, int s)
 {
@@ -197,17 +219,22 @@ void tcp_settle_acks(mos_engine_t *e, struct conn *c, int s)
 }
 
 /* The FIN sent by `snd` is in order in the stream the peer receives: the peer's stack takes it. */
-static void take_fin(mos_engine_t *e, struct conn *c, int snd, int hook)
+static void take_fin_slow(mos_engine_t *e, struct conn *c, int snd, int hook)
 {
     int rcv = 1 - snd;
     struct tcp_end *s = &c->tcp.end[snd];
-    if (!s->fin_seen || s->fin_taken)
-        return;
     struct reasm_dir *d = &c->rx[rcv];
     if (d->initialized && seq_lt(d->next_seq, s->fin_seq))
         return; /* bytes before the FIN are still missing */
     s->fin_taken = 1;
     tcp_step(e, c, rcv, TCP_IN_RCV_FIN, hook);
+}
+
+static inline void take_fin(mos_engine_t *e, struct conn *c, int snd, int hook)
+{
+    const struct tcp_end *s = &c->tcp.end[snd];
+    if (s->fin_seen && !s->fin_taken)
+        take_fin_slow(e, c, snd, hook);
 }
 
 /* `rcv` learns that its SYN or its FIN was acknowledged by `ack`. */
@@ -384,9 +411,9 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
     uint8_t f = pi->tcp_flags;
 
     if (pi->payload_len)
-        tcp_settle_acks(e, c, s); /* the acking side moved on: what it acked and we lack is lost */
+        settle(e, c, s); /* the acking side moved on: what it acked and we lack is lost */
     if (f & (TCP_FIN | TCP_RST))
-        tcp_settle_acks(e, c, r); /* the sender is done: holes the receiver acked will not fill */
+        settle(e, c, r); /* the sender is done: holes the receiver acked will not fill */
 
     if (f & TCP_RST) {
         if (rst_acceptable(c, r, pi)) {
