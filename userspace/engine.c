@@ -12,7 +12,6 @@
 #define _GNU_SOURCE
 #include "mos_engine.h"
 
-#include <errno.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -543,7 +542,7 @@ static struct conn *conn_get(const mos_engine_t *e, uint32_t slot, uint64_t id)
 {
     if (slot == 0 || slot >= e->ft.next_unused)
         return NULL;
-    struct conn *c = C((mos_engine_t *)e, slot);
+    struct conn *c = ft_conn(&e->ft, slot);
     return c->id == id && id != 0 ? c : NULL;
 }
 
