@@ -7,7 +7,8 @@
 
 /* ---- one function per state: the next state on an input ---------------------------------------- */
 
-/* Every state: an acceptable RST closes it. */
+/* Each returns the state its endpoint goes to on an input, its own state when the input changes
+ * nothing there. An acceptable RST closes every state (CLOSED's default). */
 static int st_closed(enum tcp_input in)
 {
     switch (in) {
