@@ -43,9 +43,21 @@ enum mos_end_reason {
     MOS_END_EOF = 5,
 };
 
+/* The anomalies: each is the reason of an ERROR event and bumps one counter, both from this one list
+ * (the engine raises them through one function, raise_anomaly in userspace/event_queue.c). Columns: the
+ * MOS_ERR_ id, its number (the ERROR event's reason: fixed, Python and saved results use it), the
+ * MOS_C_ counter it bumps, and its name, after Suricata's stream.* events. */
+#define MOS_ANOMALIES(X)                                                                                    \
+    X(OUT_OF_WINDOW, 1, OUT_OF_WINDOW, "stream.pkt_out_of_window")         /* data beyond the window */  \
+    X(RST_OUT_OF_WINDOW, 2, RST_OUT_OF_WINDOW, "stream.rst_out_of_window") /* RST outside the window */\
+    X(BUFFER_LIMIT, 3, BUFFER_LIMIT, "stream.reassembly_buffer_limit")    /* per-direction bytes held */\
+    X(MEMCAP, 4, MEMCAP, "stream.reassembly_memcap")                      /* all bytes held */          \
+    X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */
+
 enum mos_error_kind {
-    MOS_ERR_OUT_OF_WINDOW = 1, MOS_ERR_RST_OUT_OF_WINDOW = 2, MOS_ERR_BUFFER_LIMIT = 3, MOS_ERR_MEMCAP = 4,
-    MOS_ERR_SEGMENT_LIMIT = 5,
+#define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
+    MOS_ANOMALIES(MOS_X_)
+#undef MOS_X_
 };
 
 enum mos_orphan_kind { MOS_ORPHAN_NOT_TCP = 1, MOS_ORPHAN_NO_CONN = 2, MOS_ORPHAN_TABLE_FULL = 3 };
@@ -101,6 +113,9 @@ enum mos_linktype {
     X(OUT_OF_WINDOW, out_of_window)                                                                     \
     X(RST_OUT_OF_WINDOW, rst_out_of_window)                                                             \
     X(RST_ACCEPTED, rst_accepted)                                                                       \
+    X(BUFFER_LIMIT, buffer_limit)       /* anomalies: data past a reassembly limit (MOS_ANOMALIES) */   \
+    X(MEMCAP, memcap)                                                                                   \
+    X(SEGMENT_LIMIT, segment_limit)                                                                     \
     X(DATA_AFTER_CLOSE, data_after_close)                                                               \
     X(EVENTS_QUEUED, events_queued)                                                                     \
     X(EVENT_BATCHES, event_batches)
@@ -261,6 +276,8 @@ const char *mos_policy_name(int i);         /* overlap policies, by engine numbe
 uint64_t mos_engine_mem_used(const mos_engine_t *e);
 uint64_t mos_engine_now(const mos_engine_t *e);
 size_t mos_conn_size(void);
+/* The name of an anomaly (enum mos_error_kind, an ERROR event's reason), NULL if none. */
+const char *mos_anomaly_name(int kind);
 
 /* Connections. slot is the 1-based handle from events; id must match (else -1: ended and reused). */
 int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_conn_info *out);

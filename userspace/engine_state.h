@@ -1,0 +1,55 @@
+/* struct mos_engine: the state the engine's parts share (flow table, event queue, reassembly,
+ * defragmentation, stream files) and the packet being processed. Internal: Python sees only the opaque
+ * mos_engine_t of mos_engine.h. */
+#ifndef MOS_ENGINE_STATE_H
+#define MOS_ENGINE_STATE_H
+
+#include "decode.h"
+#include "defrag.h"
+#include "event_queue.h"
+#include "flow_table.h"
+#include "mos_engine.h"
+#include "reasm.h"
+#include "stream_writer.h"
+
+struct mos_engine {
+    struct mos_config cfg;
+    struct flow_table ft;
+    struct event_queue evq;
+    struct reasm_ctx rctx;
+    defrag_t *defrag;
+    struct stream_writer streams;
+    struct mos_conn_info *ended_log; /* final info of connections 1..ended_log_n (mos_engine_log_ended) */
+    uint64_t ended_log_n;
+    uint64_t now;
+    uint64_t last_expire;
+    /* the current batch and packet: what events are stamped with */
+    const struct mos_pkt *batch;
+    uint32_t batch_n;
+    int linktype;
+    uint32_t cur_pkt;
+    uint8_t cur_flags;
+    uint8_t no_account;       /* a reassembled datagram: its fragments were accounted for */
+    const struct pkt_info *cur_pi;
+    uint64_t counters[MOS_C_COUNT];
+};
+
+/* The owner reassembly hands back to the callbacks: the connection and the side whose receive stream it
+ * is (a stack object: reassembly only passes it through). */
+struct owner {
+    struct conn *c;
+    int side;
+};
+
+/* Every captured packet lands in exactly one disposition counter. */
+static inline void account(mos_engine_t *e, int counter)
+{
+    if (!e->no_account)
+        e->counters[counter]++;
+}
+
+/* Ends a connection: what is held is delivered (holes become gaps), CONN_END is raised, the slot is
+ * freed once the events are handled (after lingering, for a close: see engine.c). */
+void engine_end_conn(mos_engine_t *e, struct conn *c, int reason, int side);
+
+#endif

@@ -1,0 +1,460 @@
+/* Both endpoints' TCP state machines; see tcp_tracker.h for the model. */
+#include "tcp_tracker.h"
+
+#include "engine_state.h"
+
+#define ACKED_HOLE_PATIENCE (64u << 10) /* bytes sent past an acknowledged hole before it is a gap */
+
+/* ---- one function per state: the next state on an input ---------------------------------------- */
+
+/* Each returns the state its endpoint goes to on an input, its own state when the input changes
+ * nothing there. An acceptable RST closes every state (CLOSED's default). */
+static int st_closed(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_SND_SYN: return MOS_TCP_SYN_SENT;
+    case TCP_IN_SND_SYNACK: /* picked up at the SYN-ACK, or its SYN was not seen */
+    case TCP_IN_RCV_SYN: return MOS_TCP_SYN_RECEIVED;
+    default: return MOS_TCP_CLOSED;
+    }
+}
+
+static int st_listen(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_SND_SYNACK:
+    case TCP_IN_RCV_SYN: return MOS_TCP_SYN_RECEIVED;
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_LISTEN;
+    }
+}
+
+static int st_syn_sent(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_SND_ACK_OF_SYN: /* the peer's SYN-ACK arrived, though not captured */
+    case TCP_IN_RCV_SYNACK: return MOS_TCP_ESTABLISHED;
+    case TCP_IN_RCV_SYN: return MOS_TCP_SYN_RECEIVED; /* simultaneous open */
+    case TCP_IN_SND_FIN:
+    case TCP_IN_SND_FIN_CROSSED: return MOS_TCP_FIN_WAIT_1;
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_SYN_SENT;
+    }
+}
+
+static int st_syn_received(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_RCV_SYNACK: /* simultaneous open: the peer's SYN-ACK acknowledges ours */
+    case TCP_IN_RCV_ACK_OF_SYN: return MOS_TCP_ESTABLISHED;
+    case TCP_IN_RCV_FIN: return MOS_TCP_CLOSE_WAIT;
+    case TCP_IN_SND_FIN:
+    case TCP_IN_SND_FIN_CROSSED: return MOS_TCP_FIN_WAIT_1;
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_SYN_RECEIVED;
+    }
+}
+
+static int st_established(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_RCV_FIN: return MOS_TCP_CLOSE_WAIT;
+    case TCP_IN_SND_FIN:
+    case TCP_IN_SND_FIN_CROSSED: return MOS_TCP_FIN_WAIT_1;
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_ESTABLISHED;
+    }
+}
+
+static int st_fin_wait_1(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_RCV_ACK_OF_FIN: return MOS_TCP_FIN_WAIT_2;
+    case TCP_IN_RCV_FIN: return MOS_TCP_CLOSING; /* simultaneous close */
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_FIN_WAIT_1;
+    }
+}
+
+static int st_fin_wait_2(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_RCV_FIN: return MOS_TCP_TIME_WAIT;
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_FIN_WAIT_2;
+    }
+}
+
+static int st_close_wait(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_SND_FIN: return MOS_TCP_LAST_ACK;
+    case TCP_IN_SND_FIN_CROSSED: return MOS_TCP_CLOSING;
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_CLOSE_WAIT;
+    }
+}
+
+static int st_closing(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_RCV_ACK_OF_FIN: return MOS_TCP_TIME_WAIT;
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_CLOSING;
+    }
+}
+
+static int st_last_ack(enum tcp_input in)
+{
+    switch (in) {
+    case TCP_IN_RCV_ACK_OF_FIN:
+    case TCP_IN_RST: return MOS_TCP_CLOSED;
+    default: return MOS_TCP_LAST_ACK;
+    }
+}
+
+static int st_time_wait(enum tcp_input in)
+{
+    return in == TCP_IN_RST ? MOS_TCP_CLOSED : MOS_TCP_TIME_WAIT;
+}
+
+/* A switch rather than a table of pointers: the state functions inline into it, and the usual case
+ * (an input that changes nothing: every ACK asks SYN_RECEIVED's question) costs no call. */
+static inline int next_state(int state, enum tcp_input in)
+{
+    switch (state) {
+    case MOS_TCP_CLOSED: return st_closed(in);
+    case MOS_TCP_LISTEN: return st_listen(in);
+    case MOS_TCP_SYN_SENT: return st_syn_sent(in);
+    case MOS_TCP_SYN_RECEIVED: return st_syn_received(in);
+    case MOS_TCP_ESTABLISHED: return st_established(in);
+    case MOS_TCP_FIN_WAIT_1: return st_fin_wait_1(in);
+    case MOS_TCP_FIN_WAIT_2: return st_fin_wait_2(in);
+    case MOS_TCP_CLOSE_WAIT: return st_close_wait(in);
+    case MOS_TCP_CLOSING: return st_closing(in);
+    case MOS_TCP_LAST_ACK: return st_last_ack(in);
+    case MOS_TCP_TIME_WAIT: return st_time_wait(in);
+    default: return state;
+    }
+}
+
+int tcp_next_state(int state, enum tcp_input in)
+{
+    return next_state(state, in);
+}
+
+static void state_changed(mos_engine_t *e, struct conn *c, int side, int old, int hook)
+{
+    struct mos_event tm = {0};
+    tm.old_state = (uint8_t)old;
+    emit(e, c, MOS_EV_TCP_STATE_CHANGE, side, hook, &tm);
+}
+
+/* `side`'s stack takes an input; a transition raises TCP_STATE_CHANGE at `hook`. */
+static inline void tcp_step(mos_engine_t *e, struct conn *c, int side, enum tcp_input in, int hook)
+{
+    struct tcp_end *t = &c->tcp.end[side];
+    int old = t->state;
+    int st = next_state(old, in);
+    if (st == old)
+        return;
+    t->state = (uint8_t)st;
+    state_changed(e, c, side, old, hook);
+}
+
+/* ---- a new connection --------------------------------------------------------------------------- */
+
+void tcp_flow_start(struct tcp_flow *t, const struct pkt_info *pi, int syn_only)
+{
+    t->end[0].wscale = t->end[1].wscale = 0xff;
+    if (syn_only) {
+        t->end[MOS_SIDE_SVR].state = MOS_TCP_LISTEN;
+    } else if ((pi->tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)) {
+        t->end[MOS_SIDE_CLI].state = MOS_TCP_SYN_SENT;
+        t->end[MOS_SIDE_SVR].state = MOS_TCP_LISTEN;
+    } else {
+        t->end[MOS_SIDE_CLI].state = MOS_TCP_ESTABLISHED;
+        t->end[MOS_SIDE_SVR].state = MOS_TCP_ESTABLISHED;
+    }
+}
+
+/* A SYN-ACK's sender is the server; else the well-known port; else the lower port (ephemeral ports
+ * are high); else the destination. */
+int tcp_guess_sender_is_client(const struct pkt_info *pi)
+{
+    if ((pi->tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK))
+        return 0;
+    if ((pi->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+        return 1;
+    if (pi->sport < 1024 && pi->dport >= 1024)
+        return 0;
+    if (pi->dport < 1024 && pi->sport >= 1024)
+        return 1;
+    if (pi->sport != pi->dport)
+        return pi->sport > pi->dport;
+    return 1;
+}
+
+/* ---- acknowledgements and FINs ------------------------------------------------------------------ */
+
+static inline void take_fin(mos_engine_t *e, struct conn *c, int snd, int hook);
+
+/* Inline tests before the calls: most packets have neither a pending ack nor a FIN to take. */
+static inline void settle(mos_engine_t *e, struct conn *c, int s)
+{
+    if (c->tcp.end[s].ack_pending)
+        tcp_settle_acks(e, c, s);
+}
+
+void tcp_settle_acks(mos_engine_t *e, struct conn *c, int s)
+{
+    struct tcp_end *S = &c->tcp.end[s];
+    if (!S->ack_pending)
+        return;
+    S->ack_pending = 0;
+    struct owner o = {c, s};
+    if (c->rx[s].initialized) {
+        reasm_ack(&e->rctx, &c->rx[s], &o, S->hint);
+        take_fin(e, c, 1 - s, MOS_HK_RCV);
+    }
+}
+
+/* The FIN sent by `snd` is in order in the stream the peer receives: the peer's stack takes it. */
+static void take_fin_slow(mos_engine_t *e, struct conn *c, int snd, int hook)
+{
+    int rcv = 1 - snd;
+    struct tcp_end *s = &c->tcp.end[snd];
+    struct reasm_dir *d = &c->rx[rcv];
+    if (d->initialized && seq_lt(d->next_seq, s->fin_seq))
+        return; /* bytes before the FIN are still missing */
+    s->fin_taken = 1;
+    tcp_step(e, c, rcv, TCP_IN_RCV_FIN, hook);
+}
+
+static inline void take_fin(mos_engine_t *e, struct conn *c, int snd, int hook)
+{
+    const struct tcp_end *s = &c->tcp.end[snd];
+    if (s->fin_seen && !s->fin_taken)
+        take_fin_slow(e, c, snd, hook);
+}
+
+/* `rcv` learns that its SYN or its FIN was acknowledged by `ack`. */
+static void rcv_ack_effects(mos_engine_t *e, struct conn *c, int rcv, uint32_t ack, int hook)
+{
+    struct tcp_end *r = &c->tcp.end[rcv];
+    if (r->isn_known && seq_geq(ack, r->isn + 1))
+        tcp_step(e, c, rcv, TCP_IN_RCV_ACK_OF_SYN, hook);
+    if (r->fin_seen && seq_geq(ack, r->fin_seq + 1))
+        tcp_step(e, c, rcv, TCP_IN_RCV_ACK_OF_FIN, hook);
+}
+
+static uint32_t scaled_win(const struct tcp_end *t, const struct pkt_info *pi)
+{
+    if ((pi->tcp_flags & TCP_SYN) || !t->ws_ok || t->wscale == 0xff)
+        return pi->window;
+    return (uint32_t)pi->window << t->wscale;
+}
+
+/* ---- the sender's stack: what sending this packet says about it ---------------------------------- */
+
+static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    struct tcp_end *t = &c->tcp.end[s];
+    struct tcp_end *peer = &c->tcp.end[1 - s];
+    uint8_t f = pi->tcp_flags;
+    if (f & TCP_RST)
+        return; /* a RST only counts once the receiver's window check accepts it */
+    uint32_t seglen = pi->payload_len + ((f & TCP_SYN) ? 1u : 0u) + ((f & TCP_FIN) ? 1u : 0u);
+    if (f & TCP_SYN) {
+        if (!t->syn_seen) {
+            t->syn_seen = 1;
+            t->isn = pi->seq;
+            t->isn_known = 1;
+            t->wscale = pi->wscale;
+            t->snd_nxt = pi->seq + seglen;
+            tcp_step(e, c, s, (f & TCP_ACK) ? TCP_IN_SND_SYNACK : TCP_IN_SND_SYN, MOS_HK_SND);
+            /* RFC 7323: scaling is on only if both SYNs carried the option. */
+            if (t->wscale != 0xff && peer->wscale != 0xff)
+                t->ws_ok = peer->ws_ok = 1;
+        } else if (pi->seq == t->isn) {
+            e->counters[MOS_C_SYN_REXMIT]++;
+            c->rexmit[s]++;
+        }
+    } else if ((f & TCP_ACK) && peer->isn_known && pi->ack == peer->isn + 1) {
+        tcp_step(e, c, s, TCP_IN_SND_ACK_OF_SYN, MOS_HK_SND);
+    }
+    if ((f & TCP_FIN) && !t->fin_seen) {
+        t->fin_seen = 1;
+        t->fin_seq = pi->seq + pi->payload_len + ((f & TCP_SYN) ? 1u : 0u);
+        int crossed = (f & TCP_ACK) && peer->fin_seen && seq_leq(pi->ack, peer->fin_seq);
+        tcp_step(e, c, s, crossed ? TCP_IN_SND_FIN_CROSSED : TCP_IN_SND_FIN, MOS_HK_SND);
+    }
+    if (!t->snd_nxt || seq_gt(pi->seq + seglen, t->snd_nxt))
+        t->snd_nxt = pi->seq + seglen;
+    uint32_t w = scaled_win(t, pi);
+    if (w > t->max_win)
+        t->max_win = w;
+}
+
+/* ---- the receiver's stack ------------------------------------------------------------------------ */
+
+static int rst_acceptable(const struct conn *c, int r, const struct pkt_info *pi)
+{
+    const struct tcp_end *R = &c->tcp.end[r];
+    const struct reasm_dir *d = &c->rx[r];
+    if (R->state == MOS_TCP_SYN_SENT)
+        return (pi->tcp_flags & TCP_ACK) ? pi->ack == R->isn + 1 : 0;
+    if (!d->initialized)
+        return 1; /* nothing to check against (picked up, or no data yet) */
+    uint32_t wnd = R->max_win ? R->max_win : 65535;
+    /* RFC 9293 3.10.7.x: RCV.NXT =< SEG.SEQ < RCV.NXT+RCV.WND; one byte before RCV.NXT is allowed for
+     * the stacks that send RST with the sequence number of an acknowledged FIN. */
+    return seq_geq(pi->seq, d->next_seq - 1) && seq_lt(pi->seq, d->next_seq + wnd + 1);
+}
+
+/* The payload into the receive stream of `r`, with the window check. */
+static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    int r = 1 - s;
+    struct tcp_end *R = &c->tcp.end[r];
+    struct owner orr = {c, r};
+    uint32_t plen = pi->payload_len;
+    uint32_t dseq = pi->seq + ((pi->tcp_flags & TCP_SYN) ? 1u : 0u);
+    struct reasm_dir *d = &c->rx[r];
+    if (!d->initialized) {
+        /* Picked up mid-stream: anchor at what the receiver already acknowledged when that is just
+         * before this segment (the bytes between were lost), else at this segment. */
+        if (R->ack_hint && seq_lt(R->hint, dseq) && dseq - R->hint < (1u << 20))
+            reasm_dir_init(d, R->hint, d->policy, d->buffering);
+        else
+            reasm_dir_init(d, dseq, d->policy, d->buffering);
+    }
+    if (R->ack_pending) {
+        /* The sender is well past what the receiver acknowledged (64 KiB: reordering at a capture
+         * point does not reach that far, and waiting longer holds every later segment out of order),
+         * or waiting would hold too much: the acknowledged hole is lost. */
+        if ((seq_geq(dseq, R->hint) && dseq - R->hint >= ACKED_HOLE_PATIENCE) ||
+            reasm_held_bytes(d) > e->cfg.dir_buffer_limit / 2)
+            tcp_settle_acks(e, c, r);
+    }
+    int64_t off = reasm_seq_to_off(d, dseq);
+    if (off - (int64_t)d->next_off > (1 << 30) && R->ack_pending) {
+        /* Far ahead of what we have, and the receiver acknowledged past a hole: the hole is lost
+         * (settling it keeps the 32-bit sequence anchor close to the data). */
+        tcp_settle_acks(e, c, r);
+        off = reasm_seq_to_off(d, dseq);
+    }
+    uint64_t wnd = R->max_win > 65535 ? R->max_win : 65535;
+    uint64_t base = d->next_off;
+    if (R->ack_pending) {
+        int64_t acked = reasm_seq_to_off(d, R->hint);
+        if (acked > (int64_t)base)
+            base = (uint64_t)acked;
+    }
+    if (off > (int64_t)(base + 2 * wnd + (1u << 16))) {
+        /* Beyond anything the receiver allowed: flagged (it may be an insertion attempt), yet held,
+         * as Zeek does, because captures miss window updates and the receiver's ACKs decide. */
+        raise_anomaly(e, c, r, MOS_ERR_OUT_OF_WINDOW, (uint64_t)off, plen);
+    }
+    uint64_t before = e->rctx.counters[REASM_C_REXMIT_SEGMENTS];
+    reasm_segment(&e->rctx, d, &orr, dseq, pi->payload, plen);
+    if (e->rctx.counters[REASM_C_REXMIT_SEGMENTS] != before)
+        c->rexmit[s]++;
+}
+
+/* The ACK of `s` into the stream it receives: delivered bytes, holes it acknowledged, its peer's
+ * SYN/FIN acknowledged. */
+static void receive_ack(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    int r = 1 - s;
+    struct tcp_end *S = &c->tcp.end[s];
+    struct tcp_end *R = &c->tcp.end[r];
+    struct reasm_dir *ds = &c->rx[s];
+    struct owner os = {c, s};
+    if (ds->initialized) {
+        /* the FIN takes a sequence number but is no byte of the stream */
+        uint32_t ack = pi->ack;
+        if (R->fin_seen && seq_gt(ack, R->fin_seq))
+            ack = R->fin_seq;
+        uint32_t swnd = S->max_win > 65535 ? S->max_win : 65535;
+        if (seq_gt(ack, ds->next_seq) && ack - ds->next_seq > 2 * swnd + 65536u) {
+            /* A hole larger than any window: no reordering explains it, the bytes were lost. */
+            if (!S->ack_pending || seq_gt(ack, S->hint))
+                S->hint = ack;
+            S->ack_pending = 1;
+            tcp_settle_acks(e, c, s);
+        } else if (seq_gt(ack, ds->next_seq)) {
+            /* An ack past a hole: the bytes may still come (a capture point sees reordering the
+             * endpoint did not), so the hole becomes a gap only when the conversation moves on:
+             * the acking side sends data, or the other side closes (see tcp_settle_acks). */
+            if (!S->ack_pending || seq_gt(ack, S->hint))
+                S->hint = ack;
+            S->ack_pending = 1;
+            reasm_ack(&e->rctx, ds, &os, ds->next_seq);
+            if (R->fin_seen)
+                tcp_settle_acks(e, c, s); /* the sender is done: nothing more will come */
+        } else {
+            reasm_ack(&e->rctx, ds, &os, ack);
+        }
+        take_fin(e, c, r, MOS_HK_RCV);
+    } else {
+        S->ack_hint = 1;
+        S->hint = pi->ack;
+    }
+    rcv_ack_effects(e, c, r, pi->ack, MOS_HK_RCV);
+}
+
+/* The receiver's stack: window check, the bytes into its receive stream, RST/FIN/ACK effects. */
+static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    int r = 1 - s;
+    struct tcp_end *R = &c->tcp.end[r];
+    uint8_t f = pi->tcp_flags;
+
+    if (pi->payload_len)
+        settle(e, c, s); /* the acking side moved on: what it acked and we lack is lost */
+    if (f & (TCP_FIN | TCP_RST))
+        settle(e, c, r); /* the sender is done: holes the receiver acked will not fill */
+
+    if (f & TCP_RST) {
+        if (rst_acceptable(c, r, pi)) {
+            e->counters[MOS_C_RST_ACCEPTED]++;
+            tcp_step(e, c, s, TCP_IN_RST, MOS_HK_SND);
+            tcp_step(e, c, r, TCP_IN_RST, MOS_HK_RCV);
+            emit(e, c, MOS_EV_PKT_IN, r, MOS_HK_RCV, NULL);
+            engine_end_conn(e, c, MOS_END_RST, r);
+        } else {
+            raise_anomaly(e, c, r, MOS_ERR_RST_OUT_OF_WINDOW, 0, 0);
+        }
+        return;
+    }
+    if (f & TCP_SYN) {
+        if (!(f & TCP_ACK))
+            tcp_step(e, c, r, TCP_IN_RCV_SYN, MOS_HK_RCV);
+        else if (R->isn_known && pi->ack == R->isn + 1)
+            tcp_step(e, c, r, TCP_IN_RCV_SYNACK, MOS_HK_RCV);
+        if (!c->rx[r].initialized && (c->monitor & (1u << r)))
+            reasm_dir_init(&c->rx[r], pi->seq + 1, c->rx[r].policy, c->rx[r].buffering);
+    }
+    if (pi->payload_len && (c->monitor & (1u << r)))
+        receive_data(e, c, s, pi);
+    if (f & TCP_ACK)
+        receive_ack(e, c, s, pi);
+    /* RFC 9293 3.10.7.4: the ACK is processed before the FIN */
+    if (c->tcp.end[s].fin_seen)
+        take_fin(e, c, s, MOS_HK_RCV); /* this FIN, or an earlier one whose missing bytes just came */
+}
+
+static int is_closed_state(int st) { return st == MOS_TCP_TIME_WAIT || st == MOS_TCP_CLOSED; }
+
+void tcp_track(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    sender_update(e, c, s, pi);
+    emit(e, c, MOS_EV_PKT_IN, s, MOS_HK_SND, NULL);
+    receiver_update(e, c, s, pi);
+    if (c->flags & CF_ENDED)
+        return; /* RST */
+    emit(e, c, MOS_EV_PKT_IN, 1 - s, MOS_HK_RCV, NULL);
+    if (tcp_both_fins(&c->tcp) && is_closed_state(c->tcp.end[0].state) && is_closed_state(c->tcp.end[1].state))
+        engine_end_conn(e, c, MOS_END_FIN, s);
+}

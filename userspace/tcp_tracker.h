@@ -1,0 +1,84 @@
+/* Both endpoints' TCP state machines, as a passive observer can follow them.
+ *
+ * A packet is taken as mOS takes it: first by its sender's stack (it sent the packet: SYN, FIN, its
+ * highest sequence number, its window), PKT_IN at the SND hook; then by the receiver's stack (window
+ * check, the bytes into its receive stream, the RST/ACK/FIN effects), PKT_IN at the RCV hook.
+ *
+ * What a packet means to one endpoint is reduced to an input (enum tcp_input); each state has one
+ * function that maps an input to the next state (as Suricata's stream-tcp.c has a function per state,
+ * and mOS's tcp_in.c a handler per state), so each state's transitions are read in one place. Window checks, reassembly and acknowledgements stay in the sender/receiver updates. */
+#ifndef MOS_TCP_TRACKER_H
+#define MOS_TCP_TRACKER_H
+
+#include <stdint.h>
+
+#include "decode.h"
+
+/* One endpoint's TCP stack. */
+struct tcp_end {
+    uint8_t state;        /* enum mos_tcp_state */
+    uint8_t wscale;       /* from its SYN; 0xff: none */
+    uint8_t syn_seen : 1, fin_seen : 1, isn_known : 1, ack_hint : 1, ack_pending : 1,
+        fin_taken : 1,    /* its FIN is in order in the peer's receive stream: the peer's stack took it */
+        ws_ok : 1,        /* window scaling is on (both SYNs carried the option: RFC 7323) */
+        spare : 1;
+    uint8_t pad;
+    uint32_t isn;
+    uint32_t snd_nxt;     /* highest sequence number sent + 1 */
+    uint32_t fin_seq;     /* sequence number of its FIN */
+    uint32_t max_win;     /* largest window it advertised (scaled) */
+    uint32_t hint;        /* ack_hint: what it acknowledged before its receive stream was anchored;
+                           * ack_pending: the highest ack past a hole, not yet taken as a gap */
+};
+
+/* The TCP part of a flow: end[MOS_SIDE_CLI], end[MOS_SIDE_SVR]. */
+struct tcp_flow {
+    struct tcp_end end[2];
+};
+
+/* Sequence arithmetic (RFC 1982 style, 32-bit wrap). */
+static inline int seq_lt(uint32_t a, uint32_t b) { return (int32_t)(a - b) < 0; }
+static inline int seq_leq(uint32_t a, uint32_t b) { return (int32_t)(a - b) <= 0; }
+static inline int seq_gt(uint32_t a, uint32_t b) { return (int32_t)(a - b) > 0; }
+static inline int seq_geq(uint32_t a, uint32_t b) { return (int32_t)(a - b) >= 0; }
+
+/* What a packet tells one endpoint's state machine (the sequence checks are made before). */
+enum tcp_input {
+    TCP_IN_SND_SYN,         /* it sent its first SYN */
+    TCP_IN_SND_SYNACK,      /* it sent its first SYN-ACK */
+    TCP_IN_SND_ACK_OF_SYN,  /* it acknowledged the peer's SYN (the peer's SYN-ACK was not captured) */
+    TCP_IN_SND_FIN,         /* it sent its first FIN */
+    TCP_IN_SND_FIN_CROSSED, /* its first FIN, not acknowledging the peer's FIN: sent before that one
+                             * arrived (a simultaneous close the capture point saw in the other order) */
+    TCP_IN_RCV_SYN,         /* it received a SYN */
+    TCP_IN_RCV_SYNACK,      /* it received a SYN-ACK that acknowledges its SYN */
+    TCP_IN_RCV_FIN,         /* the peer's FIN is in order in its receive stream */
+    TCP_IN_RCV_ACK_OF_SYN,  /* its SYN was acknowledged */
+    TCP_IN_RCV_ACK_OF_FIN,  /* its FIN was acknowledged */
+    TCP_IN_RST,             /* an acceptable RST */
+    TCP_IN_COUNT
+};
+
+/* The state an endpoint in `state` goes to on `in` (the same state: no transition). */
+int tcp_next_state(int state, enum tcp_input in);
+
+struct conn;
+
+/* Sets both endpoints' states of a new connection: a SYN's receiver listens; a connection picked up
+ * mid-stream gets a guess (no events for the guess). */
+void tcp_flow_start(struct tcp_flow *t, const struct pkt_info *pi, int syn_only);
+/* Who is the client of a connection picked up mid-stream: 1 if the packet's sender. */
+int tcp_guess_sender_is_client(const struct pkt_info *pi);
+/* Both directions of one packet sent by `side`; may end the connection (RST, both FINs acknowledged). */
+void tcp_track(mos_engine_t *e, struct conn *c, int side, const struct pkt_info *pi);
+/* Holes that `side` acknowledged in the stream it receives become gaps now (the connection moves on or
+ * ends). */
+void tcp_settle_acks(mos_engine_t *e, struct conn *c, int side);
+
+/* Both FINs were taken: nothing more will be delivered. */
+static inline int tcp_both_fins(const struct tcp_flow *t)
+{
+    return t->end[0].fin_taken && t->end[1].fin_taken;
+}
+
+#endif
