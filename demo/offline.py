@@ -11,12 +11,13 @@ dependency, not one of the library's).
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "apps"
@@ -114,16 +115,25 @@ def build_demo_pcap(path: Path, seed: int = 7) -> Path:
     return path
 
 
-def mos_xdp(*args: str) -> List[str]:
-    """The command line of ``mos-xdp ARGS``: the console script beside this interpreter, as users run it."""
-    exe = Path(sys.executable).parent / "mos-xdp"
-    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "mos.cli", *args]
+def mos_xdp(*args: str) -> Tuple[List[str], Dict[str, str]]:
+    """The command line of ``mos-xdp ARGS`` (the CLI module under this interpreter, the console script's
+    code) and its environment.
+
+    When this user may not reach the interpreter by its path (a venv whose interpreter lives under
+    root's home, the demo run as nobody), the running binary is started as /proc/self/exe, which needs no
+    access to the path, with this process's import path.
+    """
+    if os.access(sys.executable, os.X_OK):
+        return [sys.executable, "-m", "mos.cli", *args], dict(os.environ)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return ["/proc/self/exe", "-m", "mos.cli", *args], env
 
 
 def _step(title: str, *args: str) -> None:
     """Shows the command as a user would type it, then runs it with its output on ours."""
     print(f"\033[1m== {title}\033[0m" if sys.stdout.isatty() else f"== {title}", flush=True)
-    r = subprocess.run(mos_xdp(*args), timeout=STEP_TIMEOUT)
+    argv, env = mos_xdp(*args)
+    r = subprocess.run(argv, env=env, timeout=STEP_TIMEOUT)
     if r.returncode != 0:
         raise RuntimeError(f"mos-xdp {' '.join(args)} exited {r.returncode}")
 

@@ -8,6 +8,8 @@ under /run/netns, as ``ip netns`` makes them; it is never created implicitly). F
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import ipaddress
 import os
 import socket
@@ -20,6 +22,7 @@ from pyroute2 import netns as _pyr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000
 
 # <linux/if_link.h> XDP_FLAGS_*: the attach mode of a program
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -58,13 +61,47 @@ def netns_path(name: str) -> Path:
     return NETNS_DIR / name
 
 
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def entered(path: Path) -> Iterator[None]:
+    """The calling thread lives in the network namespace at ``path`` for the ``with`` block, then goes
+    back (what it creates meanwhile, sockets and subprocesses, stays there)."""
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        here = os.open(path, os.O_RDONLY)
+        try:
+            _setns(here)
+            try:
+                yield
+            finally:
+                _setns(back)
+        finally:
+            os.close(here)
+    finally:
+        os.close(back)
+
+
 @contextlib.contextmanager
 def _ipr(netns: Optional[str]) -> Iterator[Any]:
-    """An IPRoute socket in the caller's namespace or in ``netns`` (which must exist)."""
+    """An IPRoute socket in the caller's namespace or in ``netns`` (which must exist).
+
+    The socket is made in this thread, moved into the namespace for the moment: pyroute2's own
+    ``IPRoute(netns=)`` forks a helper, which would run the caller's signal handlers and atexit hooks.
+    """
     if netns is not None and not netns_path(netns).exists():
         raise NetError(f"network namespace {netns} does not exist")
     try:
-        ipr = IPRoute() if netns is None else IPRoute(netns=netns, flags=0)
+        if netns is None:
+            ipr = IPRoute()
+        else:
+            with entered(netns_path(netns)):
+                ipr = IPRoute()
     except OSError as e:
         raise NetError(f"cannot open a netlink socket{_where(netns)}: {e.strerror or e}") from None
     try:
@@ -290,10 +327,23 @@ def netns_create(name: str) -> Path:
     """Creates the named namespace (as ``ip netns add``) with its loopback up; returns its path."""
     if netns_path(name).exists():
         raise NetError(f"network namespace {name} exists already")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        _pyr_netns.create(name)
-    except OSError as e:
-        raise NetError(f"cannot create network namespace {name}: {e.strerror or e}") from None
+        # a new namespace for this thread only, bound to its name, then back: no helper process
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise NetError(f"cannot create network namespace {name}: {os.strerror(err)}")
+        try:
+            _pyr_netns.attach(name, "thread-self")
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                netns_path(name).unlink()
+            raise NetError(f"cannot create network namespace {name}: {e.strerror or e}") from None
+        finally:
+            _setns(back)
+    finally:
+        os.close(back)
     link_set("lo", netns=name, up=True)
     return netns_path(name)
 
@@ -328,5 +378,5 @@ def netns_pids(name: str) -> List[int]:
 
 
 __all__ = ["Link", "NETNS_DIR", "NetError", "addr_add", "addresses", "ifindex", "link_delete", "link_set",
-           "link_stats", "link_xdp", "links", "neigh_flush", "netns_create", "netns_delete", "netns_id",
+           "entered", "link_stats", "link_xdp", "links", "neigh_flush", "netns_create", "netns_delete", "netns_id",
            "netns_list", "netns_path", "netns_pids", "route_add", "veth_add", "xdp_attach", "xdp_detach"]

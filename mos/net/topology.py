@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import secrets
 import signal
@@ -35,11 +33,9 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
 
 from . import netlink as nl
-
-_CLONE_NEWNET = 0x40000000
 
 # ethtool -K features of a veth end host whose frames an XDP middle box forwards: checksums in software
 # (a frame redirected by XDP never gets an offloaded checksum filled in), MTU-sized frames (no TSO/GSO),
@@ -47,16 +43,6 @@ _CLONE_NEWNET = 0x40000000
 XDP_END_HOST = {"gro": True, "tx": False, "tso": False, "gso": False}
 # a capture of MTU-sized segments, as on a wire
 NO_SEGMENTATION = {"tso": False, "gso": False, "gro": False}
-
-
-def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc().setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def run(argv: Sequence[str], check: bool = True, timeout: float = 30, **kw: Any) -> subprocess.CompletedProcess:
@@ -112,23 +98,10 @@ class Netns:
         """The processes living here."""
         return nl.netns_pids(self.name)
 
-    @contextlib.contextmanager
-    def entered(self) -> Iterator[None]:
+    def entered(self) -> contextlib.AbstractContextManager:
         """Moves the calling thread into this namespace for the ``with`` block, then back (the
         subprocesses it starts meanwhile live here too)."""
-        back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        try:
-            here = os.open(self.path, os.O_RDONLY)
-            try:
-                _setns(here)
-                try:
-                    yield
-                finally:
-                    _setns(back)
-            finally:
-                os.close(here)
-        finally:
-            os.close(back)
+        return nl.entered(self.path)
 
     # -- configuration (netlink, sysctl, ethtool)
 
