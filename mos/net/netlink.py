@@ -15,7 +15,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as _pyr_netns
@@ -125,6 +125,16 @@ def _index(ipr: Any, name: str, netns: Optional[str]) -> int:
     return int(found[0])
 
 
+def _on_link(name: str, netns: Optional[str], what: str, call: Callable[[Any, int], Any]) -> Any:
+    """``call(ipr, ifindex)`` on the interface ``name``; a netlink error becomes NetError("what: why")."""
+    with _ipr(netns) as ipr:
+        idx = _index(ipr, name, netns)
+        try:
+            return call(ipr, idx)
+        except NetlinkError as e:
+            raise _fail(what, e, netns) from None
+
+
 def _link(msg: Any) -> Link:
     flags = int(msg["flags"])
     lk = Link(str(msg.get("IFLA_IFNAME")), int(msg["index"]), up=bool(flags & _IFF_UP),
@@ -163,20 +173,15 @@ def links(netns: Optional[str] = None) -> List[Link]:
 
 def link_xdp(name: str, netns: Optional[str] = None) -> Link:
     """One interface and its XDP program; NetError when it does not exist."""
-    with _ipr(netns) as ipr:
-        idx = _index(ipr, name, netns)
-        try:
-            return _link(ipr.get_links(idx)[0])
-        except NetlinkError as e:
-            raise _fail(f"cannot read interface {name}", e, netns) from None
+    return _on_link(name, netns, f"cannot read interface {name}",
+                    lambda ipr, idx: _link(ipr.get_links(idx)[0]))
 
 
 def link_stats(name: str, netns: Optional[str] = None) -> Dict[str, int]:
     """The interface's 64-bit counters (IFLA_STATS64: ``rx_packets``, ``tx_dropped``, ...)."""
-    with _ipr(netns) as ipr:
-        idx = _index(ipr, name, netns)
-        stats = ipr.get_links(idx)[0].get("IFLA_STATS64") or {}
-        return {k: int(v) for k, v in stats.items() if isinstance(v, int)}
+    stats = _on_link(name, netns, f"cannot read interface {name}",
+                     lambda ipr, idx: ipr.get_links(idx)[0].get("IFLA_STATS64") or {})
+    return {k: int(v) for k, v in stats.items() if isinstance(v, int)}
 
 
 def link_set(name: str, netns: Optional[str] = None, up: Optional[bool] = None,
@@ -187,22 +192,12 @@ def link_set(name: str, netns: Optional[str] = None, up: Optional[bool] = None,
         kw["state"] = "up" if up else "down"
     if mtu is not None:
         kw["mtu"] = mtu
-    with _ipr(netns) as ipr:
-        idx = _index(ipr, name, netns)
-        try:
-            ipr.link("set", index=idx, **kw)
-        except NetlinkError as e:
-            raise _fail(f"cannot set {name} {kw}", e, netns) from None
+    _on_link(name, netns, f"cannot set {name} {kw}", lambda ipr, idx: ipr.link("set", index=idx, **kw))
 
 
 def link_delete(name: str, netns: Optional[str] = None) -> None:
     """Deletes an interface (both ends, for a veth); NetError when it does not exist."""
-    with _ipr(netns) as ipr:
-        idx = _index(ipr, name, netns)
-        try:
-            ipr.link("del", index=idx)
-        except NetlinkError as e:
-            raise _fail(f"cannot delete {name}", e, netns) from None
+    _on_link(name, netns, f"cannot delete {name}", lambda ipr, idx: ipr.link("del", index=idx))
 
 
 def veth_add(name: str, peer: str, netns: Optional[str] = None, peer_netns: Optional[str] = None,
@@ -236,19 +231,13 @@ def addr_add(name: str, address: str, netns: Optional[str] = None) -> None:
     kw: Dict[str, Any] = {"address": str(iface.ip), "prefixlen": iface.network.prefixlen}
     if iface.version == 6:
         kw["IFA_FLAGS"] = _IFA_F_NODAD
-    with _ipr(netns) as ipr:
-        idx = _index(ipr, name, netns)
-        try:
-            ipr.addr("add", index=idx, **kw)
-        except NetlinkError as e:
-            raise _fail(f"cannot add {address} to {name}", e, netns) from None
+    _on_link(name, netns, f"cannot add {address} to {name}", lambda ipr, idx: ipr.addr("add", index=idx, **kw))
 
 
 def addresses(name: str, netns: Optional[str] = None) -> List[str]:
     """The interface's addresses, as ``ADDR/PREFIXLEN``."""
-    with _ipr(netns) as ipr:
-        idx = _index(ipr, name, netns)
-        return [f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}" for m in ipr.get_addr(index=idx)]
+    msgs = _on_link(name, netns, f"cannot read the addresses of {name}", lambda ipr, idx: ipr.get_addr(index=idx))
+    return [f"{m.get('IFA_ADDRESS')}/{m['prefixlen']}" for m in msgs]
 
 
 def route_add(dst: str, gateway: str, netns: Optional[str] = None) -> None:
@@ -284,12 +273,9 @@ def xdp_attach(name: str, prog_fd: int, mode: str = "native", netns: Optional[st
     """Attaches the XDP program ``prog_fd`` to the interface in ``mode`` (IFLA_XDP); with ``replace``
     False, NetError if a program is attached already."""
     flags = _xdp_flags(mode) | (0 if replace else XDP_FLAGS_UPDATE_IF_NOEXIST)
-    with _ipr(netns) as ipr:
-        idx = _index(ipr, name, netns)
-        try:
-            ipr.link("set", index=idx, xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", flags)]})
-        except NetlinkError as e:
-            raise _fail(f"cannot attach an XDP program to {name} ({mode})", e, netns) from None
+    attrs = [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", flags)]
+    _on_link(name, netns, f"cannot attach an XDP program to {name} ({mode})",
+             lambda ipr, idx: ipr.link("set", index=idx, xdp={"attrs": attrs}))
 
 
 def xdp_detach(name: str, mode: str = "", netns: Optional[str] = None) -> None:

@@ -197,10 +197,10 @@ class Topology:
         nl.netns_create(ns.name)
         self.namespaces.append(ns)
         self.actions.append(f"ip netns add {ns.name}")
-        if self.ipv6:
-            ns.sysctl(**{f"net.ipv6.conf.{c}.accept_dad": 0 for c in ("all", "default")})
-        else:
-            ns.sysctl(**{f"net.ipv6.conf.{c}.disable_ipv6": 1 for c in ("all", "default")})
+        key, value = ("accept_dad", 0) if self.ipv6 else ("disable_ipv6", 1)
+        settings = {f"net.ipv6.conf.{c}.{key}": value for c in ("all", "default")}
+        ns.sysctl(**settings)
+        self.actions.append(" ".join(ns.cmd("sysctl", "-qw", *(f"{k}={v}" for k, v in settings.items()))))
         return ns
 
     def veth(self, a: Netns, name_a: str, b: Netns, name_b: str, addr_a: Optional[str] = None,
@@ -227,8 +227,8 @@ class Topology:
     def ethtool(self, ns: Netns, dev: str, features: Dict[str, bool], best_effort: bool = False) -> None:
         """:meth:`Netns.ethtool`, recorded in :attr:`actions`."""
         ns.ethtool(dev, features, best_effort=best_effort)
-        self.actions.append(f"ip netns exec {ns.name} ethtool -K {dev} "
-                            + " ".join(f"{k} {'on' if v else 'off'}" for k, v in features.items()))
+        self.actions.append(" ".join(ns.cmd("ethtool", "-K", dev))
+                            + "".join(f" {k} {'on' if v else 'off'}" for k, v in features.items()))
 
     def route(self, ns: Netns, dst: str, gateway: str) -> None:
         """:meth:`Netns.route_add`, recorded in :attr:`actions`."""
