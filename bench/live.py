@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import re
-import secrets
 import shlex
 import signal
 import socket
@@ -61,6 +60,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, logger
 from common import sh as common_sh
+
+from mos.net import netlink
+from mos.net.topology import XDP_END_HOST, Netns, Topology
 
 RESULTS = BENCH / "RESULTS.md"
 BEGIN, END = "<!-- live:begin -->", "<!-- live:end -->"
@@ -176,17 +178,12 @@ def bare_xdp_main(iface: str, action: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # namespaces
 
-class Ns:
-    def __init__(self, name: str) -> None:
-        self.name = name
+class Ns(Netns):
+    """A benchmark namespace: the commands run here can be recorded for the report."""
 
-    def cmd(self, *argv: str) -> List[str]:
-        # nsenter --net keeps the host's /sys (and its bpffs, where mos-xdp pins maps), unlike ip netns exec
-        return ["nsenter", f"--net=/run/netns/{self.name}", "--", *argv]
-
-    def run(self, *argv: str, check: bool = True, record: bool = False, timeout: float = 120
-            ) -> subprocess.CompletedProcess:
-        return sh(self.cmd(*argv), check=check, record=record, timeout=timeout)
+    def run(self, *argv: str, check: bool = True, record: bool = False, timeout: float = 120,
+            **kw: Any) -> subprocess.CompletedProcess:
+        return sh(self.cmd(*argv), check=check, record=record, timeout=timeout, **kw)
 
     def popen(self, *argv: str, record: bool = True, **kw: Any) -> subprocess.Popen:
         c = self.cmd(*argv)
@@ -195,46 +192,30 @@ class Ns:
         return subprocess.Popen(c, **kw)
 
 
-class Topology:
+class BenchTopology(Topology):
+    """The run's namespaces (``moslb-<pid>-<hex>-<label>``, IPv4 only); clean-up errors are logged."""
+
+    netns_type = Ns
+
     def __init__(self) -> None:
-        self.tag = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
-        self.names: List[str] = []
-        self.cleanups: List[Callable[[], Any]] = []
+        super().__init__(prefix="moslb-", ipv6=False)
 
     def ns(self, label: str) -> Ns:
-        name = f"moslb-{self.tag}-{label}"
-        sh(["ip", "netns", "add", name], record=True)
-        self.names.append(name)
-        n = Ns(name)
-        n.run("ip", "link", "set", "lo", "up")
-        n.run("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
-              record=True)
+        n = self.netns(label)
+        assert isinstance(n, Ns)
         return n
 
-    def dev(self, label: str) -> str:
-        return f"{label}{self.tag}"  # <= 15 characters, unique on the host (mos-xdp pins by interface name)
-
-    def veth(self, a: Ns, da: str, b: Ns, db: str) -> None:
-        q = ["numrxqueues", "1", "numtxqueues", "1"]
-        sh(["ip", "link", "add", da, "netns", a.name, *q, "type", "veth", "peer", "name", db, "netns", b.name, *q],
-           record=True)
-
     def close(self) -> None:
-        while self.cleanups:
-            try:
-                self.cleanups.pop()()
-            except Exception as e:  # keep cleaning
-                log(f"clean-up: {e}")
-        for n in reversed(self.names):
-            sh(["ip", "netns", "del", n], check=False)
-        self.names.clear()
+        try:
+            super().close()
+        except Exception as e:  # the figures are saved; a failed clean-up must not hide them
+            log(f"clean-up: {e}")
 
 
 def link_stats(ns: Ns, dev: str) -> Dict[str, int]:
-    """TX/RX packets (ip -s) and the driver's counters (ethtool -S: veth's per-queue XDP counters)."""
-    j = json.loads(ns.run("ip", "-j", "-s", "link", "show", "dev", dev, record=True).stdout)[0]["stats64"]
-    out = {"tx_packets": j["tx"]["packets"], "rx_packets": j["rx"]["packets"], "tx_dropped": j["tx"]["dropped"],
-           "rx_dropped": j["rx"]["dropped"]}
+    """TX/RX packets (netlink) and the driver's counters (ethtool -S: veth's per-queue XDP counters)."""
+    st = netlink.link_stats(dev, netns=ns.name)
+    out = {k: st[k] for k in ("tx_packets", "rx_packets", "tx_dropped", "rx_dropped")}
     for line in ns.run("ethtool", "-S", dev, record=True).stdout.splitlines():
         k, _, v = line.strip().partition(":")
         if v.strip().isdigit():
@@ -243,10 +224,7 @@ def link_stats(ns: Ns, dev: str) -> Dict[str, int]:
 
 
 def xdp_prog_id(ns: Ns, dev: str) -> int:
-    j = json.loads(ns.run("ip", "-d", "-j", "link", "show", "dev", dev).stdout)[0]
-    xdp = j.get("xdp") or {}
-    prog = xdp.get("prog") or ((xdp.get("attached") or [{}])[0].get("prog") or {})
-    return int(prog.get("id", 0))
+    return netlink.link_xdp(dev, netns=ns.name).prog_id
 
 
 def prog_runtime(prog_id: int) -> Tuple[int, int]:
@@ -423,7 +401,7 @@ def finish(monitor):
 class Live:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
-        self.topo = Topology()
+        self.topo = BenchTopology()
         t = self.topo
         self.g, self.r = t.ns("g"), t.ns("r")
         self.c, self.m, self.s = t.ns("c"), t.ns("m"), t.ns("s")
@@ -439,25 +417,18 @@ class Live:
 
     def build(self) -> None:
         g, r, c, m, s = self.g, self.r, self.c, self.m, self.s
-        self.topo.veth(g, self.gd, r, self.rd)
-        g.run("ip", "addr", "add", f"{GEN_ADDR}/24", "dev", self.gd, record=True)
-        r.run("ip", "addr", "add", f"{RCV_ADDR}/24", "dev", self.rd, record=True)
-        for n, d in ((g, self.gd), (r, self.rd)):
-            n.run("ip", "link", "set", d, "up", record=True)
-        g.run("ethtool", "-K", self.gd, "tx", "off", "tso", "off", "gso", "off", "gro", "on", record=True)
+        t = self.topo
+        t.veth(g, self.gd, r, self.rd, f"{GEN_ADDR}/24", f"{RCV_ADDR}/24")
+        t.ethtool(g, self.gd, XDP_END_HOST)
         trafgen_cfg(self.cfg)
 
-        self.topo.veth(c, self.cd, m, self.mi)
-        self.topo.veth(m, self.mo, s, self.sd)
-        for n, d, addrs in ((c, self.cd, [C_ROUTED, C_INLINE]), (m, self.mi, [M_LEFT]), (m, self.mo, [M_RIGHT]),
-                            (s, self.sd, [S_ROUTED, S_INLINE])):
-            for ad in addrs:
-                n.run("ip", "addr", "add", f"{ad}/24", "dev", d, record=True)
-            n.run("ip", "link", "set", d, "up", record=True)
-        c.run("ip", "route", "add", f"{NET}.3.0/24", "via", M_LEFT, record=True)
-        s.run("ip", "route", "add", f"{NET}.2.0/24", "via", M_RIGHT, record=True)
+        t.veth(c, self.cd, m, self.mi, f"{C_ROUTED}/24", f"{M_LEFT}/24", extra_a=[f"{C_INLINE}/24"])
+        t.veth(m, self.mo, s, self.sd, f"{M_RIGHT}/24", f"{S_ROUTED}/24", extra_b=[f"{S_INLINE}/24"])
+        t.route(c, f"{NET}.3.0/24", M_LEFT)
+        t.route(s, f"{NET}.2.0/24", M_RIGHT)
         for n, d in ((c, self.cd), (s, self.sd)):
-            n.run("ethtool", "-K", d, "tx", "off", "tso", "off", "gso", "off", "gro", "on", record=True)
+            t.ethtool(n, d, XDP_END_HOST)
+        commands_log.extend(t.actions)  # the set-up, in ip/ethtool form, for the report
         self.bypass_app.write_text(BYPASS_APP)
         self.iperf = s.popen("iperf3", "--server", "--port", str(IPERF_PORT), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
@@ -467,12 +438,12 @@ class Live:
                 self.iperf.terminate()
                 self.iperf.wait(timeout=10)
 
-        self.topo.cleanups.append(_stop_iperf)
-        self.topo.cleanups.append(lambda: self.cfg.unlink(missing_ok=True))
-        self.topo.cleanups.append(lambda: self.bypass_app.unlink(missing_ok=True))
+        self.topo.on_close(_stop_iperf)
+        self.topo.on_close(lambda: self.cfg.unlink(missing_ok=True))
+        self.topo.on_close(lambda: self.bypass_app.unlink(missing_ok=True))
         # leftovers of an interrupted mos-xdp run (pins live in the host's bpffs)
         for n, d in ((r, self.rd), (m, self.mi)):
-            self.topo.cleanups.append(lambda n=n, d=d: n.run(str(MOS), "detach", d, check=False))
+            self.topo.on_close(lambda n=n, d=d: n.run(str(MOS), "detach", d, check=False))
         time.sleep(0.5)
 
     # -- 1. fast drop

@@ -43,13 +43,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, logger
 from common import sh as common_sh
 
+from mos.net.topology import Netns, Topology, reap_stale
+
 BVENV = WORK / "venv"
 BPY = BVENV / "bin" / "python"
 NIDS = WORK / "nids_count"
 SHM = Path("/dev/shm")
 
-NS_SRV, NS_CLI = "mosb-srv", "mosb-cli"
-IF_SRV, IF_CLI = "mosb-s", "mosb-c"
+NS_PREFIX = "mosb-"
 ADDR_SRV, ADDR_CLI = "10.203.0.1", "10.203.0.2"  # only inside this benchmark's own namespaces
 PORT = 8080
 
@@ -61,10 +62,6 @@ BACKPORTS_LIST = Path("/etc/apt/sources.list.d/mos-bench-backports.list")
 log = logger("bench")
 
 sh = functools.partial(common_sh, timeout=600)
-
-
-def ns(name: str, *cmd: str) -> List[str]:
-    return ["ip", "netns", "exec", name, *cmd]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,30 +140,36 @@ def versions() -> Dict[str, str]:
 # --------------------------------------------------------------------------------------------------
 # 2. the capture
 
-def netns_down() -> None:
-    for n in (NS_SRV, NS_CLI):
-        sh(["ip", "netns", "del", n], check=False)
+class CaptureLink:
+    """The capture's two namespaces (``mosb-<pid>-<hex>-srv``, ``-cli``) on one veth pair: offloads off
+    (MTU-sized segments, real checksums) and a token-bucket bottleneck on both ends."""
 
+    def __init__(self, rate: str, limit: str) -> None:
+        reap_stale(NS_PREFIX)
+        self.topo = Topology(prefix=NS_PREFIX, ipv6=False)
+        try:
+            t = self.topo
+            self.srv, self.cli = t.netns("srv"), t.netns("cli")
+            self.if_srv, self.if_cli = t.dev("mbs"), t.dev("mbc")
+            t.veth(self.srv, self.if_srv, self.cli, self.if_cli, f"{ADDR_SRV}/24", f"{ADDR_CLI}/24", queues=0,
+                   mtu=1500)
+            for n, i in self.ends():
+                t.ethtool(n, i, {"tso": False, "gso": False, "gro": False, "tx": False})
+            commands_log.extend(t.actions)
+            for n, i in self.ends():
+                # the bottleneck: a token bucket whose queue overflows under the parallel load
+                c = n.cmd("tc", "qdisc", "add", "dev", i, "root", "tbf", "rate", rate, "burst", "32kb", "limit", limit)
+                sh(c, record=True)
+        except BaseException:
+            self.topo.close()
+            raise
 
-def netns_up(rate: str, limit: str) -> None:
-    netns_down()
-    cmds = [
-        ["ip", "netns", "add", NS_SRV],
-        ["ip", "netns", "add", NS_CLI],
-        ["ip", "link", "add", IF_SRV, "netns", NS_SRV, "type", "veth", "peer", "name", IF_CLI, "netns", NS_CLI],
-    ]
-    for n, i, a in ((NS_SRV, IF_SRV, ADDR_SRV), (NS_CLI, IF_CLI, ADDR_CLI)):
-        cmds += [
-            ns(n, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"),
-            ns(n, "ip", "link", "set", "lo", "up"),
-            ns(n, "ip", "addr", "add", f"{a}/24", "dev", i),
-            ns(n, "ip", "link", "set", i, "up", "mtu", "1500"),
-            ns(n, "ethtool", "-K", i, "tso", "off", "gso", "off", "gro", "off", "tx", "off"),
-            # the bottleneck: a token bucket whose queue overflows under the parallel load
-            ns(n, "tc", "qdisc", "add", "dev", i, "root", "tbf", "rate", rate, "burst", "32kb", "limit", limit),
-        ]
-    for c in cmds:
-        sh(c, record=True)
+    def ends(self) -> List[Tuple[Netns, str]]:
+        """(namespace, interface) of the server's end, then the client's."""
+        return [(self.srv, self.if_srv), (self.cli, self.if_cli)]
+
+    def close(self) -> None:
+        self.topo.close()
 
 
 def transfers(target: int, seed: int, up_sizes: List[int]) -> List[Tuple[str, int]]:
@@ -206,15 +209,16 @@ def build_capture(raw: Path, size_mb: int, conc: int, seed: int, rate: str, limi
             else:
                 f.write(f'url = "http://{ADDR_SRV}:{PORT}/put"\nupload-file = "{tmp}/up{n}"\n'
                         f'output = "/dev/null"\n')
-    netns_up(rate, limit)
+    link = CaptureLink(rate, limit)
+    ns_srv, ns_cli = link.srv, link.cli
     srv = tcpd = None
     xdp: List[subprocess.Popen] = []
     xdp_drops = {}
     try:
         if loss_ppm:
             # real losses on the wire: each end drops a random share of what arrives (XDP, before tcpdump)
-            for n, i in ((NS_SRV, IF_SRV), (NS_CLI, IF_CLI)):
-                c = ns(n, "/usr/bin/python3", str(BENCH / "lossy_xdp.py"), i, "--per-million", str(loss_ppm),
+            for n, i in link.ends():
+                c = n.cmd("/usr/bin/python3", str(BENCH / "lossy_xdp.py"), i, "--per-million", str(loss_ppm),
                        "--lifetime", str(int(time_limit) + 60))
                 commands_log.append(shlex.join(c))
                 xdp.append(subprocess.Popen(c, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
@@ -222,19 +226,19 @@ def build_capture(raw: Path, size_mb: int, conc: int, seed: int, rate: str, limi
                 assert p.stdout is not None
                 if p.stdout.readline().strip() != "attached":
                     raise RuntimeError("lossy_xdp.py could not attach (bcc: python3-bpfcc, kernel headers)")
-        srv = subprocess.Popen(ns(NS_SRV, "python3", str(BENCH / "httpd.py"), "--port", str(PORT),
+        srv = subprocess.Popen(ns_srv.cmd("python3", str(BENCH / "httpd.py"), "--port", str(PORT),
                                   "--lifetime", str(int(time_limit) + 30)),
                                stdout=subprocess.PIPE, text=True)
         commands_log.append(shlex.join(srv.args))  # type: ignore[arg-type]
         assert srv.stdout is not None
         srv.stdout.readline()  # "ready"
-        tcpd = subprocess.Popen(ns(NS_SRV, "tcpdump", "-i", IF_SRV, "-n", "-s", "0", "-B", "262144",
+        tcpd = subprocess.Popen(ns_srv.cmd("tcpdump", "-i", link.if_srv, "-n", "-s", "0", "-B", "262144",
                                    "-w", str(raw), "tcp"), stderr=subprocess.PIPE, text=True)
         commands_log.append(shlex.join(tcpd.args))  # type: ignore[arg-type]
         assert tcpd.stderr is not None
         tcpd.stderr.readline()  # "listening on ..."
         time.sleep(0.3)
-        curl = ns(NS_CLI, "curl", "-s", "--parallel", "--parallel-max", str(conc), "--max-time", "120",
+        curl = ns_cli.cmd("curl", "-s", "--parallel", "--parallel-max", str(conc), "--max-time", "120",
                   "-K", str(cfg))
         commands_log.append(shlex.join(curl))
         log(f"capture: {len(xs)} transfers, {conc} at a time, bottleneck {rate}")
@@ -244,12 +248,12 @@ def build_capture(raw: Path, size_mb: int, conc: int, seed: int, rate: str, limi
         time.sleep(0.5)
         tcpd.send_signal(signal.SIGINT)
         _, err = tcpd.communicate(timeout=60)
-        qdisc = {n: sh(ns(n, "tc", "-s", "qdisc", "show", "dev", i)).stdout for n, i in
-                 ((NS_SRV, IF_SRV), (NS_CLI, IF_CLI))}
-        for n, p in zip((NS_SRV, NS_CLI), xdp):
+        qdisc = {side: sh(n.cmd("tc", "-s", "qdisc", "show", "dev", i)).stdout
+                 for side, (n, i) in zip(("srv", "cli"), link.ends())}
+        for side, p in zip(("srv", "cli"), xdp):
             out_x, _ = p.communicate("", timeout=60)
             m = re.search(r"dropped=(\d+)", out_x)
-            xdp_drops[n] = int(m.group(1)) if m else -1
+            xdp_drops[side] = int(m.group(1)) if m else -1
     finally:
         for p in (tcpd, srv, *xdp):
             if p is not None and p.poll() is None:
@@ -258,7 +262,7 @@ def build_capture(raw: Path, size_mb: int, conc: int, seed: int, rate: str, limi
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        netns_down()
+        link.close()
         shutil.rmtree(tmp, ignore_errors=True)
     (WORK / (raw.name + ".curl.txt")).write_text(r.stdout + r.stderr)
     lines = [ln.split() for ln in r.stdout.splitlines() if ln.strip()]
@@ -269,10 +273,10 @@ def build_capture(raw: Path, size_mb: int, conc: int, seed: int, rate: str, limi
     return {
         "transfers": len(xs), "transfers_ok": len(ok), "uploads": sum(1 for k, _ in xs if k == "put"),
         "body_bytes": sum(n for _, n in xs), "curl_bytes": curl_bytes, "seconds": round(dt, 1),
-        "tbf_drops_server": tc_drops[NS_SRV], "tbf_drops_client": tc_drops[NS_CLI],
+        "tbf_drops_server": tc_drops["srv"], "tbf_drops_client": tc_drops["cli"],
         "tcpdump_kernel_drops": int(kdrop.group(1)) if kdrop else -1, "concurrency": conc, "rate": rate,
-        "limit": limit, "loss_ppm": loss_ppm, "xdp_drops_server_in": xdp_drops.get(NS_SRV, 0),
-        "xdp_drops_client_in": xdp_drops.get(NS_CLI, 0),
+        "limit": limit, "loss_ppm": loss_ppm, "xdp_drops_server_in": xdp_drops.get("srv", 0),
+        "xdp_drops_client_in": xdp_drops.get("cli", 0),
     }
 
 

@@ -4,4 +4,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash scripts/setup.sh
-exec .venv/bin/mos-xdp demo "$@"
+exec .venv/bin/python -m demo "$@"

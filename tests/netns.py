@@ -1,8 +1,9 @@
 """Network namespaces and veth pairs for tests that send real traffic, cleaned up whatever happens.
 
-Traffic never leaves the machine: every address lives inside namespaces this module creates (use
-10.200.0.0/16 and fd00::/8 ULAs). Namespaces are named ``mosx-<pid>-<random>``; :func:`reap_stale`
-deletes those of dead test processes (a run killed before its teardown).
+The plumbing is :mod:`mos.net.topology`; this module adds the tests' traffic helpers (ping, TCP, UDP, an
+echo server) and a fixture. Traffic never leaves the machine: every address lives inside namespaces the
+test creates (use 10.200.0.0/16 and fd00::/8 ULAs). Namespaces are named ``mosx-<pid>-<random>-<label>``;
+:func:`reap_stale` deletes those of dead test processes (a run killed before its teardown).
 
 Usage::
 
@@ -14,105 +15,31 @@ Usage::
         assert a.ping("10.200.1.2")
         with b.entered():       # this thread now lives in b's network namespace
             ...
-
-Commands run in a namespace with ``nsenter --net`` (not ``ip netns exec``), so /sys and the bpffs at
-/sys/fs/bpf stay the host's: pinned BPF objects are visible inside.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
-import secrets
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional
 
 import pytest
 
+from mos.net import topology as _topo
+
 PREFIX = "mosx-"
-NETNS_DIR = Path("/run/netns")
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _run(cmd: Sequence[str], check: bool = True, timeout: float = 30,
-         **kw: Any) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
-    return r
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def reap_stale() -> List[str]:
     """Deletes ``mosx-<pid>-*`` namespaces whose creating process is gone; returns their names."""
-    gone = []
-    if not NETNS_DIR.is_dir():
-        return gone
-    for p in NETNS_DIR.iterdir():
-        parts = p.name.split("-")
-        if not p.name.startswith(PREFIX) or len(parts) < 3 or not parts[1].isdigit():
-            continue
-        if not Path(f"/proc/{parts[1]}").exists():
-            _run(["ip", "netns", "delete", p.name], check=False)
-            gone.append(p.name)
-    return gone
+    return _topo.reap_stale(PREFIX)
 
 
-class Netns:
-    """A network namespace created by a :class:`Topology`."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.path = NETNS_DIR / name
-
-    def __repr__(self) -> str:
-        return f"Netns({self.name!r})"
-
-    def cmd(self, *argv: str) -> List[str]:
-        """``argv`` wrapped to run in this namespace."""
-        return ["nsenter", f"--net={self.path}", "--", *argv]
-
-    def run(self, *argv: str, check: bool = True, timeout: float = 30,
-            **kw: Any) -> subprocess.CompletedProcess:
-        """Runs a command here; RuntimeError with its stderr when it fails and ``check``."""
-        return _run(self.cmd(*argv), check=check, timeout=timeout, **kw)
-
-    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """``ip -n NAME args``."""
-        return _run(["ip", "-n", self.name, *args], check=check)
-
-    def popen(self, *argv: str, **kw: Any) -> subprocess.Popen:
-        """Starts a command here in the background."""
-        return subprocess.Popen(self.cmd(*argv), **kw)
-
-    def python(self, code: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
-        """Runs Python code here (this interpreter); stdout/stderr captured as text."""
-        return self.run(sys.executable, "-c", textwrap.dedent(code), timeout=timeout, check=check)
-
-    @contextlib.contextmanager
-    def entered(self) -> Iterator[None]:
-        """Moves the calling thread into this namespace for the ``with`` block, then back."""
-        back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        here = os.open(self.path, os.O_RDONLY)
-        try:
-            _setns(here)
-            yield
-        finally:
-            _setns(back)
-            os.close(here)
-            os.close(back)
+class Netns(_topo.Netns):
+    """A test namespace: :class:`mos.net.topology.Netns` and traffic from it."""
 
     # -- traffic (all inside the namespace, to addresses of other test namespaces)
 
@@ -223,69 +150,19 @@ class Netns:
             proc.wait(timeout=10)
 
 
-class Topology:
-    """Namespaces and veth pairs, all removed on :meth:`close` (also on errors, via ``with``)."""
+class Topology(_topo.Topology):
+    """:class:`mos.net.topology.Topology` of test namespaces (``mosx-`` names, IPv6 without DAD)."""
+
+    netns_type = Netns
 
     def __init__(self) -> None:
-        self.tag = f"{os.getpid()}-{secrets.token_hex(3)}"
-        self.namespaces: List[Netns] = []
-        self._cleanups: List[Callable[[], Any]] = []
-
-    def __enter__(self) -> Topology:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(prefix=PREFIX)
 
     def netns(self, label: str) -> Netns:
         """Creates ``mosx-<pid>-<random>-<label>`` with its loopback up."""
-        ns = Netns(f"{PREFIX}{self.tag}-{label}")
-        _run(["ip", "netns", "add", ns.name])
-        self.namespaces.append(ns)
-        ns.ip("link", "set", "lo", "up")
-        # no duplicate address detection: IPv6 (link-local included) is usable as soon as a link is up
-        for conf in ("all", "default"):
-            ns.run("sysctl", "-qw", f"net.ipv6.conf.{conf}.accept_dad=0")
+        ns = super().netns(label)
+        assert isinstance(ns, Netns)
         return ns
-
-    def veth(self, a: Netns, name_a: str, b: Netns, name_b: str, addr_a: Optional[str] = None,
-             addr_b: Optional[str] = None, queues: int = 1, extra_a: Sequence[str] = (),
-             extra_b: Sequence[str] = ()) -> None:
-        """A veth pair between two namespaces, up, with optional addresses (``10.200.1.1/24``).
-
-        ``queues`` sets the number of RX/TX queues of both ends (one queue keeps both directions of a flow
-        on queue 0); 0 leaves the kernel's default (one per CPU allocated, one in use). Extra addresses go
-        in ``extra_a``/``extra_b``.
-        """
-        q = ["numrxqueues", str(queues), "numtxqueues", str(queues)] if queues else []
-        _run(["ip", "link", "add", name_a, "netns", a.name, *q, "type", "veth", "peer", "name", name_b,
-              "netns", b.name, *q])
-        for ns, name, addrs in ((a, name_a, [addr_a, *extra_a]), (b, name_b, [addr_b, *extra_b])):
-            for addr in filter(None, addrs):
-                extra = ["nodad"] if ":" in addr else []
-                ns.ip("addr", "add", addr, "dev", name, *extra)
-            ns.ip("link", "set", name, "up")
-
-    def on_close(self, fn: Callable[[], Any]) -> None:
-        """Runs ``fn`` at :meth:`close`, before the namespaces go (last registered first)."""
-        self._cleanups.append(fn)
-
-    def close(self) -> None:
-        """Runs the clean-ups and deletes every namespace (their veths go with them)."""
-        errors = []
-        while self._cleanups:
-            try:
-                self._cleanups.pop()()
-            except Exception as e:  # keep cleaning
-                errors.append(e)
-        for ns in reversed(self.namespaces):
-            _run(["ip", "netns", "delete", ns.name], check=False)
-        deadline = time.time() + 5
-        while any(ns.path.exists() for ns in self.namespaces) and time.time() < deadline:
-            time.sleep(0.05)
-        self.namespaces.clear()
-        if errors:
-            raise errors[0]
 
 
 def require_root() -> None:

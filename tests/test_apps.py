@@ -142,7 +142,7 @@ def test_run_user_mistakes_get_one_line(tmp_path):
 
 
 def test_demo_runs(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "mos.cli", "demo", "-o", str(tmp_path)], capture_output=True,
+    out = subprocess.run([sys.executable, str(ROOT / "demo"), "-o", str(tmp_path)], capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "GET www.example.com /split/request?x=1" in out.stdout

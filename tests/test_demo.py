@@ -1,4 +1,5 @@
-"""``mos-xdp demo``: the live demo (namespaces, mos-xdp inline, real traffic) and the offline one (``--pcap``).
+"""``python -m demo`` (what scripts/demo.sh runs): the live demo (namespaces, mos-xdp inline, real
+traffic) and the offline one (``--pcap``).
 
 The live demo runs as a subprocess, bounded in time; each test checks what a newcomer must see (HTTP
 requests, the dropped connection, both sides' TCP states, XDP and engine counters) and that nothing is
@@ -20,8 +21,8 @@ from typing import List, Optional
 
 import pytest
 
+from demo.live import CLIENT_IP, NETNS_DIR, NS_PREFIX, PORT, SERVER_IP
 from mos import bpf
-from mos.livedemo import CLIENT_IP, NETNS_DIR, NS_PREFIX, PORT, SERVER_IP
 
 pytestmark = pytest.mark.netns
 
@@ -33,8 +34,8 @@ STATES = {"CLOSED", "LISTEN", "SYN_SENT", "SYN_RCVD", "ESTABLISHED", "FIN_WAIT_1
 
 
 def _cmd(*args: str) -> List[str]:
-    exe = Path(sys.executable).parent / "mos-xdp"  # the console script, as users run it
-    return [str(exe), "demo", *args] if exe.exists() else [sys.executable, "-m", "mos.cli", "demo", *args]
+    # the demo's directory, runnable from any working directory (scripts/demo.sh runs `python -m demo`)
+    return [sys.executable, str(ROOT / "demo"), *args]
 
 
 def _env(**extra: str) -> dict:

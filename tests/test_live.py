@@ -31,6 +31,7 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 
 from mos import bpf
+from mos.net.topology import XDP_END_HOST
 from tests.netns import Netns, Topology, reap_stale, require_root
 
 pytestmark = pytest.mark.netns
@@ -122,7 +123,7 @@ class LiveRun:
 
 def xdp_left(ns: Netns) -> List[str]:
     """Interfaces of ``ns`` with an XDP program attached."""
-    return [line for line in ns.ip("-o", "link").stdout.splitlines() if " xdp" in line]
+    return [f"{lk.ifname}: xdp {lk.mode} id {lk.prog_id}" for lk in ns.xdp_links()]
 
 
 class Inline:
@@ -189,15 +190,9 @@ def inline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inline]:
         topo.veth(c, lc, m, mi, f"{CLIENT}/24", None, extra_a=[f"{CLIENT2}/24"])
         topo.veth(m, mo, s, ls, None, f"{SERVER}/24")
         for ns, dev in ((c, lc), (s, ls)):
-            ns.run("ethtool", "-K", dev, "gro", "on", "tx", "off", "tso", "off", "gso", "off")
-        srv = s.popen(sys.executable, "-m", "http.server", "-b", SERVER, str(PORT), "-d", str(www),
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def _stop_server() -> None:
-            srv.kill()
-            srv.wait(timeout=10)
-
-        topo.on_close(_stop_server)
+            ns.ethtool(dev, XDP_END_HOST)
+        topo.spawn(s, sys.executable, "-m", "http.server", "-b", SERVER, str(PORT), "-d", str(www),
+                   stop_signal=signal.SIGKILL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def _leftovers() -> None:
             with m.entered():
@@ -468,7 +463,7 @@ def test_passive_replay_gives_the_pcap_streams(tmp_path: Path, queues: int) -> N
     than in use (AF_XDP sockets go on the queues in use)."""
     require_root()
     reap_stale()
-    from mos.demo import build_demo_pcap
+    from demo.offline import build_demo_pcap
 
     pcap = build_demo_pcap(tmp_path / "demo.pcap")
     ref = tmp_path / "ref"

@@ -5,7 +5,6 @@ byte for byte (s2c = HTTP headers + file) and the GET request (c2s). Needs root.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -20,7 +19,7 @@ PORT = 8080
 def netns_pair():
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
-    with NetnsPair(tag=f"{os.getpid()}{int(time.time() * 1000) % 100000}") as pair:
+    with NetnsPair() as pair:
         yield pair
 
 

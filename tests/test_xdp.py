@@ -11,6 +11,7 @@ pair (vc/vd) so that they can attach and detach freely.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -31,6 +32,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from mos import bpf
+from mos.net import netlink
+from mos.net.topology import XDP_END_HOST
 from tests.netns import Netns, Topology, reap_stale, require_root
 
 pytestmark = pytest.mark.netns
@@ -212,7 +215,7 @@ def test_attached_native_and_status(live: Live) -> None:
 
 
 def test_arp_and_icmp_pass(live: Live) -> None:
-    live.a.ip("neigh", "flush", "dev", live.va)
+    netlink.neigh_flush(live.va, netns=live.a.name)
     before = live.stats()
     assert live.a.ping(B4)
     assert live.a.ping(B6)
@@ -550,7 +553,8 @@ def cli(ns: Netns, *args: str, check: bool = True) -> subprocess.CompletedProces
 
 
 def xdp_links(ns: Netns) -> List[str]:
-    return [line for line in ns.ip("-o", "link").stdout.splitlines() if " xdp" in line]
+    """The interfaces with an XDP program, one ``INDEX: NAME: xdp MODE id PROG_ID`` line each."""
+    return [f"{lk.ifindex}: {lk.ifname}: xdp {lk.mode} id {lk.prog_id}" for lk in ns.xdp_links()]
 
 
 @pytest.fixture
@@ -563,7 +567,8 @@ def pair(live: Live) -> Iterator[Tuple[Netns, str]]:
         yield live.b, vd
     finally:
         cli(live.b, "detach", vd, check=False)
-        live.a.ip("link", "del", vc, check=False)
+        with contextlib.suppress(netlink.NetError):
+            netlink.link_delete(vc, netns=live.a.name)
 
 
 def test_cli_attach_status_block_detach(live: Live, pair: Tuple[Netns, str]) -> None:
@@ -680,7 +685,7 @@ def test_inline_forwards_unmonitored_and_bypass_redirects() -> None:
         for ns, dev in ((a, f"xa{tag}"), (c, f"xc{tag}")):
             # veth: XDP_REDIRECT into a veth needs NAPI (GRO) on its peer; a redirected frame never gets
             # an offloaded checksum filled in, so the senders compute checksums themselves
-            ns.run("ethtool", "-K", dev, "gro", "on", "tx", "off", "tso", "off", "gso", "off")
+            ns.ethtool(dev, XDP_END_HOST)
         with m.entered():
             prog = bpf.XdpProgram.load(vi, peer=vo)
         topo.on_close(prog.close)

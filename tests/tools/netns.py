@@ -3,9 +3,10 @@ server's veth. Used by tests/test_real_traffic.py; also runnable by hand as a sa
 
     .venv/bin/python -m tests.tools.netns   (as root)  -> captures one fetch and checks it with dpkt
 
-Everything is bounded in time, and ``close()`` (also on errors, via the context manager) kills what it
-started and deletes the namespaces (which deletes the veth pair). Addresses exist only inside the
-namespaces: 10.231.0.1/24 (server) and .2 (client); fd00:231::1/64 and ::2 (nodad).
+The namespaces, the veth pair and the processes are a :class:`mos.net.topology.Topology`: everything is
+bounded in time, and ``close()`` (also on errors, via the context manager) stops what it started and
+deletes the namespaces (which deletes the veth pair). Addresses exist only inside the namespaces:
+10.231.0.1/24 (server) and .2 (client); fd00:231::1/64 and ::2 (no DAD).
 """
 
 from __future__ import annotations
@@ -17,26 +18,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
+
+from mos.net.topology import NO_SEGMENTATION, Topology, reap_stale
 
 SERVER4, CLIENT4 = "10.231.0.1", "10.231.0.2"
 SERVER6, CLIENT6 = "fd00:231::1", "fd00:231::2"
-
-
-def sh(*cmd: str, timeout: float = 20, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, timeout=timeout, check=check)
+PREFIX = "mosrt-"
 
 
 class NetnsPair:
-    def __init__(self, tag: Optional[str] = None):
-        tag = tag or str(os.getpid())
-        self.ns_srv, self.ns_cli = f"mosrt-{tag}-a", f"mosrt-{tag}-b"
-        short = tag[-6:]
-        self.if_srv, self.if_cli = f"mrt{short}a", f"mrt{short}b"  # <= 15 chars
-        self.procs: List[subprocess.Popen] = []
-        self.up = False
+    """A server and a client namespace on one veth link, MTU-sized segments on it."""
 
-    # --- set-up / teardown
+    def __init__(self) -> None:
+        self.topo = Topology(prefix=PREFIX)
+        self.if_srv, self.if_cli = self.topo.dev("rts"), self.topo.dev("rtc")
+
     def __enter__(self) -> NetnsPair:
         try:
             self.setup()
@@ -45,78 +42,42 @@ class NetnsPair:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def setup(self) -> None:
-        sh("ip", "netns", "add", self.ns_srv)
-        sh("ip", "netns", "add", self.ns_cli)
-        self.up = True
-        sh("ip", "link", "add", self.if_srv, "netns", self.ns_srv, "type", "veth",
-           "peer", "name", self.if_cli, "netns", self.ns_cli)
-        for ns, dev, a4, a6 in ((self.ns_srv, self.if_srv, SERVER4, SERVER6),
-                                (self.ns_cli, self.if_cli, CLIENT4, CLIENT6)):
-            self.ns(ns, "ip", "link", "set", "lo", "up")
-            self.ns(ns, "ip", "addr", "add", f"{a4}/24", "dev", dev)
-            self.ns(ns, "ip", "-6", "addr", "add", f"{a6}/64", "dev", dev, "nodad")
-            self.ns(ns, "ip", "link", "set", dev, "up")
-            # MTU-sized segments in the capture: no TSO/GSO/GRO on either end (best effort per feature)
-            for feat in ("tso", "gso", "gro"):
-                self.ns(ns, "ethtool", "-K", dev, feat, "off", check=False)
-        # wait for both ends to be operationally up (no ping on these machines: the HTTP server start-up
-        # check below proves reachability)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            states = [self.ns(ns, "ip", "-o", "link", "show", "dev", dev).stdout
-                      for ns, dev in ((self.ns_srv, self.if_srv), (self.ns_cli, self.if_cli))]
-            if all(b"state UP" in st or b"LOWER_UP" in st for st in states):
-                return
-            time.sleep(0.1)
-        raise RuntimeError("veth link between the namespaces did not come up")
+        reap_stale(PREFIX)
+        self.ns_srv, self.ns_cli = self.topo.netns("a"), self.topo.netns("b")
+        self.topo.veth(self.ns_srv, self.if_srv, self.ns_cli, self.if_cli, f"{SERVER4}/24", f"{CLIENT4}/24",
+                       queues=0, extra_a=[f"{SERVER6}/64"], extra_b=[f"{CLIENT6}/64"])
+        for ns, dev in ((self.ns_srv, self.if_srv), (self.ns_cli, self.if_cli)):
+            ns.ethtool(dev, NO_SEGMENTATION, best_effort=True)
+        # (no ping on these machines: the HTTP server start-up check below proves reachability)
+        for ns, dev in ((self.ns_srv, self.if_srv), (self.ns_cli, self.if_cli)):
+            ns.wait_carrier(dev)
 
     def close(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                try:
-                    p.send_signal(signal.SIGTERM)
-                    p.wait(timeout=5)
-                except (subprocess.TimeoutExpired, ProcessLookupError):
-                    p.kill()
-                    p.wait(timeout=5)
-        self.procs.clear()
-        if self.up:
-            for ns in (self.ns_srv, self.ns_cli):
-                sh("ip", "netns", "del", ns, check=False)
-            self.up = False
-
-    # --- helpers
-    def ns(self, ns: str, *cmd: str, timeout: float = 20, check: bool = True) -> subprocess.CompletedProcess:
-        return sh("ip", "netns", "exec", ns, *cmd, timeout=timeout, check=check)
-
-    def popen(self, ns: str, *cmd: str, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
-        self.procs.append(p)
-        return p
+        self.topo.close()
 
     def start_http_server(self, directory: Path, port: int = 8080, v6: bool = False) -> subprocess.Popen:
         bind = SERVER6 if v6 else SERVER4
-        p = self.popen(self.ns_srv, sys.executable, "-m", "http.server", str(port), "--bind", bind,
-                       "--directory", str(directory), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = self.topo.spawn(self.ns_srv, sys.executable, "-m", "http.server", str(port), "--bind", bind,
+                            "--directory", str(directory), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         host = f"[{bind}]" if v6 else bind
         deadline = time.time() + 15
         while time.time() < deadline:
-            r = self.ns(self.ns_cli, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
-                        f"http://{host}:{port}/", check=False)
-            if r.stdout.strip() == b"200":
+            r = self.ns_cli.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2",
+                                f"http://{host}:{port}/", check=False, timeout=20)
+            if r.stdout.strip() == "200":
                 return p
             time.sleep(0.2)
         raise RuntimeError("http server did not come up")
 
     def start_capture(self, pcap: Path, port: int) -> subprocess.Popen:
         """tcpdump on the server's veth; returns once tcpdump reports it is listening."""
-        p = self.popen(self.ns_srv, "tcpdump", "-i", self.if_srv, "-w", str(pcap), "-s", "0", "-U", "-n",
-                       "-B", "65536", "-Z", "root",
-                       f"tcp port {port}", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = self.topo.spawn(self.ns_srv, "tcpdump", "-i", self.if_srv, "-w", str(pcap), "-s", "0", "-U", "-n",
+                            "-B", "65536", "-Z", "root",
+                            f"tcp port {port}", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 15
         buf = b""
         os.set_blocking(p.stderr.fileno(), False)
@@ -151,8 +112,8 @@ class NetnsPair:
 
     def fetch(self, url: str, out: Path, timeout: float = 60, rate: str = "20M") -> subprocess.Popen:
         """curl in the client namespace; the rate limit keeps tcpdump from dropping packets on a fast veth."""
-        return self.popen(self.ns_cli, "curl", "-sS", "--max-time", str(int(timeout)), "--limit-rate", rate,
-                          "-o", str(out), url, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return self.topo.spawn(self.ns_cli, "curl", "-sS", "--max-time", str(int(timeout)), "--limit-rate", rate,
+                               "-o", str(out), url, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def dpkt_s2c_streams(pcap: Path, server_port: int) -> dict:

@@ -1,4 +1,4 @@
-"""``mos-xdp demo``: the stack live and inline between a client and a server, in network namespaces.
+"""The live demo: the stack live and inline between a client and a server, in network namespaces.
 
 Three namespaces named ``mosdemo-<pid>-cli``, ``-mbx`` and ``-srv``, joined by two veth pairs::
 
@@ -12,13 +12,14 @@ steers TCP into AF_XDP sockets, the engine and the apps see it, and it is sent o
 The client then fetches files with curl (one of 20 MiB, compared byte for byte) and sends a request for
 ``/etc/passwd`` in two writes, which the firewall must drop although neither segment holds the pattern.
 The demo prints what the apps printed after each step, the XDP program's counters (read from its pinned
-maps with :mod:`mos.bpf`), the final connection table and the engine's counters.
+maps with :mod:`mos.bpf`), the final connection table and the engine's counters. The namespaces and veths
+are a :class:`mos.net.topology.Topology`.
 
 Everything is bounded in time (``timeout``) and removed on every exit path, Ctrl-C included: processes,
 namespaces (their veths and XDP programs go with them), pins under /sys/fs/bpf/mos-xdp and state files.
 Namespaces and pins of a demo that was killed outright (SIGKILL) are removed by the next demo.
-:class:`CannotRun` means the machine cannot run the live demo (not root, no bcc, no XDP, ...): the CLI then
-shows the offline demo instead.
+:class:`CannotRun` means the machine cannot run the live demo (not root, no bcc, no XDP, ...): ``python -m
+demo`` then shows the offline demo instead.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from mos.net import netlink
+from mos.net.topology import XDP_END_HOST, Netns, Topology, run
+from mos.net.topology import reap_stale as reap_stale_netns
 
 NS_PREFIX = "mosdemo-"
-NETNS_DIR = Path("/run/netns")
+NETNS_DIR = netlink.NETNS_DIR
 CLIENT_IP, SERVER_IP, PREFIXLEN, PORT = "10.77.0.1", "10.77.0.2", 24, 8000
 CLIENT_IF, SERVER_IF = "cli0", "srv0"
 BIG_MIB = 20
@@ -48,7 +53,6 @@ PATTERN = "/etc/passwd"
 BLOCK_WAIT = 2.0  # seconds the client waits for a reply to the blocked request
 READY = "mos-xdp: live on"
 APP = Path(__file__).resolve().parent.parent / "apps" / "demo_live.py"
-_CLONE_NEWNET = 0x40000000
 
 GLOSS = {
     "rx": "frames seen by the XDP program (both interfaces)",
@@ -89,14 +93,14 @@ def check_environment() -> None:
     """CannotRun when something the live demo needs is missing (cheap checks, nothing is changed)."""
     if os.geteuid() != 0:
         raise CannotRun("not root: network namespaces and XDP need root")
-    for tool in ("ip", "nsenter", "curl", "ethtool"):
+    for tool in ("nsenter", "curl", "ethtool", "sysctl"):
         if shutil.which(tool) is None:
-            raise CannotRun(f"{tool} not found (apt-get install iproute2 util-linux curl ethtool)")
+            raise CannotRun(f"{tool} not found (apt-get install util-linux curl ethtool procps)")
     if not Path("/proc/self/ns/net").exists():
         raise CannotRun("the kernel has no network namespaces")
     if not APP.is_file():
         raise CannotRun(f"{APP} not found (the live demo runs from a checkout)")
-    from . import bpf
+    from mos import bpf
 
     if importlib.util.find_spec("bcc") is None:
         raise CannotRun(f"bcc is not installed: {bpf.INSTALL_HINT}")
@@ -105,46 +109,14 @@ def check_environment() -> None:
     except bpf.XdpError as e:
         raise CannotRun(str(e)) from None
     try:
-        from . import live  # noqa: F401 - the engine's AF_XDP half must be built
+        from mos import live  # noqa: F401 - the engine's AF_XDP half must be built
     except ImportError as e:
         raise CannotRun(str(e)) from None
 
 
-def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-@contextlib.contextmanager
-def _entered(ns_path: Path) -> Iterator[None]:
-    """The calling thread lives in the namespace at ``ns_path`` for the block (subprocesses too)."""
-    libc = _libc()
-    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        here = os.open(ns_path, os.O_RDONLY)
-        try:
-            if libc.setns(here, _CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-            try:
-                yield
-            finally:
-                libc.setns(back, _CLONE_NEWNET)
-        finally:
-            os.close(here)
-    finally:
-        os.close(back)
-
-
-def _run(argv: Sequence[str], timeout: float = 10, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: {(r.stderr or r.stdout).strip() or f'exit {r.returncode}'}")
-    return r
-
-
 def _remove_leftovers(iface: str) -> None:
     """Pins and state file of a middle box interface (its namespace is gone): what ``detach`` removes."""
-    from . import bpf
+    from mos import bpf
 
     if bpf.XdpProgram.pin_dir(iface).exists() or bpf.XdpProgram.state_path(iface).exists():
         try:
@@ -157,21 +129,10 @@ def _remove_leftovers(iface: str) -> None:
 
 def reap_stale() -> List[str]:
     """Removes namespaces, pins and state files of demos whose process is gone; returns what it removed."""
-    from . import bpf
+    from mos import bpf
 
-    gone: List[str] = []
-    pids = set()
-    if NETNS_DIR.is_dir():
-        for p in NETNS_DIR.iterdir():
-            parts = p.name[len(NS_PREFIX):].split("-") if p.name.startswith(NS_PREFIX) else []
-            if len(parts) == 2 and parts[0].isdigit() and not Path(f"/proc/{parts[0]}").exists():
-                # its processes first (a server left running keeps the namespace and its veths alive)
-                for pid in _run(["ip", "netns", "pids", p.name], check=False).stdout.split():
-                    with contextlib.suppress(OSError, ValueError):
-                        os.kill(int(pid), signal.SIGKILL)
-                _run(["ip", "netns", "delete", p.name], check=False)
-                gone.append(p.name)
-                pids.add(parts[0])
+    gone = reap_stale_netns(NS_PREFIX)
+    pids = {name[len(NS_PREFIX):].split("-")[0] for name in gone}
     for root in (bpf.PIN_ROOT, bpf.RUN_DIR):
         if root.is_dir():
             for p in root.iterdir():
@@ -232,7 +193,8 @@ class _Log:
 
 
 def _die_with_parent(sig: int) -> Callable[[], None]:
-    prctl = _libc().prctl  # looked up here: the child only calls it
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    prctl = libc.prctl  # looked up here: the child only calls it
 
     def pre() -> None:  # in the child, before exec: ``sig`` when the demo dies (even of SIGKILL)
         prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -347,9 +309,10 @@ class LiveDemo:
         self.echo = echo
         self.big_mib = big_mib
         pid = os.getpid()
-        self.ns = {k: f"{NS_PREFIX}{pid}-{k}" for k in ("cli", "mbx", "srv")}
+        # IPv4 only: no router solicitations or MLD in the counters
+        self.topo = Topology(prefix=NS_PREFIX, tag=str(pid), ipv6=False)
+        self.ns: Dict[str, Netns] = {}
         self.mbi, self.mbo = f"mbi{pid}", f"mbo{pid}"
-        self.created: List[str] = []
         self.procs: List[_Proc] = []
         self.mbx: Optional[_Proc] = None
         self.log = _Log()
@@ -368,10 +331,7 @@ class LiveDemo:
         return min(rest, cap)
 
     def nsexec(self, key: str, *argv: str) -> List[str]:
-        return ["nsenter", f"--net={NETNS_DIR / self.ns[key]}", "--", *argv]
-
-    def ip(self, key: str, *args: str) -> None:
-        _run(["ip", "-n", self.ns[key], *args], timeout=self.left(10))
+        return self.ns[key].cmd(*argv)
 
     def show(self, indent: str = "   ") -> None:
         """Prints what the middle box and the server printed since last time."""
@@ -381,36 +341,20 @@ class LiveDemo:
     # -- set-up
 
     def _topology(self) -> None:
-        for key in ("cli", "mbx", "srv"):
-            name = self.ns[key]
-            if (NETNS_DIR / name).exists():  # a dead process with our pid left it
-                _run(["ip", "netns", "delete", name], check=False)
-            try:
-                _run(["ip", "netns", "add", name], timeout=self.left(10))
-            except RuntimeError as e:
-                raise CannotRun(f"cannot create a network namespace ({e})") from None
-            self.created.append(name)
-            self.ip(key, "link", "set", "lo", "up")
-            for conf in ("all", "default"):  # IPv4 only: no router solicitations or MLD in the counters
-                _run(self.nsexec(key, "sysctl", "-qw", f"net.ipv6.conf.{conf}.disable_ipv6=1"),
-                     timeout=self.left(10), check=False)
-        one_queue = ["numrxqueues", "1", "numtxqueues", "1"]
-        for (a, ifa), (b, ifb) in (((self.ns["cli"], CLIENT_IF), (self.ns["mbx"], self.mbi)),
-                                   ((self.ns["mbx"], self.mbo), (self.ns["srv"], SERVER_IF))):
-            try:
-                _run(["ip", "link", "add", ifa, "netns", a, *one_queue, "type", "veth", "peer", "name", ifb,
-                      "netns", b, *one_queue], timeout=self.left(10))
-            except RuntimeError as e:
-                raise CannotRun(f"cannot create veth pairs ({e})") from None
-        self.ip("cli", "addr", "add", f"{CLIENT_IP}/{PREFIXLEN}", "dev", CLIENT_IF)
-        self.ip("srv", "addr", "add", f"{SERVER_IP}/{PREFIXLEN}", "dev", SERVER_IF)
-        for key, dev in (("cli", CLIENT_IF), ("mbx", self.mbi), ("mbx", self.mbo), ("srv", SERVER_IF)):
-            self.ip(key, "link", "set", dev, "up")
-        # veth end hosts: checksums computed in software (a frame forwarded by XDP never gets an offloaded
-        # checksum filled in), MTU-sized frames (no TSO/GSO), GRO on (XDP_REDIRECT into a veth needs it)
-        for key, dev in (("cli", CLIENT_IF), ("srv", SERVER_IF)):
-            _run(self.nsexec(key, "ethtool", "-K", dev, "gro", "on", "tx", "off", "tso", "off", "gso", "off"),
-                 timeout=self.left(10))
+        self.left()
+        try:
+            for key in ("cli", "mbx", "srv"):
+                self.ns[key] = self.topo.netns(key)
+        except (netlink.NetError, RuntimeError) as e:
+            raise CannotRun(f"cannot create a network namespace ({e})") from None
+        cli, mbx, srv = self.ns["cli"], self.ns["mbx"], self.ns["srv"]
+        try:
+            self.topo.veth(cli, CLIENT_IF, mbx, self.mbi, f"{CLIENT_IP}/{PREFIXLEN}")
+            self.topo.veth(mbx, self.mbo, srv, SERVER_IF, None, f"{SERVER_IP}/{PREFIXLEN}")
+        except netlink.NetError as e:
+            raise CannotRun(f"cannot create veth pairs ({e})") from None
+        for ns, dev in ((cli, CLIENT_IF), (srv, SERVER_IF)):
+            ns.ethtool(dev, XDP_END_HOST)
 
     def _files(self) -> Dict[str, bytes]:
         assert self.tmp is not None
@@ -462,7 +406,7 @@ class LiveDemo:
         out = self.tmp / f"got-{name}"
         url = f"http://{SERVER_IP}:{PORT}/{name}"
         t = time.monotonic()
-        r = _run(self.nsexec("cli", "curl", "-sS", "-o", str(out), "-w", "%{http_code}", "--max-time",
+        r = run(self.nsexec("cli", "curl", "-sS", "-o", str(out), "-w", "%{http_code}", "--max-time",
                              f"{max(1.0, self.left(60)):.1f}", url), timeout=self.left(65), check=False)
         took = time.monotonic() - t
         got = out.read_bytes() if out.exists() else b""
@@ -487,7 +431,7 @@ class LiveDemo:
         code = BLOCKED_CLIENT.format(server=SERVER_IP, port=PORT, first=first, second=second, wait=BLOCK_WAIT)
         self.echo(f"== client: GET {PATTERN} in two writes, {first.decode()!r} then {second.decode()[:15]!r}...\n"
                   f"   (TCP_NODELAY, 0.3 s apart: two segments, neither holds {PATTERN!r})")
-        r = _run(self.nsexec("cli", sys.executable, "-c", textwrap.dedent(code)), timeout=self.left(20), check=False)
+        r = run(self.nsexec("cli", sys.executable, "-c", textwrap.dedent(code)), timeout=self.left(20), check=False)
         got = r.stdout.strip()
         if got == "TIMEOUT":
             self.echo(f"   -> no reply within {BLOCK_WAIT:g} s: the middle box dropped the connection")
@@ -499,7 +443,7 @@ class LiveDemo:
     # -- report
 
     def _xdp_counters(self) -> Dict[str, int]:
-        from . import bpf
+        from mos import bpf
 
         try:
             with bpf.XdpProgram.open_pinned(self.mbi) as prog:
@@ -585,11 +529,11 @@ class LiveDemo:
         self._server()
         t = time.monotonic()
         self._middlebox()
-        from . import bpf
+        from mos import bpf
 
         self.echo(textwrap.dedent(f"""\
             == mos-xdp live demo: a middle box running mos-xdp inline between a client and a server
-               network namespaces {ns['cli']}, {ns['mbx']}, {ns['srv']}:
+               network namespaces {ns['cli'].name}, {ns['mbx'].name}, {ns['srv'].name}:
 
                client {CLIENT_IP} [{CLIENT_IF}] --- [{self.mbi}] middle box [{self.mbo}] --- [{SERVER_IF}] \
 server {SERVER_IP}:{PORT}
@@ -638,7 +582,7 @@ server {SERVER_IP}:{PORT}
             self.echo(f"\n== live demo FAILED ({took:.1f} s): " + "; ".join(self.problems))
             return 1
         self.echo(f"\n== live demo OK ({took:.1f} s): 3 fetches byte-identical through the middle box, the split "
-                  f"{PATTERN} request dropped inline. The offline demo: mos-xdp demo --pcap")
+                  f"{PATTERN} request dropped inline. The offline demo: bash scripts/demo.sh --pcap")
         return 0
 
     def cleanup(self) -> None:
@@ -650,15 +594,13 @@ server {SERVER_IP}:{PORT}
                     p.stop(signal.SIGINT if p is self.mbx else signal.SIGTERM, timeout=10)
                 p.close()
             self.procs.clear()
-            from . import bpf
+            from mos import bpf
 
-            mbx = NETNS_DIR / self.ns["mbx"]
-            if self.ns["mbx"] in self.created and mbx.exists():
-                with contextlib.suppress(Exception), _entered(mbx):
+            mbx = self.ns.get("mbx")
+            if mbx is not None and mbx.path.exists():
+                with contextlib.suppress(Exception), mbx.entered():
                     bpf.detach(self.mbi)
-            for name in reversed(self.created):
-                _run(["ip", "netns", "delete", name], check=False)
-            self.created.clear()
+            self.topo.close()
             _remove_leftovers(self.mbi)
             if self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
