@@ -1,6 +1,11 @@
 /* The part of libbpf that Python uses for XDP control (pinned objects, map elements, program info and
  * test runs), declared for cffi's cdef; build_engine.py appends it verbatim after the engine's API. The
- * "...;" entries let cffi take the rest of each struct from libbpf's own headers. */
+ * "...;" entries let cffi take the rest of each struct, and the values of each enum, from libbpf's own
+ * headers (and the kernel's linux/bpf.h, which they include). */
+
+enum xdp_action { XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT, ... };
+enum bpf_map_type { BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH, ... };
+
 int bpf_obj_get(const char *pathname);
 int bpf_obj_pin(int fd, const char *pathname);
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
@@ -25,6 +30,8 @@ struct bpf_prog_info {
     uint32_t type;
     uint32_t id;
     char name[16];
+    uint64_t run_time_ns;
+    uint64_t run_cnt;
     ...;
 };
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
