@@ -128,9 +128,10 @@ class BpfMap:
             if len(data) != size:
                 raise ValueError(f"{self.name}: {what} of {len(data)} bytes, map wants {size}")
             return ffi.from_buffer(data)
-        if ffi.sizeof(data[0]) != size:
-            raise ValueError(f"{self.name}: {what} {ffi.typeof(data[0]).cname} of {ffi.sizeof(data[0])} bytes, "
-                             f"map wants {size}")
+        ctype = ffi.typeof(data)
+        n = ffi.sizeof(ctype.item) if ctype.kind == "pointer" else ffi.sizeof(data)
+        if n != size:
+            raise ValueError(f"{self.name}: {what} {ctype.cname} of {n} bytes, map wants {size}")
         return data
 
     def lookup_into(self, key: Key, value: Any) -> bool:
@@ -160,7 +161,7 @@ class BpfMap:
         """Inserts or replaces an entry (per-CPU maps: the same value on every CPU)."""
         if self.percpu:
             if not isinstance(value, int):
-                value = bytes(ffi.buffer(self._buf(value, self.value_size, "value"), self.value_size))
+                value = ffi.buffer(self._buf(value, self.value_size, "value"), self.value_size)[:]
             else:
                 value = value.to_bytes(self.value_size, sys.byteorder)
             v = ffi.from_buffer(value.ljust(self.slot, b"\0") * self.ncpus)
