@@ -8,6 +8,7 @@ from its X-macro lists (``userspace/abi.c``), and structs are cffi objects of th
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Tuple
 
 from .._engine import ffi, lib
@@ -78,16 +79,21 @@ LPM_V4 = "struct mos_xdp_lpm_v4"
 LPM_V6 = "struct mos_xdp_lpm_v6"
 
 
+@functools.cache
+def _pointer(ctype: str) -> Any:
+    return ffi.typeof(f"{ctype} *")
+
+
 def new(ctype: str, init: Any = None) -> Any:
     """A zeroed (or ``init``-filled) instance of ``ctype``, e.g. ``new(CONFIG, {"workers": 2})``: a cffi
     pointer whose fields read and write as attributes."""
-    return ffi.new(f"{ctype} *", init)
+    return ffi.new(_pointer(ctype), init)
 
 
 def from_bytes(ctype: str, data: bytes) -> Any:
     """A new instance of ``ctype`` holding a copy of ``data`` (a map key or value as read); zero-filled
     when ``data`` is shorter."""
-    p = ffi.new(f"{ctype} *")
+    p = ffi.new(_pointer(ctype))
     ffi.memmove(p, data, min(len(data), ffi.sizeof(ctype)))
     return p
 
