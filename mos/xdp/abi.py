@@ -3,7 +3,8 @@
 ``bpf/mos_shared.h`` is part of the cffi module's cdef (``userspace/build_engine.py``), so the constants
 below are the header's own enum values, the map and counter names come from the name tables generated
 from its X-macro lists (``userspace/abi.c``), and structs are cffi objects of the header's types:
-``ffi.new("struct mos_xdp_config *")``, sized by ``ffi.sizeof``. Nothing here restates a value.
+``ffi.new("struct mos_xdp_config *")``, sized by ``ffi.sizeof``. No value of the header is restated;
+the only names written here are the program's entry point (bcc loads the function by it) and its pin.
 """
 
 from __future__ import annotations
