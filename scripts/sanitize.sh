@@ -12,7 +12,7 @@ make -s -C tests/c check SAN="$SAN"
 scratch=$(mktemp -d /tmp/mos-asan.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/mos"
-cp mos/*.py "$scratch/mos/"
+find mos -name "*.py" -exec cp --parents -t "$scratch/" {} +  # subpackages too (mos/xdp/)
 ( cd "$here" && MOS_SANITIZE=1 MOS_ABSOLUTE_PATHS=1 .venv/bin/python - "$scratch" <<'PY'
 import os, sys, importlib.util
 spec = importlib.util.spec_from_file_location("build_engine", "userspace/build_engine.py")
