@@ -189,6 +189,29 @@ class BpfMap:
             yield ffi.buffer(nxt)[:]
             prev = nxt
 
+    def array_values(self) -> bytes:
+        """Every value of a (not per-CPU) array map, in key order, in as few calls as the kernel allows
+        (BPF_MAP_LOOKUP_BATCH) rather than one per entry."""
+        if self.percpu:
+            raise ValueError(f"{self.name}: array_values() reads plain arrays, not per-CPU maps")
+        keys = ffi.new("char[]", self.key_size * self.max_entries)
+        values = ffi.new("char[]", self.value_size * self.max_entries)
+        token, after = ffi.new("char[]", self.key_size), ffi.NULL
+        opts = ffi.new("struct bpf_map_batch_opts *")
+        opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+        done = 0
+        count = ffi.new("uint32_t *")
+        while done < self.max_entries:
+            count[0] = self.max_entries - done
+            ret = lib.bpf_map_lookup_batch(self.fd, after, token, keys + done * self.key_size,
+                                           values + done * self.value_size, count, opts)
+            done += count[0]
+            if ret < 0 and ffi.errno == errno.ENOENT:  # the end of the map
+                break
+            _check(ret)
+            after = token
+        return ffi.buffer(values, done * self.value_size)[:]
+
     def items(self) -> Iterator[Tuple[bytes, bytes]]:
         """Iterates over (key, value) pairs; entries deleted meanwhile are skipped."""
         for k in list(self.keys()):

@@ -321,15 +321,7 @@ class XdpProgram:
 
     def _ports_raw(self) -> bytes:
         """The port flag array (one byte per port)."""
-        m = self.maps[abi.MAP_PORTS]
-        out = bytearray(abi.PORTS)
-        v = m.value_buffer()
-        key = ffi.new("uint32_t *")
-        for p in range(1, abi.PORTS):
-            key[0] = p
-            if m.lookup_into(key, v) and v[0] != b"\0":
-                out[p] = v[0][0]
-        return bytes(out)
+        return self.maps[abi.MAP_PORTS].array_values()
 
     # -- bypass
 
