@@ -122,29 +122,23 @@ def xdp_frames_main(iface: str, rate: int) -> None:
     ndo_xdp_xmit queues the frames to its peer, whose NAPI poll (on this CPU) runs the peer's XDP program on
     the frame itself, or builds an skb around it for the stack. Until SIGINT; `rate` 0 is flat out.
     """
-    import ctypes  # noqa: PLC0415
-
     from bcc import BPF  # noqa: PLC0415 - only this helper needs bcc
+
+    sys.path.insert(0, str(ROOT))
+    from mos import xdp  # noqa: PLC0415
 
     b = BPF(text=GEN_PROG % socket.if_nametoindex(iface))
     fd = b.load_func(b"gen", BPF.XDP).fd
     frame = udp_frame()
-    data = ctypes.create_string_buffer(frame, len(frame))
-    libc = ctypes.CDLL(None, use_errno=True)
     stop = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
 
     def run(repeat: int) -> None:
-        # union bpf_attr, test: prog_fd, retval, data_size_in/out, data_in/out, repeat, duration,
-        # ctx_size_in/out, ctx_in/out, flags (BPF_F_TEST_XDP_LIVE_FRAMES), cpu, batch_size
-        attr = struct.pack("=IIIIQQIIIIQQIII4x", fd, 0, len(frame), 0, ctypes.addressof(data), 0, repeat, 0,
-                           0, 0, 0, 0, 1 << 1, 0, 64)
-        buf = ctypes.create_string_buffer(attr, len(attr))
-        if libc.syscall(321, 10, buf, len(attr)) != 0:  # SYS_bpf, BPF_PROG_TEST_RUN
-            err = ctypes.get_errno()
-            if err != 4:  # EINTR: a signal, checked by the loop
-                raise OSError(err, os.strerror(err))
+        try:
+            xdp.prog_test_run(fd, frame, repeat, live_frames=True, batch_size=64)
+        except InterruptedError:
+            pass  # a signal, checked by the loop
 
     print("sending", flush=True)
     if not rate:
@@ -230,14 +224,14 @@ def xdp_prog_id(ns: Ns, dev: str) -> int:
 def prog_runtime(prog_id: int) -> Tuple[int, int]:
     """(run_time_ns, run_cnt) of a loaded BPF program (bpf_prog_info, counted while bpf_stats_enabled)."""
     sys.path.insert(0, str(ROOT))
-    from mos import bpf  # noqa: PLC0415
+    from mos import xdp  # noqa: PLC0415
 
-    fd = bpf.prog_fd_by_id(prog_id)
+    fd = xdp.prog_fd_by_id(prog_id)
     try:
-        raw = bpf._obj_info(fd)  # struct bpf_prog_info: run_time_ns at byte 192, run_cnt at 200
+        info = xdp.prog_info(fd)
     finally:
         os.close(fd)
-    return struct.unpack_from("=QQ", raw, 192)
+    return int(info["run_time_ns"]), int(info["run_cnt"])
 
 
 def proc_cpu(pid: int) -> float:

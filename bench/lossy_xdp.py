@@ -3,10 +3,7 @@ arriving on an interface (no netem in this kernel). Run with Debian's python3 (b
 namespace of the interface; it attaches, prints ``attached`` and waits for stdin to close (or
 ``--lifetime`` seconds), then detaches.
 
-    nsenter --net=/run/netns/NS -- /usr/bin/python3 lossy_xdp.py DEV --per-million 5000
-
-(bcc attaches and detaches the program itself: no netlink code of mos-xdp is needed here, and Debian's
-python3 has no pyroute2.)
+    ip netns exec NS /usr/bin/python3 lossy_xdp.py DEV --per-million 5000
 """
 
 from __future__ import annotations

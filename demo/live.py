@@ -12,7 +12,7 @@ steers TCP into AF_XDP sockets, the engine and the apps see it, and it is sent o
 The client then fetches files with curl (one of 20 MiB, compared byte for byte) and sends a request for
 ``/etc/passwd`` in two writes, which the firewall must drop although neither segment holds the pattern.
 The demo prints what the apps printed after each step, the XDP program's counters (read from its pinned
-maps with :mod:`mos.bpf`), the final connection table and the engine's counters. The namespaces and veths
+maps with :mod:`mos.xdp`), the final connection table and the engine's counters. The namespaces and veths
 are a :class:`mos.net.topology.Topology`.
 
 Everything is bounded in time (``timeout``) and removed on every exit path, Ctrl-C included: processes,
@@ -100,13 +100,13 @@ def check_environment() -> None:
         raise CannotRun("the kernel has no network namespaces")
     if not APP.is_file():
         raise CannotRun(f"{APP} not found (the live demo runs from a checkout)")
-    from mos import bpf
+    from mos import xdp
 
     if importlib.util.find_spec("bcc") is None:
-        raise CannotRun(f"bcc is not installed: {bpf.INSTALL_HINT}")
+        raise CannotRun(f"bcc is not installed: {xdp.INSTALL_HINT}")
     try:
-        bpf.require_kernel_headers()
-    except bpf.XdpError as e:
+        xdp.require_kernel_headers()
+    except xdp.XdpError as e:
         raise CannotRun(str(e)) from None
     try:
         from mos import live  # noqa: F401 - the engine's AF_XDP half must be built
@@ -116,24 +116,24 @@ def check_environment() -> None:
 
 def _remove_leftovers(iface: str) -> None:
     """Pins and state file of a middle box interface (its namespace is gone): what ``detach`` removes."""
-    from mos import bpf
+    from mos import xdp
 
-    if bpf.XdpProgram.pin_dir(iface).exists() or bpf.XdpProgram.state_path(iface).exists():
+    if xdp.XdpProgram.pin_dir(iface).exists() or xdp.XdpProgram.state_path(iface).exists():
         try:
-            bpf.detach(iface)
-        except (bpf.XdpError, OSError):
-            bpf._remove_pins(bpf.XdpProgram.pin_dir(iface))
+            xdp.detach(iface)
+        except (xdp.XdpError, OSError):
+            xdp._remove_pins(xdp.XdpProgram.pin_dir(iface))
             with contextlib.suppress(OSError):
-                bpf.XdpProgram.state_path(iface).unlink()
+                xdp.XdpProgram.state_path(iface).unlink()
 
 
 def reap_stale() -> List[str]:
     """Removes namespaces, pins and state files of demos whose process is gone; returns what it removed."""
-    from mos import bpf
+    from mos import xdp
 
     gone = reap_stale_netns(NS_PREFIX)
     pids = {name[len(NS_PREFIX):].split("-")[0] for name in gone}
-    for root in (bpf.PIN_ROOT, bpf.RUN_DIR):
+    for root in (xdp.PIN_ROOT, xdp.RUN_DIR):
         if root.is_dir():
             for p in root.iterdir():
                 name = p.stem if p.suffix == ".json" else p.name
@@ -443,17 +443,17 @@ class LiveDemo:
     # -- report
 
     def _xdp_counters(self) -> Dict[str, int]:
-        from mos import bpf
+        from mos import xdp
 
         try:
-            with bpf.XdpProgram.open_pinned(self.mbi) as prog:
+            with xdp.XdpProgram.open_pinned(self.mbi) as prog:
                 return prog.stats()
-        except (bpf.XdpError, OSError) as e:
+        except (xdp.XdpError, OSError) as e:
             self.problems.append(f"cannot read the XDP counters: {e}")
             return {}
 
     def _print_xdp(self, st: Dict[str, int]) -> None:
-        self.echo(f"\n== XDP program counters on {self.mbi} and {self.mbo} (mos.bpf XdpProgram.stats(), per reason)")
+        self.echo(f"\n== XDP program counters on {self.mbi} and {self.mbo} (mos.xdp XdpProgram.stats(), per reason)")
         for k, v in st.items():
             if v:
                 self.echo(f"   {k:<20} {v:>8}  {GLOSS.get(k, '')}")
@@ -529,7 +529,7 @@ class LiveDemo:
         self._server()
         t = time.monotonic()
         self._middlebox()
-        from mos import bpf
+        from mos import xdp
 
         self.echo(textwrap.dedent(f"""\
             == mos-xdp live demo: a middle box running mos-xdp inline between a client and a server
@@ -542,7 +542,7 @@ server {SERVER_IP}:{PORT}
                middle box: mos-xdp run apps/demo_live.py --iface {self.mbi} --peer {self.mbo} --stats
                            (apps/midstat.py + apps/http_log.py + apps/firewall.py dropping {PATTERN!r})"""))
         self.echo(f"\n== middle box up in {time.monotonic() - t:.1f} s (bcc compiled and attached XDP program id "
-                  f"{bpf.read_state(self.mbi).get('prog_id', '?')}); after each step, the apps' and the server's lines")
+                  f"{xdp.read_state(self.mbi).get('prog_id', '?')}); after each step, the apps' and the server's lines")
         self.show()
         self.echo("")
         self._curl("index.html", files["index.html"])
@@ -594,12 +594,12 @@ server {SERVER_IP}:{PORT}
                     p.stop(signal.SIGINT if p is self.mbx else signal.SIGTERM, timeout=10)
                 p.close()
             self.procs.clear()
-            from mos import bpf
+            from mos import xdp
 
             mbx = self.ns.get("mbx")
             if mbx is not None and mbx.path.exists():
                 with contextlib.suppress(Exception), mbx.entered():
-                    bpf.detach(self.mbi)
+                    xdp.detach(self.mbi)
             self.topo.close()
             _remove_leftovers(self.mbi)
             if self.tmp is not None:

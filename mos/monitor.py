@@ -553,7 +553,7 @@ class Monitor:
 
     @property
     def bpf(self) -> Any:
-        """Live: the XDP program (a :class:`mos.bpf.XdpProgram`): ``stats()``, ``bypassed()``, ``blocked()``..."""
+        """Live: the XDP program (a :class:`mos.xdp.XdpProgram`): ``stats()``, ``bypassed()``, ``blocked()``..."""
         return self.live_session().prog
 
     def block(self, prefix: str) -> str:

@@ -37,7 +37,7 @@ class LiveControl(Protocol):
     ``Monitor.block`` reach). A source with one sets it as its ``session``."""
 
     prog: Any
-    """The XDP program (``mos.bpf.XdpProgram``)."""
+    """The XDP program (``mos.xdp.XdpProgram``)."""
 
     def drop(self, port: EnginePort, conn: Connection) -> None:
         """Drop the connection's packets: in XDP from now on, and those of the batch being handled."""

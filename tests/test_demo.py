@@ -22,7 +22,7 @@ from typing import List, Optional
 import pytest
 
 from demo.live import CLIENT_IP, NETNS_DIR, NS_PREFIX, PORT, SERVER_IP
-from mos import bpf
+from mos import xdp
 
 pytestmark = pytest.mark.netns
 
@@ -53,11 +53,11 @@ def _leftovers(pid: int, prog_id: Optional[int] = None) -> List[str]:
     end = time.time() + 5
     while True:
         left = [str(p) for p in NETNS_DIR.glob(f"{NS_PREFIX}{pid}-*")]
-        for p in (bpf.XdpProgram.pin_dir(f"mbi{pid}"), bpf.XdpProgram.state_path(f"mbi{pid}")):
+        for p in (xdp.XdpProgram.pin_dir(f"mbi{pid}"), xdp.XdpProgram.state_path(f"mbi{pid}")):
             if p.exists():
                 left.append(str(p))
         left += [str(p) for p in Path("/tmp").glob(f"{NS_PREFIX}{pid}-*")]
-        if prog_id and bpf.prog_name_by_id(prog_id) is not None:
+        if prog_id and xdp.prog_name_by_id(prog_id) is not None:
             left.append(f"XDP program {prog_id}")
         if not left or time.time() > end:
             return left

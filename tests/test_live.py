@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from mos import bpf
+from mos import xdp
 from mos.net.topology import XDP_END_HOST
 from tests.netns import Netns, Topology, reap_stale, require_root
 
@@ -173,7 +173,7 @@ class Inline:
 
     def assert_clean(self) -> None:
         assert xdp_left(self.m) == [], "an XDP program was left attached"
-        assert not bpf.XdpProgram.pin_dir(self.mi).exists()
+        assert not xdp.XdpProgram.pin_dir(self.mi).exists()
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def inline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inline]:
 
         def _leftovers() -> None:
             with m.entered():
-                bpf.detach(mi)
+                xdp.detach(mi)
 
         topo.on_close(_leftovers)
         env = Inline(topo, c, m, s, mi, mo, www)

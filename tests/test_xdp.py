@@ -18,8 +18,6 @@ import json
 import mmap
 import os
 import random
-import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -30,8 +28,9 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from mos._engine import ffi, lib
 
-from mos import bpf
+from mos import xdp
 from mos.net import netlink
 from mos.net.topology import XDP_END_HOST
 from tests.netns import Netns, Topology, reap_stale, require_root
@@ -47,7 +46,7 @@ A6, B6 = f"fd00:200:{SUBNET:x}::1", f"fd00:200:{SUBNET:x}::2"
 class Live:
     """The module's topology and the program attached on vb."""
 
-    def __init__(self, topo: Topology, a: Netns, b: Netns, va: str, vb: str, prog: bpf.XdpProgram) -> None:
+    def __init__(self, topo: Topology, a: Netns, b: Netns, va: str, vb: str, prog: xdp.XdpProgram) -> None:
         self.topo, self.a, self.b, self.va, self.vb, self.prog = topo, a, b, va, vb, prog
 
     def stats(self) -> Dict[str, int]:
@@ -68,12 +67,12 @@ def live() -> Iterator[Live]:
         topo.veth(a, va, b, vb, f"{A4}/24", f"{B4}/24", extra_a=[f"{A6}/64"], extra_b=[f"{B6}/64"])
         assert a.ping(B4) and a.ping(B6)  # the first neighbour discovery on a new link can take a second
         with b.entered():
-            prog = bpf.XdpProgram.load(vb, debug=True)
+            prog = xdp.XdpProgram.load(vb, debug=True)
         topo.on_close(prog.close)
 
         def _detach() -> None:
             with b.entered():
-                bpf.detach(vb)
+                xdp.detach(vb)
 
         topo.on_close(_detach)
         with b.entered():
@@ -126,61 +125,80 @@ def frame(src: str, dst: str, sport: int, dport: int, proto: str = "tcp", vlans:
     return data[:len(data) - truncate] if truncate else data
 
 
-# ---- the shared header ----------------------------------------------------------------------------------
+# ---- the ABI: Python takes it from the C side --------------------------------------------------------------
 
 
-def test_shared_header_matches_python() -> None:
-    """mos_shared.h and mos/bpf.py agree: counters, constants, struct sizes, the hash (via a C build)."""
-    text = (ROOT / "bpf" / "mos_shared.h").read_text()
-    enum = re.search(r"enum mos_counter \{(.*?)\};", text, re.S)
-    assert enum
-    names = re.findall(r"MOS_C_(\w+)", enum.group(1))
-    assert names[-1] == "COUNT"
-    assert [n.lower() for n in names[:-1]] == list(bpf.COUNTERS)
-    defines = dict(re.findall(r"#define (MOS_\w+) \(?(\w+)", text))
-    for cname, pyname in [("MOS_MAX_QUEUES", "MAX_QUEUES"), ("MOS_MAX_WORKERS", "MAX_WORKERS"),
-                          ("MOS_BLOCK_MAX", "BLOCK_MAX"), ("MOS_BYPASS_MAX", "BYPASS_MAX"),
-                          ("MOS_BYPASS_PASS", "BYPASS_PASS"), ("MOS_BYPASS_DROP", "BYPASS_DROP"),
-                          ("MOS_BYPASS_REDIRECT", "BYPASS_REDIRECT"),
-                          ("MOS_FLOW_KEY_WORDS", "FLOW_KEY_WORDS"),
-                          ("MOS_HASH_SEED", "HASH_SEED"), ("MOS_MODE_INLINE", "MODE_INLINE")]:
-        assert int(defines[cname].rstrip("u"), 0) == getattr(bpf, pyname), cname
-    for cname in re.findall(r'#define MOS_MAP_\w+ "(\w+)"', text):
-        assert cname in bpf.MAP_NAMES
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if not gcc:
-        pytest.skip("no C compiler for the layout check")
-    flow = bpf.FlowTuple(A4, B4, 40000, 80, "tcp", vlan_key=5)
-    key = bpf.flow_key(flow)
-    src = r"""
-        #include "mos_shared.h"
-        #include <stdio.h>
-        #include <string.h>
-        int main(void) {
-            unsigned char raw[sizeof(struct mos_flow_key)];
-            struct mos_flow_key k;
-            for (unsigned i = 0; i < sizeof raw; i++) {
-                unsigned x;
-                if (scanf("%2x", &x) != 1) return 1;
-                raw[i] = (unsigned char)x;
-            }
-            memcpy(&k, raw, sizeof k);
-            printf("%zu %zu %zu %zu %zu %zu %u %u\n", sizeof(struct mos_flow_key), sizeof(struct mos_config),
-                   sizeof(struct mos_bypass_entry), sizeof(struct mos_debug), sizeof(struct mos_lpm_v4),
-                   sizeof(struct mos_lpm_v6), mos_flow_hash(&k), mos_xsk_index(1, 2, 3));
-            return 0;
-        }
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        c, exe = Path(tmp) / "t.c", Path(tmp) / "t"
-        c.write_text(src)
-        subprocess.run([gcc, "-Wall", "-Wextra", "-Werror", "-std=c11", f"-I{ROOT / 'bpf'}", str(c),
-                        "-o", str(exe)], check=True)
-        out = subprocess.run([str(exe)], input=bytes(key).hex(), capture_output=True, text=True, check=True)
-    got = [int(x) for x in out.stdout.split()]
-    assert got == [ctypes.sizeof(bpf.FlowKey), ctypes.sizeof(bpf.Config), ctypes.sizeof(bpf.BypassEntry),
-                   ctypes.sizeof(bpf.Debug), ctypes.sizeof(bpf.LpmV4), ctypes.sizeof(bpf.LpmV6),
-                   bpf.hash_key(key), bpf.xsk_index(1, 2, 3)]
+def _map_layouts() -> Dict[int, Tuple[str, str, int]]:
+    """Each map's key type, value type and entry count as bpf/xdp_mos.c declares it, by enum mos_xdp_map."""
+    return {
+        lib.MOS_XDP_MAP_CONFIG: ("uint32_t", "struct mos_xdp_config", 1),
+        lib.MOS_XDP_MAP_COUNTERS: ("uint32_t", f"uint64_t[{lib.MOS_XDP_C_COUNT}]", 1),
+        lib.MOS_XDP_MAP_XSKS: ("uint32_t", "uint32_t", lib.MOS_XSK_MAP_SIZE),
+        lib.MOS_XDP_MAP_TX_PORTS: ("uint32_t", "uint32_t", lib.MOS_MAX_SLOTS),
+        lib.MOS_XDP_MAP_BLOCK_V4: ("struct mos_xdp_lpm_v4", "uint64_t", lib.MOS_XDP_BLOCK_MAX),
+        lib.MOS_XDP_MAP_BLOCK_V6: ("struct mos_xdp_lpm_v6", "uint64_t", lib.MOS_XDP_BLOCK_MAX),
+        lib.MOS_XDP_MAP_PORTS: ("uint32_t", "uint8_t", lib.MOS_XDP_PORTS),
+        lib.MOS_XDP_MAP_BYPASS: ("struct mos_flow_key", "struct mos_xdp_bypass_entry", lib.MOS_XDP_BYPASS_MAX),
+        lib.MOS_XDP_MAP_DEBUG: ("uint32_t", "struct mos_xdp_debug", 1),
+    }
+
+
+def test_python_side_has_no_mirror() -> None:
+    """mos.xdp restates no layout and no syscall: no ctypes, no struct formats, no bpf(2) numbers."""
+    for path in sorted((ROOT / "mos" / "xdp").glob("*.py")):
+        text = path.read_text()
+        for banned in ("import ctypes", "import struct", "from struct", "from ctypes", "syscall", "_fields_"):
+            assert banned not in text, (path.name, banned)
+    # the names Python shows are the C side's name tables, whole
+    maps = [ffi.string(lib.mos_xdp_map_name(i)).decode() for i in range(lib.MOS_XDP_MAP_COUNT)]
+    counters = [ffi.string(lib.mos_xdp_counter_name(i)).decode() for i in range(lib.MOS_XDP_C_COUNT)]
+    assert list(xdp.MAP_NAMES) == maps and len(set(maps)) == len(maps)
+    assert list(xdp.COUNTERS) == counters and len(set(counters)) == len(counters)
+    assert lib.mos_xdp_map_name(lib.MOS_XDP_MAP_COUNT) == ffi.NULL
+    assert lib.mos_xdp_counter_name(lib.MOS_XDP_C_COUNT) == ffi.NULL
+    assert xdp.MAP_CONFIG == maps[lib.MOS_XDP_MAP_CONFIG] and xdp.MAP_BYPASS == maps[lib.MOS_XDP_MAP_BYPASS]
+    assert sorted(_map_layouts()) == list(range(lib.MOS_XDP_MAP_COUNT))  # every map is checked below
+    # the key Python builds is the header's own struct, hashed by the header's own function
+    key = xdp.flow_key(xdp.FlowTuple(A4, B4, 40000, 80, "tcp", vlan_key=5))
+    assert ffi.typeof(key) is ffi.typeof("struct mos_flow_key *")
+    assert len(xdp.raw(key)) == ffi.sizeof("struct mos_flow_key") == lib.MOS_FLOW_KEY_WORDS * 4
+    assert xdp.hash_key(key) == lib.mos_flow_hash(key)
+    assert xdp.xsk_index(1, 2, 3) == lib.mos_xsk_index(1, 2, 3) == (lib.MOS_MAX_QUEUES + 2) * lib.MOS_MAX_WORKERS + 3
+
+
+def test_every_abi_map_is_a_map_of_the_program(live: Live) -> None:
+    """Each map named by lib.mos_xdp_map_name is one of the loaded program's maps (bcc finds it by that name,
+    the kernel calls it so, it is pinned so), with the key and value sizes of the header's types."""
+    prog = live.prog
+    assert list(prog.maps) == list(xdp.MAP_NAMES)
+    for i, (key_t, value_t, entries) in _map_layouts().items():
+        name = ffi.string(lib.mos_xdp_map_name(i)).decode()
+        table = prog._bpf.get_table(name.encode())
+        pinned = xdp.BpfMap.open(xdp.XdpProgram.pin_dir(live.vb) / name)
+        try:
+            m = prog.maps[name]
+            assert (pinned.id, pinned.name, m.name) == (m.id, name, name)
+            assert (m.key_size, m.value_size) == (ffi.sizeof(key_t), ffi.sizeof(value_t)), name
+            leaf = table.sLeaf if m.percpu else table.Leaf  # bcc's Leaf of a per-CPU map holds every CPU's
+            assert (ctypes.sizeof(table.Key), ctypes.sizeof(leaf)) == (m.key_size, m.value_size), name
+            assert m.max_entries == entries, name
+        finally:
+            pinned.close()
+
+
+def test_counter_names_are_the_programs_counter_block(live: Live) -> None:
+    """As many names as the per-CPU block has u64 slots, and each name reads the slot the program counts in."""
+    m = live.prog.maps[xdp.MAP_COUNTERS]
+    assert m.percpu and m.value_size == lib.MOS_XDP_C_COUNT * ffi.sizeof("uint64_t")
+    assert len(xdp.COUNTERS) == lib.MOS_XDP_C_COUNT
+    assert list(live.stats()) == list(xdp.COUNTERS)
+    arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\0" * 28
+    before = live.stats()
+    assert live.prog.test_run(arp) == xdp.XDP_PASS
+    assert live.delta(before) == {"rx": 1, "pass": 1, "pass_not_ip": 1}
+    before = live.stats()
+    assert live.prog.test_run(frame(A4, B4, 1, 2)[:14] + b"\x45") == xdp.XDP_DROP
+    assert live.delta(before) == {"rx": 1, "drop": 1, "drop_malformed": 1}
 
 
 def test_flow_hash_is_symmetric_and_spreads() -> None:
@@ -193,11 +211,11 @@ def test_flow_hash_is_symmetric_and_spreads() -> None:
         else:
             src, dst = (f"fd00::{rnd.randrange(1, 65535):x}:{rnd.randrange(65535):x}" for _ in "ab")
         proto = rnd.choice(["tcp", "udp"])
-        f = bpf.FlowTuple(src, dst, rnd.randrange(1, 65536), rnd.randrange(1, 65536), proto)
-        assert bytes(bpf.flow_key(f)) == bytes(bpf.flow_key(f.reversed()))
-        assert bpf.flow_hash(f) == bpf.flow_hash(f.reversed())
-        assert bpf.steer(f, workers) == bpf.steer(f.reversed(), workers)
-        seen[bpf.flow_hash(f) % workers] += 1
+        f = xdp.FlowTuple(src, dst, rnd.randrange(1, 65536), rnd.randrange(1, 65536), proto)
+        assert xdp.raw(xdp.flow_key(f)) == xdp.raw(xdp.flow_key(f.reversed()))
+        assert xdp.flow_hash(f) == xdp.flow_hash(f.reversed())
+        assert xdp.steer(f, workers) == xdp.steer(f.reversed(), workers)
+        seen[xdp.flow_hash(f) % workers] += 1
     assert min(seen) > 2000 / workers * 0.8, seen
 
 
@@ -206,7 +224,7 @@ def test_flow_hash_is_symmetric_and_spreads() -> None:
 
 def test_attached_native_and_status(live: Live) -> None:
     with live.b.entered():
-        infos = bpf.status(live.vb)
+        infos = xdp.status(live.vb)
     assert len(infos) == 1
     info = infos[0]
     assert info["attached"] and info["ours"] and info["mode"] == "native" and info["pinned"]
@@ -238,10 +256,10 @@ def test_tcp_is_classified_and_steered(live: Live) -> None:
     ports = {socket.ntohs(key.port_lo), socket.ntohs(key.port_hi)}
     assert 8080 in ports
     client_port = (ports - {8080}).pop()
-    flow = bpf.FlowTuple(A4, B4, client_port, 8080, "tcp")
-    assert bytes(key) == bytes(bpf.flow_key(flow))
-    assert last.hash == bpf.flow_hash(flow) == bpf.flow_hash(flow.reversed())
-    assert last.xsk_index == bpf.steer(flow, 1) == 0
+    flow = xdp.FlowTuple(A4, B4, client_port, 8080, "tcp")
+    assert xdp.raw(key) == xdp.raw(xdp.flow_key(flow))
+    assert last.hash == xdp.flow_hash(flow) == xdp.flow_hash(flow.reversed())
+    assert last.xsk_index == xdp.steer(flow, 1) == 0
 
 
 def test_tcp_ipv6_and_udp_classified(live: Live) -> None:
@@ -253,13 +271,41 @@ def test_tcp_ipv6_and_udp_classified(live: Live) -> None:
     assert d["pass_no_socket"] >= 4
     last = live.prog.last_steering()
     assert last.key.proto == socket.IPPROTO_UDP
-    assert last.hash == bpf.flow_hash(bpf.FlowTuple(B4, A4, 5353, 40001, "udp"))
+    assert last.hash == xdp.flow_hash(xdp.FlowTuple(B4, A4, 5353, 40001, "udp"))
+
+
+@pytest.mark.parametrize("vlans", [(), (10,), (100, 20)])
+def test_wire_frames_steered_as_python_predicts(live: Live, vlans: Tuple[int, ...]) -> None:
+    """Frames sent on va by a packet socket (so with their VLAN tags in the data: 802.1Q, 802.1ad + 802.1Q)
+    reach the program on vb: its recorded key and hash are what Python computes through lib.mos_flow_hash,
+    for IPv4 and IPv6, in both directions."""
+    vlan_key = 0
+    for vid in vlans:
+        vlan_key = (vlan_key << 12) | vid
+    for src, dst in ((A4, B4), (A6, B6)):
+        flow = xdp.FlowTuple(src, dst, 44000 + len(vlans), 6100, "udp", vlan_key=vlan_key)
+        for f in (flow, flow.reversed()):
+            seq = live.prog.last_steering().seq
+            data = frame(str(f.src), str(f.dst), f.sport, f.dport, "udp", vlans=vlans)
+            live.a.python(f"""
+                import socket
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+                s.bind(({live.va!r}, 0))
+                s.send({data!r})
+            """)
+            deadline = time.time() + 2  # the peer's NAPI poll may run after the sender has returned
+            while (d := live.prog.last_steering()).seq == seq and time.time() < deadline:
+                time.sleep(0.01)
+            assert d.seq == seq + 1
+            assert xdp.raw(d.key) == xdp.raw(xdp.flow_key(flow)) and d.key.vlan_key == vlan_key
+            assert d.hash == xdp.flow_hash(flow) == xdp.flow_hash(flow.reversed()) == xdp.hash_key(d.key)
+            assert d.xsk_index == xdp.steer(flow, 1) and d.slot == 0
 
 
 @pytest.mark.parametrize("v6", [False, True])
 @pytest.mark.parametrize("vlans", [(), (10,), (100, 20)])
 def test_bpf_hash_matches_python_both_directions(live: Live, v6: bool, vlans: Tuple[int, ...]) -> None:
-    """BPF_PROG_TEST_RUN on crafted frames: the program's key, hash and XSKMAP index match mos.bpf."""
+    """BPF_PROG_TEST_RUN on crafted frames: the program's key, hash and XSKMAP index match mos.xdp."""
     live.prog.set_config(workers=4)
     try:
         src, dst = (A6, B6) if v6 else (A4, B4)
@@ -268,17 +314,18 @@ def test_bpf_hash_matches_python_both_directions(live: Live, v6: bool, vlans: Tu
             vlan_key = (vlan_key << 12) | vid
         indexes = set()
         for sport in (1000, 23456, 61000):
-            flow = bpf.FlowTuple(src, dst, sport, 443, "tcp", vlan_key=vlan_key)
+            flow = xdp.FlowTuple(src, dst, sport, 443, "tcp", vlan_key=vlan_key)
             results = []
             for f in (flow, flow.reversed()):
                 pkt = frame(str(f.src), str(f.dst), f.sport, f.dport, vlans=vlans)
-                assert live.prog.test_run(pkt) == bpf.XDP_PASS
+                assert live.prog.test_run(pkt) == xdp.XDP_PASS
                 d = live.prog.last_steering()
-                results.append((bytes(d.key), d.hash, d.xsk_index))
+                assert d.hash == xdp.hash_key(d.key)  # the program's own key, hashed by lib.mos_flow_hash
+                results.append((xdp.raw(d.key), d.hash, d.xsk_index))
             assert results[0] == results[1]
-            assert results[0] == (bytes(bpf.flow_key(flow)), bpf.flow_hash(flow), bpf.steer(flow, 4))
+            assert results[0] == (xdp.raw(xdp.flow_key(flow)), xdp.flow_hash(flow), xdp.steer(flow, 4))
             indexes.add(results[0][2])
-        assert indexes <= {bpf.xsk_index(0, 0, w) for w in range(4)}
+        assert indexes <= {xdp.xsk_index(0, 0, w) for w in range(4)}
     finally:
         live.prog.set_config(workers=1)
 
@@ -287,20 +334,20 @@ def test_fragments_steer_by_address_pair(live: Live) -> None:
     before = live.stats()
     for v6 in (False, True):
         src, dst = (A6, B6) if v6 else (A4, B4)
-        assert live.prog.test_run(frame(src, dst, 1111, 2222, "udp", frag=True)) == bpf.XDP_PASS
-        assert bytes(live.prog.last_steering().key) == bytes(
-            bpf.flow_key(bpf.FlowTuple(src, dst, 1111, 2222, "udp"), fragment=True))
+        assert live.prog.test_run(frame(src, dst, 1111, 2222, "udp", frag=True)) == xdp.XDP_PASS
+        assert xdp.raw(live.prog.last_steering().key) == xdp.raw(
+            xdp.flow_key(xdp.FlowTuple(src, dst, 1111, 2222, "udp"), fragment=True))
     assert live.delta(before)["fragment"] == 2
 
 
 def test_malformed_dropped(live: Live) -> None:
     before = live.stats()
-    assert live.prog.test_run(frame(A4, B4, 1, 2, truncate=30)) == bpf.XDP_DROP  # IPv4 header cut
-    assert live.prog.test_run(frame(A4, B4, 1, 2, truncate=10)) == bpf.XDP_DROP  # TCP header cut
-    assert live.prog.test_run(frame(A6, B6, 1, 2, "udp", truncate=6)) == bpf.XDP_DROP
-    assert live.prog.test_run(frame(A4, B4, 1, 2)[:14] + b"\x45") == bpf.XDP_DROP  # one byte of IPv4
+    assert live.prog.test_run(frame(A4, B4, 1, 2, truncate=30)) == xdp.XDP_DROP  # IPv4 header cut
+    assert live.prog.test_run(frame(A4, B4, 1, 2, truncate=10)) == xdp.XDP_DROP  # TCP header cut
+    assert live.prog.test_run(frame(A6, B6, 1, 2, "udp", truncate=6)) == xdp.XDP_DROP
+    assert live.prog.test_run(frame(A4, B4, 1, 2)[:14] + b"\x45") == xdp.XDP_DROP  # one byte of IPv4
     arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\0" * 28
-    assert live.prog.test_run(arp) == bpf.XDP_PASS
+    assert live.prog.test_run(arp) == xdp.XDP_PASS
     d = live.delta(before)
     assert d["drop_malformed"] == 4 and d["pass_not_ip"] == 1
 
@@ -351,13 +398,13 @@ def test_port_filter_limits_monitoring(live: Live) -> None:
     prog = live.prog
     prog.monitor_port(8085)
     cfg = prog.config()
-    prog.set_config(flags=cfg.flags | bpf.CFG_PORT_FILTER)
+    prog.set_config(flags=cfg.flags | xdp.CFG_PORT_FILTER)
     try:
         before = live.stats()
-        assert prog.test_run(frame(A4, B4, 40000, 8086)) == bpf.XDP_PASS
+        assert prog.test_run(frame(A4, B4, 40000, 8086)) == xdp.XDP_PASS
         assert live.delta(before) == {"rx": 1, "pass": 1, "pass_not_monitored": 1}
         before = live.stats()
-        assert prog.test_run(frame(B4, A4, 8085, 40000)) == bpf.XDP_PASS
+        assert prog.test_run(frame(B4, A4, 8085, 40000)) == xdp.XDP_PASS
         assert live.delta(before) == {"rx": 1, "pass": 1, "pass_no_socket": 1}
     finally:
         prog.set_config(flags=cfg.flags)
@@ -369,7 +416,7 @@ def test_port_filter_limits_monitoring(live: Live) -> None:
 
 def test_bypass_verdicts_and_expiry(live: Live) -> None:
     prog = live.prog
-    flow = bpf.FlowTuple(A4, B4, 40002, 5000, "udp")
+    flow = xdp.FlowTuple(A4, B4, 40002, 5000, "udp")
     prog.bypass(flow.reversed(), "pass")  # entered from the other direction: the key is symmetric
     try:
         before = live.stats()
@@ -377,16 +424,16 @@ def test_bypass_verdicts_and_expiry(live: Live) -> None:
         d = live.delta(before)
         assert d["bypass_pass"] == 1 and "pass_no_socket" not in d
         [(key, entry)] = prog.bypassed()
-        assert bytes(key) == bytes(bpf.flow_key(flow)) and entry.packets == 1 and entry.bytes > 0
+        assert xdp.raw(key) == xdp.raw(xdp.flow_key(flow)) and entry.packets == 1 and entry.bytes > 0
 
         prog.bypass(flow, "drop")
         before = live.stats()
-        assert prog.test_run(frame(B4, A4, 5000, 40002, "udp")) == bpf.XDP_DROP
+        assert prog.test_run(frame(B4, A4, 5000, 40002, "udp")) == xdp.XDP_DROP
         assert live.delta(before) == {"rx": 1, "drop": 1, "bypass_drop": 1}
 
         prog.bypass(flow, "redirect")  # no peer (passive mode): falls back to pass
         before = live.stats()
-        assert prog.test_run(frame(A4, B4, 40002, 5000, "udp")) == bpf.XDP_PASS
+        assert prog.test_run(frame(A4, B4, 40002, 5000, "udp")) == xdp.XDP_PASS
         assert live.delta(before)["bypass_pass"] == 1
 
         # idle expiry: the program ignores and deletes a stale entry ...
@@ -395,7 +442,7 @@ def test_bypass_verdicts_and_expiry(live: Live) -> None:
         prog.bypass(flow, "drop")
         time.sleep(0.1)
         before = live.stats()
-        assert prog.test_run(frame(A4, B4, 40002, 5000, "udp")) == bpf.XDP_PASS
+        assert prog.test_run(frame(A4, B4, 40002, 5000, "udp")) == xdp.XDP_PASS
         assert live.delta(before) == {"rx": 1, "pass": 1, "pass_no_socket": 1, "bypass_expired": 1}
         assert prog.bypassed() == []
         # ... and userspace sweeps what the program has not met
@@ -488,7 +535,7 @@ def test_frames_reach_af_xdp_socket(live: Live) -> None:
         ifindex = socket.if_nametoindex(live.vb)
         xsk = XskReceiver(ifindex, 0)
     try:
-        prog.set_xsk(bpf.xsk_index(0, 0, 0), xsk.sock.fileno())
+        prog.set_xsk(xdp.xsk_index(0, 0, 0), xsk.sock.fileno())
         before = live.stats()
         for sport in (41000, 41001, 41002):
             live.a.udp_send(B4, 6000, sport=sport)
@@ -502,7 +549,7 @@ def test_frames_reach_af_xdp_socket(live: Live) -> None:
         d = live.delta(before)
         assert d["xsk_redirect"] == 3 and d["redirect"] == 3
     finally:
-        prog.clear_xsk(bpf.xsk_index(0, 0, 0))
+        prog.clear_xsk(xdp.xsk_index(0, 0, 0))
         xsk.close()
 
 
@@ -518,11 +565,11 @@ def test_two_workers_share_one_queue(live: Live) -> None:
     prog.set_config(workers=2)
     try:
         for w, sock in enumerate(workers):
-            prog.set_xsk(bpf.xsk_index(0, 0, w), sock.sock.fileno())
+            prog.set_xsk(xdp.xsk_index(0, 0, w), sock.sock.fileno())
         sports = list(range(42000, 42012))
         for sport in sports:
             live.a.udp_send(B4, 6001, sport=sport)
-        expected = {sport: bpf.flow_hash(bpf.FlowTuple(A4, B4, sport, 6001, "udp")) % 2 for sport in sports}
+        expected = {sport: xdp.flow_hash(xdp.FlowTuple(A4, B4, sport, 6001, "udp")) % 2 for sport in sports}
         assert set(expected.values()) == {0, 1}
         seen: Dict[int, int] = {}
         deadline = time.time() + 3
@@ -535,7 +582,7 @@ def test_two_workers_share_one_queue(live: Live) -> None:
     finally:
         prog.set_config(workers=1)
         for w in range(2):
-            prog.clear_xsk(bpf.xsk_index(0, 0, w))
+            prog.clear_xsk(xdp.xsk_index(0, 0, w))
         w1.close()
         w0.close()
 
@@ -545,7 +592,7 @@ def test_two_workers_share_one_queue(live: Live) -> None:
 
 def cli(ns: Netns, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run(ns.cmd(sys.executable, "-m", "mos.live_cli", *args), capture_output=True, text=True,
+    r = subprocess.run(ns.cmd(sys.executable, "-m", "mos.cli", *args), capture_output=True, text=True,
                        env=env, timeout=120)
     if check:
         assert r.returncode == 0, r.stderr
@@ -601,17 +648,17 @@ def test_cli_attach_status_block_detach(live: Live, pair: Tuple[Netns, str]) -> 
     r = cli(ns, "detach", vd)
     assert "detached XDP program" in r.stdout
     assert [line for line in xdp_links(ns) if vd in line] == []
-    assert not bpf.XdpProgram.pin_dir(vd).exists() and not bpf.XdpProgram.state_path(vd).exists()
+    assert not xdp.XdpProgram.pin_dir(vd).exists() and not xdp.XdpProgram.state_path(vd).exists()
 
 
 def test_cli_finds_program_left_by_a_crash(live: Live, pair: Tuple[Netns, str]) -> None:
     ns, vd = pair
     cli(ns, "attach", vd, "--mode", "generic")
     # a crash between attaching and pinning: the program is attached, pins and state are gone
-    for p in bpf.XdpProgram.pin_dir(vd).iterdir():
+    for p in xdp.XdpProgram.pin_dir(vd).iterdir():
         p.unlink()
-    bpf.XdpProgram.pin_dir(vd).rmdir()
-    bpf.XdpProgram.state_path(vd).unlink()
+    xdp.XdpProgram.pin_dir(vd).rmdir()
+    xdp.XdpProgram.state_path(vd).unlink()
     infos = {i["iface"]: i for i in json.loads(cli(ns, "status", "--json").stdout)}
     assert infos[vd]["attached"] and infos[vd]["mode"] == "generic"
     assert "crashed run" in infos[vd]["problem"]
@@ -626,7 +673,7 @@ def test_cli_warns_when_pins_live_in_a_private_mount_namespace(live: Live, pair:
     made there go away with it. attach says so, and what it leaves is found and removed like a crash's."""
     ns, vd = pair
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m", "mos.live_cli", "attach", vd,
+    r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m", "mos.cli", "attach", vd,
                         "--mode", "generic"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "own mount namespace" in r.stderr and "nsenter --net=/run/netns/NAME" in r.stderr
@@ -654,13 +701,13 @@ def test_cli_errors_are_one_line(live: Live) -> None:
     with tempfile.TemporaryDirectory() as fake:
         (Path(fake) / "bcc").mkdir()
         (Path(fake) / "bcc" / "__init__.py").write_text("raise ImportError('no bcc here')\n")
-        r = subprocess.run(ns.cmd(sys.executable, "-m", "mos.live_cli", "attach", live.vb),
+        r = subprocess.run(ns.cmd(sys.executable, "-m", "mos.cli", "attach", live.vb),
                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=f"{fake}:{ROOT}"))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "bcc is not installed" in r.stderr
     assert "apt-get install python3-bpfcc linux-headers-amd64" in r.stderr
-    with pytest.raises(bpf.XdpError, match="kernel headers missing.*linux-headers-amd64"):
-        bpf.require_kernel_headers("0.0.0-no-such-kernel")
+    with pytest.raises(xdp.XdpError, match="kernel headers missing.*linux-headers-amd64"):
+        xdp.require_kernel_headers("0.0.0-no-such-kernel")
     # not root
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
                         "mos.live_cli", "status"], capture_output=True, text=True,
@@ -687,17 +734,17 @@ def test_inline_forwards_unmonitored_and_bypass_redirects() -> None:
             # an offloaded checksum filled in, so the senders compute checksums themselves
             ns.ethtool(dev, XDP_END_HOST)
         with m.entered():
-            prog = bpf.XdpProgram.load(vi, peer=vo)
+            prog = xdp.XdpProgram.load(vi, peer=vo)
         topo.on_close(prog.close)
 
         def _detach() -> None:
             with m.entered():
-                bpf.detach(vi)
+                xdp.detach(vi)
 
         topo.on_close(_detach)
         with m.entered():
             assert prog.attach("native") == "native"
-            assert {lx.ifname for lx in bpf.links() if lx.prog_id} == {vi, vo}
+            assert {lx.ifname for lx in xdp.links() if lx.prog_id} == {vi, vo}
         before = prog.stats()
         assert a.ping(c4)  # ARP and ICMP cross the middle box through XDP_REDIRECT (devmap)
         with c.tcp_echo_server(c4, 8090):
@@ -707,7 +754,7 @@ def test_inline_forwards_unmonitored_and_bypass_redirects() -> None:
         assert d["pass_not_ip"] >= 2 and d["pass_not_monitored"] >= 2 and d["pass_no_socket"] >= 6
 
         a.udp_send(c4, 7000, sport=43000)
-        flow = bpf.FlowTuple(a4, c4, 43000, 7000, "udp")
+        flow = xdp.FlowTuple(a4, c4, 43000, 7000, "udp")
         prog.bypass(flow, "redirect")
         before = prog.stats()
         a.udp_send(c4, 7000, sport=43000)
@@ -717,4 +764,4 @@ def test_inline_forwards_unmonitored_and_bypass_redirects() -> None:
         [(_key, entry)] = prog.bypassed()
         assert entry.packets == 2
         with m.entered():
-            assert bpf.status(vi)[0]["state"]["peer"] == vo
+            assert xdp.status(vi)[0]["state"]["peer"] == vo

@@ -12,7 +12,7 @@ from typing import Any, Callable, List, Optional, TypeVar
 
 import click
 
-from mos import bpf
+from mos import xdp
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,7 +33,7 @@ def _one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except bpf.XdpError as e:
+        except xdp.XdpError as e:
             raise click.ClickException(str(e)) from e
         except PermissionError as e:
             raise click.ClickException(f"permission denied ({e.strerror}): run mos-xdp as root") from e
@@ -49,7 +49,7 @@ def _protocols(value: str) -> int:
     for name in filter(None, (p.strip().lower() for p in value.split(","))):
         if name not in ("tcp", "udp"):
             raise click.BadParameter(f"unknown protocol {name!r}: use tcp, udp or tcp,udp")
-        bits |= bpf.PROTO_TCP if name == "tcp" else bpf.PROTO_UDP
+        bits |= xdp.PROTO_TCP if name == "tcp" else xdp.PROTO_UDP
     return bits
 
 
@@ -58,9 +58,9 @@ def _protocols(value: str) -> int:
 @click.option("--peer", metavar="IFACE2", help="Inline mode: the other interface of the pair.")
 @click.option("--mode", type=click.Choice(["auto", "native", "generic"]), default="auto", show_default=True,
               help="XDP mode: native (driver), generic (skb), auto (native, else generic with a warning).")
-@click.option("--queues", type=click.IntRange(1, bpf.MAX_QUEUES), default=1, show_default=True,
+@click.option("--queues", type=click.IntRange(1, xdp.MAX_QUEUES), default=1, show_default=True,
               help="Receive queues the engine binds AF_XDP sockets to.")
-@click.option("--workers", type=click.IntRange(1, bpf.MAX_WORKERS), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1, xdp.MAX_WORKERS), default=1, show_default=True,
               help="Workers (AF_XDP sockets) per queue; the symmetric flow hash picks one.")
 @click.option("--protocols", default="tcp,udp", show_default=True, help="Monitored protocols.")
 @click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True,
@@ -72,10 +72,10 @@ def _protocols(value: str) -> int:
 def attach(iface: str, peer: Optional[str], mode: str, queues: int, workers: int, protocols: str,
            ports: List[int], bypass_idle: float, debug: bool) -> None:
     """Load the XDP program, attach it to IFACE and pin its maps (it stays after this command exits)."""
-    bpf.require_root("mos-xdp attach")
+    xdp.require_root("mos-xdp attach")
     if peer == iface:
         raise click.BadParameter("the peer must be another interface", param_hint="--peer")
-    prog = bpf.XdpProgram.load(iface, peer=peer, workers=workers, queues=queues,
+    prog = xdp.XdpProgram.load(iface, peer=peer, workers=workers, queues=queues,
                                protocols=_protocols(protocols), monitor_ports=list(ports),
                                bypass_idle_s=bypass_idle, debug=debug)
     with prog:
@@ -92,8 +92,8 @@ def attach(iface: str, peer: Optional[str], mode: str, queues: int, workers: int
 @_one_line_errors
 def detach(iface: str) -> None:
     """Detach mos-xdp from IFACE (and its peer) and remove its pins; also cleans up after a crash."""
-    bpf.require_root("mos-xdp detach")
-    done = bpf.detach(iface)
+    xdp.require_root("mos-xdp detach")
+    done = xdp.detach(iface)
     for line in done:
         click.echo(line)
     if not done:
@@ -113,7 +113,7 @@ def _format_status(info: dict) -> List[str]:
         head += f", {kind}, workers {st.get('workers')}, queues {st.get('queues')}"
     lines = [head]
     if info["pinned"]:
-        lines.append(f"  maps pinned in {bpf.XdpProgram.pin_dir(name)}")
+        lines.append(f"  maps pinned in {xdp.XdpProgram.pin_dir(name)}")
     c = info["counters"]
     if c:
         verdicts = ("rx", "pass", "drop", "redirect")
@@ -130,8 +130,8 @@ def _format_status(info: dict) -> List[str]:
 @_one_line_errors
 def status(iface: Optional[str], as_json: bool) -> None:
     """Show mos-xdp on IFACE or every interface: program, mode, counters, leftovers of a crashed run."""
-    bpf.require_root("mos-xdp status")
-    infos = bpf.status(iface)
+    xdp.require_root("mos-xdp status")
+    infos = xdp.status(iface)
     if as_json:
         click.echo(json.dumps(infos, indent=1))
         return
@@ -145,12 +145,12 @@ def status(iface: Optional[str], as_json: bool) -> None:
 def _pick_iface(iface: Optional[str]) -> str:
     if iface:
         return iface
-    pinned = sorted(p.name for p in bpf.PIN_ROOT.iterdir()) if bpf.PIN_ROOT.is_dir() else []
+    pinned = sorted(p.name for p in xdp.PIN_ROOT.iterdir()) if xdp.PIN_ROOT.is_dir() else []
     if len(pinned) == 1:
         return pinned[0]
     if not pinned:
-        raise bpf.XdpError("no mos-xdp program is attached: run mos-xdp attach IFACE first")
-    raise bpf.XdpError(f"several interfaces have mos-xdp ({', '.join(pinned)}): pass --iface")
+        raise xdp.XdpError("no mos-xdp program is attached: run mos-xdp attach IFACE first")
+    raise xdp.XdpError(f"several interfaces have mos-xdp ({', '.join(pinned)}): pass --iface")
 
 
 def _is_port(target: str) -> bool:
@@ -171,8 +171,8 @@ def block() -> None:
 @_one_line_errors
 def block_add(targets: List[str], iface: Optional[str]) -> None:
     """Block prefixes (10.0.0.0/8, 2001:db8::/32, an address) or ports (80)."""
-    bpf.require_root("mos-xdp block")
-    with bpf.XdpProgram.open_pinned(_pick_iface(iface)) as prog:
+    xdp.require_root("mos-xdp block")
+    with xdp.XdpProgram.open_pinned(_pick_iface(iface)) as prog:
         for t in targets:
             if _is_port(t):
                 prog.block_port(int(t))
@@ -187,13 +187,13 @@ def block_add(targets: List[str], iface: Optional[str]) -> None:
 @_one_line_errors
 def block_del(targets: List[str], iface: Optional[str]) -> None:
     """Unblock prefixes or ports."""
-    bpf.require_root("mos-xdp block")
-    with bpf.XdpProgram.open_pinned(_pick_iface(iface)) as prog:
+    xdp.require_root("mos-xdp block")
+    with xdp.XdpProgram.open_pinned(_pick_iface(iface)) as prog:
         for t in targets:
             ok = prog.unblock_port(int(t)) if _is_port(t) else prog.unblock(t)
             what = f"port {int(t)}" if _is_port(t) else t
             if not ok:
-                raise bpf.XdpError(f"{what} was not blocked")
+                raise xdp.XdpError(f"{what} was not blocked")
             click.echo(f"unblocked {what}")
 
 
@@ -203,8 +203,8 @@ def block_del(targets: List[str], iface: Optional[str]) -> None:
 @_one_line_errors
 def block_list(iface: Optional[str], as_json: bool) -> None:
     """List blocked prefixes (with the packets they dropped) and ports."""
-    bpf.require_root("mos-xdp block")
-    with bpf.XdpProgram.open_pinned(_pick_iface(iface)) as prog:
+    xdp.require_root("mos-xdp block")
+    with xdp.XdpProgram.open_pinned(_pick_iface(iface)) as prog:
         blocked = prog.blocked()
     if as_json:
         click.echo(json.dumps(blocked, indent=1))

@@ -1,6 +1,6 @@
 """The live path: XDP steers packets into AF_XDP sockets, the engine reads them in place (``run --iface``).
 
-``run_live(monitor, iface, peer=None, workers=1)`` attaches the XDP program ``xdp_mos.c`` (through :mod:`mos.bpf`,
+``run_live(monitor, iface, peer=None, workers=1)`` attaches the XDP program ``xdp_mos.c`` (through :mod:`mos.xdp`,
 unless ``mos-xdp attach`` already did), creates the AF_XDP sockets (``userspace/xsk.c``, libxdp), puts
 them into the program's XSKMAP and loops: receive a batch, feed it to the engine (handlers run), then
 recycle the frames -- passive mode -- or send each one out of the other interface unless the app dropped

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from mos import bpf
+from mos import xdp
 
 from ..abi import ffi, lib, xsk_counter_names
 from ..monitor import Monitor
@@ -55,17 +55,17 @@ def rx_queues(ifname: str) -> int:
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
         raise LiveError(f"interface {ifname} does not exist (ip link show {ifname})") from e
     n = _channels_in_use(ifname) or int(info.get("num_rx_queues", 1))
-    return max(1, min(n, int(info.get("num_rx_queues", n)), bpf.MAX_QUEUES))
+    return max(1, min(n, int(info.get("num_rx_queues", n)), xdp.MAX_QUEUES))
 
 
-def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: str) -> Tuple[bpf.XdpProgram, bool]:
+def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: str) -> Tuple[xdp.XdpProgram, bool]:
     """The program on ``iface``: reused when ``mos-xdp attach`` put it there, else attached now.
 
     Returns (program with pinned maps open, whether this run attached it).
     """
-    lx = bpf.link_xdp(iface)
-    if lx.prog_id and (bpf.XdpProgram.pin_dir(iface) / bpf.MAP_CONFIG).exists():
-        prog = bpf.XdpProgram.open_pinned(iface)
+    lx = xdp.link_xdp(iface)
+    if lx.prog_id and (xdp.XdpProgram.pin_dir(iface) / xdp.MAP_CONFIG).exists():
+        prog = xdp.XdpProgram.open_pinned(iface)
         had = prog.state.get("peer")
         if (had or None) != (peer or None):
             prog.close()
@@ -74,7 +74,7 @@ def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: st
             raise LiveError(f"{iface} already has mos-xdp attached ({was}), not {want}: "
                             f"run mos-xdp detach {iface} first")
         return prog, False
-    loaded = bpf.XdpProgram.load(iface, peer=peer, workers=workers, queues=queues)
+    loaded = xdp.XdpProgram.load(iface, peer=peer, workers=workers, queues=queues)
     try:
         used = loaded.attach(mode)
         for w in loaded.warnings:
@@ -82,16 +82,16 @@ def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: st
         loaded.state["xdp_mode"] = used
     finally:
         loaded.close()  # the program stays attached and pinned; no bcc object survives into workers
-    return bpf.XdpProgram.open_pinned(iface), True
+    return xdp.XdpProgram.open_pinned(iface), True
 
 
-def _counter_lines(prog: Optional[bpf.XdpProgram], xsk: Any, workers: int) -> List[str]:
+def _counter_lines(prog: Optional[xdp.XdpProgram], xsk: Any, workers: int) -> List[str]:
     lines = ["mos-xdp: stopped; final counters"]
     if prog is not None:
         try:
             st = prog.stats()
             lines.append("  xdp:    " + " ".join(f"{k}={v}" for k, v in st.items() if v))
-        except (OSError, bpf.XdpError):
+        except (OSError, xdp.XdpError):
             pass
     if xsk is not None:
         for w in range(workers):
@@ -135,7 +135,7 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
         busy_poll = False
     try:
         return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration, ring)
-    except bpf.XdpError as e:
+    except xdp.XdpError as e:
         raise LiveError(str(e)) from None
     except PermissionError as e:
         raise LiveError(f"permission denied ({e.strerror}): run mos-xdp as root") from None
@@ -143,16 +143,16 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
 
 def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode: str, copy: Optional[bool],
               busy_poll: bool, batch: int, duration: Optional[float], ring: int) -> Dict[str, int]:
-    bpf.require_root("mos-xdp run --iface")
+    xdp.require_root("mos-xdp run --iface")
     if peer is not None and peer == iface:
         raise LiveError("--peer must be another interface than --iface")
-    if not 1 <= workers <= bpf.MAX_WORKERS:
-        raise LiveError(f"workers must be 1..{bpf.MAX_WORKERS}")
+    if not 1 <= workers <= xdp.MAX_WORKERS:
+        raise LiveError(f"workers must be 1..{xdp.MAX_WORKERS}")
     if not 1 <= batch <= 4096:
         raise LiveError("batch must be 1..4096")
-    bpf.ifindex_of(iface)
+    xdp.ifindex_of(iface)
     if peer is not None:
-        bpf.ifindex_of(peer)
+        xdp.ifindex_of(peer)
     nq = rx_queues(iface)
     npq = rx_queues(peer) if peer else 0
     flags = lib.MOS_XSK_BUSY_POLL if busy_poll else 0
@@ -164,7 +164,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
     stop = StopFlag()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     parent = os.getpid()
-    prog: Optional[bpf.XdpProgram] = None
+    prog: Optional[xdp.XdpProgram] = None
     attached = False
     xsk: Any = None
     indexes: List[int] = []
@@ -185,7 +185,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
         for slot, count in ((0, nq), (1, npq)):
             for q in range(count):
                 for w in range(workers):
-                    idx = bpf.xsk_index(slot, q, w)
+                    idx = xdp.xsk_index(slot, q, w)
                     prog.set_xsk(idx, lib.mos_xsk_fd(xsk, slot, q, w))
                     indexes.append(idx)
         if not attached:
@@ -194,7 +194,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
         run_start_hooks(mon, LiveSession(prog, xsk, iface, peer, workers, 0))
         info = ffi.new("struct mos_xsk_info *")
         lib.mos_xsk_info(xsk, info)
-        xdp_mode = bpf.link_xdp(iface).mode or "?"
+        xdp_mode = xdp.link_xdp(iface).mode or "?"
         where = f"{iface} <-> {peer} (inline)" if peer else f"{iface} (passive)"
         sys.stderr.write(
             f"mos-xdp: live on {where}: {xdp_mode} XDP, AF_XDP {'zero-copy' if info.zerocopy else 'copy'} mode"
@@ -286,7 +286,7 @@ def _wait_workers(children: List[int], stop: StopFlag, deadline: float) -> int:
     return code
 
 
-def _teardown(prog: Optional[bpf.XdpProgram], xsk: Any, indexes: List[int], attached: bool, iface: str,
+def _teardown(prog: Optional[xdp.XdpProgram], xsk: Any, indexes: List[int], attached: bool, iface: str,
               workers: int) -> None:
     # read the counters before detaching, print them after: a closed stderr must not stop the detach
     report = _counter_lines(prog, xsk, workers) if prog is not None and xsk is not None else []
@@ -302,8 +302,8 @@ def _teardown(prog: Optional[bpf.XdpProgram], xsk: Any, indexes: List[int], atta
         prog.close()
         if attached:
             try:
-                report += [f"mos-xdp: {line}" for line in bpf.detach(iface)]
-            except bpf.XdpError as e:
+                report += [f"mos-xdp: {line}" for line in xdp.detach(iface)]
+            except xdp.XdpError as e:
                 report.append(f"mos-xdp: {e}")
     try:
         sys.stderr.write("".join(line + "\n" for line in report))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
-from mos import bpf
+from mos import xdp
 
 from ..abi import lib
 from ..errors import MosError
@@ -29,7 +29,7 @@ class LiveError(MosError):
 class LiveSession:
     """One worker's view of a live run: the XDP program's maps and this worker's AF_XDP sockets."""
 
-    def __init__(self, prog: bpf.XdpProgram, xsk: Any, iface: str, peer: Optional[str], workers: int,
+    def __init__(self, prog: xdp.XdpProgram, xsk: Any, iface: str, peer: Optional[str], workers: int,
                  worker: int) -> None:
         self.prog = prog
         self.xsk = xsk
@@ -83,13 +83,13 @@ class LiveSession:
         return int(n)
 
 
-def flow_of(conn: Connection) -> bpf.FlowTuple:
+def flow_of(conn: Connection) -> xdp.FlowTuple:
     """The connection as the XDP program keys it (client -> server, VLAN ids folded as the program does)."""
     i = conn.info()
     vlan_key = 0
     for vid in i["vlan"]:
         vlan_key = (vlan_key << 12) | (vid & 0xFFF)
-    return bpf.FlowTuple(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"], "tcp", vlan_key)
+    return xdp.FlowTuple(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"], "tcp", vlan_key)
 
 
 # ---- the session of this process, and the hooks apps register before a run -----------------------------

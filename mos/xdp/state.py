@@ -1,0 +1,80 @@
+"""What an attach leaves behind it (the XDP attachment, the pins, the state file), and its removal.
+
+The state file (``/run/mos-xdp/<ifname>.json``) records what a later process needs to recognise the
+program: its id, the peer, the workers and queues, the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .abi import PROG_NAME
+from .env import RUN_DIR, pin_dir, state_path
+from .errors import XdpError
+from .links import link_xdp, links, xdp_remove
+
+
+def _remove_pins(pins: Path) -> None:
+    """Removes a pin directory and what it holds, as far as possible (a leftover is no error)."""
+    if not pins.is_dir():
+        return
+    for p in pins.iterdir():
+        try:
+            p.unlink()
+        except OSError:
+            pass
+    try:
+        pins.rmdir()
+    except OSError:
+        pass
+
+
+def read_state(iface: str) -> Dict[str, Any]:
+    """The state file of ``iface`` ({} when absent or unreadable)."""
+    try:
+        return dict(json.loads(state_path(iface).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(iface: str, state: Dict[str, Any]) -> None:
+    """Replaces the state file of ``iface`` at once (a reader never sees half of it)."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = state_path(iface).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.replace(state_path(iface))
+
+
+def detach(iface: str, state: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Removes mos-xdp from ``iface`` (and its peer): XDP program, pins, state file. Works after a crash.
+
+    A program that is not mos-xdp's is left alone (XdpError). Returns a line per action taken.
+    """
+    state = state if state is not None else read_state(iface)
+    done = []
+    names = [iface] + ([state["peer"]] if state.get("peer") else [])
+    all_links = {lx.ifname: lx for lx in links()}
+    if iface not in all_links and not state and not pin_dir(iface).exists():
+        raise XdpError(f"interface {iface} does not exist (ip link show {iface})")
+    for name in names:
+        lx = all_links.get(name)
+        if lx is None or not lx.prog_id:
+            continue
+        if lx.prog_name != PROG_NAME and lx.prog_id != state.get("prog_id"):
+            raise XdpError(f"{name} has another XDP program ({lx.prog_name or '?'}, id {lx.prog_id}), "
+                           "not mos-xdp's: left alone")
+        xdp_remove(name, lx.mode)
+        if link_xdp(name).prog_id:
+            raise XdpError(f"cannot detach XDP program {lx.prog_id} from {name}")
+        done.append(f"detached XDP program {lx.prog_id} ({lx.mode}) from {name}")
+    pins = pin_dir(iface)
+    if pins.exists():
+        _remove_pins(pins)
+        done.append(f"removed pins {pins}")
+    sp = state_path(iface)
+    if sp.exists():
+        sp.unlink()
+        done.append(f"removed state {sp}")
+    return done
