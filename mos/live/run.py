@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import json
 import os
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from mos import xdp
+from mos.net import netlink
 
 from ..abi import ffi, lib, xsk_counter_names
 from ..monitor import Monitor
@@ -44,18 +43,16 @@ def _channels_in_use(ifname: str) -> int:
 def rx_queues(ifname: str) -> int:
     """Receive queues in use on an interface of this network namespace.
 
-    The driver's channel count when it gives one, else ``num_rx_queues`` of ``ip -d -j link``. The latter
-    is only what was allocated: a veth made without ``numrxqueues`` has one queue per CPU allocated and
-    one in use, and an AF_XDP socket cannot bind to the others.
+    The driver's channel count when it gives one, else the allocated queues (IFLA_NUM_RX_QUEUES). The
+    latter is only what was allocated: a veth made without ``numrxqueues`` has one queue per CPU
+    allocated and one in use, and an AF_XDP socket cannot bind to the others.
     """
     try:
-        out = subprocess.run(["ip", "-d", "-j", "link", "show", "dev", ifname], capture_output=True, text=True,
-                             check=True, timeout=10)
-        info = json.loads(out.stdout)[0]
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
-        raise LiveError(f"interface {ifname} does not exist (ip link show {ifname})") from e
-    n = _channels_in_use(ifname) or int(info.get("num_rx_queues", 1))
-    return max(1, min(n, int(info.get("num_rx_queues", n)), xdp.MAX_QUEUES))
+        allocated = netlink.link_xdp(ifname).num_rx_queues
+    except netlink.NetError as e:
+        raise LiveError(str(e)) from None
+    n = _channels_in_use(ifname) or allocated
+    return max(1, min(n, allocated, xdp.MAX_QUEUES))
 
 
 def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: str) -> Tuple[xdp.XdpProgram, bool]:

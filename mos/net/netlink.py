@@ -49,6 +49,7 @@ class Link:
     up: bool = False  # administratively (IFF_UP)
     carrier: bool = False  # IFF_LOWER_UP: a veth has it once both ends are up
     mtu: int = 0
+    num_rx_queues: int = 1  # allocated receive queues (IFLA_NUM_RX_QUEUES), not always the ones in use
 
     @property
     def name(self) -> str:
@@ -138,7 +139,8 @@ def _on_link(name: str, netns: Optional[str], what: str, call: Callable[[Any, in
 def _link(msg: Any) -> Link:
     flags = int(msg["flags"])
     lk = Link(str(msg.get("IFLA_IFNAME")), int(msg["index"]), up=bool(flags & _IFF_UP),
-              carrier=bool(flags & _IFF_LOWER_UP), mtu=int(msg.get("IFLA_MTU") or 0))
+              carrier=bool(flags & _IFF_LOWER_UP), mtu=int(msg.get("IFLA_MTU") or 0),
+              num_rx_queues=int(msg.get("IFLA_NUM_RX_QUEUES") or 1))
     xdp = msg.get("IFLA_XDP")
     if xdp is not None:
         attached = xdp.get("IFLA_XDP_ATTACHED")
