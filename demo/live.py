@@ -122,7 +122,7 @@ def _remove_leftovers(iface: str) -> None:
         try:
             xdp.detach(iface)
         except (xdp.XdpError, OSError):
-            xdp._remove_pins(xdp.XdpProgram.pin_dir(iface))
+            xdp.remove_pins(xdp.XdpProgram.pin_dir(iface))
             with contextlib.suppress(OSError):
                 xdp.XdpProgram.state_path(iface).unlink()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from typing import Union
 
-from .abi import lib, policy_names
+from .abi import ffi, lib, policy_names
 from .errors import MosError
 
 
@@ -105,6 +105,12 @@ class ErrorKind(enum.IntEnum):
     """The global reassembly memory cap stopped bytes from being held."""
     SEGMENT_LIMIT = lib.MOS_ERR_SEGMENT_LIMIT
     """Too many out-of-order segments held on one side."""
+
+    @property
+    def event_name(self) -> str:
+        """The anomaly's name, as Suricata names its stream events (``stream.pkt_out_of_window``, ...):
+        from the engine's anomaly table, which also names the counter the anomaly bumps."""
+        return str(ffi.string(lib.mos_anomaly_name(int(self))).decode())
 
 
 class OrphanKind(enum.IntEnum):

@@ -710,7 +710,7 @@ def test_cli_errors_are_one_line(live: Live) -> None:
         xdp.require_kernel_headers("0.0.0-no-such-kernel")
     # not root
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-                        "mos.live_cli", "status"], capture_output=True, text=True,
+                        "mos.cli", "status"], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd="/")
     assert r.returncode == 1 and r.stderr.strip() == (
         "Error: mos-xdp status needs root (CAP_BPF and CAP_NET_ADMIN): run it with sudo")

@@ -69,9 +69,9 @@ from .env import (
 )
 from .errors import XdpError
 from .links import LinkXdp, ifindex_of, link_xdp, links, xdp_remove
-from .maps import BpfMap, _obj_info, obj_get, obj_pin, prog_fd_by_id, prog_info, prog_name_by_id, prog_test_run
+from .maps import BpfMap, obj_get, obj_pin, prog_fd_by_id, prog_info, prog_name_by_id, prog_test_run
 from .program import XdpProgram
-from .state import _remove_pins, detach, read_state
+from .state import detach, read_state, remove_pins
 from .status import status
 from .steering import FlowTuple, flow_hash, flow_key, hash_key, steer, xsk_index
 
@@ -86,6 +86,5 @@ __all__ = [
     "detach", "ensure_bpffs", "flow_hash", "flow_key", "hash_key", "ifindex_of", "link_xdp", "links", "obj_get",
     "obj_pin", "prog_fd_by_id", "prog_info", "prog_name_by_id", "prog_test_run", "raw", "read_state",
     "require_kernel_headers", "require_root", "status", "steer", "xdp_remove", "xsk_index",
-    # private, until their users (bench/live.py, mos/livedemo.py) move to the public API
-    "_obj_info", "_remove_pins",
+    "remove_pins",
 ]

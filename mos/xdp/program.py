@@ -22,7 +22,7 @@ from .env import BPF_DIR, ensure_bpffs, import_bcc, pin_dir, require_kernel_head
 from .errors import XdpError
 from .links import _netns_id, ifindex_of, link_xdp, xdp_remove
 from .maps import BpfMap, obj_get, obj_pin, prog_info, prog_test_run
-from .state import _remove_pins, detach, read_state, write_state
+from .state import detach, read_state, remove_pins, write_state
 from .steering import FlowTuple, flow_key
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -155,7 +155,7 @@ class XdpProgram:
         ensure_bpffs()
         pins = self.pin_dir(self.iface)
         if pins.exists():
-            _remove_pins(pins)
+            remove_pins(pins)
         used = ""
         done: List[Tuple[str, str]] = []
         try:
@@ -169,7 +169,7 @@ class XdpProgram:
         except BaseException:
             for name, attached_mode in done:
                 xdp_remove(name, attached_mode)
-            _remove_pins(pins)
+            remove_pins(pins)
             raise
         self.state.update({"mode": used, "prog_id": prog_info(self.prog_fd)["id"], "pin_dir": str(pins),
                            "attached_at": time.time(), "pid": os.getpid()})

@@ -16,7 +16,7 @@ from .errors import XdpError
 from .links import link_xdp, links, xdp_remove
 
 
-def _remove_pins(pins: Path) -> None:
+def remove_pins(pins: Path) -> None:
     """Removes a pin directory and what it holds, as far as possible (a leftover is no error)."""
     if not pins.is_dir():
         return
@@ -71,7 +71,7 @@ def detach(iface: str, state: Optional[Dict[str, Any]] = None) -> List[str]:
         done.append(f"detached XDP program {lx.prog_id} ({lx.mode}) from {name}")
     pins = pin_dir(iface)
     if pins.exists():
-        _remove_pins(pins)
+        remove_pins(pins)
         done.append(f"removed pins {pins}")
     sp = state_path(iface)
     if sp.exists():
