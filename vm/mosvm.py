@@ -41,9 +41,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-"""The project checkout this file belongs to."""
-CACHE = REPO / "vm" / ".cache"
-DEFAULT_OUT = REPO / "vm" / "out"
+"""The project checkout this file belongs to (or, installed, the package data folder that holds it)."""
+IN_CHECKOUT = (REPO / "scripts" / "test.sh").is_file()
+# An installed copy lives in site-packages: its cache goes to the user's cache folder, its output to the
+# current directory, never into the installed package.
+_USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mos-xdp" / "vm"
+CACHE = REPO / "vm" / ".cache" if IN_CHECKOUT else _USER_CACHE
+DEFAULT_OUT = REPO / "vm" / "out" if IN_CHECKOUT else Path.cwd() / "mos-vm-out"
 DEFAULT_TIMEOUT = 600.0
 
 EXIT_TIMEOUT = 124
@@ -820,7 +824,8 @@ def project_command(what: str, args: Sequence[str]) -> List[str]:
     """The guest command of ``vm test`` / ``vm demo``: the project's script with ``args``."""
     script = {"test": "scripts/test.sh", "demo": "scripts/demo.sh"}[what]
     if not (REPO / script).is_file():
-        raise VMError(f"{REPO / script} not found")
+        raise VMError(f"{script} not found: `vm {what}` runs the checkout's {script}; use `vm run -- ...` "
+                      "with an installed package")
     return ["bash", str(REPO / script), *args]
 
 
