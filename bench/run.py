@@ -797,9 +797,11 @@ def write_results(path: Path, a: argparse.Namespace, cap: Dict[str, Any], res: D
     w("```json")
     w(json.dumps({k: v for k, v in cap.items()}, indent=1))
     w("```")
-    # keep the live-path section (bench/live.py writes it between these markers)
-    live = re.search(r"<!-- live:begin -->.*?<!-- live:end -->\n?", path.read_text() if path.exists() else "", re.S)
-    path.write_text("\n".join(L) + "\n" + ("\n" + live.group(0) if live else ""))
+    # keep the sections other scripts write between their markers (bench/live.py, bench/compare.py)
+    old = path.read_text() if path.exists() else ""
+    kept = [m.group(0) for name in ("live", "compare")
+            if (m := re.search(rf"<!-- {name}:begin -->.*?<!-- {name}:end -->\n?", old, re.S))]
+    path.write_text("\n".join(L) + "\n" + "".join("\n" + k for k in kept))
 
 
 if __name__ == "__main__":
