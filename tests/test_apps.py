@@ -117,6 +117,9 @@ def test_run_reports_a_failing_handler_and_goes_on(tmp_path):
     strict = subprocess.run([sys.executable, "-m", "mos.cli", "run", str(app), "--pcap", str(pcap), "--strict"],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert strict.returncode != 0 and "ended" not in strict.stdout
+    # the handler's own traceback once, then one line: no second traceback through the CLI
+    assert strict.stderr.count("Traceback") == 1 and "ValueError: boom" in strict.stderr
+    assert strict.stderr.strip().splitlines()[-1] == "Error: stopped at the first handler error (--strict)"
 
 
 def test_run_user_mistakes_get_one_line(tmp_path):

@@ -43,3 +43,30 @@ def test_every_named_file_exists() -> None:
     for word in _named(_layout()):
         if "/" in word and not word.startswith(("http", "mos-xdp")):
             assert (ROOT / word).exists(), f"README layout names {word}, which is not in the tree"
+
+
+def test_the_readme_example_finds_a_pattern_split_across_segments(tmp_path: Path) -> None:
+    """The app at the top of the README, run as written on a capture where no segment holds the whole
+    pattern (``GET /etc/pas`` + ``swd``), alerts once; on a request without the pattern, never."""
+    import subprocess
+    import sys
+
+    from tests.pcaps import Conv
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    example = text[start:text.index("```", start)]
+    assert 'mon.run_pcap("trace.pcap")' in example
+    for request, alerts in ((b"GET /etc/pas", 1), (b"GET /index.html HTTP/1.0\r\n\r\n", 0)):
+        c = Conv()
+        c.handshake()
+        c.send(True, request)
+        if alerts:
+            c.send(True, b"swd HTTP/1.0\r\n\r\n")
+        c.send(False, b"HTTP/1.0 200 OK\r\n\r\n")
+        c.close()
+        c.built().write(tmp_path / "trace.pcap")
+        (tmp_path / "app.py").write_text(example)
+        r = subprocess.run([sys.executable, "app.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("alert 10.10.0.1:40000 -> 10.10.0.2:80") == alerts, r.stdout

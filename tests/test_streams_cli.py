@@ -256,7 +256,7 @@ def _with_client_port(frame: bytes, old: int, port: int) -> bytes:
     return bytes(p)
 
 
-@pytest.mark.parametrize("kind", ["missing", "corrupt", "empty", "bad_policy", "bad_option"])
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "empty", "bad_policy", "bad_option", "unwritable"])
 def test_errors_are_one_line(tmp_path, kind):
     pcap = tmp_path / "x.pcap"
     args = [pcap]
@@ -268,12 +268,14 @@ def test_errors_are_one_line(tmp_path, kind):
         pcap.write_bytes(b"")
     else:
         pcaps.basic_close().write(pcap)
-        args += ["--policy", "no-such-policy"] if kind == "bad_policy" else ["--no-such-option"]
-    proc = run_cli(*args, "-o", tmp_path / "out")
+        args += {"bad_policy": ["--policy", "no-such-policy"], "bad_option": ["--no-such-option"],
+                 "unwritable": []}[kind]
+    out = "/proc/no-such-dir/out" if kind == "unwritable" else tmp_path / "out"
+    proc = run_cli(*args, "-o", out)
     assert proc.returncode != 0
     err = proc.stderr.decode().strip()
     assert err and "Traceback" not in err
-    if kind in ("missing", "corrupt", "empty"):
+    if kind in ("missing", "corrupt", "empty", "unwritable"):
         assert len(err.splitlines()) == 1, err
 
 

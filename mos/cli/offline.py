@@ -40,18 +40,24 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
         mod.init(mon)
     except Exception as exc:
         raise click.ClickException(f"{app}: init(monitor) failed: {type(exc).__name__}: {exc}") from None
-    if iface:
-        from .live import run_app_live
+    try:
+        if iface:
+            from .live import run_app_live
 
-        run_app_live(mon, iface, peer, workers, ring)
-    else:
-        assert pcap is not None
-        bar, update = progress_bar(progress, pcap)
-        try:
-            mon.run_pcap(pcap, progress=update)
-        finally:
-            if bar is not None:
-                bar.__exit__(None, None, None)
+            run_app_live(mon, iface, peer, workers, ring)
+        else:
+            assert pcap is not None
+            bar, update = progress_bar(progress, pcap)
+            try:
+                mon.run_pcap(pcap, progress=update)
+            finally:
+                if bar is not None:
+                    bar.__exit__(None, None, None)
+    except Exception:
+        if not (strict and mon.handler_errors):
+            raise
+        # the handler's traceback is printed already, with its connection: one line more, no second trace
+        raise click.ClickException("stopped at the first handler error (--strict)") from None
     fin = getattr(mod, "finish", None)
     if callable(fin):
         fin(mon)
@@ -86,6 +92,9 @@ def streams(pcap: str, outdir: Optional[str], policy: str, no_vlan: bool, no_pic
             rows, totals, st = stream_table(pcap, limit=TABLE_ROWS, **opts)
         else:
             rows, st = run_streams(pcap, outdir, **opts)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise click.ClickException(f"cannot write the streams to {outdir}: {e.strerror or e}{where}") from None
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -9,10 +9,23 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from ..errors import MosError
+from ..resources import data_dir
 from .errors import XdpError
 
-BPF_DIR = Path(os.environ.get("MOS_XDP_BPF_DIR", Path(__file__).resolve().parent.parent.parent / "bpf"))
-"""Where ``xdp_mos.c`` and ``mos_shared.h`` are found (the one place that says so)."""
+
+def _bpf_dir() -> Path:
+    override = os.environ.get("MOS_XDP_BPF_DIR")
+    if override:
+        return Path(override)
+    try:
+        return data_dir("bpf")
+    except MosError as e:
+        raise XdpError(str(e)) from None
+
+
+BPF_DIR = _bpf_dir()
+"""Where ``xdp_mos.c`` and its headers are found (the package data, see :mod:`mos.resources`)."""
 PIN_ROOT = Path(os.environ.get("MOS_XDP_PIN_ROOT", "/sys/fs/bpf/mos-xdp"))
 RUN_DIR = Path(os.environ.get("MOS_XDP_RUN_DIR", "/run/mos-xdp"))
 INSTALL_HINT = "apt-get install python3-bpfcc linux-headers-amd64 (then scripts/setup.sh links the headers)"
@@ -78,8 +91,19 @@ def import_bcc() -> Any:
     try:
         import bcc  # noqa: PLC0415 - optional, heavy
     except ImportError as e:
+        debian = Path("/usr/lib/python3/dist-packages/bcc")
+        if debian.is_dir():  # installed, but this Python (a venv) does not see Debian's dist-packages
+            raise XdpError(f"bcc (python3-bpfcc) is installed but {sys.executable} cannot import it: link it "
+                           f"into this environment (ln -s {debian} {_site_packages()}/bcc; scripts/setup.sh "
+                           "does) or make the venv with --system-site-packages") from e
         raise XdpError(f"bcc is not installed (import bcc failed): {INSTALL_HINT}") from e
     return bcc
+
+
+def _site_packages() -> str:
+    import sysconfig  # noqa: PLC0415
+
+    return sysconfig.get_paths()["purelib"]
 
 
 def require_kernel_headers(release: Optional[str] = None) -> None:

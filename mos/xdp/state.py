@@ -57,7 +57,7 @@ def detach(iface: str, state: Optional[Dict[str, Any]] = None) -> List[str]:
     names = [iface] + ([state["peer"]] if state.get("peer") else [])
     all_links = {lx.ifname: lx for lx in links()}
     if iface not in all_links and not state and not pin_dir(iface).exists():
-        raise XdpError(f"interface {iface} does not exist (ip link show {iface})")
+        raise XdpError(f"interface {iface} does not exist")
     for name in names:
         lx = all_links.get(name)
         if lx is None or not lx.prog_id:
