@@ -379,6 +379,9 @@ int mos_xsk_info(const mos_xsk_t *x, struct mos_xsk_info *out);
 /* The socket of (slot, queue, worker), or -1. */
 int mos_xsk_fd(const mos_xsk_t *x, uint32_t slot, uint32_t queue, uint32_t worker);
 int mos_xsk_set_worker(mos_xsk_t *x, uint32_t worker);
+/* RX queues the driver has in use on ifname (ETHTOOL_GCHANNELS: rx + combined), 0 if it does not say;
+ * an AF_XDP socket can bind only to those, whatever number of queues the device allocated. */
+uint32_t mos_xsk_channels_in_use(const char *ifname);
 /* Up to max received packets (pointing into the UMEM, valid until mos_xsk_done); waits up to
  * timeout_ms when none is ready. Returns the count, -1 on error (errno). Finishes a pending batch. */
 int mos_xsk_rx(mos_xsk_t *x, struct mos_pkt *pkts, uint32_t max, int timeout_ms);

@@ -19,6 +19,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -870,4 +873,19 @@ int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t m
             return 0;
         timeout_ms = 0; /* within the budget, only what is already there */
     }
+}
+
+uint32_t mos_xsk_channels_in_use(const char *ifname)
+{
+    struct ethtool_channels ch = {.cmd = ETHTOOL_GCHANNELS};
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+    ifr.ifr_data = (void *)&ch;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    int rc = ioctl(fd, SIOCETHTOOL, &ifr);
+    close(fd);
+    return rc == 0 ? ch.rx_count + ch.combined_count : 0;
 }

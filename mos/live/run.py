@@ -7,12 +7,8 @@ workers, runs ``Monitor.run(XskSource(...))`` in each, and undoes it all on the 
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import os
 import signal
-import socket
-import struct
 import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -28,18 +24,6 @@ from .source import BATCH, StopFlag, XskSource
 # ---- set-up helpers ------------------------------------------------------------------------------------
 
 
-def _channels_in_use(ifname: str) -> int:
-    """RX queues in use from the driver (ETHTOOL_GCHANNELS: rx + combined), or 0 if it does not say."""
-    chan = (ctypes.c_uint32 * 9)(0x3C)  # struct ethtool_channels, cmd = ETHTOOL_GCHANNELS
-    ifr = struct.pack("16sP", ifname.encode()[:15], ctypes.addressof(chan)) + bytes(16)  # struct ifreq
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sk:
-            fcntl.ioctl(sk.fileno(), 0x8946, ifr)  # SIOCETHTOOL
-    except OSError:
-        return 0
-    return int(chan[5] + chan[8])  # rx_count + combined_count
-
-
 def rx_queues(ifname: str) -> int:
     """Receive queues in use on an interface of this network namespace.
 
@@ -51,7 +35,7 @@ def rx_queues(ifname: str) -> int:
         allocated = netlink.link_xdp(ifname).num_rx_queues
     except netlink.NetError as e:
         raise LiveError(str(e)) from None
-    n = _channels_in_use(ifname) or allocated
+    n = int(lib.mos_xsk_channels_in_use(ifname.encode())) or allocated
     return max(1, min(n, allocated, xdp.MAX_QUEUES))
 
 

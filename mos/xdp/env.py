@@ -91,8 +91,11 @@ def import_bcc() -> Any:
     try:
         import bcc  # noqa: PLC0415 - optional, heavy
     except ImportError as e:
+        import importlib.util  # noqa: PLC0415
+
         debian = Path("/usr/lib/python3/dist-packages/bcc")
-        if debian.is_dir():  # installed, but this Python (a venv) does not see Debian's dist-packages
+        if importlib.util.find_spec("bcc") is None and debian.is_dir():
+            # installed, but this Python (a venv) does not see Debian's dist-packages
             raise XdpError(f"bcc (python3-bpfcc) is installed but {sys.executable} cannot import it: link it "
                            f"into this environment (ln -s {debian} {_site_packages()}/bcc; scripts/setup.sh "
                            "does) or make the venv with --system-site-packages") from e
