@@ -128,7 +128,15 @@ def test_run_user_mistakes_get_one_line(tmp_path):
     bad.write_text("import no_such_module_anywhere\n")
     noinit = tmp_path / "noinit.py"
     noinit.write_text("x = 1\n")
+    badinit = tmp_path / "badinit.py"
+    badinit.write_text("def init(monitor):\n    x = 1\n    raise RuntimeError('no ' + str(x))\n")
+    midstat = str(ROOT / "apps" / "midstat.py")
     cases = [
+        ([str(bad), "--pcap", str(pcap)], "failed to import at bad.py:1: ModuleNotFoundError"),
+        ([str(badinit), "--pcap", str(pcap)], "init(monitor) failed at badinit.py:3: RuntimeError: no 1"),
+        ([str(tmp_path), "--pcap", str(pcap)], "is a directory"),
+        ([midstat, "--pcap", str(pcap), "--workers", "2"], "--workers: for live runs (--iface)"),
+        ([midstat, "--pcap", str(pcap), "--peer", "x", "--ring", "1024"], "--peer, --ring: for live runs"),
         ([str(bad), "--pcap", str(pcap)], "failed to import"),
         ([str(noinit), "--pcap", str(pcap)], "must define init"),
         ([str(tmp_path / "missing.py"), "--pcap", str(pcap)], "no such app file"),

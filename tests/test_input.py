@@ -176,3 +176,31 @@ def test_bytes_held_by_reference_are_copied_before_the_file_is_closed(tmp_path):
     assert conn.held_segments(Side.CLIENT) == [(2000, 1000)]
     assert conn.ppeek(Side.CLIENT, 2000, 1000) == resp[2000:]
     assert conn.ppeek(Side.CLIENT, 0, 1000) == resp[:1000]
+
+
+def _pcapng_block(btype: int, body: bytes) -> bytes:
+    body += bytes(-len(body) % 4)
+    n = 12 + len(body)
+    return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+
+def test_pcapng_whose_first_record_is_empty(tmp_path):
+    """A pcapng whose first packet record has length 0 (seen while fuzzing: the copy arena was still NULL,
+    so the reader did pointer arithmetic on NULL, which UBSan reports): the empty record is counted as a
+    truncated frame, the connection after it is reassembled as usual."""
+    built = pcaps.basic_close()
+    shb = _pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = _pcapng_block(1, struct.pack("<HHI", 1, 0, 65535))  # Ethernet
+
+    def epb(ts: float, frame: bytes, orig: int) -> bytes:
+        us = int(round(ts * 1e6))
+        return _pcapng_block(6, struct.pack("<IIIII", 0, us >> 32, us & 0xFFFFFFFF, len(frame), orig) + frame)
+
+    path = tmp_path / "empty-first.pcapng"
+    path.write_bytes(shb + idb + epb(999.0, b"", 0) + b"".join(epb(*r) for r in built.records))
+    got = {0: bytearray(), 1: bytearray()}
+    mon = Monitor()
+    mon.on(Event.CONN_NEW_DATA, lambda conn, ev: got[int(ev.side)].extend(ev.data))
+    st = mon.run_pcap(str(path))
+    assert bytes(got[int(Side.SERVER)]) == built.c2s and bytes(got[int(Side.CLIENT)]) == built.s2c
+    assert st["packets"] == len(built.records) + 1 and st["malformed_truncated_l2"] == 1

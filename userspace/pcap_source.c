@@ -219,7 +219,8 @@ static int next_libpcap(mos_pcap_t *p, struct mos_pkt *pkts, uint32_t n, char *e
         }
         if (r != 1)
             continue;
-        if (used + h->caplen > p->arena_cap) {
+        /* allocated on the first record, even an empty one: packets point into it, never at NULL + 0 */
+        if (!p->arena || used + h->caplen > p->arena_cap) {
             size_t ncap = p->arena_cap ? p->arena_cap * 2 : (4u << 20);
             while (ncap < used + h->caplen)
                 ncap *= 2;

@@ -37,12 +37,28 @@ def progress_bar(enabled: bool, path: str) -> Tuple[Any, Optional[Callable[[int,
     return bar, update
 
 
+def where_in(exc: BaseException, app: Any) -> str:
+    """" at FILE:LINE", the app's innermost frame of the exception's traceback (the line an author needs
+    to see in a one-line error), or "" when the app's code is not in it (a syntax error says its own)."""
+    import os
+    import traceback
+
+    app_file = os.path.realpath(str(app))
+    line = None
+    for fr in traceback.extract_tb(exc.__traceback__):
+        if os.path.realpath(fr.filename) == app_file:
+            line = fr.lineno
+    return f" at {os.path.basename(app_file)}:{line}" if line is not None else ""
+
+
 def load_app(path: str) -> Any:
     """Import an app file; it must define ``init(monitor)`` (and may define ``finish(monitor)``)."""
     import importlib.util
     from pathlib import Path
 
     p = Path(path)
+    if p.is_dir():
+        raise click.ClickException(f"{path}: is a directory, not an app file")
     if not p.is_file():
         raise click.ClickException(f"{path}: no such app file")
     spec = importlib.util.spec_from_file_location(f"mos_app_{p.stem}", p)
@@ -53,7 +69,8 @@ def load_app(path: str) -> Any:
     try:
         spec.loader.exec_module(mod)
     except Exception as exc:
-        raise click.ClickException(f"{path}: the app failed to import: {type(exc).__name__}: {exc}") from None
+        raise click.ClickException(f"{path}: the app failed to import{where_in(exc, p)}: "
+                                   f"{type(exc).__name__}: {exc}") from None
     if not callable(getattr(mod, "init", None)):
         raise click.ClickException(f"{path}: an app must define init(monitor)")
     return mod

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import click
 
-from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar
+from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar, where_in
 
 
 @click.command()
@@ -34,12 +34,19 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
     """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
     if bool(pcap) == bool(iface):
         raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
+    if pcap:
+        ctx = click.get_current_context()
+        live_only = [f"--{n}" for n in ("peer", "workers", "ring")
+                     if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if live_only:
+            raise click.UsageError(f"{', '.join(live_only)}: for live runs (--iface), not with --pcap")
     mod = load_app(app)
     mon = make_monitor(policy, not no_vlan, not no_pickup, strict)
     try:
         mod.init(mon)
     except Exception as exc:
-        raise click.ClickException(f"{app}: init(monitor) failed: {type(exc).__name__}: {exc}") from None
+        raise click.ClickException(f"{app}: init(monitor) failed{where_in(exc, app)}: "
+                                   f"{type(exc).__name__}: {exc}") from None
     try:
         if iface:
             from .live import run_app_live
