@@ -105,6 +105,12 @@ class ErrorKind(enum.IntEnum):
     """The global reassembly memory cap stopped bytes from being held."""
     SEGMENT_LIMIT = lib.MOS_ERR_SEGMENT_LIMIT
     """Too many out-of-order segments held on one side."""
+    SYN_DATA_DISCARDED = lib.MOS_ERR_SYN_DATA_DISCARDED
+    """Data on a SYN that the peer did not acknowledge (its SYN-ACK acknowledged only the SYN): not
+    delivered; the bytes sent later at those sequence numbers are the stream's."""
+    DATA_AFTER_FIN = lib.MOS_ERR_DATA_AFTER_FIN
+    """Bytes at or past their sender's FIN (data after the FIN, the tail of a retransmission straddling
+    it): not delivered, the receiver ignores them."""
 
     @property
     def event_name(self) -> str:

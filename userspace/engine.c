@@ -92,6 +92,7 @@ void engine_end_conn(mos_engine_t *e, struct conn *c, int reason, int side)
 {
     if (c->flags & CF_ENDED)
         return;
+    tcp_end_syn_data(e, c, reason); /* SYN data nothing decided on: before the flush */
     /* Whatever is still held is delivered, holes becoming gaps: the app sees every byte we have. */
     tcp_settle_acks(e, c, 0);
     tcp_settle_acks(e, c, 1);

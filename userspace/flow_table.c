@@ -28,6 +28,7 @@ void ft_release_streams(struct flow_table *ft, struct reasm_ctx *rctx)
     for (uint32_t s = 1; ft->conns && s < ft->next_unused; s++) {
         reasm_release(rctx, &ft->conns[s].rx[0]);
         reasm_release(rctx, &ft->conns[s].rx[1]);
+        tcp_flow_release(&ft->conns[s].tcp, rctx);
     }
 }
 
@@ -82,6 +83,7 @@ void ft_release(struct flow_table *ft, struct reasm_ctx *rctx, struct conn *c)
     ft_detach(ft, c);
     reasm_release(rctx, &c->rx[0]);
     reasm_release(rctx, &c->rx[1]);
+    tcp_flow_release(&c->tcp, rctx);
     uint32_t s = ft_slot(ft, c);
     if (c->flags & CF_EXT)
         memset(&ft->ext[s], 0, sizeof(ft->ext[s]));

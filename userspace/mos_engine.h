@@ -52,7 +52,9 @@ enum mos_end_reason {
     X(RST_OUT_OF_WINDOW, 2, RST_OUT_OF_WINDOW, "stream.rst_out_of_window") /* RST outside the window */\
     X(BUFFER_LIMIT, 3, BUFFER_LIMIT, "stream.reassembly_buffer_limit")    /* per-direction bytes held */\
     X(MEMCAP, 4, MEMCAP, "stream.reassembly_memcap")                      /* all bytes held */          \
-    X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */
+    X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */          \
+    X(SYN_DATA_DISCARDED, 6, SYN_DATA_DISCARDED, "stream.syn_data_discarded") /* SYN data not acked */  \
+    X(DATA_AFTER_FIN, 7, DATA_AFTER_FIN, "stream.data_after_fin")         /* bytes past the FIN */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -117,6 +119,11 @@ enum mos_linktype {
     X(MEMCAP, memcap)                                                                                   \
     X(SEGMENT_LIMIT, segment_limit)                                                                     \
     X(DATA_AFTER_CLOSE, data_after_close)                                                               \
+    X(SYN_DATA_ACCEPTED, syn_data_accepted) /* SYNs whose data the peer acknowledged (TFO): delivered */ \
+    X(SYN_DATA_DISCARDED, syn_data_discarded) /* anomalies: SYN data the peer did not take */           \
+    X(SYN_DATA_DISCARDED_BYTES, syn_data_discarded_bytes)                                               \
+    X(DATA_AFTER_FIN, data_after_fin)   /* anomalies: segments with bytes past their sender's FIN */    \
+    X(DATA_AFTER_FIN_BYTES, data_after_fin_bytes) /* those bytes (not delivered) */                     \
     X(EVENTS_QUEUED, events_queued)                                                                     \
     X(EVENT_BATCHES, event_batches)
 

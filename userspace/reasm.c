@@ -1054,6 +1054,40 @@ void reasm_trim(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t keep_from)
     buf_maybe_free(ctx, d);
 }
 
+uint64_t reasm_drop_from(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t off)
+{
+    struct reasm_buf *b = d->buf;
+    if (!b)
+        return 0;
+    if (off < d->next_off)
+        off = d->next_off; /* delivered bytes are the stream's already */
+    uint64_t dropped = 0;
+    /* chunks are sorted and disjoint: drop from the tail, cutting the one that straddles off */
+    while (b->n) {
+        struct chunk *c = &b->c[b->n - 1];
+        if (cend(c) <= off)
+            break;
+        if (c->off >= off) {
+            dropped += c->len;
+            b->held -= c->len;
+            chunk_free_mem(ctx, b, c);
+            b->n--;
+            continue;
+        }
+        uint32_t cut = (uint32_t)(cend(c) - off);
+        c->len -= cut; /* the allocation stays as it is (accounted by cap) */
+        b->held -= cut;
+        dropped += cut;
+        break;
+    }
+    if (!b->n) {
+        b->c = b->base;
+        b->ncap = b->acap;
+    }
+    buf_maybe_free(ctx, d);
+    return dropped;
+}
+
 void reasm_release(struct reasm_ctx *ctx, struct reasm_dir *d)
 {
     struct reasm_buf *b = d->buf;

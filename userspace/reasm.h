@@ -145,6 +145,10 @@ void reasm_flush(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner);
  * point at them have been handled). Held out-of-order bytes are never trimmed. */
 void reasm_trim(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t keep_from);
 
+/* Drop held bytes at stream offsets >= off (never delivered ones: off below next_off counts from
+ * next_off), as a receiver drops what it queued past a FIN. Returns the bytes dropped. */
+uint64_t reasm_drop_from(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t off);
+
 /* Free everything held. */
 void reasm_release(struct reasm_ctx *ctx, struct reasm_dir *d);
 

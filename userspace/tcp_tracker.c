@@ -3,6 +3,9 @@
 
 #include "engine_state.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 #define ACKED_HOLE_PATIENCE (64u << 10) /* bytes sent past an acknowledged hole before it is a gap */
 
 /* ---- one function per state: the next state on an input ---------------------------------------- */
@@ -312,6 +315,147 @@ static int rst_acceptable(const struct conn *c, int r, const struct pkt_info *pi
     return seq_geq(pi->seq, d->next_seq - 1) && seq_lt(pi->seq, d->next_seq + wnd + 1);
 }
 
+static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi);
+
+/* ---- data on a SYN (RFC 7413) and data past a FIN (RFC 9293 3.10.7.4) ---------------------------- */
+
+#define SYN_BUF_OVH 16u /* accounted per held SYN copy, as reasm accounts an allocation */
+
+static void syn_buf_free(struct tcp_flow *t, struct reasm_ctx *rctx)
+{
+    if (!t->syn_buf)
+        return;
+    rctx->mem_used -= (uint64_t)t->syn_len + SYN_BUF_OVH;
+    free(t->syn_buf);
+    t->syn_buf = NULL;
+    t->syn_len = 0;
+}
+
+void tcp_flow_release(struct tcp_flow *t, struct reasm_ctx *rctx)
+{
+    syn_buf_free(t, rctx);
+}
+
+static void syn_data_discarded(mos_engine_t *e, struct conn *c, int r, uint64_t off, uint32_t len)
+{
+    e->counters[MOS_C_SYN_DATA_DISCARDED_BYTES] += len;
+    raise_anomaly(e, c, r, MOS_ERR_SYN_DATA_DISCARDED, off, len);
+}
+
+/* The SYN sent by `s` had data, held in syn_buf: the peer took its first `n` bytes (n <= syn_len; the
+ * SYN-ACK acknowledged ISN+1+n), the rest it dropped. The bytes taken enter its receive stream now. */
+static void syn_data_decide(mos_engine_t *e, struct conn *c, int s, uint32_t n)
+{
+    struct tcp_flow *t = &c->tcp;
+    struct tcp_end *S = &t->end[s];
+    int r = 1 - s;
+    struct reasm_dir *d = &c->rx[r];
+    uint32_t len = t->syn_len;
+    if (n > len)
+        n = len;
+    S->syn_data = n ? TCP_SYND_ACCEPTED : TCP_SYND_DISCARDED;
+    if (n) {
+        e->counters[MOS_C_SYN_DATA_ACCEPTED]++;
+        if (d->initialized && (c->monitor & (1u << r))) {
+            /* Events point at delivered bytes until the batch's events are handled: the copy they see
+             * lives in the event arena, so that syn_buf can go now. */
+            const uint8_t *p = arena_copy(&e->evq.arena, t->syn_buf, n);
+            struct owner o = {c, r};
+            if (p)
+                reasm_segment(&e->rctx, d, &o, S->isn + 1, p, n);
+            else
+                raise_anomaly(e, c, r, MOS_ERR_MEMCAP, (uint64_t)reasm_seq_to_off(d, S->isn + 1), n);
+        }
+    }
+    if (n < len)
+        syn_data_discarded(e, c, r, n, len - n);
+    syn_buf_free(t, &e->rctx);
+}
+
+/* The payload of a SYN without ACK sent by `s`: held until the peer's acknowledgement (or the sender's
+ * next segment) tells whether the peer took it. */
+static void syn_data_in(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    struct tcp_flow *t = &c->tcp;
+    struct tcp_end *S = &t->end[s];
+    uint32_t len = pi->payload_len;
+    switch (S->syn_data) {
+    case TCP_SYND_ACCEPTED:
+        receive_data(e, c, s, pi); /* a retransmitted SYN of bytes the peer has: a retransmission */
+        return;
+    case TCP_SYND_PENDING:
+        return; /* a retransmitted SYN: the first one's bytes are decided with it */
+    case TCP_SYND_NONE:
+        if (pi->seq != S->isn)
+            break; /* a SYN of another ISN: no data of this connection */
+        if (e->rctx.memcap && e->rctx.mem_used + len + SYN_BUF_OVH > e->rctx.memcap) {
+            raise_anomaly(e, c, 1 - s, MOS_ERR_MEMCAP, 0, len);
+            S->syn_data = TCP_SYND_DISCARDED;
+            return;
+        }
+        t->syn_buf = malloc(len);
+        if (!t->syn_buf) {
+            raise_anomaly(e, c, 1 - s, MOS_ERR_MEMCAP, 0, len);
+            S->syn_data = TCP_SYND_DISCARDED;
+            return;
+        }
+        memcpy(t->syn_buf, pi->payload, len);
+        t->syn_len = len;
+        e->rctx.mem_used += (uint64_t)len + SYN_BUF_OVH;
+        S->syn_data = TCP_SYND_PENDING;
+        return;
+    default:
+        break;
+    }
+    /* the peer dropped this SYN's data before (it acknowledged only the SYN): it drops it again */
+    syn_data_discarded(e, c, 1 - s, 0, len);
+}
+
+/* A segment (data or FIN) of `s` at `seq` while its SYN data is pending: no acknowledgement was seen
+ * (one-sided capture, or the SYN-ACK was missed), so the sender's own sequence numbers tell. Sending
+ * at ISN+1 again means the peer did not take those bytes (the sender resends them); starting at or
+ * past their end means it did. */
+static void syn_data_by_seq(mos_engine_t *e, struct conn *c, int s, uint32_t seq)
+{
+    const struct tcp_end *S = &c->tcp.end[s];
+    uint32_t n = seq_gt(seq, S->isn + 1) ? seq - (S->isn + 1) : 0;
+    syn_data_decide(e, c, s, n);
+}
+
+void tcp_end_syn_data(mos_engine_t *e, struct conn *c, int reason)
+{
+    for (int s = 0; s < 2; s++) {
+        if (c->tcp.end[s].syn_data != TCP_SYND_PENDING)
+            continue;
+        /* Nothing told: kept (the peer may have it; an IDS would rather see bytes the host may have
+         * received), unless the connection was reset (a refused connection took nothing). */
+        syn_data_decide(e, c, s, reason == MOS_END_RST ? 0 : c->tcp.syn_len);
+    }
+}
+
+static void data_after_fin(mos_engine_t *e, struct conn *c, int r, uint64_t off, uint32_t len)
+{
+    e->counters[MOS_C_DATA_AFTER_FIN_BYTES] += len;
+    raise_anomaly(e, c, r, MOS_ERR_DATA_AFTER_FIN, off, len);
+}
+
+/* The FIN of `s` was just seen: bytes held past it in the peer's receive stream will never be taken
+ * (Linux purges its out-of-order queue when it takes a FIN; RFC 9293 3.10.7.4 ignores them). */
+static void cut_after_fin(mos_engine_t *e, struct conn *c, int s)
+{
+    int r = 1 - s;
+    struct reasm_dir *d = &c->rx[r];
+    c->tcp.end[s].fin_cut = 1;
+    if (!d->initialized || !d->buf)
+        return;
+    int64_t off = reasm_seq_to_off(d, c->tcp.end[s].fin_seq);
+    if (off < 0)
+        return;
+    uint64_t n = reasm_drop_from(&e->rctx, d, (uint64_t)off);
+    if (n)
+        data_after_fin(e, c, r, (uint64_t)off, n > 0xffffffffu ? 0xffffffffu : (uint32_t)n);
+}
+
 /* The payload into the receive stream of `r`, with the window check. */
 static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
@@ -321,6 +465,19 @@ static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pk
     uint32_t plen = pi->payload_len;
     uint32_t dseq = pi->seq + ((pi->tcp_flags & TCP_SYN) ? 1u : 0u);
     struct reasm_dir *d = &c->rx[r];
+    const struct tcp_end *S = &c->tcp.end[s];
+    if (S->fin_seen && seq_gt(dseq + plen, S->fin_seq)) {
+        /* Bytes at or past the sender's FIN: the receiver ignores them (RFC 9293 3.10.7.4), a
+         * retransmission straddling the FIN keeps its part before it. */
+        uint32_t keep = seq_gt(S->fin_seq, dseq) ? S->fin_seq - dseq : 0;
+        if (d->initialized)
+            data_after_fin(e, c, r, (uint64_t)reasm_seq_to_off(d, dseq + keep), plen - keep);
+        else
+            data_after_fin(e, c, r, 0, plen - keep);
+        plen = keep;
+        if (!plen)
+            return;
+    }
     if (!d->initialized) {
         /* Picked up mid-stream: anchor at what the receiver already acknowledged when that is just
          * before this segment (the bytes between were lost), else at this segment. */
@@ -371,6 +528,8 @@ static void receive_ack(mos_engine_t *e, struct conn *c, int s, const struct pkt
     struct tcp_end *R = &c->tcp.end[r];
     struct reasm_dir *ds = &c->rx[s];
     struct owner os = {c, s};
+    if (R->syn_data == TCP_SYND_PENDING && R->isn_known && seq_geq(pi->ack, R->isn + 1))
+        syn_data_decide(e, c, r, pi->ack - (R->isn + 1)); /* it took what it acknowledged */
     if (ds->initialized) {
         /* the FIN takes a sequence number but is no byte of the stream */
         uint32_t ack = pi->ack;
@@ -436,8 +595,17 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
         if (!c->rx[r].initialized && (c->monitor & (1u << r)))
             reasm_dir_init(&c->rx[r], pi->seq + 1, c->rx[r].policy, c->rx[r].buffering);
     }
-    if (pi->payload_len && (c->monitor & (1u << r)))
-        receive_data(e, c, s, pi);
+    struct tcp_end *S = &c->tcp.end[s];
+    if (S->fin_seen && !S->fin_cut)
+        cut_after_fin(e, c, s);
+    if (S->syn_data == TCP_SYND_PENDING && !(f & TCP_SYN) && (pi->payload_len || (f & TCP_FIN)))
+        syn_data_by_seq(e, c, s, pi->seq);
+    if (pi->payload_len && (c->monitor & (1u << r))) {
+        if ((f & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+            syn_data_in(e, c, s, pi);
+        else
+            receive_data(e, c, s, pi);
+    }
     if (f & TCP_ACK)
         receive_ack(e, c, s, pi);
     /* RFC 9293 3.10.7.4: the ACK is processed before the FIN */

@@ -21,8 +21,8 @@ struct tcp_end {
     uint8_t syn_seen : 1, fin_seen : 1, isn_known : 1, ack_hint : 1, ack_pending : 1,
         fin_taken : 1,    /* its FIN is in order in the peer's receive stream: the peer's stack took it */
         ws_ok : 1,        /* window scaling is on (both SYNs carried the option: RFC 7323) */
-        spare : 1;
-    uint8_t pad;
+        fin_cut : 1;      /* held bytes past its FIN were dropped (once, when its FIN was first seen) */
+    uint8_t syn_data;     /* enum tcp_syn_data: what became of the data on its SYN */
     uint32_t isn;
     uint32_t snd_nxt;     /* highest sequence number sent + 1 */
     uint32_t fin_seq;     /* sequence number of its FIN */
@@ -31,9 +31,20 @@ struct tcp_end {
                            * ack_pending: the highest ack past a hole, not yet taken as a gap */
 };
 
+/* Data on a SYN (without ACK) is the peer's only once the peer acknowledges it (TCP Fast Open, RFC
+ * 7413); until a packet tells, it waits in tcp_flow.syn_buf. */
+enum tcp_syn_data {
+    TCP_SYND_NONE = 0,   /* no SYN data seen */
+    TCP_SYND_PENDING,    /* held in syn_buf: not known yet whether the peer took it */
+    TCP_SYND_ACCEPTED,   /* acknowledged (at least in part): in the peer's receive stream */
+    TCP_SYND_DISCARDED,  /* the peer acknowledged only the SYN: the bytes were dropped */
+};
+
 /* The TCP part of a flow: end[MOS_SIDE_CLI], end[MOS_SIDE_SVR]. */
 struct tcp_flow {
     struct tcp_end end[2];
+    uint8_t *syn_buf;     /* TCP_SYND_PENDING: a copy of the SYN's data (one SYN per connection has it) */
+    uint32_t syn_len;
 };
 
 /* Sequence arithmetic (RFC 1982 style, 32-bit wrap). */
@@ -63,6 +74,7 @@ enum tcp_input {
 int tcp_next_state(int state, enum tcp_input in);
 
 struct conn;
+struct reasm_ctx;
 
 /* Sets both endpoints' states of a new connection: a SYN's receiver listens; a connection picked up
  * mid-stream gets a guess (no events for the guess). */
@@ -74,6 +86,11 @@ void tcp_track(mos_engine_t *e, struct conn *c, int side, const struct pkt_info 
 /* Holes that `side` acknowledged in the stream it receives become gaps now (the connection moves on or
  * ends). */
 void tcp_settle_acks(mos_engine_t *e, struct conn *c, int side);
+
+/* The connection ends: SYN data still pending is settled (kept, unless the end is a RST). */
+void tcp_end_syn_data(mos_engine_t *e, struct conn *c, int reason);
+/* Frees a pending SYN's data (the connection's slot is released). */
+void tcp_flow_release(struct tcp_flow *t, struct reasm_ctx *rctx);
 
 /* Both FINs were taken: nothing more will be delivered. */
 static inline int tcp_both_fins(const struct tcp_flow *t)

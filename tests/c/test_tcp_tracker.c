@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "mos_engine.h"
+#include "reasm.h"
 #include "tcp_tracker.h"
 
 #include "check.h"
@@ -65,7 +66,11 @@ static void test_anomaly_table(void)
     CHECK_EQ(MOS_ERR_MEMCAP, 4);
     CHECK_EQ(MOS_ERR_SEGMENT_LIMIT, 5);
     CHECK(mos_anomaly_name(0) == NULL);
-    CHECK(mos_anomaly_name(6) == NULL);
+    CHECK_EQ(MOS_ERR_SYN_DATA_DISCARDED, 6);
+    CHECK_EQ(MOS_ERR_DATA_AFTER_FIN, 7);
+    CHECK(mos_anomaly_name(8) == NULL); /* past the table's end */
+    CHECK(mos_anomaly_name(6) && !strcmp(mos_anomaly_name(6), "stream.syn_data_discarded"));
+    CHECK(mos_anomaly_name(7) && !strcmp(mos_anomaly_name(7), "stream.data_after_fin"));
     CHECK(mos_anomaly_name(-1) == NULL);
     CHECK(mos_anomaly_name(1) && !strcmp(mos_anomaly_name(1), "stream.pkt_out_of_window"));
     CHECK(mos_anomaly_name(2) && !strcmp(mos_anomaly_name(2), "stream.rst_out_of_window"));
@@ -579,6 +584,137 @@ static void test_no_pickup(void)
     h_close(&h);
 }
 
+
+/* Bytes delivered so far to `side` (its receive stream, gaps included). */
+static uint64_t delivered(struct h *h, int side)
+{
+    struct mos_conn_info ci;
+    CHECK_EQ(mos_conn_info(h->e, h->slot, h->id, &ci), 0);
+    return ci.stream_off[side];
+}
+
+/* The ERROR event of the last packet with `reason` (its index), or -1. */
+static int error_ev(struct h *h, uint32_t reason)
+{
+    for (int i = 0; i < h->nev; i++)
+        if (h->ev[i].type == MOS_EV_ERROR && h->ev[i].reason == reason)
+            return i;
+    return -1;
+}
+
+/* TCP Fast Open: the SYN-ACK acknowledges the SYN's data, which enters the server's stream then. */
+static void test_syn_data_acked(void)
+{
+    struct h h;
+    h_open(&h, 1, 0);
+    h_send(&h, CLI, F_SYN, ISN_C, 0, "hello");
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 0); /* held: not known yet whether the server takes it */
+    h_send(&h, SVR, F_SYN | F_ACK, ISN_S, ISN_C + 6, NULL);
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 5);
+    CHECK_EQ(counter(&h, MOS_C_SYN_DATA_ACCEPTED), 1);
+    CHECK_EQ(counter(&h, MOS_C_SYN_DATA_DISCARDED), 0);
+    CHECK_EQ(h.errors[MOS_ERR_SYN_DATA_DISCARDED], 0);
+    h_send(&h, CLI, F_ACK, ISN_C + 6, ISN_S + 1, "more");
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 9);
+    h_close(&h);
+}
+
+/* The SYN-ACK acknowledges only the SYN: its data is dropped, the bytes sent later at ISN+1 count. */
+static void test_syn_data_not_acked(void)
+{
+    struct h h;
+    h_open(&h, 1, 0);
+    h_send(&h, CLI, F_SYN, ISN_C, 0, "evil");
+    h_send(&h, SVR, F_SYN | F_ACK, ISN_S, ISN_C + 1, NULL);
+    int i = error_ev(&h, MOS_ERR_SYN_DATA_DISCARDED);
+    CHECK(i >= 0);
+    if (i >= 0) {
+        CHECK_EQ(h.ev[i].side, MOS_SIDE_SVR);
+        CHECK_EQ(h.ev[i].off, 0);
+        CHECK_EQ(h.ev[i].len, 4);
+    }
+    CHECK_EQ(counter(&h, MOS_C_SYN_DATA_DISCARDED), 1);
+    CHECK_EQ(counter(&h, MOS_C_SYN_DATA_DISCARDED_BYTES), 4);
+    CHECK_EQ(counter(&h, MOS_C_SYN_DATA_ACCEPTED), 0);
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 0);
+    h_send(&h, CLI, F_ACK, ISN_C + 1, ISN_S + 1, "good");
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 4);
+    CHECK_EQ(h.errors[MOS_ERR_SYN_DATA_DISCARDED], 1);
+    CHECK_EQ(mos_engine_reasm_counters(h.e)[REASM_C_REXMIT_SEGMENTS], 0); /* not a retransmission */
+    h_close(&h);
+}
+
+/* No SYN-ACK seen (one-sided capture): the client's own next segment tells. */
+static void test_syn_data_one_sided(void)
+{
+    struct h h;
+    h_open(&h, 1, 0);
+    h_send(&h, CLI, F_SYN, ISN_C, 0, "evil");
+    h_send(&h, CLI, F_ACK, ISN_C + 1, ISN_S + 1, NULL); /* a pure ACK decides nothing */
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 0);
+    h_send(&h, CLI, F_ACK, ISN_C + 1, ISN_S + 1, "good"); /* resent at ISN+1: the server dropped it */
+    CHECK_EQ(h.errors[MOS_ERR_SYN_DATA_DISCARDED], 1);
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 4);
+    h_close(&h);
+
+    h_open(&h, 1, 0);
+    h_send(&h, CLI, F_SYN, ISN_C, 0, "tfo!");
+    h_send(&h, CLI, F_ACK, ISN_C + 5, ISN_S + 1, "next"); /* continues past it: the server took it */
+    CHECK_EQ(h.errors[MOS_ERR_SYN_DATA_DISCARDED], 0);
+    CHECK_EQ(counter(&h, MOS_C_SYN_DATA_ACCEPTED), 1);
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 8);
+    h_close(&h);
+
+    /* nothing tells before the end: kept; a RST end: dropped */
+    h_open(&h, 1, 0);
+    h_send(&h, CLI, F_SYN, ISN_C, 0, "kept");
+    while (mos_engine_finish(h.e))
+        mos_engine_events_done(h.e);
+    mos_engine_events_done(h.e);
+    CHECK_EQ(counter(&h, MOS_C_SYN_DATA_ACCEPTED), 1);
+    CHECK_EQ(mos_engine_reasm_counters(h.e)[REASM_C_BYTES_DELIVERED], 4);
+    h_close(&h);
+    h_open(&h, 1, 0);
+    h_send(&h, CLI, F_SYN, ISN_C, 0, "lost");
+    h_send(&h, CLI, F_RST, ISN_C + 1, 0, NULL);
+    CHECK_EQ(h.ends, 1);
+    CHECK_EQ(h.errors[MOS_ERR_SYN_DATA_DISCARDED], 1);
+    CHECK_EQ(mos_engine_reasm_counters(h.e)[REASM_C_BYTES_DELIVERED], 0);
+    h_close(&h);
+}
+
+/* Bytes at or past the sender's FIN are not delivered: data after the FIN, the tail of a
+ * retransmission straddling it, bytes held out of order past it. A retransmitted FIN is fine. */
+static void test_data_after_fin(void)
+{
+    struct h h;
+    h_open(&h, 1, 0);
+    handshake(&h);
+    h_send(&h, CLI, F_ACK, ISN_C + 10, ISN_S + 1, "held"); /* out of order, past the FIN to come */
+    h_send(&h, CLI, F_ACK | F_FIN, ISN_C + 1, ISN_S + 1, "abc"); /* FIN at ISN_C+4 */
+    int i = error_ev(&h, MOS_ERR_DATA_AFTER_FIN);
+    CHECK(i >= 0);
+    if (i >= 0) {
+        CHECK_EQ(h.ev[i].side, MOS_SIDE_SVR);
+        CHECK_EQ(h.ev[i].off, 3);
+        CHECK_EQ(h.ev[i].len, 4);
+    }
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 3);
+    h_send(&h, CLI, F_ACK | F_FIN, ISN_C + 1, ISN_S + 1, "abc"); /* the FIN retransmitted: fine */
+    CHECK_EQ(h.errors[MOS_ERR_DATA_AFTER_FIN], 1);
+    h_send(&h, CLI, F_ACK, ISN_C + 5, ISN_S + 1, "xyz"); /* after the FIN */
+    CHECK_EQ(h.errors[MOS_ERR_DATA_AFTER_FIN], 2);
+    h_send(&h, CLI, F_ACK, ISN_C + 1, ISN_S + 1, "abcdef"); /* straddles it: "def" is cut */
+    CHECK_EQ(h.errors[MOS_ERR_DATA_AFTER_FIN], 3);
+    i = error_ev(&h, MOS_ERR_DATA_AFTER_FIN);
+    CHECK(i >= 0 && h.ev[i].off == 3 && h.ev[i].len == 3);
+    CHECK_EQ(delivered(&h, MOS_SIDE_SVR), 3);
+    CHECK_EQ(counter(&h, MOS_C_DATA_AFTER_FIN), 3);
+    CHECK_EQ(counter(&h, MOS_C_DATA_AFTER_FIN_BYTES), 4 + 3 + 3);
+    CHECK_EQ(h.svr, MOS_TCP_CLOSE_WAIT);
+    h_close(&h);
+}
+
 int main(void)
 {
     test_next_state_table();
@@ -597,6 +733,10 @@ int main(void)
     test_pickup_mid_stream();
     test_pickup_at_synack();
     test_no_pickup();
+    test_syn_data_acked();
+    test_syn_data_not_acked();
+    test_syn_data_one_sided();
+    test_data_after_fin();
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }
