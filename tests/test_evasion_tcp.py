@@ -273,3 +273,16 @@ def test_fin_retransmission_same_seq_is_fine(tmp_path):
     assert r.c2s == b"request"
     assert r.counters["data_after_fin"] == 0
     assert r.errors_of(ErrorKind.DATA_AFTER_FIN) == []
+
+
+def test_fin_behind_the_stream_cuts_nothing(tmp_path):
+    """A FIN whose sequence number is behind bytes already received (an old duplicate, or an insertion the
+    host ignores as such) must not make the engine drop what follows."""
+    c = Conv()
+    c.handshake()
+    c.send(True, b"0123456789")
+    c.tcp(True, "FA", seq=c.off_seq(True, 2), advance=False)
+    c.send(True, b"more bytes")
+    r = run(tmp_path, c.built())
+    assert r.c2s == b"0123456789more bytes"
+    assert r.counters["data_after_fin"] == 0

@@ -449,8 +449,8 @@ static void cut_after_fin(mos_engine_t *e, struct conn *c, int s)
     if (!d->initialized || !d->buf)
         return;
     int64_t off = reasm_seq_to_off(d, c->tcp.end[s].fin_seq);
-    if (off < 0)
-        return;
+    if (off < (int64_t)d->next_off)
+        return; /* a FIN behind bytes already in the stream: an old duplicate the receiver ignores */
     uint64_t n = reasm_drop_from(&e->rctx, d, (uint64_t)off);
     if (n)
         data_after_fin(e, c, r, (uint64_t)off, n > 0xffffffffu ? 0xffffffffu : (uint32_t)n);
@@ -466,9 +466,12 @@ static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pk
     uint32_t dseq = pi->seq + ((pi->tcp_flags & TCP_SYN) ? 1u : 0u);
     struct reasm_dir *d = &c->rx[r];
     const struct tcp_end *S = &c->tcp.end[s];
-    if (S->fin_seen && seq_gt(dseq + plen, S->fin_seq)) {
+    if (S->fin_seen && seq_gt(dseq + plen, S->fin_seq) &&
+        (!d->initialized || seq_leq(d->next_seq, S->fin_seq))) {
         /* Bytes at or past the sender's FIN: the receiver ignores them (RFC 9293 3.10.7.4), a
-         * retransmission straddling the FIN keeps its part before it. */
+         * retransmission straddling the FIN keeps its part before it. Not for a FIN behind bytes
+         * already in the stream (the stream never passes a FIN it saw): an old duplicate or an
+         * insertion the receiver ignores, which must not blind us to what follows. */
         uint32_t keep = seq_gt(S->fin_seq, dseq) ? S->fin_seq - dseq : 0;
         if (d->initialized)
             data_after_fin(e, c, r, (uint64_t)reasm_seq_to_off(d, dseq + keep), plen - keep);

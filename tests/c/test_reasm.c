@@ -1286,6 +1286,51 @@ static void fuzz(int iterations, int with_limits, int with_versions, int borrow)
     }
 }
 
+
+/* reasm_drop_from: held bytes from an offset on go (a FIN's), the straddling chunk is cut, delivered bytes
+ * stay, memory is given back, and later segments fill the rest. */
+static void test_drop_from(void)
+{
+    g_test = "drop_from";
+    /* the stream's bytes at their offsets ('.' never sent); one array, so it can be the stable region */
+    static const uint8_t src[] = "abcdefghij..mn......uvw";
+    for (int borrow = 0; borrow < 2; borrow++) {
+        struct reasm_ctx ctx;
+        struct rec *r = rec_new();
+        struct reasm_dir d;
+        reasm_ctx_init(&ctx, &CB, r, 0, 0, 0);
+        if (borrow) { /* bytes held by reference: dropping them must not free them */
+            ctx.stable_lo = src;
+            ctx.stable_hi = src + sizeof(src);
+        }
+        /* a direction that buffers nothing holds nothing to drop: buffering on */
+        reasm_dir_init(&d, 100, REASM_POLICY_FIRST, 1);
+        CHECK_EQ(reasm_drop_from(&ctx, &d, 0), 0); /* nothing held */
+        seg(&ctx, &d, r, 100, 0, src, 3);        /* [0, 3) delivered */
+        seg(&ctx, &d, r, 100, 5, src + 5, 5);    /* [5, 10) held */
+        seg(&ctx, &d, r, 100, 12, src + 12, 2);  /* [12, 14) */
+        seg(&ctx, &d, r, 100, 20, src + 20, 3);  /* [20, 23) */
+        CHECK_EQ(reasm_held_bytes(&d), 3 + 10);
+        CHECK_EQ(reasm_drop_from(&ctx, &d, 8), 2 + 2 + 3);
+        CHECK_EQ(reasm_held_bytes(&d), 3 + 3);
+        uint64_t offs[4] = {0};
+        uint32_t lens[4] = {0};
+        CHECK_EQ(reasm_segments(&d, offs, lens, 4), 1);
+        CHECK_EQ(offs[0], 5);
+        CHECK_EQ(lens[0], 3);
+        CHECK_EQ(reasm_drop_from(&ctx, &d, 1), 3); /* below next_off: from next_off, delivered bytes stay */
+        CHECK_EQ(r->next, 3);
+        seg(&ctx, &d, r, 100, 3, src + 3, 2);
+        CHECK_EQ(r->next, 5);
+        CHECK(memcmp(r->stream, "abcde", 5) == 0);
+        CHECK_EQ(r->order_errors, 0);
+        reasm_release(&ctx, &d);
+        CHECK_EQ(ctx.mem_used, 0);
+        CHECK(d.buf == NULL);
+        free(r);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int iters = argc > 1 ? atoi(argv[1]) : 300;
@@ -1307,6 +1352,7 @@ int main(int argc, char **argv)
     test_limit_replace();
     test_edges();
     test_alloc_failures();
+    test_drop_from();
     for (int borrow = 0; borrow < 2; borrow++) {
         fuzz(iters, 0, 0, borrow);
         fuzz(iters, 0, 1, borrow);
