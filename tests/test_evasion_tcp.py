@@ -286,3 +286,45 @@ def test_fin_behind_the_stream_cuts_nothing(tmp_path):
     r = run(tmp_path, c.built())
     assert r.c2s == b"0123456789more bytes"
     assert r.counters["data_after_fin"] == 0
+
+
+def test_many_pending_syn_data(tmp_path):
+    """300 SYNs with data waiting at once (the stash grows), then each decided by its SYN-ACK: the odd ones
+    acknowledged, the even ones not; nothing is left held."""
+    recs = []
+    expected = {}
+    convs = []
+    t = 1000.0
+    for i in range(300):
+        c = Conv(cport=20000 + i, t0=t)
+        c.tcp(True, "S", payload=f"syn-{i:04d}".encode())
+        convs.append(c)
+        t += 0.0001
+    for i, c in enumerate(convs):
+        isn = c.isn[True]
+        c.t = t
+        if i % 2:
+            c.tcp(False, "SA")
+            expected[c.cport] = f"syn-{i:04d}".encode() + b"+rest"
+        else:
+            c.tcp(False, "SA", ack=isn + 1)
+            c.nxt[True] = isn + 1
+            expected[c.cport] = b"+rest"
+        c.tcp(True, "PA", payload=b"+rest")
+        c.close()
+        t = c.t
+    for c in convs:
+        recs.extend(c.records)
+    recs.sort(key=lambda r: r[0])
+    mon = Monitor()
+    got: Dict[int, bytes] = defaultdict(bytes)
+
+    def on_data(conn, ev):
+        got[int(str(conn.client).rsplit(":", 1)[1])] += bytes(ev.data)
+
+    mon.on(Event.CONN_NEW_DATA, on_data, side=Side.SERVER)
+    counters = mon.run_pcap(Built(recs).write(tmp_path / "many.pcap"))
+    assert dict(got) == expected
+    assert counters["syn_data_accepted"] == 150
+    assert counters["syn_data_discarded"] == 150
+    assert mon.stats()["memory_held"] == 0

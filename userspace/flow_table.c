@@ -28,7 +28,89 @@ void ft_release_streams(struct flow_table *ft, struct reasm_ctx *rctx)
     for (uint32_t s = 1; ft->conns && s < ft->next_unused; s++) {
         reasm_release(rctx, &ft->conns[s].rx[0]);
         reasm_release(rctx, &ft->conns[s].rx[1]);
-        tcp_flow_release(&ft->conns[s].tcp, rctx);
+    }
+    for (uint32_t b = 0; b < ft->nstash_buckets; b++) {
+        struct syn_stash *x = ft->stash[b];
+        while (x) {
+            struct syn_stash *nx = x->next;
+            rctx->mem_used -= sizeof(*x) + x->len;
+            free(x);
+            x = nx;
+        }
+        ft->stash[b] = NULL;
+    }
+    ft->nstash = 0;
+}
+
+/* ---- the SYN stash: rare (a SYN with data), so a plain chained hash, grown when chains get long ---- */
+
+static uint32_t stash_bucket(uint32_t slot, uint32_t nb) { return (slot * 2654435761u) & (nb - 1); }
+
+static void stash_grow(struct flow_table *ft)
+{
+    uint32_t nb = ft->nstash_buckets ? ft->nstash_buckets * 2 : 64;
+    struct syn_stash **t = calloc(nb, sizeof(*t));
+    if (!t)
+        return; /* chains get longer, nothing breaks */
+    for (uint32_t b = 0; b < ft->nstash_buckets; b++) {
+        struct syn_stash *x = ft->stash[b];
+        while (x) {
+            struct syn_stash *nx = x->next;
+            uint32_t h = stash_bucket(x->slot, nb);
+            x->next = t[h];
+            t[h] = x;
+            x = nx;
+        }
+    }
+    free(ft->stash);
+    ft->stash = t;
+    ft->nstash_buckets = nb;
+}
+
+int ft_stash_put(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, const uint8_t *p, uint32_t len)
+{
+    if (ft->nstash >= 2 * ft->nstash_buckets)
+        stash_grow(ft);
+    if (!ft->nstash_buckets)
+        return -1;
+    struct syn_stash *x = malloc(sizeof(*x) + len);
+    if (!x)
+        return -1;
+    x->slot = slot;
+    x->len = len;
+    memcpy(x->data, p, len);
+    uint32_t h = stash_bucket(slot, ft->nstash_buckets);
+    x->next = ft->stash[h];
+    ft->stash[h] = x;
+    ft->nstash++;
+    rctx->mem_used += sizeof(*x) + len;
+    return 0;
+}
+
+struct syn_stash *ft_stash_get(const struct flow_table *ft, uint32_t slot)
+{
+    if (!ft->nstash_buckets)
+        return NULL;
+    for (struct syn_stash *x = ft->stash[stash_bucket(slot, ft->nstash_buckets)]; x; x = x->next)
+        if (x->slot == slot)
+            return x;
+    return NULL;
+}
+
+void ft_stash_drop(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot)
+{
+    if (!ft->nstash_buckets)
+        return;
+    struct syn_stash **pp = &ft->stash[stash_bucket(slot, ft->nstash_buckets)];
+    for (; *pp; pp = &(*pp)->next) {
+        struct syn_stash *x = *pp;
+        if (x->slot != slot)
+            continue;
+        *pp = x->next;
+        rctx->mem_used -= sizeof(*x) + x->len;
+        free(x);
+        ft->nstash--;
+        return;
     }
 }
 
@@ -39,6 +121,7 @@ void ft_free(struct flow_table *ft)
     free(ft->buckets);
     free(ft->zombies);
     free(ft->touched);
+    free(ft->stash); /* its entries went with ft_release_streams */
     memset(ft, 0, sizeof(*ft));
 }
 
@@ -83,8 +166,9 @@ void ft_release(struct flow_table *ft, struct reasm_ctx *rctx, struct conn *c)
     ft_detach(ft, c);
     reasm_release(rctx, &c->rx[0]);
     reasm_release(rctx, &c->rx[1]);
-    tcp_flow_release(&c->tcp, rctx);
     uint32_t s = ft_slot(ft, c);
+    if (tcp_syn_data_pending(&c->tcp))
+        ft_stash_drop(ft, rctx, s);
     if (c->flags & CF_EXT)
         memset(&ft->ext[s], 0, sizeof(ft->ext[s]));
     memset(c, 0, sizeof(*c));

@@ -62,6 +62,14 @@ struct conn_ext {
     uint64_t mask[2][2];
 };
 
+/* A pending SYN's data (tcp_tracker.h, enum tcp_syn_data), by slot: chained in a hash that grows. */
+struct syn_stash {
+    struct syn_stash *next;
+    uint32_t slot;
+    uint32_t len;
+    uint8_t data[];
+};
+
 struct lru_list {
     uint32_t head, tail;
 };
@@ -83,7 +91,15 @@ struct flow_table {
     uint32_t nzombies, zcap;
     uint32_t *touched;        /* connections whose buffers to trim after the events */
     uint32_t ntouched, tcap;
+    struct syn_stash **stash; /* SYN data pending, by slot (NULL until the first) */
+    uint32_t nstash_buckets, nstash;
 };
+
+/* SYN data of a slot's connection, held until the peer's acknowledgement tells (at most one per
+ * connection); its bytes are accounted in rctx. put: 0, or -1 when memory is short. */
+int ft_stash_put(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, const uint8_t *p, uint32_t len);
+struct syn_stash *ft_stash_get(const struct flow_table *ft, uint32_t slot);
+void ft_stash_drop(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot);
 
 static inline struct conn *ft_conn(const struct flow_table *ft, uint32_t slot) { return &ft->conns[slot]; }
 static inline uint32_t ft_slot(const struct flow_table *ft, const struct conn *c)

@@ -3,8 +3,6 @@
 
 #include "engine_state.h"
 
-#include <stdlib.h>
-#include <string.h>
 
 #define ACKED_HOLE_PATIENCE (64u << 10) /* bytes sent past an acknowledged hole before it is a gap */
 
@@ -319,38 +317,22 @@ static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pk
 
 /* ---- data on a SYN (RFC 7413) and data past a FIN (RFC 9293 3.10.7.4) ---------------------------- */
 
-#define SYN_BUF_OVH 16u /* accounted per held SYN copy, as reasm accounts an allocation */
-
-static void syn_buf_free(struct tcp_flow *t, struct reasm_ctx *rctx)
-{
-    if (!t->syn_buf)
-        return;
-    rctx->mem_used -= (uint64_t)t->syn_len + SYN_BUF_OVH;
-    free(t->syn_buf);
-    t->syn_buf = NULL;
-    t->syn_len = 0;
-}
-
-void tcp_flow_release(struct tcp_flow *t, struct reasm_ctx *rctx)
-{
-    syn_buf_free(t, rctx);
-}
-
 static void syn_data_discarded(mos_engine_t *e, struct conn *c, int r, uint64_t off, uint32_t len)
 {
     e->counters[MOS_C_SYN_DATA_DISCARDED_BYTES] += len;
     raise_anomaly(e, c, r, MOS_ERR_SYN_DATA_DISCARDED, off, len);
 }
 
-/* The SYN sent by `s` had data, held in syn_buf: the peer took its first `n` bytes (n <= syn_len; the
- * SYN-ACK acknowledged ISN+1+n), the rest it dropped. The bytes taken enter its receive stream now. */
+/* The SYN sent by `s` had data, in the stash: the peer took its first `n` bytes (the SYN-ACK
+ * acknowledged ISN+1+n), the rest it dropped. The bytes taken enter its receive stream now. */
 static void syn_data_decide(mos_engine_t *e, struct conn *c, int s, uint32_t n)
 {
-    struct tcp_flow *t = &c->tcp;
-    struct tcp_end *S = &t->end[s];
+    struct tcp_end *S = &c->tcp.end[s];
     int r = 1 - s;
     struct reasm_dir *d = &c->rx[r];
-    uint32_t len = t->syn_len;
+    uint32_t slot = ft_slot(&e->ft, c);
+    const struct syn_stash *x = ft_stash_get(&e->ft, slot);
+    uint32_t len = x ? x->len : 0;
     if (n > len)
         n = len;
     S->syn_data = n ? TCP_SYND_ACCEPTED : TCP_SYND_DISCARDED;
@@ -358,8 +340,8 @@ static void syn_data_decide(mos_engine_t *e, struct conn *c, int s, uint32_t n)
         e->counters[MOS_C_SYN_DATA_ACCEPTED]++;
         if (d->initialized && (c->monitor & (1u << r))) {
             /* Events point at delivered bytes until the batch's events are handled: the copy they see
-             * lives in the event arena, so that syn_buf can go now. */
-            const uint8_t *p = arena_copy(&e->evq.arena, t->syn_buf, n);
+             * lives in the event arena, so that the stash entry can go now. */
+            const uint8_t *p = arena_copy(&e->evq.arena, x->data, n);
             struct owner o = {c, r};
             if (p)
                 reasm_segment(&e->rctx, d, &o, S->isn + 1, p, n);
@@ -369,15 +351,14 @@ static void syn_data_decide(mos_engine_t *e, struct conn *c, int s, uint32_t n)
     }
     if (n < len)
         syn_data_discarded(e, c, r, n, len - n);
-    syn_buf_free(t, &e->rctx);
+    ft_stash_drop(&e->ft, &e->rctx, slot);
 }
 
 /* The payload of a SYN without ACK sent by `s`: held until the peer's acknowledgement (or the sender's
  * next segment) tells whether the peer took it. */
 static void syn_data_in(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
-    struct tcp_flow *t = &c->tcp;
-    struct tcp_end *S = &t->end[s];
+    struct tcp_end *S = &c->tcp.end[s];
     uint32_t len = pi->payload_len;
     switch (S->syn_data) {
     case TCP_SYND_ACCEPTED:
@@ -388,20 +369,14 @@ static void syn_data_in(mos_engine_t *e, struct conn *c, int s, const struct pkt
     case TCP_SYND_NONE:
         if (pi->seq != S->isn)
             break; /* a SYN of another ISN: no data of this connection */
-        if (e->rctx.memcap && e->rctx.mem_used + len + SYN_BUF_OVH > e->rctx.memcap) {
+        if (tcp_syn_data_pending(&c->tcp) ||
+            (e->rctx.memcap && e->rctx.mem_used + len + sizeof(struct syn_stash) > e->rctx.memcap) ||
+            ft_stash_put(&e->ft, &e->rctx, ft_slot(&e->ft, c), pi->payload, len)) {
+            /* no room (or the other side's SYN data still waits: one entry per connection) */
             raise_anomaly(e, c, 1 - s, MOS_ERR_MEMCAP, 0, len);
             S->syn_data = TCP_SYND_DISCARDED;
             return;
         }
-        t->syn_buf = malloc(len);
-        if (!t->syn_buf) {
-            raise_anomaly(e, c, 1 - s, MOS_ERR_MEMCAP, 0, len);
-            S->syn_data = TCP_SYND_DISCARDED;
-            return;
-        }
-        memcpy(t->syn_buf, pi->payload, len);
-        t->syn_len = len;
-        e->rctx.mem_used += (uint64_t)len + SYN_BUF_OVH;
         S->syn_data = TCP_SYND_PENDING;
         return;
     default:
@@ -429,7 +404,7 @@ void tcp_end_syn_data(mos_engine_t *e, struct conn *c, int reason)
             continue;
         /* Nothing told: kept (the peer may have it; an IDS would rather see bytes the host may have
          * received), unless the connection was reset (a refused connection took nothing). */
-        syn_data_decide(e, c, s, reason == MOS_END_RST ? 0 : c->tcp.syn_len);
+        syn_data_decide(e, c, s, reason == MOS_END_RST ? 0 : UINT32_MAX);
     }
 }
 

@@ -32,10 +32,11 @@ struct tcp_end {
 };
 
 /* Data on a SYN (without ACK) is the peer's only once the peer acknowledges it (TCP Fast Open, RFC
- * 7413); until a packet tells, it waits in tcp_flow.syn_buf. */
+ * 7413); until a packet tells, a copy waits in the flow table's SYN stash (ft_stash_*), apart from the
+ * record: few connections have one, and the record stays small. */
 enum tcp_syn_data {
     TCP_SYND_NONE = 0,   /* no SYN data seen */
-    TCP_SYND_PENDING,    /* held in syn_buf: not known yet whether the peer took it */
+    TCP_SYND_PENDING,    /* in the SYN stash: not known yet whether the peer took it */
     TCP_SYND_ACCEPTED,   /* acknowledged (at least in part): in the peer's receive stream */
     TCP_SYND_DISCARDED,  /* the peer acknowledged only the SYN: the bytes were dropped */
 };
@@ -43,8 +44,6 @@ enum tcp_syn_data {
 /* The TCP part of a flow: end[MOS_SIDE_CLI], end[MOS_SIDE_SVR]. */
 struct tcp_flow {
     struct tcp_end end[2];
-    uint8_t *syn_buf;     /* TCP_SYND_PENDING: a copy of the SYN's data (one SYN per connection has it) */
-    uint32_t syn_len;
 };
 
 /* Sequence arithmetic (RFC 1982 style, 32-bit wrap). */
@@ -89,8 +88,13 @@ void tcp_settle_acks(mos_engine_t *e, struct conn *c, int side);
 
 /* The connection ends: SYN data still pending is settled (kept, unless the end is a RST). */
 void tcp_end_syn_data(mos_engine_t *e, struct conn *c, int reason);
-/* Frees a pending SYN's data (the connection's slot is released). */
-void tcp_flow_release(struct tcp_flow *t, struct reasm_ctx *rctx);
+/* Some side's SYN data is pending (its copy is in the flow table's stash). */
+static inline int tcp_syn_data_pending(const struct tcp_flow *t);
+
+static inline int tcp_syn_data_pending(const struct tcp_flow *t)
+{
+    return t->end[0].syn_data == TCP_SYND_PENDING || t->end[1].syn_data == TCP_SYND_PENDING;
+}
 
 /* Both FINs were taken: nothing more will be delivered. */
 static inline int tcp_both_fins(const struct tcp_flow *t)
