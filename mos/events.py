@@ -30,7 +30,9 @@ class Event(enum.IntEnum):
     ORPHAN = lib.MOS_EV_ORPHAN
     """A packet that belongs to no tracked connection (``conn`` is None)."""
     ERROR = lib.MOS_EV_ERROR
-    """An anomaly on a connection: out-of-window segment or RST, buffer limit, memory cap."""
+    """An anomaly (``ev.reason``, an :class:`ErrorKind`): on a connection (out-of-window segment or RST,
+    buffer limit, memory cap), or a malformed packet (``MALFORMED``: ``conn`` is None, ``ev.malformed``
+    names the ``malformed_*`` counter)."""
     DATA_GAP = lib.MOS_EV_DATA_GAP
     """Bytes that will never arrive: ``ev.offset``/``ev.length`` in the receiving side's stream."""
 
@@ -105,6 +107,9 @@ class ErrorKind(enum.IntEnum):
     """The global reassembly memory cap stopped bytes from being held."""
     SEGMENT_LIMIT = lib.MOS_ERR_SEGMENT_LIMIT
     """Too many out-of-order segments held on one side."""
+    MALFORMED = lib.MOS_ERR_MALFORMED
+    """A packet the decoder rejected (``conn`` is None): ``ev.malformed`` is its ``malformed_*`` counter
+    (``malformed_too_many_ipv6_ext``, ``malformed_truncated_tcp``, ...). Inline, the frame is dropped."""
 
     @property
     def event_name(self) -> str:

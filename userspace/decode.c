@@ -139,7 +139,8 @@ static int decode_ipv6(const uint8_t *p, uint32_t len, struct pkt_info *pi)
     memcpy(pi->dst, p + 24, 16);
     uint8_t nh = p[6];
     uint32_t off = 40, end = 40 + plen;
-    for (int i = 0; i < MOS_MAX_IPV6_EXT; i++) {
+    int i;
+    for (i = 0; i < MOS_MAX_IPV6_EXT; i++) {
         if (nh == MOS_IPPROTO_FRAGMENT) {
             if (off + MOS_IPV6_EXT_MIN > end)
                 return MOS_C_MAL_TRUNCATED_IPV6_EXT;
@@ -162,6 +163,9 @@ static int decode_ipv6(const uint8_t *p, uint32_t len, struct pkt_info *pi)
         if (off > end)
             return MOS_C_MAL_TRUNCATED_IPV6_EXT;
     }
+    /* one header more than the walk takes: malformed, as in the XDP program (see MOS_MAX_IPV6_EXT) */
+    if (i == MOS_MAX_IPV6_EXT && mos_ipv6_ext_over_limit(nh))
+        return MOS_C_MAL_TOO_MANY_IPV6_EXT;
     pi->proto = nh;
     return decode_l4(pi, p + off, end - off);
 }

@@ -217,7 +217,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
     int r = decode_packet(p->data, p->caplen, e->linktype, &pi);
     e->no_account = 0;
     if (r) {
-        e->counters[r]++;
+        raise_malformed(e, r);
         return PROC_DONE;
     }
     if (pi.is_fragment) {

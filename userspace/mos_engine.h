@@ -46,13 +46,16 @@ enum mos_end_reason {
 /* The anomalies: each is the reason of an ERROR event and bumps one counter, both from this one list
  * (the engine raises them through one function, raise_anomaly in userspace/event_queue.c). Columns: the
  * MOS_ERR_ id, its number (the ERROR event's reason: fixed, Python and saved results use it), the
- * MOS_C_ counter it bumps, and its name, after Suricata's stream.* events. */
+ * MOS_C_ counter it bumps, and its name, after Suricata's stream.* events (decoder.* for the decoder's).
+ * MALFORMED is raised once per malformed packet (raise_malformed), with no connection: it counts under
+ * the packet's malformed_* reason, whose MOS_C_ id the event's len carries (mos_counter_name names it). */
 #define MOS_ANOMALIES(X)                                                                                    \
     X(OUT_OF_WINDOW, 1, OUT_OF_WINDOW, "stream.pkt_out_of_window")         /* data beyond the window */  \
     X(RST_OUT_OF_WINDOW, 2, RST_OUT_OF_WINDOW, "stream.rst_out_of_window") /* RST outside the window */\
     X(BUFFER_LIMIT, 3, BUFFER_LIMIT, "stream.reassembly_buffer_limit")    /* per-direction bytes held */\
     X(MEMCAP, 4, MEMCAP, "stream.reassembly_memcap")                      /* all bytes held */          \
-    X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */
+    X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */ \
+    X(MALFORMED, 6, MAL_BY_REASON, "decoder.malformed") /* a malformed packet: conn 0, len = its counter */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -101,6 +104,7 @@ enum mos_linktype {
     X(MAL_TRUNCATED_PAYLOAD, malformed_truncated_payload)                                               \
     X(MAL_BAD_TCP_FLAGS, malformed_bad_tcp_flags)                                                       \
     X(MAL_TOO_MANY_VLANS, malformed_too_many_vlans)                                                     \
+    X(MAL_TOO_MANY_IPV6_EXT, malformed_too_many_ipv6_ext) /* more than MOS_MAX_IPV6_EXT (mos_parse.h) */ \
     /* not dispositions: extra information */                                                          \
     X(DATAGRAMS_REASSEMBLED, datagrams_reassembled)                                                     \
     X(CONNS_CREATED, conns_created)                                                                     \
@@ -124,7 +128,10 @@ enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,
     MOS_ENGINE_COUNTERS(MOS_X_)
 #undef MOS_X_
-    MOS_C_COUNT
+    MOS_C_COUNT,
+    /* Not a counter: the anomaly table's MALFORMED row counts each packet under its own malformed_*
+     * reason (the ERROR event's len says which). */
+    MOS_C_MAL_BY_REASON = MOS_C_COUNT
 };
 
 /* One packet of a batch. data points at the link-layer header of `linktype`. */

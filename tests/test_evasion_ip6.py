@@ -1,0 +1,193 @@
+"""Issue 9, item 9: IPv6 extension headers over the walk's limit (``MOS_MAX_IPV6_EXT``, bpf/mos_parse.h).
+
+A packet with more extension headers than both parsers walk is malformed: the engine counts it under
+``malformed_too_many_ipv6_ext`` and raises an ERROR of kind MALFORMED (no connection), the XDP program
+drops it (``drop_malformed``), and an inline run never forwards it unseen. One header fewer is an ordinary
+packet: decoded, steered, reassembled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+from scapy.all import TCP, Ether, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, Raw
+
+from mos import ErrorKind, Event, Monitor, Side, xdp
+from mos.stats import accounted
+from tests.pcaps import REQ, Built, Conv, payload
+from tests.test_xdp import A6, B6, Live, live  # noqa: F401  (live: the module-scoped XDP fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+# the one limit, as both parsers compile it (mos_parse.h is not part of the engine's cffi API)
+LIMIT = int(re.search(r"MOS_MAX_IPV6_EXT = (\d+)", (ROOT / "bpf/mos_parse.h").read_text()).group(1))  # type: ignore[union-attr]
+RESP = payload("X6", 2500)
+
+
+def _conv(n_ext: int, cport: int = 41000, frag_header: bool = False, tag: str = "6") -> Tuple[Built, bytes]:
+    """An IPv6 connection (handshake, request, response, FIN both ways) whose every packet carries
+    ``n_ext`` extension headers: destination options, the last one an atomic fragment header when
+    ``frag_header``."""
+    c = Conv(cip="2001:db8::1", sip="2001:db8::2", cport=cport)
+    resp = payload(tag, 2500)
+
+    def l3(fc: bool):  # type: ignore[no-untyped-def]
+        ip = c.l3(fc)
+        for i in range(n_ext):
+            ip = ip / (IPv6ExtHdrFragment(offset=0, m=0, id=7) if frag_header and i == n_ext - 1
+                       else IPv6ExtHdrDestOpt())
+        return ip
+
+    c.tcp(True, "S", l3=l3(True))
+    c.tcp(False, "SA", l3=l3(False))
+    c.tcp(True, "A", l3=l3(True))
+    c.tcp(True, "PA", payload=REQ, l3=l3(True))
+    for i in range(0, len(resp), 1000):
+        c.tcp(False, "PA", payload=resp[i:i + 1000], l3=l3(False))
+        c.tcp(True, "A", l3=l3(True))
+    c.close()  # (the close itself without extension headers: they do not matter to what is tested)
+    return c.built(REQ, resp, end="FIN"), resp
+
+
+class Seen:
+    """What an app sees: streams per connection, connections started, ERROR events."""
+
+    def __init__(self, mon: Monitor, subscribe_errors: bool = True) -> None:
+        self.streams: Dict[Tuple[int, int], bytes] = defaultdict(bytes)
+        self.starts: List[int] = []
+        self.errors: List[Tuple[object, int, object, object]] = []
+        mon.on(Event.CONN_START, lambda c, e: self.starts.append(c.id))
+        mon.on(Event.CONN_NEW_DATA, self._data)
+        if subscribe_errors:
+            mon.on(Event.ERROR, lambda c, e: self.errors.append((c, e.reason, e.malformed, e.packet)))
+
+    def _data(self, c, e) -> None:  # type: ignore[no-untyped-def]
+        self.streams[(c.id, int(e.side))] += e.data
+
+
+def _run(tmp_path: Path, built: Built, subscribe_errors: bool = True, name: str = "t") -> Tuple[Seen, Dict[str, int]]:
+    mon = Monitor()
+    seen = Seen(mon, subscribe_errors)
+    st = mon.run_pcap(str(built.write(tmp_path / f"{name}.pcap")))
+    assert accounted(st) == st["packets"] == len(built.records)
+    return seen, st
+
+
+def test_limit_is_the_shared_one() -> None:
+    assert LIMIT == 16
+
+
+@pytest.mark.parametrize("frag_header", [False, True])
+def test_at_the_limit_decoded_and_reassembled(tmp_path: Path, frag_header: bool) -> None:
+    built, resp = _conv(LIMIT, frag_header=frag_header)
+    seen, st = _run(tmp_path, built)
+    assert st["malformed_too_many_ipv6_ext"] == 0 and st["orphan_not_tcp"] == 0
+    assert st["conn_packets"] == len(built.records) and st["conns_created"] == 1
+    assert seen.starts == [1]
+    assert seen.streams[(1, int(Side.SERVER))] == REQ
+    assert seen.streams[(1, int(Side.CLIENT))] == resp
+    assert seen.errors == []
+
+
+@pytest.mark.parametrize("frag_header", [False, True])
+def test_over_the_limit_is_malformed_with_an_error_event(tmp_path: Path, frag_header: bool) -> None:
+    built, _ = _conv(LIMIT + 1, frag_header=frag_header)
+    n_ext = sum(1 for _, f, _ in built.records if IPv6ExtHdrDestOpt in Ether(f))
+    assert n_ext == len(built.records) - 3  # all but the three packets of the close
+    seen, st = _run(tmp_path, built)
+    assert st["malformed_too_many_ipv6_ext"] == n_ext
+    assert st["orphan_not_tcp"] == 0  # never "not TCP"
+    # the close (no extension headers) finds no connection: picked up, not the hidden one's bytes
+    assert st["conns_created"] <= 1 and not any(seen.streams.values())
+    malformed = [e for e in seen.errors if e[1] == ErrorKind.MALFORMED]
+    assert len(malformed) == n_ext
+    assert all(c is None and name == "malformed_too_many_ipv6_ext" and pkt is None for c, _, name, pkt in malformed)
+    assert ErrorKind.MALFORMED.event_name == "decoder.malformed"
+
+
+def test_hidden_connection_yields_no_connection_and_no_stream(tmp_path: Path) -> None:
+    """A connection behind LIMIT + 1 headers next to an ordinary one: only the ordinary one exists,
+    for the API and for ``mos-xdp streams``."""
+    hidden, _ = _conv(LIMIT + 1, cport=41001, tag="H")
+    # the hidden one's close too: every packet of it carries the headers
+    hidden.records = [r for r in hidden.records if IPv6ExtHdrDestOpt in Ether(r[1])]
+    normal, resp = _conv(0, cport=41002, tag="N")
+    t0 = hidden.records[-1][0] + 1
+    built = Built(hidden.records + [(t0 + t - normal.records[0][0], f, o) for t, f, o in normal.records])
+    seen, st = _run(tmp_path, built)
+    assert st["conns_created"] == 1 and seen.starts == [1]
+    assert st["malformed_too_many_ipv6_ext"] == len(hidden.records)
+    assert dict(seen.streams) == {(1, int(Side.SERVER)): REQ, (1, int(Side.CLIENT)): resp}
+    out = tmp_path / "streams"
+    pcap = built.write(tmp_path / "mixed.pcap")
+    r = subprocess.run([sys.executable, "-m", "mos.cli", "streams",
+                        str(pcap), "-o", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert len(index) == 1 and index[0]["client"] == normal.client, index
+    assert (out / "1.c2s").read_bytes() == REQ and (out / "1.s2c").read_bytes() == resp
+    assert sorted(p.name for p in out.iterdir()) == ["1.c2s", "1.s2c", "index.jsonl"]
+
+
+def test_no_subscriber_no_event(tmp_path: Path) -> None:
+    """Without an ERROR handler a malformed packet queues nothing (the mask decides before any work)."""
+    built, _ = _conv(LIMIT + 1)
+    seen, st = _run(tmp_path, built, subscribe_errors=False)
+    assert st["malformed_too_many_ipv6_ext"] > 0
+    with_sub, st2 = _run(tmp_path, built, name="t2")
+    assert st2["events_queued"] - st["events_queued"] == st["malformed_too_many_ipv6_ext"]
+
+
+def test_other_malformations_raise_the_event_too(tmp_path: Path) -> None:
+    """A truncated extension header: malformed_truncated_ipv6_ext, same ERROR kind, its own name."""
+    c = Conv(cip="2001:db8::1", sip="2001:db8::2", cport=41003)
+    pkt = bytes(c.l2(True) / IPv6(src=c.cip, dst=c.sip, nh=60, plen=4) / Raw(b"\x06\x00\x01\x04"))
+    built = Built([(1000.0, pkt, len(pkt))])
+    seen, st = _run(tmp_path, built)
+    assert st["malformed_truncated_ipv6_ext"] == 1
+    assert [(c, r, n) for c, r, n, _ in seen.errors] == [(None, ErrorKind.MALFORMED, "malformed_truncated_ipv6_ext")]
+
+
+# ---- the XDP program (root: BPF_PROG_TEST_RUN on the program attached in test_xdp's topology) ----------
+
+
+def _frame6(n_ext: int, src: str, dst: str, sport: int = 40123, dport: int = 443, truncate_ext: bool = False) -> bytes:
+    l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    ext = b""
+    for i in range(n_ext):
+        ext += struct.pack("!BB6s", 60 if i < n_ext - 1 else 6, 0, b"\x01\x04\0\0\0\0")  # PadN: 8 bytes
+    body = ext + l4
+    if truncate_ext:  # the last extension header claims 8 more bytes than the frame holds
+        body = ext[:-8] + struct.pack("!BB6s", 6, 1, b"\x01\x04\0\0\0\0")
+    l3 = struct.pack("!IHBB", 6 << 28, len(body), 60 if n_ext else 6, 64)
+    l3 += socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+    return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x86\xdd" + l3 + body
+
+
+def test_frame_builder_agrees_with_scapy() -> None:
+    f = Ether(_frame6(3, "fd00::1", "fd00::2"))
+    assert f[IPv6].nh == 60 and f[TCP].dport == 443 and f[TCP].flags == "S"
+
+
+@pytest.mark.netns
+def test_xdp_at_the_limit_steered_over_it_dropped(live: Live) -> None:
+    for n in (1, LIMIT):
+        before = live.stats()
+        assert live.prog.test_run(_frame6(n, A6, B6)) == xdp.XDP_PASS  # no socket bound: steered, then passed
+        d = live.delta(before)
+        assert d.get("pass_no_socket") == 1 and "drop_malformed" not in d, (n, d)
+        flow = xdp.FlowTuple(A6, B6, 40123, 443, "tcp")
+        assert xdp.raw(live.prog.last_steering().key) == xdp.raw(xdp.flow_key(flow))
+    for frame in (_frame6(LIMIT + 1, A6, B6), _frame6(LIMIT + 8, A6, B6), _frame6(2, A6, B6, truncate_ext=True)):
+        before = live.stats()
+        assert live.prog.test_run(frame) == xdp.XDP_DROP
+        d = live.delta(before)
+        assert d.get("drop_malformed") == 1 and d.get("drop") == 1 and "pass_not_monitored" not in d, d
