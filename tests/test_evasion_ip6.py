@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -24,6 +25,7 @@ from scapy.all import TCP, Ether, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, R
 from mos import ErrorKind, Event, Monitor, Side, xdp
 from mos.stats import accounted
 from tests.pcaps import REQ, Built, Conv, payload
+from tests.test_live import inline  # noqa: F401  (the module-scoped inline topology)
 from tests.test_xdp import A6, B6, Live, live  # noqa: F401  (live: the module-scoped XDP fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,3 +193,97 @@ def test_xdp_at_the_limit_steered_over_it_dropped(live: Live) -> None:
         assert live.prog.test_run(frame) == xdp.XDP_DROP
         d = live.delta(before)
         assert d.get("drop_malformed") == 1 and d.get("drop") == 1 and "pass_not_monitored" not in d, d
+
+
+# ---- inline: nothing the stack could not read crosses the middle box (root, namespaces) -----------------
+
+SNIFF = """
+    import json, socket, sys, time
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.bind(({dev!r}, 0))
+    s.settimeout(0.2)
+    print("ready", flush=True)
+    seen, end = set(), time.time() + {secs}
+    while time.time() < end:
+        try:
+            f = s.recv(65536)
+        except socket.timeout:
+            continue
+        seen.update(m for m in {markers!r} if m.encode() in f)
+    print(json.dumps(sorted(seen)), flush=True)
+"""
+
+
+def _inline_frames(src_mac: str, dst_mac: str) -> Dict[str, bytes]:
+    """Frames the client sends straight onto its wire, each with a marker in its TCP payload."""
+    from tests.test_live import CLIENT, PORT, SERVER
+
+    from scapy.all import IP
+
+    eth = Ether(src=src_mac, dst=dst_mac)
+    v6 = IPv6(src="fd00:211::1", dst="fd00:211::2")
+
+    def ext(n: int):  # type: ignore[no-untyped-def]
+        ip = v6
+        for _ in range(n):
+            ip = ip / IPv6ExtHdrDestOpt()
+        return ip
+
+    return {
+        # the engine's malformed_bad_tcp_flags (SYN+FIN+RST): XDP steers it, the engine cannot use it
+        "MOSX-BADFLAGS": bytes(eth / IP(src=CLIENT, dst=SERVER) / TCP(sport=4242, dport=PORT, flags="SFR")
+                               / Raw(b"MOSX-BADFLAGS")),
+        # over the limit: XDP's drop_malformed
+        "MOSX-EXT17": bytes(eth / ext(LIMIT + 1) / TCP(sport=4243, dport=PORT, flags="S") / Raw(b"MOSX-EXT17")),
+        # controls, forwarded: at the limit, and a plain IPv4 SYN
+        "MOSX-EXT16": bytes(eth / ext(LIMIT) / TCP(sport=4244, dport=PORT, flags="S") / Raw(b"MOSX-EXT16")),
+        "MOSX-PLAIN": bytes(eth / IP(src=CLIENT, dst=SERVER) / TCP(sport=4245, dport=PORT, flags="S")
+                            / Raw(b"MOSX-PLAIN")),
+    }
+
+
+def _mac(ns, dev: str) -> str:  # type: ignore[no-untyped-def]
+    return str(json.loads(ns.run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["address"])
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("forward", [False, True], ids=["default-drop", "forward-malformed"])
+def test_inline_malformed_never_forwarded_unseen(inline, tmp_path: Path, forward: bool) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_live import _app
+
+    tag = inline.topo.tag[-6:]
+    lc, ls = f"lc{tag}", f"ls{tag}"
+    frames = _inline_frames(_mac(inline.c, lc), _mac(inline.s, ls))
+    app = _app(tmp_path, "noop.py", "def init(mon):\n    pass\n")
+    env = {"MOS_XDP_FORWARD_MALFORMED": "1"} if forward else {}
+    run = inline.run(app, "--stats", env=env)
+    sniff = None
+    try:
+        code = textwrap.dedent(SNIFF.format(dev=ls, secs=4, markers=sorted(frames)))
+        sniff = inline.s.popen(sys.executable, "-c", code, stdout=subprocess.PIPE, text=True)
+        assert sniff.stdout is not None and sniff.stdout.readline().strip() == "ready"
+        inline.c.python(f"""
+            import socket, time
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            s.bind(({lc!r}, 0))
+            for f in {list(frames.values())!r}:
+                s.send(f)
+                time.sleep(0.05)
+        """)
+        out, _ = sniff.communicate(timeout=30)
+        seen = set(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        if sniff is not None and sniff.poll() is None:
+            sniff.kill()
+            sniff.wait(timeout=10)
+        rc = run.stop()
+    assert rc == 0, run.stderr
+    xdp_c = run.counters("  xdp:")
+    xsk_c = run.counters("  af_xdp worker 0:")
+    eng = run.engine_counters()
+    assert xdp_c.get("drop_malformed", 0) >= 1, run.stderr  # the 17 headers, in XDP
+    assert eng.get("malformed_bad_tcp_flags") == 1 and eng.get("malformed_too_many_ipv6_ext", 0) == 0, run.stderr
+    expected = {"MOSX-EXT16", "MOSX-PLAIN"} | ({"MOSX-BADFLAGS"} if forward else set())
+    assert seen == expected, (seen, run.stderr)
+    assert xsk_c.get("malformed_drop", 0) == (0 if forward else 1), run.stderr
+    inline.assert_clean()

@@ -218,6 +218,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
     e->no_account = 0;
     if (r) {
         raise_malformed(e, r);
+        if (e->malformed_sink)
+            e->malformed_sink(e->malformed_arg, p); /* inline AF_XDP: the frame is dropped, not forwarded */
         return PROC_DONE;
     }
     if (pi.is_fragment) {

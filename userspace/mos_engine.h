@@ -354,7 +354,8 @@ enum mos_verdict { MOS_VERDICT_FORWARD = 0, MOS_VERDICT_DROP = 1 };
     X(KICKS, kicks) X(K_RX_DROPPED, k_rx_dropped) X(K_RX_INVALID_DESCS, k_rx_invalid_descs)             \
     X(K_TX_INVALID_DESCS, k_tx_invalid_descs) X(K_RX_RING_FULL, k_rx_ring_full)                         \
     X(K_RX_FILL_RING_EMPTY_DESCS, k_rx_fill_ring_empty_descs)                                           \
-    X(K_TX_RING_EMPTY_DESCS, k_tx_ring_empty_descs)
+    X(K_TX_RING_EMPTY_DESCS, k_tx_ring_empty_descs)                                                   \
+    X(MALFORMED_DROP, malformed_drop) /* inline: frames the engine found malformed, dropped (also in verdict_drop) */
 
 enum mos_xsk_counter {
 #define MOS_X_(id, name) MOS_XSK_C_##id,
@@ -403,6 +404,10 @@ int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t m
                  uint64_t stop_ts_ns, uint64_t budget_ns, uint32_t *fed);
 /* Per-packet verdicts and rewriting; pkt is the engine's index of a packet of the current batch. */
 int mos_xsk_verdict(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int verdict);
+/* Inline: frames the engine counts as malformed (malformed_*) are dropped (counted in malformed_drop and
+ * verdict_drop), unless this is set to 1: then they are forwarded like any frame (fail-open). A handler's
+ * mos_xsk_verdict on such a frame still decides last. */
+void mos_xsk_set_forward_malformed(mos_xsk_t *x, int forward);
 /* Drops pkt and every packet of the same connection in the current batch. */
 int mos_xsk_drop_flow(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt);
 /* Writes len bytes at offset (from the link-layer header) of packet pkt, sets its length to new_len
