@@ -180,7 +180,7 @@ def test_frame_builder_agrees_with_scapy() -> None:
 
 
 @pytest.mark.netns
-def test_xdp_at_the_limit_steered_over_it_dropped(live: Live) -> None:
+def test_xdp_at_the_limit_steered_over_it_dropped(live: Live) -> None:  # noqa: F811
     for n in (1, LIMIT):
         before = live.stats()
         assert live.prog.test_run(_frame6(n, A6, B6)) == xdp.XDP_PASS  # no socket bound: steered, then passed
@@ -216,9 +216,9 @@ SNIFF = """
 
 def _inline_frames(src_mac: str, dst_mac: str) -> Dict[str, bytes]:
     """Frames the client sends straight onto its wire, each with a marker in its TCP payload."""
-    from tests.test_live import CLIENT, PORT, SERVER
-
     from scapy.all import IP
+
+    from tests.test_live import CLIENT, PORT, SERVER
 
     eth = Ether(src=src_mac, dst=dst_mac)
     v6 = IPv6(src="fd00:211::1", dst="fd00:211::2")
@@ -248,7 +248,7 @@ def _mac(ns, dev: str) -> str:  # type: ignore[no-untyped-def]
 
 @pytest.mark.netns
 @pytest.mark.parametrize("forward", [False, True], ids=["default-drop", "forward-malformed"])
-def test_inline_malformed_never_forwarded_unseen(inline, tmp_path: Path, forward: bool) -> None:  # type: ignore[no-untyped-def]
+def test_inline_malformed_never_forwarded_unseen(inline, tmp_path: Path, forward: bool) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     from tests.test_live import _app
 
     tag = inline.topo.tag[-6:]

@@ -65,7 +65,9 @@ static void test_anomaly_table(void)
     CHECK_EQ(MOS_ERR_MEMCAP, 4);
     CHECK_EQ(MOS_ERR_SEGMENT_LIMIT, 5);
     CHECK(mos_anomaly_name(0) == NULL);
-    CHECK(mos_anomaly_name(6) == NULL);
+    CHECK_EQ(MOS_ERR_MALFORMED, 6);
+    CHECK(mos_anomaly_name(6) && !strcmp(mos_anomaly_name(6), "decoder.malformed"));
+    CHECK(mos_anomaly_name(7) == NULL);
     CHECK(mos_anomaly_name(-1) == NULL);
     CHECK(mos_anomaly_name(1) && !strcmp(mos_anomaly_name(1), "stream.pkt_out_of_window"));
     CHECK(mos_anomaly_name(2) && !strcmp(mos_anomaly_name(2), "stream.rst_out_of_window"));
