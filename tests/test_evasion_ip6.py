@@ -287,3 +287,56 @@ def test_inline_malformed_never_forwarded_unseen(inline, tmp_path: Path, forward
     assert seen == expected, (seen, run.stderr)
     assert xsk_c.get("malformed_drop", 0) == (0 if forward else 1), run.stderr
     inline.assert_clean()
+
+
+def _fragments_v6(n_ext: int, cport: int) -> List[bytes]:
+    """One IPv6 TCP SYN (with data) whose extension headers follow a fragment header, in two fragments:
+    the reassembled datagram carries ``n_ext`` destination-options headers."""
+    c = Conv(cip="2001:db8::1", sip="2001:db8::2", cport=cport)
+    chain = IPv6ExtHdrDestOpt()
+    for _ in range(n_ext - 1):
+        chain = chain / IPv6ExtHdrDestOpt()
+    body = bytes(chain / TCP(sport=cport, dport=80, flags="S", seq=1000, chksum=0) / Raw(b"F" * 200))
+    cut = (n_ext * 8 + 24) // 8 * 8  # the whole header chain in the first fragment (RFC 8200)
+    out = []
+    for off, chunk, more in ((0, body[:cut], 1), (cut, body[cut:], 0)):
+        fh = struct.pack("!BBHI", 60, 0, (off // 8) << 3 | more, 0xABCD)
+        ip = struct.pack("!IHBB", 6 << 28, len(fh) + len(chunk), 44, 64)
+        ip += socket.inet_pton(socket.AF_INET6, c.cip) + socket.inet_pton(socket.AF_INET6, c.sip)
+        eth = c.l2(True)
+        eth.type = 0x86DD
+        out.append(bytes(eth) + ip + fh + chunk)
+    return out
+
+
+@pytest.mark.parametrize("n_ext", [LIMIT - 1, LIMIT])
+def test_first_fragment_over_the_limit_is_malformed(tmp_path: Path, n_ext: int) -> None:
+    """A first fragment's header chain counts as a packet's, its fragment header included (as in the XDP
+    program): fragment header + LIMIT - 1 headers is reassembled and starts its connection; one more and
+    the first fragment is malformed (with the ERROR event), so the datagram is never reassembled."""
+    built = Built([(1000.0 + i / 1000, f, len(f)) for i, f in enumerate(_fragments_v6(n_ext, 41010))])
+    seen, st = _run(tmp_path, built)
+    assert st["frag_error"] == 0
+    if n_ext < LIMIT:
+        assert st["frag_held"] == 2 and st["datagrams_reassembled"] == 1 and st["conns_created"] == 1
+        assert seen.errors == []
+    else:
+        assert st["malformed_too_many_ipv6_ext"] == 1 and st["frag_held"] == 1  # the second one waits
+        assert st["datagrams_reassembled"] == 0 and st["conns_created"] == 0
+        assert [(c, r, n) for c, r, n, _ in seen.errors] == [(None, ErrorKind.MALFORMED, "malformed_too_many_ipv6_ext")]
+
+
+@pytest.mark.netns
+def test_xdp_first_fragment_limit(live: Live) -> None:  # noqa: F811
+    """The program counts a first fragment's chain the same way: the engine's verdict and the program's agree."""
+    cases = ((LIMIT - 1, xdp.XDP_PASS, "pass_no_socket"), (LIMIT, xdp.XDP_DROP, "drop_malformed"))
+    for n_ext, verdict, reason in cases:
+        first, second = _fragments_v6(n_ext, 41011)
+        before = live.stats()
+        assert live.prog.test_run(first) == verdict
+        d = live.delta(before)
+        assert d.get(reason) == 1, (n_ext, d)
+        # a later fragment has no header chain to walk: steered as a fragment whatever the first held
+        before = live.stats()
+        assert live.prog.test_run(second) == xdp.XDP_PASS
+        assert "drop_malformed" not in live.delta(before)
