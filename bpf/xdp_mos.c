@@ -161,6 +161,8 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p)
             }
             next = fh->nexthdr;
             cur = fh + 1;
+            if (!first_fragment)
+                break; /* what follows is fragment data, not headers (the chain is in the first) */
             continue;
         }
         if (!mos_ipv6_is_ext(next))
@@ -171,6 +173,12 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p)
         cur += mos_ipv6_ext_len(next, oh->hdrlen);
         next = oh->nexthdr;
     }
+    /* More headers than the walk takes: malformed (dropped), never "not monitored", or a connection could
+     * hide behind one header more than the limit (the engine's decoder applies the same rule). A non-first
+     * fragment left the loop early, on purpose: its next header is only checked by the engine, after
+     * reassembly. */
+    if (first_fragment && mos_ipv6_ext_over_limit(next))
+        return PARSE_MALFORMED;
     p->proto = next;
     return parse_l4(cur, data_end, p, first_fragment);
 }

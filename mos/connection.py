@@ -203,6 +203,15 @@ class EventInfo:
         return r
 
     @property
+    def malformed(self) -> Optional[str]:
+        """ERROR of kind ``MALFORMED``: the counter the packet was counted under (``malformed_*``, as in
+        :meth:`Monitor.stats`); None for any other event."""
+        if self._mon._root_type(self.type) != Event.ERROR or self._f[EV_REASON] != ErrorKind.MALFORMED:
+            return None
+        name = lib.mos_counter_name(self._f[EV_LEN])
+        return str(ffi.string(name).decode()) if name != ffi.NULL else None
+
+    @property
     def old_state(self) -> TcpState:
         """TCP_STATE_CHANGE: the state ``side`` left."""
         return TcpState(self._f[EV_OLD_STATE])

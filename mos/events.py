@@ -30,7 +30,9 @@ class Event(enum.IntEnum):
     ORPHAN = lib.MOS_EV_ORPHAN
     """A packet that belongs to no tracked connection (``conn`` is None)."""
     ERROR = lib.MOS_EV_ERROR
-    """An anomaly on a connection: out-of-window segment or RST, buffer limit, memory cap."""
+    """An anomaly (``ev.reason``, an :class:`ErrorKind`): on a connection (out-of-window segment or RST,
+    buffer limit, memory cap), or a malformed packet (``MALFORMED``: ``conn`` is None, ``ev.malformed``
+    names the ``malformed_*`` counter)."""
     DATA_GAP = lib.MOS_EV_DATA_GAP
     """Bytes that will never arrive: ``ev.offset``/``ev.length`` in the receiving side's stream."""
 
@@ -111,6 +113,9 @@ class ErrorKind(enum.IntEnum):
     DATA_AFTER_FIN = lib.MOS_ERR_DATA_AFTER_FIN
     """Bytes at or past their sender's FIN (data after the FIN, the tail of a retransmission straddling
     it): not delivered, the receiver ignores them."""
+    MALFORMED = lib.MOS_ERR_MALFORMED
+    """A packet the decoder rejected (``conn`` is None): ``ev.malformed`` is its ``malformed_*`` counter
+    (``malformed_too_many_ipv6_ext``, ``malformed_truncated_tcp``, ...). Inline, the frame is dropped."""
 
     @property
     def event_name(self) -> str:

@@ -139,14 +139,21 @@ static int decode_ipv6(const uint8_t *p, uint32_t len, struct pkt_info *pi)
     memcpy(pi->dst, p + 24, 16);
     uint8_t nh = p[6];
     uint32_t off = 40, end = 40 + plen;
-    for (int i = 0; i < MOS_MAX_IPV6_EXT; i++) {
+    int i;
+    for (i = 0; i < MOS_MAX_IPV6_EXT; i++) {
         if (nh == MOS_IPPROTO_FRAGMENT) {
             if (off + MOS_IPV6_EXT_MIN > end)
                 return MOS_C_MAL_TRUNCATED_IPV6_EXT;
-            if (!mos_ipv6_frag_is_atomic(rd16(p + off + 2))) {
+            uint16_t fo = rd16(p + off + 2);
+            if (!mos_ipv6_frag_is_atomic(fo)) {
                 pi->is_fragment = 1;
-                pi->proto = p[off];
-                return 0;
+                if (!mos_ipv6_frag_is_first(fo)) {
+                    pi->proto = p[off]; /* fragment data follows: no more headers to walk */
+                    return 0;
+                }
+                /* A first fragment holds the whole header chain (RFC 8200): walked and limited as in a
+                 * whole packet, the fragment header counted, as the XDP program does; a first fragment
+                 * over the limit is malformed before it reaches defragmentation. */
             }
             nh = p[off];
             off += MOS_IPV6_EXT_MIN;
@@ -162,7 +169,12 @@ static int decode_ipv6(const uint8_t *p, uint32_t len, struct pkt_info *pi)
         if (off > end)
             return MOS_C_MAL_TRUNCATED_IPV6_EXT;
     }
+    /* one header more than the walk takes: malformed, as in the XDP program (see MOS_MAX_IPV6_EXT) */
+    if (i == MOS_MAX_IPV6_EXT && mos_ipv6_ext_over_limit(nh))
+        return MOS_C_MAL_TOO_MANY_IPV6_EXT;
     pi->proto = nh;
+    if (pi->is_fragment)
+        return 0; /* a first fragment: the transport header is read after reassembly */
     return decode_l4(pi, p + off, end - off);
 }
 

@@ -218,7 +218,9 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
     int r = decode_packet(p->data, p->caplen, e->linktype, &pi);
     e->no_account = 0;
     if (r) {
-        e->counters[r]++;
+        raise_malformed(e, r);
+        if (e->malformed_sink)
+            e->malformed_sink(e->malformed_arg, p); /* inline AF_XDP: the frame is dropped, not forwarded */
         return PROC_DONE;
     }
     if (pi.is_fragment) {
@@ -238,8 +240,17 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
         e->no_account = 1;
         r = decode_ip(dg, dglen, &pi);
         if (r || pi.is_fragment) {
-            e->counters[MOS_C_FRAG_ERROR]++;
-            e->counters[MOS_C_FRAG_HELD]--; /* its last fragment is then counted as rejected */
+            /* its last fragment is then counted as rejected: a datagram the decoder cannot read (more
+             * extension headers than the limit, ...) under its malformed_* reason, with the ERROR
+             * event and, inline, dropped (the host then cannot reassemble it either) */
+            e->counters[MOS_C_FRAG_HELD]--;
+            if (!r) {
+                e->counters[MOS_C_FRAG_ERROR]++;
+                return PROC_DONE;
+            }
+            raise_malformed(e, r);
+            if (e->malformed_sink)
+                e->malformed_sink(e->malformed_arg, p);
             return PROC_DONE;
         }
     }

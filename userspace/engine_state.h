@@ -32,6 +32,11 @@ struct mos_engine {
     uint8_t no_account;       /* a reassembled datagram: its fragments were accounted for */
     const struct pkt_info *cur_pi;
     uint64_t counters[MOS_C_COUNT];
+    /* Told of each malformed packet, when set: the AF_XDP source (userspace/xsk.c) sets it for the time
+     * of one batch, from mos_xsk_pump to mos_xsk_done, so that an inline run drops malformed frames
+     * instead of forwarding what it could not read. */
+    void (*malformed_sink)(void *arg, const struct mos_pkt *p);
+    void *malformed_arg;
 };
 
 /* The owner reassembly hands back to the callbacks: the connection and the side whose receive stream it

@@ -181,18 +181,32 @@ static const char *const anomaly_name[] = {
 #undef MOS_X_
 };
 
-/* The counters fit the table's byte (checked here, so that a new counter past 255 fails to build). */
-_Static_assert(MOS_C_COUNT <= 256, "anomaly_counter holds counter ids in a byte");
+/* The counters (and MOS_C_MAL_BY_REASON, one past them) fit the table's byte: checked here, so that a new
+ * counter past 254 fails to build. */
+_Static_assert(MOS_C_MAL_BY_REASON <= 255, "anomaly_counter holds counter ids in a byte");
 
 void raise_anomaly(mos_engine_t *e, struct conn *c, int side, int kind, uint64_t off, uint32_t len)
 {
-    if (kind > 0 && (size_t)kind < sizeof(anomaly_counter) / sizeof(anomaly_counter[0]) && anomaly_name[kind])
-        e->counters[anomaly_counter[kind]]++;
+    if (kind > 0 && (size_t)kind < sizeof(anomaly_counter) / sizeof(anomaly_counter[0]) && anomaly_name[kind]) {
+        uint8_t ctr = anomaly_counter[kind];
+        /* MALFORMED: the caller's len is the malformed_* counter (raise_malformed) */
+        if (ctr == MOS_C_MAL_BY_REASON)
+            ctr = len < MOS_C_COUNT ? (uint8_t)len : 0xff;
+        if (ctr < MOS_C_COUNT)
+            e->counters[ctr]++;
+    }
     struct mos_event t = {0};
     t.reason = (uint32_t)kind;
     t.off = off;
     t.len = len;
     emit(e, c, MOS_EV_ERROR, side, MOS_HK_RCV, &t);
+}
+
+void raise_malformed(mos_engine_t *e, int counter)
+{
+    /* no connection, side 0 (as ORPHAN): an app subscribes with a global ERROR handler; emit queues
+     * nothing when no mask wants ERROR, so a malformed packet costs a counter and a mask test */
+    raise_anomaly(e, NULL, MOS_SIDE_CLI, MOS_ERR_MALFORMED, 0, (uint32_t)counter);
 }
 
 const char *mos_anomaly_name(int kind)

@@ -40,5 +40,8 @@ int event_wanted(const mos_engine_t *e, const struct conn *c, int type, int side
 void emit(mos_engine_t *e, struct conn *c, int type, int side, int hook, const struct mos_event *tmpl);
 /* An anomaly of enum mos_error_kind seen by `side`'s stack: counted, and an ERROR event. */
 void raise_anomaly(mos_engine_t *e, struct conn *c, int side, int kind, uint64_t off, uint32_t len);
+/* A packet the decoder rejected, `counter` its malformed_* reason: counted there, and an ERROR event of
+ * kind MALFORMED with no connection whose len is `counter`. */
+void raise_malformed(mos_engine_t *e, int counter);
 
 #endif

@@ -46,7 +46,9 @@ enum mos_end_reason {
 /* The anomalies: each is the reason of an ERROR event and bumps one counter, both from this one list
  * (the engine raises them through one function, raise_anomaly in userspace/event_queue.c). Columns: the
  * MOS_ERR_ id, its number (the ERROR event's reason: fixed, Python and saved results use it), the
- * MOS_C_ counter it bumps, and its name, after Suricata's stream.* events. */
+ * MOS_C_ counter it bumps, and its name, after Suricata's stream.* events (decoder.* for the decoder's).
+ * MALFORMED is raised once per malformed packet (raise_malformed), with no connection: it counts under
+ * the packet's malformed_* reason, whose MOS_C_ id the event's len carries (mos_counter_name names it). */
 #define MOS_ANOMALIES(X)                                                                                    \
     X(OUT_OF_WINDOW, 1, OUT_OF_WINDOW, "stream.pkt_out_of_window")         /* data beyond the window */  \
     X(RST_OUT_OF_WINDOW, 2, RST_OUT_OF_WINDOW, "stream.rst_out_of_window") /* RST outside the window */\
@@ -54,7 +56,8 @@ enum mos_end_reason {
     X(MEMCAP, 4, MEMCAP, "stream.reassembly_memcap")                      /* all bytes held */          \
     X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */          \
     X(SYN_DATA_DISCARDED, 6, SYN_DATA_DISCARDED, "stream.syn_data_discarded") /* SYN data not acked */  \
-    X(DATA_AFTER_FIN, 7, DATA_AFTER_FIN, "stream.data_after_fin")         /* bytes past the FIN */
+    X(DATA_AFTER_FIN, 7, DATA_AFTER_FIN, "stream.data_after_fin")         /* bytes past the FIN */      \
+    X(MALFORMED, 8, MAL_BY_REASON, "decoder.malformed") /* a malformed packet: conn 0, len = its counter */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -103,6 +106,7 @@ enum mos_linktype {
     X(MAL_TRUNCATED_PAYLOAD, malformed_truncated_payload)                                               \
     X(MAL_BAD_TCP_FLAGS, malformed_bad_tcp_flags)                                                       \
     X(MAL_TOO_MANY_VLANS, malformed_too_many_vlans)                                                     \
+    X(MAL_TOO_MANY_IPV6_EXT, malformed_too_many_ipv6_ext) /* more than MOS_MAX_IPV6_EXT (mos_parse.h) */ \
     /* not dispositions: extra information */                                                          \
     X(DATAGRAMS_REASSEMBLED, datagrams_reassembled)                                                     \
     X(CONNS_CREATED, conns_created)                                                                     \
@@ -131,7 +135,10 @@ enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,
     MOS_ENGINE_COUNTERS(MOS_X_)
 #undef MOS_X_
-    MOS_C_COUNT
+    MOS_C_COUNT,
+    /* Not a counter: the anomaly table's MALFORMED row counts each packet under its own malformed_*
+     * reason (the ERROR event's len says which). */
+    MOS_C_MAL_BY_REASON = MOS_C_COUNT
 };
 
 /* One packet of a batch. data points at the link-layer header of `linktype`. */
@@ -354,7 +361,8 @@ enum mos_verdict { MOS_VERDICT_FORWARD = 0, MOS_VERDICT_DROP = 1 };
     X(KICKS, kicks) X(K_RX_DROPPED, k_rx_dropped) X(K_RX_INVALID_DESCS, k_rx_invalid_descs)             \
     X(K_TX_INVALID_DESCS, k_tx_invalid_descs) X(K_RX_RING_FULL, k_rx_ring_full)                         \
     X(K_RX_FILL_RING_EMPTY_DESCS, k_rx_fill_ring_empty_descs)                                           \
-    X(K_TX_RING_EMPTY_DESCS, k_tx_ring_empty_descs)
+    X(K_TX_RING_EMPTY_DESCS, k_tx_ring_empty_descs)                                                   \
+    X(MALFORMED_DROP, malformed_drop) /* inline: frames the engine found malformed, dropped (also in verdict_drop) */
 
 enum mos_xsk_counter {
 #define MOS_X_(id, name) MOS_XSK_C_##id,
@@ -403,6 +411,10 @@ int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t m
                  uint64_t stop_ts_ns, uint64_t budget_ns, uint32_t *fed);
 /* Per-packet verdicts and rewriting; pkt is the engine's index of a packet of the current batch. */
 int mos_xsk_verdict(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int verdict);
+/* Inline: frames the engine counts as malformed (malformed_*) are dropped (counted in malformed_drop and
+ * verdict_drop), unless this is set to 1: then they are forwarded like any frame (fail-open). A handler's
+ * mos_xsk_verdict on such a frame still decides last. */
+void mos_xsk_set_forward_malformed(mos_xsk_t *x, int forward);
 /* Drops pkt and every packet of the same connection in the current batch. */
 int mos_xsk_drop_flow(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt);
 /* Writes len bytes at offset (from the link-layer header) of packet pkt, sets its length to new_len

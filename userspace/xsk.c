@@ -37,6 +37,7 @@
 #include <xdp/xsk.h>
 
 #include "decode.h"
+#include "engine_state.h"
 #include "mos_engine.h"
 
 #ifndef SO_PREFER_BUSY_POLL
@@ -106,6 +107,8 @@ struct mos_xsk {
     struct mos_flow_key drop_keys[XSK_DROP_KEYS];
     uint32_t ndrop_keys;
     struct pollfd *pfds;
+    int forward_malformed;    /* inline: forward frames the engine found malformed (default: drop) */
+    mos_engine_t *sink_engine; /* the engine whose malformed_sink points here, for the current batch */
 };
 
 /* ---- locking of a pool's fill and completion ring ----------------------------------------------- */
@@ -654,8 +657,43 @@ static int dropped_flow(struct mos_xsk *x, const uint8_t *p, uint32_t len)
     return 0;
 }
 
+/* The engine's malformed_sink: a frame it could not decode. Inline, forwarding it would pass on traffic
+ * nobody looked at (a packet over the IPv6 extension header limit carries a connection the engine
+ * never sees), so it is dropped unless forward_malformed says otherwise. */
+static void malformed_frame(void *arg, const struct mos_pkt *p)
+{
+    struct mos_xsk *x = arg;
+    uintptr_t a = (uintptr_t)p->data, base = (uintptr_t)x->area;
+    if (!x->inline_mode || x->forward_malformed || a < base || a >= base + x->area_len)
+        return;
+    x->verdict[(a - base) / XSK_FRAME] = MOS_VERDICT_DROP;
+    x->counters[MOS_XSK_C_MALFORMED_DROP]++;
+}
+
+/* The engine tells this source of malformed frames from its feed to mos_xsk_done (set per batch: the
+ * engine may outlive the source, or serve another one). */
+static void sink_attach(struct mos_xsk *x, mos_engine_t *e)
+{
+    e->malformed_sink = malformed_frame;
+    e->malformed_arg = x;
+    x->sink_engine = e;
+}
+
+static void sink_detach(struct mos_xsk *x)
+{
+    mos_engine_t *e = x->sink_engine;
+    if (e && e->malformed_arg == x) {
+        e->malformed_sink = NULL;
+        e->malformed_arg = NULL;
+    }
+    x->sink_engine = NULL;
+}
+
+void mos_xsk_set_forward_malformed(mos_xsk_t *x, int forward) { x->forward_malformed = forward != 0; }
+
 uint32_t mos_xsk_done(mos_xsk_t *x)
 {
+    sink_detach(x);
     uint32_t sent = 0;
     uint32_t n = x->bn;
     x->bn = 0;
@@ -861,6 +899,7 @@ int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t m
         int n = mos_xsk_rx(x, pkts, max, timeout_ms);
         if (n <= 0)
             return n;
+        sink_attach(x, e); /* until mos_xsk_done: Python may feed the rest of the batch */
         uint32_t k = mos_engine_feed(e, MOS_DLT_EN10MB, pkts, (uint32_t)n, stop_ts_ns);
         const struct mos_event *evs;
         if (k < (uint32_t)n || mos_engine_events(e, &evs) > 0) {

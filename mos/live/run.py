@@ -90,17 +90,20 @@ def _run_worker(mon: Monitor, session: LiveSession, stop: StopFlag, batch: int, 
 
 def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int = 1, *, mode: str = "auto",
              copy: Optional[bool] = None, busy_poll: bool = True, batch: int = BATCH,
-             duration: Optional[float] = None, ring: int = 0) -> Dict[str, int]:
+             duration: Optional[float] = None, ring: int = 0, forward_malformed: bool = False) -> Dict[str, int]:
     """Run ``mon`` on live traffic of ``iface`` (inline between ``iface`` and ``peer`` when given).
 
     ``mode``: XDP attach mode (auto, native, generic); ``copy``: force AF_XDP copy (True) or zero-copy
     (False) mode, None picks; ``duration``: stop after so many seconds (None: on SIGINT/SIGTERM); ``ring``:
     AF_XDP RX/TX descriptors per socket (a power of two, 64..65536; 0: 4096), each interface queue getting
     2 x ``ring`` frames of 4 KiB: a bigger ring rides out longer stalls of the engine at higher rates.
+    Inline, frames the engine finds malformed (``malformed_*``) are dropped (``malformed_drop``), never
+    forwarded unread; ``forward_malformed`` forwards them instead (fail-open).
     Returns the engine's counters (in each worker process when ``workers > 1``, see the module doc).
     Errors a user can act on raise :class:`LiveError` (one line). For the CLI, the environment can set
     ``MOS_XDP_MODE`` (auto, native, generic), ``MOS_XDP_COPY`` (1: copy, 0: zero-copy) and
-    ``MOS_XDP_BUSY_POLL`` (0: off) when the arguments are left at their defaults.
+    ``MOS_XDP_BUSY_POLL`` (0: off) and ``MOS_XDP_FORWARD_MALFORMED`` (1: on) when the arguments are left at
+    their defaults.
     """
     if ring and (ring & (ring - 1) or not 64 <= ring <= 65536):
         raise LiveError(f"--ring {ring}: the AF_XDP ring size must be a power of two between 64 and 65536")
@@ -114,8 +117,10 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
         copy = env_copy == "1"
     if busy_poll and os.environ.get("MOS_XDP_BUSY_POLL") == "0":
         busy_poll = False
+    if not forward_malformed and os.environ.get("MOS_XDP_FORWARD_MALFORMED") == "1":
+        forward_malformed = True
     try:
-        return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration, ring)
+        return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration, ring, forward_malformed)
     except xdp.XdpError as e:
         raise LiveError(str(e)) from None
     except PermissionError as e:
@@ -123,7 +128,8 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
 
 
 def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode: str, copy: Optional[bool],
-              busy_poll: bool, batch: int, duration: Optional[float], ring: int) -> Dict[str, int]:
+              busy_poll: bool, batch: int, duration: Optional[float], ring: int,
+              forward_malformed: bool = False) -> Dict[str, int]:
     xdp.require_root("mos-xdp run --iface")
     if peer is not None and peer == iface:
         raise LiveError("--peer must be another interface than --iface")
@@ -163,6 +169,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
                 msg += " (another mos-xdp run or AF_XDP program on this interface?)"
             raise LiveError(msg)
         xsk = raw
+        lib.mos_xsk_set_forward_malformed(xsk, int(forward_malformed))
         for slot, count in ((0, nq), (1, npq)):
             for q in range(count):
                 for w in range(workers):

@@ -68,9 +68,11 @@ static void test_anomaly_table(void)
     CHECK(mos_anomaly_name(0) == NULL);
     CHECK_EQ(MOS_ERR_SYN_DATA_DISCARDED, 6);
     CHECK_EQ(MOS_ERR_DATA_AFTER_FIN, 7);
-    CHECK(mos_anomaly_name(8) == NULL); /* past the table's end */
+    CHECK_EQ(MOS_ERR_MALFORMED, 8);
+    CHECK(mos_anomaly_name(9) == NULL); /* past the table's end */
     CHECK(mos_anomaly_name(6) && !strcmp(mos_anomaly_name(6), "stream.syn_data_discarded"));
     CHECK(mos_anomaly_name(7) && !strcmp(mos_anomaly_name(7), "stream.data_after_fin"));
+    CHECK(mos_anomaly_name(8) && !strcmp(mos_anomaly_name(8), "decoder.malformed"));
     CHECK(mos_anomaly_name(-1) == NULL);
     CHECK(mos_anomaly_name(1) && !strcmp(mos_anomaly_name(1), "stream.pkt_out_of_window"));
     CHECK(mos_anomaly_name(2) && !strcmp(mos_anomaly_name(2), "stream.rst_out_of_window"));
