@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import struct
 import subprocess
 import sys
 import time
@@ -38,3 +39,11 @@ def sh(cmd: List[str], check: bool = True, timeout: float = 600, record: bool = 
     if check and r.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} exited {r.returncode}: {(r.stderr or r.stdout).strip()[-1500:]}")
     return r
+
+
+def ip_checksum(header: bytes) -> int:
+    """The Internet checksum of an (even-length) header whose checksum field is zero (RFC 1071)."""
+    s = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF

@@ -15,15 +15,17 @@ The report replaces the section between ``<!-- compare:begin -->`` and ``<!-- co
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
 import statistics
-import struct
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
+
+from pcaptool import read_pcap
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -47,13 +49,11 @@ def log(msg: str) -> None:
 def head(src: Path, n: int, dst: Path) -> int:
     """The first n records of a classic pcap file into dst; returns how many there were."""
     with src.open("rb") as f, dst.open("wb") as out:
-        out.write(f.read(24))
+        hdr, _, records = read_pcap(f)
+        out.write(hdr)
         k = 0
-        while k < n:
-            h = f.read(16)
-            if len(h) < 16:
-                break
-            out.write(h + f.read(struct.unpack("<IIII", h)[2]))
+        for rh, data in itertools.islice(records, n):
+            out.write(rh + data)
             k += 1
     return k
 

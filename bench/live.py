@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, logger
+from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, ip_checksum, logger
 from common import sh as common_sh
 
 from mos.net import netlink
@@ -107,9 +107,7 @@ def udp_frame() -> bytes:
     """The 60-byte frame both senders send (trafgen builds the same from trafgen_cfg)."""
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 46, 0, 0, 64, 17, 0, socket.inet_aton(GEN_ADDR),
                      socket.inet_aton(RCV_ADDR))
-    words = sum(struct.unpack("!10H", ip))
-    words = (words & 0xFFFF) + (words >> 16)
-    ip = ip[:10] + struct.pack("!H", ~(words + (words >> 16)) & 0xFFFF) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
     mac = bytes.fromhex(FOREIGN_MAC.replace(":", ""))
     return mac + bytes.fromhex("020000000002") + b"\x08\x00" + ip + struct.pack("!HHHH", 4000, 9, 26, 0) + b"A" * 18
 

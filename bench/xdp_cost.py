@@ -18,17 +18,12 @@ import struct
 import time
 from typing import Any, Dict
 
+from common import ip_checksum
+
 try:
     from mos import xdp as ctl  # type: ignore[attr-defined]
 except ImportError:  # an older tree
     from mos import bpf as ctl  # type: ignore[attr-defined, no-redef]
-
-
-def _csum(b: bytes) -> int:
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def frame4(src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
@@ -36,7 +31,7 @@ def frame4(src: str, dst: str, proto: int, sport: int, dport: int) -> bytes:
           struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x10, 65535, 0, 0) + bytes(6))
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0, socket.inet_aton(src),
                      socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
     return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + ip + l4
 
 
