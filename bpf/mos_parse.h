@@ -12,7 +12,7 @@
 #include "mos_shared.h"
 
 enum mos_parse_limits {
-    MOS_MAX_VLAN = 2,       /* VLAN tags walked (802.1Q, QinQ); one more is malformed for the engine */
+    MOS_MAX_VLAN = 2,       /* VLAN tags walked (802.1Q, QinQ); one more is malformed for both parsers */
     /* IPv6 extension headers (the fragment header included) walked before the transport header. A packet
      * with more is malformed for both parsers (the program drops it, the engine counts it under
      * malformed_too_many_ipv6_ext): passing it on as "not TCP" would let a connection whose packets carry

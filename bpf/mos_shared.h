@@ -22,7 +22,8 @@ typedef __u32 mos_u32;
 typedef __u64 mos_u64;
 #define MOS_INLINE static __always_inline
 #elif defined(MOS_CDEF)
-/* cffi's cdef: the types are cffi's own; function bodies are stripped by build_engine.py */
+/* cffi's cdef (build_engine.py preprocesses with MOS_CDEF): the types are cffi's own, and the
+ * inline functions below become bare prototypes */
 typedef uint8_t mos_u8;
 typedef uint16_t mos_u16;
 typedef uint32_t mos_u32;

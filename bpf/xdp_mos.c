@@ -205,6 +205,8 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct pkt *p)
         proto = bpf_ntohs(vh->encap_proto);
         cur = vh + 1;
     }
+    if (mos_is_vlan_ethertype(proto))
+        return PARSE_MALFORMED; /* a tag past the limit: malformed, as for the engine, never passed unseen */
 
     if (proto == MOS_ETH_P_IP)
         return parse_ipv4(cur, data_end, p);

@@ -34,6 +34,7 @@ from .abi import (
 )
 from .errors import MosError, StaleConnection
 from .events import BUILTIN_EVENTS, EndReason, ErrorKind, Event, Hook, OrphanKind, Policy, Side, TcpState, policy_of
+from .stats import ENGINE_COUNTERS
 
 if TYPE_CHECKING:
     from .monitor import Monitor
@@ -208,8 +209,8 @@ class EventInfo:
         :meth:`Monitor.stats`); None for any other event."""
         if self._mon._root_type(self.type) != Event.ERROR or self._f[EV_REASON] != ErrorKind.MALFORMED:
             return None
-        name = lib.mos_counter_name(self._f[EV_LEN])
-        return str(ffi.string(name).decode()) if name != ffi.NULL else None
+        names = ENGINE_COUNTERS
+        return names[self._f[EV_LEN]] if self._f[EV_LEN] < len(names) else None
 
     @property
     def old_state(self) -> TcpState:
@@ -248,7 +249,7 @@ class Connection:
     *receives*: ``peek(Side.SERVER)`` gives the bytes the client sent.
     """
 
-    __slots__ = ("_mon", "_slot", "id", "ctx", "_read", "_handlers", "_masks", "_ended", "__weakref__")
+    __slots__ = ("_mon", "_slot", "id", "ctx", "_read", "_handlers", "_ended", "__weakref__")
 
     def __init__(self, mon: Monitor, slot: int, conn_id: int) -> None:
         self._mon = mon
@@ -259,7 +260,6 @@ class Connection:
         """A user context: any object an app wants to keep with the connection."""
         self._read = [0, 0]
         self._handlers: Optional[Dict[Tuple[int, int, int], List[Handler]]] = None
-        self._masks: Optional[List[List[int]]] = None
         self._ended = False
 
     # -- reading ------------------------------------------------------------------------------------
@@ -371,7 +371,6 @@ class Connection:
         self._mon._check_event(event)
         if self._handlers is None:
             self._handlers = {}
-            self._masks = [[0, 0], [0, 0]]
         subscribe(self._handlers, event, handler, side, hook)
         self._sync_masks()
 
@@ -388,7 +387,6 @@ class Connection:
         for (ev, s, h), lst in (self._handlers or {}).items():
             if lst:
                 masks[h][s] |= 1 << self._mon._c_bit(ev)
-        self._masks = masks
         for h in (0, 1):
             for s in (0, 1):
                 lib.mos_conn_set_mask(self._mon._eng, self._slot, self.id, h, s, masks[h][s])

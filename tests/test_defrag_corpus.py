@@ -38,7 +38,8 @@ def driver(tmp_path_factory):
     assert cc, "a C compiler is needed"
     out = tmp_path_factory.mktemp("defrag") / "defrag_pcap"
     srcs = [str(REPO / "tests" / "c" / "defrag_pcap.c"), str(REPO / "userspace" / "defrag.c")]
-    base = [cc, "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *srcs, "-lpcap", "-o", str(out)]
+    base = [cc, "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", f"-I{REPO / 'bpf'}", *srcs, "-lpcap", "-o",
+            str(out)]
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
     # Prefer a sanitized build (any out-of-bounds access or leak fails the run); fall back to a plain
     # one where the toolchain lacks the sanitizer runtimes.

@@ -195,6 +195,21 @@ def test_xdp_at_the_limit_steered_over_it_dropped(live: Live) -> None:  # noqa: 
         assert d.get("drop_malformed") == 1 and d.get("drop") == 1 and "pass_not_monitored" not in d, d
 
 
+
+@pytest.mark.netns
+def test_xdp_vlan_tags_past_the_limit_are_malformed(live: Live) -> None:  # noqa: F811
+    """Two tags are walked (MOS_MAX_VLAN, as in the engine); a third is malformed, never passed as 'not IP'
+    (inline, that would forward the frame unseen)."""
+    inner = _frame6(1, A6, B6)
+    for tags, verdict, counter in ((2, xdp.XDP_PASS, "pass_no_socket"), (3, xdp.XDP_DROP, "drop_malformed")):
+        vlans = b"".join(struct.pack("!HH", 0x8100, 100 + i) for i in range(tags))
+        frame = inner[:12] + vlans + inner[12:]
+        before = live.stats()
+        assert live.prog.test_run(frame) == verdict, tags
+        d = live.delta(before)
+        assert d.get(counter) == 1 and "pass_not_ip" not in d, (tags, d)
+
+
 # ---- inline: nothing the stack could not read crosses the middle box (root, namespaces) -----------------
 
 SNIFF = """

@@ -54,6 +54,7 @@
  */
 #include "defrag.h"
 #include "mix.h"
+#include "mos_parse.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -65,11 +66,6 @@
 #define HT_MIN_BUCKETS 64u
 #define HT_MAX_BUCKETS (1u << 22)
 #define HT_INIT_MAX_BUCKETS (1u << 16) /* larger tables grow on demand */
-
-#define IPPROTO_HOPOPTS_ 0
-#define IPPROTO_ROUTING_ 43
-#define IPPROTO_FRAGMENT_ 44
-#define IPPROTO_DSTOPTS_ 60
 
 struct piece {
     struct piece *next;
@@ -210,18 +206,20 @@ static enum parse_res parse_v6(const uint8_t *l3, uint32_t len, uint32_t vlan_ke
     uint8_t nh = l3[6];
     uint32_t nh_off = 6;
     uint32_t off = 40;
-    while (nh == IPPROTO_HOPOPTS_ || nh == IPPROTO_ROUTING_ || nh == IPPROTO_DSTOPTS_) {
-        if (avail - off < 8)
+    /* the decoder's walk and limit (bpf/mos_parse.h) up to the fragment header, which ends the
+     * unfragmentable part (an atomic one too: it is reassembled on its own below) */
+    for (int i = 0; nh != MOS_IPPROTO_FRAGMENT; i++) {
+        if (!mos_ipv6_is_ext(nh))
+            return P_BAD_HDR; /* not a fragment */
+        if (i >= MOS_MAX_IPV6_EXT || avail - off < MOS_IPV6_EXT_MIN)
             return P_BAD_HDR;
-        uint32_t elen = ((uint32_t)l3[off + 1] + 1u) * 8u;
+        uint32_t elen = mos_ipv6_ext_len(nh, l3[off + 1]);
         if (avail - off < elen)
             return P_BAD_HDR;
         nh_off = off;
         nh = l3[off];
         off += elen;
     }
-    if (nh != IPPROTO_FRAGMENT_)
-        return P_BAD_HDR; /* not a fragment */
     if (avail - off < 8)
         return P_BAD_HDR;
     const uint8_t *fh = l3 + off;

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import click
 
+from ..abi import lib
 from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar, where_in
 
 
@@ -18,7 +19,7 @@ from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar,
 @click.option("--pcap", "pcap", type=click.Path(dir_okay=False), help="Run over this capture file.")
 @click.option("--iface", help="Run live on this interface (see `mos-xdp attach`).")
 @click.option("--peer", help="Inline mode: the other interface.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--workers", type=click.IntRange(1, lib.MOS_MAX_WORKERS), default=1, show_default=True)
 @click.option("--ring", type=click.IntRange(64, 65536), default=4096, show_default=True,
               help="Live: AF_XDP ring descriptors per socket (a power of two); each queue gets 2 x ring "
                    "frames of 4 KiB.")

@@ -45,7 +45,7 @@ def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: st
     Returns (program with pinned maps open, whether this run attached it).
     """
     lx = xdp.link_xdp(iface)
-    if lx.prog_id and (xdp.XdpProgram.pin_dir(iface) / xdp.MAP_CONFIG).exists():
+    if lx.prog_id and xdp.XdpProgram.is_pinned(iface):
         prog = xdp.XdpProgram.open_pinned(iface)
         had = prog.state.get("peer")
         if (had or None) != (peer or None):

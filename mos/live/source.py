@@ -14,12 +14,12 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from ..abi import ffi, lib
+from ..source import BATCH
 from .session import LiveError, LiveSession, set_current
 
 if TYPE_CHECKING:
     from ..monitor import EnginePort
 
-BATCH = 256
 POLL_MS = 100
 TICK_NS = 1_000_000_000
 PUMP_NS = 20_000_000  # at most this long in C before Python checks signals, timers, idle expiry

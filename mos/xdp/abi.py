@@ -13,6 +13,7 @@ import functools
 from typing import Any, Tuple
 
 from .._engine import ffi, lib
+from ..abi import name_table
 
 # ---- limits ---------------------------------------------------------------------------------------------
 
@@ -51,18 +52,14 @@ XDP_REDIRECT: int = lib.XDP_REDIRECT
 # ---- names ----------------------------------------------------------------------------------------------
 
 
-def _names(name_of: Any, count: int) -> Tuple[str, ...]:
-    return tuple(ffi.string(name_of(i)).decode() for i in range(count))
-
-
-MAP_NAMES = _names(lib.mos_xdp_map_name, lib.MOS_XDP_MAP_COUNT)
+MAP_NAMES = name_table(lib.mos_xdp_map_name)
 """The program's maps in ``enum mos_xdp_map`` order, as the kernel names them and as they are pinned."""
 MAP_CONFIG, MAP_COUNTERS, MAP_XSKS, MAP_TX_PORTS, MAP_BLOCK_V4, MAP_BLOCK_V6, MAP_PORTS, MAP_BYPASS, MAP_DEBUG = (
     MAP_NAMES[lib.MOS_XDP_MAP_CONFIG], MAP_NAMES[lib.MOS_XDP_MAP_COUNTERS], MAP_NAMES[lib.MOS_XDP_MAP_XSKS],
     MAP_NAMES[lib.MOS_XDP_MAP_TX_PORTS], MAP_NAMES[lib.MOS_XDP_MAP_BLOCK_V4], MAP_NAMES[lib.MOS_XDP_MAP_BLOCK_V6],
     MAP_NAMES[lib.MOS_XDP_MAP_PORTS], MAP_NAMES[lib.MOS_XDP_MAP_BYPASS], MAP_NAMES[lib.MOS_XDP_MAP_DEBUG])
 
-COUNTERS = _names(lib.mos_xdp_counter_name, lib.MOS_XDP_C_COUNT)
+COUNTERS = name_table(lib.mos_xdp_counter_name)
 """Counter names in ``enum mos_xdp_counter`` order (``MOS_XDP_C_RX`` -> ``"rx"``)."""
 
 PROG_NAME = "xdp_mos"

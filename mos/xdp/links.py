@@ -58,7 +58,3 @@ def ifindex_of(ifname: str) -> int:
         return netlink.ifindex(ifname)
     except netlink.NetError as e:
         raise XdpError(str(e)) from None
-
-
-def _netns_id() -> int:
-    return netlink.netns_id()

@@ -44,11 +44,6 @@ def _info(fd: int, ctype: str) -> Any:
     return info
 
 
-def _obj_info(fd: int) -> bytes:
-    """A program fd's ``struct bpf_prog_info`` as raw bytes (bench/live.py reads its run-time fields)."""
-    return bytes(ffi.buffer(_info(fd, "struct bpf_prog_info")))
-
-
 def prog_info(fd: int) -> Dict[str, Any]:
     """``struct bpf_prog_info`` of a program fd: id, type, name, and with run-time statistics on
     (sysctl kernel.bpf_stats_enabled) run_time_ns and run_cnt."""

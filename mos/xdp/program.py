@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .._engine import ffi
+from ..net import netlink
 from . import abi
 from .env import BPF_DIR, ensure_bpffs, import_bcc, pin_dir, require_kernel_headers, require_root, state_path
 from .errors import XdpError
-from .links import _netns_id, ifindex_of, link_xdp, xdp_remove
+from .links import ifindex_of, link_xdp, xdp_remove
 from .maps import BpfMap, obj_get, obj_pin, prog_info, prog_test_run
 from .state import detach, read_state, remove_pins, write_state
 from .steering import FlowTuple, flow_key
@@ -81,6 +82,11 @@ class XdpProgram:
         return pin_dir(iface)
 
     @staticmethod
+    def is_pinned(iface: str) -> bool:
+        """Whether a program's maps are pinned for ``iface`` (what :meth:`open_pinned` reopens)."""
+        return (pin_dir(iface) / abi.MAP_CONFIG).exists()
+
+    @staticmethod
     def state_path(iface: str) -> Path:
         """The JSON state file of the program on ``iface``."""
         return state_path(iface)
@@ -131,7 +137,7 @@ class XdpProgram:
         if peer:
             maps[abi.MAP_TX_PORTS].update(1, peer_ifindex)
         prog.state = {"iface": iface, "ifindex": ifindex, "peer": peer, "peer_ifindex": peer_ifindex,
-                      "workers": workers, "queues": queues, "netns": _netns_id()}
+                      "workers": workers, "queues": queues, "netns": netlink.netns_id()}
         return prog
 
     def attach(self, mode: str = "auto") -> str:
@@ -200,7 +206,7 @@ class XdpProgram:
     def open_pinned(cls, iface: str) -> XdpProgram:
         """Reopens the maps pinned by :meth:`attach` (no bcc needed). XdpError when nothing is pinned."""
         pins = cls.pin_dir(iface)
-        if not (pins / abi.MAP_CONFIG).exists():
+        if not cls.is_pinned(iface):
             raise XdpError(f"no mos-xdp program pinned for {iface} ({pins}): run mos-xdp attach {iface}")
         maps: Dict[str, BpfMap] = {}
         for name in abi.MAP_NAMES:

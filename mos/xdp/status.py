@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .abi import MAP_CONFIG, PROG_NAME
+from .abi import PROG_NAME
 from .env import PIN_ROOT, RUN_DIR, pin_dir
 from .errors import XdpError
 from .links import link_xdp, links
@@ -38,7 +38,7 @@ def status(iface: Optional[str] = None) -> List[Dict[str, Any]]:
             continue  # reported with its main interface
         lx = by_name.get(name)
         st = read_state(name)
-        pinned = (pin_dir(name) / MAP_CONFIG).exists()
+        pinned = XdpProgram.is_pinned(name)
         info: Dict[str, Any] = {
             "iface": name, "exists": lx is not None, "attached": bool(lx and lx.prog_id),
             "prog_id": lx.prog_id if lx else 0, "prog_name": lx.prog_name if lx else "",

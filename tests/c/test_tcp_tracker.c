@@ -101,7 +101,7 @@ struct h {
     int nev;              /* events of the last packet */
     struct ev_rec ev[MAX_EVS];
     int ends, end_reason; /* CONN_END events so far */
-    int errors[8];        /* ERROR events so far, by reason */
+    int errors[MOS_ERR_MALFORMED + 1]; /* ERROR events so far, by reason */
     int orphans;
     uint8_t cli, svr;     /* states after the last packet */
 };
@@ -195,7 +195,7 @@ static void h_send(struct h *h, int from_cli, uint8_t flags, uint32_t seq, uint3
         } else if (ev->type == MOS_EV_CONN_END) {
             h->ends++;
             h->end_reason = (int)ev->reason;
-        } else if (ev->type == MOS_EV_ERROR && ev->reason < 8) {
+        } else if (ev->type == MOS_EV_ERROR && ev->reason < sizeof(h->errors) / sizeof(h->errors[0])) {
             h->errors[ev->reason]++;
         } else if (ev->type == MOS_EV_ORPHAN) {
             h->orphans++;
