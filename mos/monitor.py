@@ -455,9 +455,14 @@ class Monitor:
                             self._handler_failed(fn, conn)
                     if conn is not None:
                         if conn._handlers:
-                            for s in ((0, 1) if t in _CONN_LEVEL else (f[i_side],)):
-                                for fn in tuple(conn._handlers.get((t, s, f[i_hook]), ())):
-                                    call(fn, (conn, info), conn)
+                            hs = conn._handlers
+                            if t in _CONN_LEVEL:  # not per side: a handler of both sides runs once
+                                fns: Iterable[Handler] = dict.fromkeys(
+                                    (*hs.get((t, 0, f[i_hook]), ()), *hs.get((t, 1, f[i_hook]), ())))
+                            else:
+                                fns = tuple(hs.get((t, f[i_side], f[i_hook]), ()))
+                            for fn in fns:
+                                call(fn, (conn, info), conn)
                         if t == conn_end:
                             conn._ended = True
                             del conns[slot]

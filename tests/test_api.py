@@ -1310,3 +1310,18 @@ def test_two_thousand_connections_conn_end_ids(tmp_path):
     assert [e[0] for e in ends] == list(range(n, 0, -1))
     assert st["conns_created"] == n and st["conns_live"] == 0 and accounted(st) == st["packets"] == len(recs)
     assert Counter(e[2] for e in ends) == {EndReason.FIN: n}
+
+
+def test_per_connection_handler_of_both_sides_runs_once_per_connection_event(tmp_path):
+    """conn.on(CONN_END, h) subscribes both sides by default; CONN_START/CONN_END are not per side, so h
+    runs once per connection, as a monitor-wide handler does."""
+    path = pcaps.basic_close().write(tmp_path / "t.pcap")
+    mon = Monitor(sync=True)
+    calls = []
+
+    @mon.on(Event.CONN_START)
+    def start(conn, ev):
+        conn.on(Event.CONN_END, lambda c, e: calls.append(c.id))
+
+    mon.run_pcap(str(path))
+    assert calls == [1]
