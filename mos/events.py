@@ -117,6 +117,23 @@ class ErrorKind(enum.IntEnum):
     """A packet the decoder rejected (``conn`` is None): ``ev.malformed`` is its ``malformed_*`` counter
     (``malformed_too_many_ipv6_ext``, ``malformed_truncated_tcp``, ...). Inline, the frame is dropped."""
 
+    RST_CHALLENGED = lib.MOS_ERR_RST_CHALLENGED
+    """A RST inside the receiver's window but not at the next byte it expects: a target that follows RFC
+    5961 (every policy but ``old-linux`` and ``solaris``) answers it with a challenge ACK and goes on, so
+    the connection goes on here too."""
+    INVALID_TIMESTAMP = lib.MOS_ERR_INVALID_TIMESTAMP
+    """A packet to an endpoint in SYN_SENT whose TCP timestamp echoes none of its SYNs: the endpoint
+    discards it (a forged answer racing the server's), so it changes nothing here either."""
+    INVALID_ACK = lib.MOS_ERR_INVALID_ACK
+    """A packet to an endpoint in SYN_SENT that does not acknowledge its SYN: discarded, as above."""
+    RST_INJECT_SUSPECTED = lib.MOS_ERR_RST_INJECT_SUSPECTED
+    """On a connection picked up again after a RST the engine took (which ended the earlier one): the
+    RST's sender went on talking, so its stack never sent it. ``ev.length`` is how many bytes its peer
+    had sent meanwhile, delivered first on the new connection."""
+    SYNACK_DIFF_SEQ = lib.MOS_ERR_SYNACK_DIFF_SEQ
+    """A second SYN-ACK with another ISN before the client acknowledged one: the one the client
+    acknowledges anchors the server's stream."""
+
     @property
     def event_name(self) -> str:
         """The anomaly's name, as Suricata names its stream events (``stream.pkt_out_of_window``, ...):

@@ -145,7 +145,7 @@ class Monitor:
         memcap: int = 2 << 30,
         timeout_syn: float = 30.0,
         timeout_established: float = 600.0,
-        timeout_closed: float = 10.0,
+        timeout_closed: Optional[float] = None,
         frag_memcap: int = 64 << 20,
         frag_timeout: float = 30.0,
         event_queue: int = 8192,
@@ -176,11 +176,12 @@ class Monitor:
         cfg.event_queue = int(event_queue)
         for tname, tval in (("timeout_syn", timeout_syn), ("timeout_established", timeout_established),
                             ("timeout_closed", timeout_closed), ("frag_timeout", frag_timeout)):
-            if tval <= 0:
+            if tval is not None and tval <= 0:
                 raise MosError(f"{tname} must be positive, not {tval}")
         cfg.timeout_syn_ns = int(timeout_syn * 1e9)
         cfg.timeout_est_ns = int(timeout_established * 1e9)
-        cfg.timeout_closed_ns = int(timeout_closed * 1e9)
+        if timeout_closed is not None:  # else the engine's TIME_WAIT default
+            cfg.timeout_closed_ns = int(timeout_closed * 1e9)
         cfg.frag_memcap = int(frag_memcap)
         cfg.frag_timeout_ns = int(frag_timeout * 1e9)
         err = ffi.new("char[256]")

@@ -53,3 +53,11 @@ def test_anomaly_names_are_stream_events() -> None:
     assert all(n.startswith(("stream.", "decoder.")) for n in names)
     assert len(set(names)) == len(names)
     assert ErrorKind.OUT_OF_WINDOW.event_name == "stream.pkt_out_of_window"
+
+
+def test_every_anomaly_of_the_engine_is_an_error_kind() -> None:
+    """An ERROR reason the engine can raise and Python does not know would fail in the handler."""
+    from mos._engine import ffi
+
+    raised = {i for i in range(256) if lib.mos_anomaly_name(i) != ffi.NULL}
+    assert raised == {int(k) for k in ErrorKind}

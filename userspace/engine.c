@@ -264,6 +264,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
         goto fixup;
     }
     uint32_t bucket = ft_bucket(&e->ft, &pi);
+    int recover_side = -1;
+    struct rst_held held = {0};
     for (uint32_t s = e->ft.buckets[bucket]; s; s = C(e, s)->hnext) {
         struct conn *c = C(e, s);
         int side = ft_match(&e->ft, c, &pi);
@@ -272,9 +274,24 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
         if (c->flags & CF_ENDED) {
             int new_syn = (pi.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN &&
                           (!c->tcp.end[side].isn_known || pi.seq != c->tcp.end[side].isn);
-            if (!new_syn) {
+            /* Past its linger the record is gone, whether or not expiry could free it yet (its end
+             * may wait for the batch's events): what follows must not depend on batch boundaries. */
+            int gone = c->last_ts + e->cfg.timeout_closed_ns <= e->now;
+            if (gone) {
+                /* a new connection below */
+            } else if (!new_syn && c->end_reason == MOS_END_RST && tcp_after_rst(e, c, side, &pi)) {
+                /* The RST's sender talks on after a RST we took: its stack did not send it (injected,
+                 * or taken under another policy than the target's). The conversation is followed again,
+                 * as a connection picked up here, with what its peer sent meanwhile. */
+                recover_side = side;
+                tcp_rst_held_take(e, c, &held);
+            } else if (!new_syn) {
+                /* A closed connection's straggler: a late retransmission (its TIME_WAIT absorbs it,
+                 * no phantom connection), or packets the endpoints' stacks no longer take. */
                 account(e, MOS_C_CONN_PACKETS);
-                if (pi.payload_len)
+                if (tcp_is_late_rexmit(c, side, &pi))
+                    e->counters[MOS_C_REXMIT_AFTER_CLOSE]++;
+                else if (pi.payload_len)
                     e->counters[MOS_C_DATA_AFTER_CLOSE]++;
                 c->last_ts = e->now;
                 ft_lru_push(&e->ft, c, LRU_CLOSED);
@@ -286,21 +303,21 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
             } else {
                 ft_release(&e->ft, &e->rctx, c);
             }
-            break; /* port reuse: a new connection below */
+            break; /* port reuse (or a conversation taken up after a RST): a new connection below */
         }
         process_conn(e, c, side, &pi);
         goto fixup;
     }
     {
         int syn_only = (pi.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
-        if (!syn_only && !e->cfg.pickup) {
+        if (!syn_only && !e->cfg.pickup && recover_side < 0) {
             account(e, MOS_C_ORPHAN_NO_CONN);
             struct mos_event t = {0};
             t.reason = MOS_ORPHAN_NO_CONN;
             emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
             goto fixup;
         }
-        int cli = syn_only ? 1 : tcp_guess_sender_is_client(&pi);
+        int cli = syn_only ? 1 : recover_side >= 0 ? recover_side == MOS_SIDE_CLI : tcp_guess_sender_is_client(&pi);
         if (e->ft.live >= e->cfg.max_conns)
             evict_live(e);
         struct conn *c = conn_new(e, &pi, cli, bucket, syn_only);
@@ -323,6 +340,10 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
             e->counters[MOS_C_CONNS_PICKED_UP]++;
         }
         emit(e, c, MOS_EV_CONN_START, sside, MOS_HK_RCV, NULL);
+        if (recover_side >= 0) {
+            raise_anomaly(e, c, 1 - sside, MOS_ERR_RST_INJECT_SUSPECTED, 0, held.len);
+            tcp_rst_held_give(e, c, &held);
+        }
         process_conn(e, c, sside, &pi);
     }
 fixup:
@@ -349,7 +370,7 @@ void mos_config_default(struct mos_config *cfg)
     cfg->memcap = 2ull << 30;
     cfg->timeout_syn_ns = 30 * SEC;
     cfg->timeout_est_ns = 600 * SEC;
-    cfg->timeout_closed_ns = 10 * SEC;
+    cfg->timeout_closed_ns = 60 * SEC; /* Linux and BSD TIME_WAIT (2 MSL) */
     cfg->frag_memcap = 64u << 20;
     cfg->frag_timeout_ns = 30 * SEC;
     cfg->frag_max = 4096;

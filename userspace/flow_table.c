@@ -30,9 +30,9 @@ void ft_release_streams(struct flow_table *ft, struct reasm_ctx *rctx)
         reasm_release(rctx, &ft->conns[s].rx[1]);
     }
     for (uint32_t b = 0; b < ft->nstash_buckets; b++) {
-        struct syn_stash *x = ft->stash[b];
+        struct ft_stash *x = ft->stash[b];
         while (x) {
-            struct syn_stash *nx = x->next;
+            struct ft_stash *nx = x->next;
             rctx->mem_used -= sizeof(*x) + x->len;
             free(x);
             x = nx;
@@ -42,20 +42,20 @@ void ft_release_streams(struct flow_table *ft, struct reasm_ctx *rctx)
     ft->nstash = 0;
 }
 
-/* ---- the SYN stash: rare (a SYN with data), so a plain chained hash, grown when chains get long ---- */
+/* ---- the stash: rare (SYN data, bytes after a RST), so a plain chained hash, grown when chains get long */
 
 static uint32_t stash_bucket(uint32_t slot, uint32_t nb) { return (slot * 2654435761u) & (nb - 1); }
 
 static void stash_grow(struct flow_table *ft)
 {
     uint32_t nb = ft->nstash_buckets ? ft->nstash_buckets * 2 : 64;
-    struct syn_stash **t = calloc(nb, sizeof(*t));
+    struct ft_stash **t = calloc(nb, sizeof(*t));
     if (!t)
         return; /* chains get longer, nothing breaks */
     for (uint32_t b = 0; b < ft->nstash_buckets; b++) {
-        struct syn_stash *x = ft->stash[b];
+        struct ft_stash *x = ft->stash[b];
         while (x) {
-            struct syn_stash *nx = x->next;
+            struct ft_stash *nx = x->next;
             uint32_t h = stash_bucket(x->slot, nb);
             x->next = t[h];
             t[h] = x;
@@ -73,7 +73,7 @@ int ft_stash_put(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, c
         stash_grow(ft);
     if (!ft->nstash_buckets)
         return -1;
-    struct syn_stash *x = malloc(sizeof(*x) + len);
+    struct ft_stash *x = malloc(sizeof(*x) + len);
     if (!x)
         return -1;
     x->slot = slot;
@@ -87,11 +87,33 @@ int ft_stash_put(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, c
     return 0;
 }
 
-struct syn_stash *ft_stash_get(const struct flow_table *ft, uint32_t slot)
+int ft_stash_append(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, const uint8_t *p, uint32_t len)
+{
+    if (!ft->nstash_buckets)
+        return ft_stash_put(ft, rctx, slot, p, len);
+    struct ft_stash **pp = &ft->stash[stash_bucket(slot, ft->nstash_buckets)];
+    while (*pp && (*pp)->slot != slot)
+        pp = &(*pp)->next;
+    if (!*pp)
+        return ft_stash_put(ft, rctx, slot, p, len);
+    struct ft_stash *x = *pp;
+    if (len > UINT32_MAX - x->len)
+        return -1;
+    struct ft_stash *nx = realloc(x, sizeof(*x) + x->len + len);
+    if (!nx)
+        return -1;
+    memcpy(nx->data + nx->len, p, len);
+    nx->len += len;
+    *pp = nx;
+    rctx->mem_used += len;
+    return 0;
+}
+
+struct ft_stash *ft_stash_get(const struct flow_table *ft, uint32_t slot)
 {
     if (!ft->nstash_buckets)
         return NULL;
-    for (struct syn_stash *x = ft->stash[stash_bucket(slot, ft->nstash_buckets)]; x; x = x->next)
+    for (struct ft_stash *x = ft->stash[stash_bucket(slot, ft->nstash_buckets)]; x; x = x->next)
         if (x->slot == slot)
             return x;
     return NULL;
@@ -101,9 +123,9 @@ void ft_stash_drop(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot)
 {
     if (!ft->nstash_buckets)
         return;
-    struct syn_stash **pp = &ft->stash[stash_bucket(slot, ft->nstash_buckets)];
+    struct ft_stash **pp = &ft->stash[stash_bucket(slot, ft->nstash_buckets)];
     for (; *pp; pp = &(*pp)->next) {
-        struct syn_stash *x = *pp;
+        struct ft_stash *x = *pp;
         if (x->slot != slot)
             continue;
         *pp = x->next;
@@ -167,7 +189,7 @@ void ft_release(struct flow_table *ft, struct reasm_ctx *rctx, struct conn *c)
     reasm_release(rctx, &c->rx[0]);
     reasm_release(rctx, &c->rx[1]);
     uint32_t s = ft_slot(ft, c);
-    if (tcp_syn_data_pending(&c->tcp))
+    if (ft->nstash)
         ft_stash_drop(ft, rctx, s);
     if (c->flags & CF_EXT)
         memset(&ft->ext[s], 0, sizeof(ft->ext[s]));

@@ -35,8 +35,8 @@ enum conn_flags {
 
 enum lru_class { LRU_HANDSHAKE = 0, LRU_EST = 1, LRU_CLOSED = 2, LRU_NONE = 3 };
 
-/* A connection: its key, both endpoints' state, both receive streams. 256 bytes or less with nothing
- * held, so that a table of a million costs what it holds. */
+/* A connection: its key, both endpoints' state, both receive streams. 264 bytes with nothing held, so
+ * that a table of a million costs what it holds. */
 struct conn {
     struct flow_key key;
     uint8_t end_reason;       /* enum mos_end_reason */
@@ -62,9 +62,11 @@ struct conn_ext {
     uint64_t mask[2][2];
 };
 
-/* A pending SYN's data (tcp_tracker.h, enum tcp_syn_data), by slot: chained in a hash that grows. */
-struct syn_stash {
-    struct syn_stash *next;
+/* Bytes a connection holds apart, by slot, until a later packet tells whether an endpoint took them:
+ * a pending SYN's data (tcp_tracker.h, enum tcp_syn_data), or what the receiver of a RST sent after it
+ * (tcp_after_rst). Rare, so a chained hash that grows, off the record; one entry per connection. */
+struct ft_stash {
+    struct ft_stash *next;
     uint32_t slot;
     uint32_t len;
     uint8_t data[];
@@ -91,14 +93,15 @@ struct flow_table {
     uint32_t nzombies, zcap;
     uint32_t *touched;        /* connections whose buffers to trim after the events */
     uint32_t ntouched, tcap;
-    struct syn_stash **stash; /* SYN data pending, by slot (NULL until the first) */
+    struct ft_stash **stash;  /* held bytes, by slot (NULL until the first) */
     uint32_t nstash_buckets, nstash;
 };
 
-/* SYN data of a slot's connection, held until the peer's acknowledgement tells (at most one per
- * connection); its bytes are accounted in rctx. put: 0, or -1 when memory is short. */
+/* Bytes of a slot's connection held apart (at most one entry per connection); they are accounted in
+ * rctx. put, append (to the entry, made if none): 0, or -1 when memory is short. */
 int ft_stash_put(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, const uint8_t *p, uint32_t len);
-struct syn_stash *ft_stash_get(const struct flow_table *ft, uint32_t slot);
+int ft_stash_append(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, const uint8_t *p, uint32_t len);
+struct ft_stash *ft_stash_get(const struct flow_table *ft, uint32_t slot);
 void ft_stash_drop(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot);
 
 static inline struct conn *ft_conn(const struct flow_table *ft, uint32_t slot) { return &ft->conns[slot]; }

@@ -57,7 +57,12 @@ enum mos_end_reason {
     X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */          \
     X(SYN_DATA_DISCARDED, 6, SYN_DATA_DISCARDED, "stream.syn_data_discarded") /* SYN data not acked */  \
     X(DATA_AFTER_FIN, 7, DATA_AFTER_FIN, "stream.data_after_fin")         /* bytes past the FIN */      \
-    X(MALFORMED, 8, MAL_BY_REASON, "decoder.malformed") /* a malformed packet: conn 0, len = its counter */
+    X(MALFORMED, 8, MAL_BY_REASON, "decoder.malformed") /* a malformed packet: conn 0, len = its counter */\
+    X(RST_CHALLENGED, 9, RST_CHALLENGED, "stream.rst_challenged") /* in window, not where the target takes one */\
+    X(INVALID_TIMESTAMP, 10, INVALID_TIMESTAMP, "stream.pkt_invalid_timestamp") /* to a SYN_SENT end */ \
+    X(INVALID_ACK, 11, INVALID_ACK, "stream.pkt_invalid_ack") /* to a SYN_SENT end: acks no SYN of it */\
+    X(RST_INJECT_SUSPECTED, 12, RST_INJECT_SUSPECTED, "stream.suspected_rst_inject") /* talk after a RST */\
+    X(SYNACK_DIFF_SEQ, 16, SYNACK_DIFF_SEQ, "stream.3whs_synack_resend_with_diff_seq") /* another ISN */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -128,6 +133,13 @@ enum mos_linktype {
     X(SYN_DATA_DISCARDED_BYTES, syn_data_discarded_bytes)                                               \
     X(DATA_AFTER_FIN, data_after_fin)   /* anomalies: segments with bytes past their sender's FIN */    \
     X(DATA_AFTER_FIN_BYTES, data_after_fin_bytes) /* those bytes (not delivered) */                     \
+    X(RST_CHALLENGED, rst_challenged)   /* anomalies: RSTs in window the target answers with a challenge ACK */\
+    X(INVALID_TIMESTAMP, invalid_timestamp) /* anomalies: packets ignored, their TSecr echoes no SYN */ \
+    X(INVALID_ACK, invalid_ack)         /* anomalies: packets ignored, their ACK acknowledges no SYN */ \
+    X(RST_INJECT_SUSPECTED, rst_inject_suspected) /* anomalies: connections taken up again after a RST */\
+    X(SYNACK_DIFF_SEQ, synack_diff_seq) /* anomalies: SYN-ACKs with another ISN than the first */       \
+    X(SYNACK_REANCHORED, synack_reanchored) /* ... the client acknowledged the later one: anchored on it */\
+    X(REXMIT_AFTER_CLOSE, rexmit_after_close) /* packets of a closed connection inside its old sequence space */\
     X(EVENTS_QUEUED, events_queued)                                                                     \
     X(EVENT_BATCHES, event_batches)
 
@@ -234,7 +246,7 @@ struct mos_config {
     uint64_t memcap;             /* bytes held by reassembly in all (default 2 GiB) */
     uint64_t timeout_syn_ns;     /* idle timeout before the handshake completes (default 30 s) */
     uint64_t timeout_est_ns;     /* idle timeout of a connection (default 600 s) */
-    uint64_t timeout_closed_ns;  /* how long a closed connection absorbs stragglers (default 10 s) */
+    uint64_t timeout_closed_ns;  /* how long a closed connection absorbs stragglers: TIME_WAIT (default 60 s) */
     uint64_t frag_memcap;        /* default 64 MiB */
     uint64_t frag_timeout_ns;    /* default 30 s */
     uint32_t frag_max;           /* datagrams in flight (default 4096) */

@@ -258,6 +258,24 @@ static uint32_t scaled_win(const struct tcp_end *t, const struct pkt_info *pi)
 
 /* ---- the sender's stack: what sending this packet says about it ---------------------------------- */
 
+/* The peer acknowledged the later SYN-ACK of `p` (its ISN in hs): that one began p's stream, so the
+ * stream p sends is anchored on it. Bytes already delivered on the first anchor cannot move (they
+ * stay, the anomaly raised when the second SYN-ACK came says why); bytes held on it are dropped. */
+static void synack_reanchor(mos_engine_t *e, struct conn *c, int p)
+{
+    struct tcp_end *P = &c->tcp.end[p];
+    struct reasm_dir *d = &c->rx[1 - p];
+    P->hs_alt = 0;
+    P->isn = P->hs;
+    P->snd_nxt = P->hs + 1;
+    e->counters[MOS_C_SYNACK_REANCHORED]++;
+    if (d->initialized && d->next_off == 0) {
+        uint8_t policy = d->policy, buffering = d->buffering;
+        reasm_release(&e->rctx, d);
+        reasm_dir_init(d, P->isn + 1, policy, buffering);
+    }
+}
+
 static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
     struct tcp_end *t = &c->tcp.end[s];
@@ -273,6 +291,10 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
             t->isn_known = 1;
             t->wscale = pi->wscale;
             t->snd_nxt = pi->seq + seglen;
+            if (!(f & TCP_ACK) && pi->has_ts) {
+                t->hs = pi->tsval;
+                t->hs_ts = 1;
+            }
             tcp_step(e, c, s, (f & TCP_ACK) ? TCP_IN_SND_SYNACK : TCP_IN_SND_SYN, MOS_HK_SND);
             /* RFC 7323: scaling is on only if both SYNs carried the option. */
             if (t->wscale != 0xff && peer->wscale != 0xff)
@@ -280,9 +302,21 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
         } else if (pi->seq == t->isn) {
             e->counters[MOS_C_SYN_REXMIT]++;
             c->rexmit[s]++;
+        } else if ((f & TCP_ACK) && !t->hs_ts && t->state == MOS_TCP_SYN_RECEIVED) {
+            /* A SYN-ACK with another ISN before the peer acknowledged one: which the peer took, its
+             * acknowledgement tells (synack_reanchor). */
+            if (!t->hs_alt || t->hs != pi->seq)
+                raise_anomaly(e, c, 1 - s, MOS_ERR_SYNACK_DIFF_SEQ, 0, 0);
+            t->hs = pi->seq;
+            t->hs_alt = 1;
         }
-    } else if ((f & TCP_ACK) && peer->isn_known && pi->ack == peer->isn + 1) {
-        tcp_step(e, c, s, TCP_IN_SND_ACK_OF_SYN, MOS_HK_SND);
+    } else if (f & TCP_ACK) {
+        if (peer->hs_alt && pi->ack == peer->hs + 1)
+            synack_reanchor(e, c, 1 - s);
+        else if (peer->isn_known && pi->ack == peer->isn + 1)
+            peer->hs_alt = 0; /* it took the first SYN-ACK */
+        if (peer->isn_known && pi->ack == peer->isn + 1)
+            tcp_step(e, c, s, TCP_IN_SND_ACK_OF_SYN, MOS_HK_SND);
     }
     if ((f & TCP_FIN) && !t->fin_seen) {
         t->fin_seen = 1;
@@ -299,18 +333,46 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
 
 /* ---- the receiver's stack ------------------------------------------------------------------------ */
 
-static int rst_acceptable(const struct conn *c, int r, const struct pkt_info *pi)
+/* What the receiver of a RST does with it. */
+enum rst_verdict { RST_TAKEN, RST_CHALLENGED, RST_OUT_OF_WINDOW };
+
+/* Old Linux (before 3.6) and Solaris take any RST inside the window; the others only one at exactly
+ * RCV.NXT (RFC 5961 section 3: Linux since 3.6, Windows, the BSDs), answering one elsewhere in the
+ * window with a challenge ACK. Suricata's RST validation draws the same line between its policies. */
+static int rst_needs_exact_seq(int policy)
 {
+    return policy != REASM_POLICY_OLD_LINUX && policy != REASM_POLICY_SOLARIS;
+}
+
+/* A RST sent by `s`, as its receiver's stack takes it under the connection's target policy. */
+static enum rst_verdict rst_verdict(const struct conn *c, int s, const struct pkt_info *pi)
+{
+    int r = 1 - s;
     const struct tcp_end *R = &c->tcp.end[r];
+    const struct tcp_end *S = &c->tcp.end[s];
     const struct reasm_dir *d = &c->rx[r];
-    if (R->state == MOS_TCP_SYN_SENT)
-        return (pi->tcp_flags & TCP_ACK) ? pi->ack == R->isn + 1 : 0;
-    if (!d->initialized)
-        return 1; /* nothing to check against (picked up, or no data yet) */
+    if (R->state == MOS_TCP_SYN_SENT) /* RFC 9293 3.10.7.3: it must acknowledge the SYN (the ACK was checked) */
+        return (pi->tcp_flags & TCP_ACK) ? RST_TAKEN : RST_OUT_OF_WINDOW;
+    uint32_t nxt;
+    if (d->initialized)
+        nxt = d->next_seq + (S->fin_taken ? 1u : 0u); /* the FIN takes a sequence number, no byte */
+    else if (S->snd_nxt)
+        nxt = S->snd_nxt; /* its stream is not followed: what it sent tells */
+    else
+        return RST_TAKEN; /* nothing to check against (picked up at this RST) */
     uint32_t wnd = R->max_win ? R->max_win : 65535;
-    /* RFC 9293 3.10.7.x: RCV.NXT =< SEG.SEQ < RCV.NXT+RCV.WND; one byte before RCV.NXT is allowed for
+    /* RFC 9293 3.10.7.4: RCV.NXT =< SEG.SEQ < RCV.NXT+RCV.WND; one byte before RCV.NXT is allowed for
      * the stacks that send RST with the sequence number of an acknowledged FIN. */
-    return seq_geq(pi->seq, d->next_seq - 1) && seq_lt(pi->seq, d->next_seq + wnd + 1);
+    int in_window = seq_geq(pi->seq, nxt - 1) && seq_lt(pi->seq, nxt + wnd + 1);
+    if (!rst_needs_exact_seq(d->policy))
+        return in_window ? RST_TAKEN : RST_OUT_OF_WINDOW;
+    /* Exactly RCV.NXT, as far as the capture tells it: where the stream we follow is; where the
+     * sender's bytes end (the capture saw them on their way: RCV.NXT once they arrive, or the end of
+     * the receiver's last SACK block, which Linux accepts too); where the receiver acknowledged past
+     * a hole the capture missed. */
+    if (pi->seq == nxt || (S->snd_nxt && pi->seq == S->snd_nxt) || (R->ack_pending && pi->seq == R->hint))
+        return RST_TAKEN;
+    return in_window ? RST_CHALLENGED : RST_OUT_OF_WINDOW;
 }
 
 static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi);
@@ -331,7 +393,7 @@ static void syn_data_decide(mos_engine_t *e, struct conn *c, int s, uint32_t n)
     int r = 1 - s;
     struct reasm_dir *d = &c->rx[r];
     uint32_t slot = ft_slot(&e->ft, c);
-    const struct syn_stash *x = ft_stash_get(&e->ft, slot);
+    const struct ft_stash *x = ft_stash_get(&e->ft, slot);
     uint32_t len = x ? x->len : 0;
     if (n > len)
         n = len;
@@ -370,7 +432,7 @@ static void syn_data_in(mos_engine_t *e, struct conn *c, int s, const struct pkt
         if (pi->seq != S->isn)
             break; /* a SYN of another ISN: no data of this connection */
         if (tcp_syn_data_pending(&c->tcp) ||
-            (e->rctx.memcap && e->rctx.mem_used + len + sizeof(struct syn_stash) > e->rctx.memcap) ||
+            (e->rctx.memcap && e->rctx.mem_used + len + sizeof(struct ft_stash) > e->rctx.memcap) ||
             ft_stash_put(&e->ft, &e->rctx, ft_slot(&e->ft, c), pi->payload, len)) {
             /* no room (or the other side's SYN data still waits: one entry per connection) */
             raise_anomaly(e, c, 1 - s, MOS_ERR_MEMCAP, 0, len);
@@ -554,14 +616,21 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
         settle(e, c, r); /* the sender is done: holes the receiver acked will not fill */
 
     if (f & TCP_RST) {
-        if (rst_acceptable(c, r, pi)) {
+        switch (rst_verdict(c, s, pi)) {
+        case RST_TAKEN:
             e->counters[MOS_C_RST_ACCEPTED]++;
+            c->tcp.end[s].rst_sent = 1;
             tcp_step(e, c, s, TCP_IN_RST, MOS_HK_SND);
             tcp_step(e, c, r, TCP_IN_RST, MOS_HK_RCV);
             emit(e, c, MOS_EV_PKT_IN, r, MOS_HK_RCV, NULL);
             engine_end_conn(e, c, MOS_END_RST, r);
-        } else {
+            break;
+        case RST_CHALLENGED:
+            raise_anomaly(e, c, r, MOS_ERR_RST_CHALLENGED, 0, 0);
+            break;
+        case RST_OUT_OF_WINDOW:
             raise_anomaly(e, c, r, MOS_ERR_RST_OUT_OF_WINDOW, 0, 0);
+            break;
         }
         return;
     }
@@ -593,8 +662,37 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
 
 static int is_closed_state(int st) { return st == MOS_TCP_TIME_WAIT || st == MOS_TCP_CLOSED; }
 
+/* How far past its first SYN's TSval an answer's TSecr may be: the SYN's retransmissions (a minute or
+ * two) at any timestamp clock up to 1 kHz (RFC 7323 asks for 1 ms to 1 s). */
+#define TS_SYN_SPAN (1u << 20)
+
+/* A packet with ACK to an endpoint in SYN_SENT, which discards it unless it acknowledges its SYN
+ * (RFC 9293 3.10.7.3: ISS < SEG.ACK =< SND.NXT) and echoes one of its SYNs' timestamps (Linux
+ * checks TSecr against when it sent its first SYN; a SYN without timestamps is echoed none, as
+ * Suricata checks): what an attacker forges to answer a SYN before the server does (a RST or FIN
+ * that would end the connection for us, not for the client). Such a packet changes nothing, for
+ * either endpoint: its sender may not be the peer at all. */
+static int syn_sent_discards(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    int r = 1 - s;
+    const struct tcp_end *R = &c->tcp.end[r];
+    if (!(pi->tcp_flags & TCP_ACK) || R->state != MOS_TCP_SYN_SENT || !R->isn_known)
+        return 0;
+    if (!seq_gt(pi->ack, R->isn) || seq_gt(pi->ack, R->snd_nxt)) {
+        raise_anomaly(e, c, r, MOS_ERR_INVALID_ACK, 0, 0);
+        return 1;
+    }
+    if (pi->has_ts && pi->tsecr && (!R->hs_ts || !seq_geq(pi->tsecr, R->hs) || pi->tsecr - R->hs > TS_SYN_SPAN)) {
+        raise_anomaly(e, c, r, MOS_ERR_INVALID_TIMESTAMP, 0, 0);
+        return 1;
+    }
+    return 0;
+}
+
 void tcp_track(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
+    if (__builtin_expect(c->tcp.end[1 - s].state == MOS_TCP_SYN_SENT, 0) && syn_sent_discards(e, c, s, pi))
+        return;
     sender_update(e, c, s, pi);
     emit(e, c, MOS_EV_PKT_IN, s, MOS_HK_SND, NULL);
     receiver_update(e, c, s, pi);
@@ -603,4 +701,75 @@ void tcp_track(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi
     emit(e, c, MOS_EV_PKT_IN, 1 - s, MOS_HK_RCV, NULL);
     if (tcp_both_fins(&c->tcp) && is_closed_state(c->tcp.end[0].state) && is_closed_state(c->tcp.end[1].state))
         engine_end_conn(e, c, MOS_END_FIN, s);
+}
+
+int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi)
+{
+    const struct tcp_end *S = &c->tcp.end[s];
+    uint8_t f = pi->tcp_flags;
+    if (!S->snd_nxt || (f & (TCP_SYN | TCP_RST)))
+        return 0;
+    uint32_t seglen = pi->payload_len + ((f & TCP_FIN) ? 1u : 0u);
+    return seglen ? seq_leq(pi->seq + seglen, S->snd_nxt) : 0;
+}
+
+/* What the receiver of a RST may send after it and be held: a window's worth. */
+#define RST_HOLD_LIMIT (64u << 10)
+
+int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    const struct tcp_end *S = &c->tcp.end[s];
+    uint32_t slot = ft_slot(&e->ft, c);
+    if (pi->tcp_flags & TCP_RST) {
+        if (S->rst_sent && e->ft.nstash)
+            ft_stash_drop(&e->ft, &e->rctx, slot); /* it resets again: what its peer sent was refused */
+        return 0;
+    }
+    if ((pi->tcp_flags & TCP_SYN) || !S->snd_nxt)
+        return 0;
+    if (S->rst_sent) {
+        /* in its own sequence space: its stack, not a stranger on a reused port */
+        uint32_t wnd = c->tcp.end[1 - s].max_win > 65535 ? c->tcp.end[1 - s].max_win : 65535;
+        return seq_geq(pi->seq, S->snd_nxt - wnd) && seq_leq(pi->seq, S->snd_nxt + wnd);
+    }
+    if (!pi->payload_len || !(c->monitor & (1u << (1 - s))))
+        return 0;
+    const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, slot) : NULL;
+    uint32_t held = x ? x->len : 0;
+    if (pi->seq != S->snd_nxt + held || held + pi->payload_len > RST_HOLD_LIMIT ||
+        (e->rctx.memcap && e->rctx.mem_used + pi->payload_len + sizeof(struct ft_stash) > e->rctx.memcap))
+        return 0; /* not in order, or too much: only what follows in order can be given back */
+    ft_stash_append(&e->ft, &e->rctx, slot, pi->payload, pi->payload_len);
+    return 0;
+}
+
+void tcp_rst_held_take(mos_engine_t *e, struct conn *old, struct rst_held *h)
+{
+    memset(h, 0, sizeof(*h));
+    uint32_t slot = ft_slot(&e->ft, old);
+    const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, slot) : NULL;
+    if (!x)
+        return;
+    h->side = old->tcp.end[MOS_SIDE_CLI].rst_sent ? MOS_SIDE_SVR : MOS_SIDE_CLI;
+    h->seq = old->tcp.end[h->side].snd_nxt;
+    h->data = arena_copy(&e->evq.arena, x->data, x->len);
+    h->len = h->data ? x->len : 0;
+    if (!h->data)
+        raise_anomaly(e, old, 1 - h->side, MOS_ERR_MEMCAP, 0, x->len);
+    ft_stash_drop(&e->ft, &e->rctx, slot);
+}
+
+void tcp_rst_held_give(mos_engine_t *e, struct conn *c, const struct rst_held *h)
+{
+    if (!h->len)
+        return;
+    int r = 1 - h->side;
+    struct reasm_dir *d = &c->rx[r];
+    c->tcp.end[h->side].snd_nxt = h->seq + h->len;
+    if (!(c->monitor & (1u << r)))
+        return;
+    if (!d->initialized)
+        reasm_dir_init(d, h->seq, d->policy, d->buffering);
+    struct owner o = {c, r};
+    reasm_segment(&e->rctx, d, &o, h->seq, h->data, h->len);
 }

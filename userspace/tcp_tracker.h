@@ -22,7 +22,12 @@ struct tcp_end {
         fin_taken : 1,    /* its FIN is in order in the peer's receive stream: the peer's stack took it */
         ws_ok : 1,        /* window scaling is on (both SYNs carried the option: RFC 7323) */
         fin_cut : 1;      /* held bytes past its FIN were dropped (once, when its FIN was first seen) */
-    uint8_t syn_data;     /* enum tcp_syn_data: what became of the data on its SYN */
+    uint8_t syn_data : 2, /* enum tcp_syn_data: what became of the data on its SYN */
+        hs_ts : 1,        /* hs is the TSval of its first SYN (a SYN without ACK with a timestamp) */
+        hs_alt : 1,       /* hs is the ISN of a later SYN-ACK of it, other than the first one's */
+        rst_sent : 1;     /* it sent the RST that ended the connection (as far as we took it) */
+    uint32_t hs;          /* the handshake's word (hs_ts, hs_alt): the peer's answer tells which SYN
+                           * (SYN-ACK) it took; meaningless once the handshake is done */
     uint32_t isn;
     uint32_t snd_nxt;     /* highest sequence number sent + 1 */
     uint32_t fin_seq;     /* sequence number of its FIN */
@@ -88,6 +93,26 @@ void tcp_settle_acks(mos_engine_t *e, struct conn *c, int side);
 
 /* The connection ends: SYN data still pending is settled (kept, unless the end is a RST). */
 void tcp_end_syn_data(mos_engine_t *e, struct conn *c, int reason);
+/* A packet sent by `s` after its connection ended lies inside what `s` had sent: a late retransmission
+ * (of data or FIN, as a host resends when the last ACK was lost), which its peer's TIME_WAIT absorbs. */
+int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi);
+
+/* A packet sent by `s` after the connection ended by a RST we took. Its sender's stack never sent that
+ * RST if it goes on talking (Suricata's "suspected RST inject"): returns 1, the conversation is to be
+ * followed again. What the RST's receiver sends after it, in order, is held meanwhile (it may be the
+ * bytes the RST was to hide), so that following again loses none. */
+int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi);
+
+/* The bytes held after a RST, moved from the ended record `old` (copies in the event arena) to the
+ * record `c` that follows the conversation again: they enter the stream their receiver gets. */
+struct rst_held {
+    const uint8_t *data;
+    uint32_t seq, len;
+    int side; /* their sender */
+};
+void tcp_rst_held_take(mos_engine_t *e, struct conn *old, struct rst_held *h);
+void tcp_rst_held_give(mos_engine_t *e, struct conn *c, const struct rst_held *h);
+
 /* Some side's SYN data is pending (its copy is in the flow table's stash). */
 static inline int tcp_syn_data_pending(const struct tcp_flow *t);
 

@@ -69,7 +69,13 @@ static void test_anomaly_table(void)
     CHECK_EQ(MOS_ERR_SYN_DATA_DISCARDED, 6);
     CHECK_EQ(MOS_ERR_DATA_AFTER_FIN, 7);
     CHECK_EQ(MOS_ERR_MALFORMED, 8);
-    CHECK(mos_anomaly_name(9) == NULL); /* past the table's end */
+    CHECK_EQ(MOS_ERR_RST_CHALLENGED, 9);
+    CHECK_EQ(MOS_ERR_INVALID_TIMESTAMP, 10);
+    CHECK_EQ(MOS_ERR_INVALID_ACK, 11);
+    CHECK_EQ(MOS_ERR_RST_INJECT_SUSPECTED, 12);
+    CHECK_EQ(MOS_ERR_SYNACK_DIFF_SEQ, 16);
+    CHECK(mos_anomaly_name(12) && !strcmp(mos_anomaly_name(12), "stream.suspected_rst_inject"));
+    CHECK(mos_anomaly_name(17) == NULL); /* past the table's end */
     CHECK(mos_anomaly_name(6) && !strcmp(mos_anomaly_name(6), "stream.syn_data_discarded"));
     CHECK(mos_anomaly_name(7) && !strcmp(mos_anomaly_name(7), "stream.data_after_fin"));
     CHECK(mos_anomaly_name(8) && !strcmp(mos_anomaly_name(8), "decoder.malformed"));
@@ -101,16 +107,19 @@ struct h {
     int nev;              /* events of the last packet */
     struct ev_rec ev[MAX_EVS];
     int ends, end_reason; /* CONN_END events so far */
-    int errors[MOS_ERR_MALFORMED + 1]; /* ERROR events so far, by reason */
+    int errors[32];       /* ERROR events so far, by reason */
     int orphans;
     uint8_t cli, svr;     /* states after the last packet */
 };
+
+static int h_policy = REASM_POLICY_FIRST; /* the overlap (target) policy of the next h_open */
 
 static void h_open(struct h *h, int pickup, uint32_t dir_buffer_limit)
 {
     memset(h, 0, sizeof(*h));
     struct mos_config cfg;
     mos_config_default(&cfg);
+    cfg.policy = (uint8_t)h_policy;
     cfg.max_conns = 64;
     cfg.pickup = (uint8_t)pickup;
     if (dir_buffer_limit)
@@ -467,9 +476,15 @@ static void test_rst_out_of_window(void)
     CHECK_EQ(h.cli, MOS_TCP_SYN_SENT);
     CHECK_EQ(h.ends, 0);
     CHECK_EQ(h.errors[MOS_ERR_RST_OUT_OF_WINDOW], 1);
-    h_send(&h, SVR, F_RST | F_ACK, 0, ISN_C + 99, NULL); /* acknowledges something else */
-    CHECK_EQ(h.errors[MOS_ERR_RST_OUT_OF_WINDOW], 2);
+    h_send(&h, SVR, F_RST | F_ACK, 0, ISN_C + 99, NULL); /* acknowledges something else: discarded */
+    CHECK_EQ(h.errors[MOS_ERR_INVALID_ACK], 1);
+    CHECK_EQ(h.errors[MOS_ERR_RST_OUT_OF_WINDOW], 1);
     CHECK_EQ(h.cli, MOS_TCP_SYN_SENT);
+    h_send(&h, SVR, F_FIN | F_ACK, 0, 1, NULL); /* a FIN that acknowledges no SYN of the client's */
+    CHECK_EQ(h.errors[MOS_ERR_INVALID_ACK], 2);
+    CHECK_EQ(counter(&h, MOS_C_INVALID_ACK), 2);
+    CHECK_EQ(h.cli, MOS_TCP_SYN_SENT);
+    CHECK_EQ(h.svr, MOS_TCP_SYN_RECEIVED); /* the server's state is not the forger's */
     h_send(&h, SVR, F_SYN | F_ACK, ISN_S, ISN_C + 1, NULL);
     h_send(&h, CLI, F_ACK, ISN_C + 1, ISN_S + 1, NULL);
     /* established: a RST far from the next expected byte is ignored, and counted by the anomaly table */
@@ -477,13 +492,101 @@ static void test_rst_out_of_window(void)
     CHECK_EQ(h.cli, MOS_TCP_ESTABLISHED);
     CHECK_EQ(h.svr, MOS_TCP_ESTABLISHED);
     CHECK_EQ(h.ends, 0);
-    CHECK_EQ(h.errors[MOS_ERR_RST_OUT_OF_WINDOW], 3);
-    CHECK_EQ(counter(&h, MOS_C_RST_OUT_OF_WINDOW), 3);
+    CHECK_EQ(h.errors[MOS_ERR_RST_OUT_OF_WINDOW], 2);
+    CHECK_EQ(counter(&h, MOS_C_RST_OUT_OF_WINDOW), 2);
     CHECK_EQ(counter(&h, MOS_C_RST_ACCEPTED), 0);
-    /* one before the next byte is accepted (stacks that RST with an acknowledged FIN's number) */
-    h_send(&h, CLI, F_RST, ISN_C, 0, NULL);
+    /* in the window but not at the next byte: the target (RFC 5961) answers with a challenge ACK */
+    h_send(&h, CLI, F_RST, ISN_C + 7, 0, NULL);
+    CHECK_EQ(h.ends, 0);
+    CHECK_EQ(h.errors[MOS_ERR_RST_CHALLENGED], 1);
+    CHECK_EQ(counter(&h, MOS_C_RST_CHALLENGED), 1);
+    /* at the next byte: taken */
+    h_send(&h, CLI, F_RST, ISN_C + 1, 0, NULL);
     CHECK_EQ(h.ends, 1);
     CHECK_EQ(h.end_reason, MOS_END_RST);
+    h_close(&h);
+}
+
+/* Which in-window RSTs end the connection depends on the target: old Linux and Solaris take any,
+ * the others (RFC 5961) only the one at RCV.NXT. */
+static void test_rst_policy(void)
+{
+    static const struct { int policy, takes_in_window; } cases[] = {
+        {REASM_POLICY_FIRST, 0}, {REASM_POLICY_LAST, 0}, {REASM_POLICY_BSD, 0}, {REASM_POLICY_LINUX, 0},
+        {REASM_POLICY_OLD_LINUX, 1}, {REASM_POLICY_WINDOWS, 0}, {REASM_POLICY_VISTA, 0},
+        {REASM_POLICY_SOLARIS, 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct h h;
+        h_policy = cases[i].policy;
+        h_open(&h, 1, 0);
+        handshake(&h);
+        h_send(&h, CLI, F_ACK, ISN_C + 1, ISN_S + 1, "hello");
+        h_send(&h, SVR, F_RST, ISN_S + 1 + 100, 0, NULL);
+        CHECK_EQ(h.ends, cases[i].takes_in_window);
+        CHECK_EQ(h.errors[MOS_ERR_RST_CHALLENGED], !cases[i].takes_in_window);
+        if (!h.ends) {
+            h_send(&h, SVR, F_RST | F_ACK, ISN_S + 1, ISN_C + 6, NULL);
+            CHECK_EQ(h.ends, 1);
+        }
+        /* the client's data is acknowledged after the RST: who sent the RST talks on */
+        h_send(&h, SVR, F_ACK, ISN_S + 1, ISN_C + 6, NULL);
+        CHECK_EQ(h.errors[MOS_ERR_RST_INJECT_SUSPECTED], 1);
+        CHECK_EQ(counter(&h, MOS_C_RST_INJECT_SUSPECTED), 1);
+        CHECK_EQ(counter(&h, MOS_C_CONNS_CREATED), 2);
+        h_close(&h);
+    }
+    h_policy = REASM_POLICY_FIRST;
+}
+
+/* After a RST, what its receiver sends is held; it is dropped if the RST's sender resets again, and a
+ * late retransmission of a closed connection is absorbed, not a new connection. */
+static void test_after_close(void)
+{
+    struct h h;
+    h_open(&h, 1, 0);
+    handshake(&h);
+    h_send(&h, SVR, F_RST, ISN_S + 1, 0, NULL);
+    CHECK_EQ(h.ends, 1);
+    h_send(&h, CLI, F_ACK, ISN_C + 1, ISN_S + 1, "in flight"); /* crossing the RST */
+    h_send(&h, SVR, F_RST, ISN_S + 1, 0, NULL);                /* the server's stack has no socket */
+    CHECK_EQ(counter(&h, MOS_C_CONNS_CREATED), 1);
+    CHECK_EQ(h.errors[MOS_ERR_RST_INJECT_SUSPECTED], 0);
+    h_close(&h);
+
+    h_open(&h, 1, 0);
+    handshake(&h);
+    h_send(&h, SVR, F_ACK, ISN_S + 1, ISN_C + 1, "response");
+    h_send(&h, SVR, F_FIN | F_ACK, ISN_S + 9, ISN_C + 1, NULL);
+    h_send(&h, CLI, F_FIN | F_ACK, ISN_C + 1, ISN_S + 10, NULL);
+    h_send(&h, SVR, F_ACK, ISN_S + 10, ISN_C + 2, NULL);
+    CHECK_EQ(h.ends, 1);
+    h.ts += 30ull * 1000000000ull; /* 30 s later: past the old 10 s linger, inside TIME_WAIT */
+    h_send(&h, SVR, F_ACK, ISN_S + 1, ISN_C + 2, "response");
+    h_send(&h, SVR, F_FIN | F_ACK, ISN_S + 9, ISN_C + 2, NULL);
+    CHECK_EQ(counter(&h, MOS_C_CONNS_CREATED), 1);
+    CHECK_EQ(counter(&h, MOS_C_REXMIT_AFTER_CLOSE), 2);
+    CHECK_EQ(counter(&h, MOS_C_DATA_AFTER_CLOSE), 0);
+    h_close(&h);
+}
+
+/* Two SYN-ACKs with different ISNs: the one the client acknowledges anchors the server's stream. */
+static void test_second_synack(void)
+{
+    struct h h;
+    h_open(&h, 1, 0);
+    h_send(&h, CLI, F_SYN, ISN_C, 0, NULL);
+    h_send(&h, SVR, F_SYN | F_ACK, ISN_S, ISN_C + 1, NULL);
+    h_send(&h, SVR, F_SYN | F_ACK, ISN_S + 777777u, ISN_C + 1, NULL);
+    CHECK_EQ(h.errors[MOS_ERR_SYNACK_DIFF_SEQ], 1);
+    h_send(&h, CLI, F_ACK, ISN_C + 1, ISN_S + 777777u + 1, NULL);
+    CHECK_EQ(counter(&h, MOS_C_SYNACK_REANCHORED), 1);
+    CHECK_EQ(h.svr, MOS_TCP_ESTABLISHED);
+    h_send(&h, SVR, F_ACK, ISN_S + 777777u + 1, ISN_C + 1, "data");
+    CHECK_EQ(h.errors[MOS_ERR_OUT_OF_WINDOW], 0);
+    struct mos_conn_info ci;
+    CHECK_EQ(mos_conn_info(h.e, h.slot, h.id, &ci), 0);
+    CHECK_EQ(ci.gap_bytes[MOS_SIDE_CLI], 0);
     h_close(&h);
 }
 
@@ -730,6 +833,9 @@ int main(void)
     test_fin_ack_chain();
     test_rst_each_state();
     test_rst_out_of_window();
+    test_rst_policy();
+    test_after_close();
+    test_second_synack();
     test_data_out_of_window();
     test_buffer_limit_anomaly();
     test_pickup_mid_stream();
