@@ -57,7 +57,8 @@ enum mos_end_reason {
     X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */          \
     X(SYN_DATA_DISCARDED, 6, SYN_DATA_DISCARDED, "stream.syn_data_discarded") /* SYN data not acked */  \
     X(DATA_AFTER_FIN, 7, DATA_AFTER_FIN, "stream.data_after_fin")         /* bytes past the FIN */      \
-    X(MALFORMED, 8, MAL_BY_REASON, "decoder.malformed") /* a malformed packet: conn 0, len = its counter */
+    X(MALFORMED, 8, MAL_BY_REASON, "decoder.malformed") /* a malformed packet: conn 0, len = its counter */ \
+    X(DEFRAG_OVERLAP, 15, BY_DEFRAG, "defrag.fragment_overlap") /* conn 0; off: fragment offset, len: bytes differing */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -138,7 +139,9 @@ enum mos_counter {
     MOS_C_COUNT,
     /* Not a counter: the anomaly table's MALFORMED row counts each packet under its own malformed_*
      * reason (the ERROR event's len says which). */
-    MOS_C_MAL_BY_REASON = MOS_C_COUNT
+    MOS_C_MAL_BY_REASON = MOS_C_COUNT,
+    /* Not an engine counter: the defragmenter counts it (overlaps_differing in the frag counters). */
+    MOS_C_BY_DEFRAG = MOS_C_COUNT + 1
 };
 
 /* One packet of a batch. data points at the link-layer header of `linktype`. */
@@ -228,7 +231,8 @@ struct mos_config {
     uint8_t buffer_svr;          /* hold bytes received by the server (default 1) */
     uint8_t sync_events;         /* hand events over after each packet that raised some (default 0:
                                   * after each batch) */
-    uint8_t pad[2];
+    uint8_t frag_policy;         /* IP fragment overlap policy (enum defrag_policy, default first) */
+    uint8_t pad[1];
     uint32_t dir_buffer_limit;   /* bytes held per direction (default 8 MiB) */
     uint32_t max_segments;       /* held segments per direction (default 4096) */
     uint64_t memcap;             /* bytes held by reassembly in all (default 2 GiB) */
@@ -287,6 +291,7 @@ const char *mos_xsk_counter_name(int i);    /* enum mos_xsk_counter */
 const char *mos_xdp_counter_name(int i);    /* enum mos_xdp_counter (bpf/mos_shared.h) */
 const char *mos_xdp_map_name(int i);        /* enum mos_xdp_map (bpf/mos_shared.h) */
 const char *mos_policy_name(int i);         /* overlap policies, by engine number (userspace/reasm.h) */
+const char *mos_frag_policy_name(int i);    /* fragment overlap policies, by number (userspace/defrag.h) */
 uint64_t mos_engine_mem_used(const mos_engine_t *e);
 uint64_t mos_engine_now(const mos_engine_t *e);
 size_t mos_conn_size(void);
