@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
-from scapy.all import IP, TCP, IPv6, IPv6ExtHdrFragment, Raw
+from scapy.all import IP, TCP, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, Raw
 
 from mos import ErrorKind, Event, Monitor, MosError, Side
 from mos.abi import frag_policy_names
@@ -238,6 +238,29 @@ def test_a_winning_first_fragment_brings_its_header(tmp_path: Path) -> None:
     assert seen.server == T + U and st["conns_created"] == 1
     seen, st = _run(tmp_path, built, "first")  # the first header: a connection of its own (picked up)
     assert seen.server == S + U and st["conns_created"] == 2
+
+
+def test_ipv6_options_after_the_fragment_header(tmp_path: Path) -> None:
+    """Destination options after the fragment header (part of the fragmentable part, so in the first
+    fragment; the later ones' fragment headers name them, next header 60): the datagram is walked past them
+    to TCP, whatever order the fragments come in. (The XDP side of this: tests/test_xdp.py.)"""
+    c = Conv(cip="2001:db8::1", sip="2001:db8::2", cport=40300)
+    c.handshake()
+    seq = c.nxt[True]
+    body = bytes(IPv6ExtHdrDestOpt(nh=6)) + bytes(TCP(sport=c.cport, dport=c.sport, flags="PA", seq=seq,
+                                                      ack=c.nxt[False], window=65535, options=[("NOP", None)] * 4))
+    body += S + T + U
+    cuts = [(0, 32), (32, 56), (56, len(body))]
+    for a, b in reversed(cuts):
+        f = IPv6(src=c.cip, dst=c.sip) / IPv6ExtHdrFragment(nh=60, offset=a // BLOCK, m=int(b < len(body)), id=9) \
+            / Raw(body[a:b])
+        c.emit(bytes(c.l2(True) / f))
+    c.nxt[True] = (seq + 3 * 2 * BLOCK) % M32
+    c.tcp(False, "A")
+    c.close()
+    seen, st = _run(tmp_path, c.built(end="FIN"), "first")
+    assert seen.server == S + T + U
+    assert st["frag_datagrams"] == 1 and st["frag_held"] == 3 and st["conn_packets"] == len(c.records) - 3
 
 
 def test_streams_cli_frag_policy(tmp_path: Path) -> None:
