@@ -708,7 +708,7 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
     }
 
     uint32_t ov = 0;
-    int won_first = 0;
+    int won_first = 0, yielded = 0;
     if (d) {
         uint32_t differ;
         scan_overlap(d, f.payload, f.off, end, &ov, &differ);
@@ -721,9 +721,11 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
             }
             if (df->policy == DEFRAG_POLICY_LINUX && !inside_run(d, f.off, end))
                 return reject(df, DEFRAG_C_POLICY_DROPS, d);
-            if (df->policy != DEFRAG_POLICY_FIRST && df->policy != DEFRAG_POLICY_LINUX &&
-                yield_to_new(df, d, f.off, end, &won_first) != 0)
-                return reject(df, DEFRAG_C_MEMCAP, d);
+            if (df->policy != DEFRAG_POLICY_FIRST && df->policy != DEFRAG_POLICY_LINUX) {
+                yielded = 1;
+                if (yield_to_new(df, d, f.off, end, &won_first) != 0)
+                    return reject(df, DEFRAG_C_MEMCAP, d);
+            }
         }
     }
     struct piece *old_tail = d ? d->tail : NULL;
@@ -748,7 +750,7 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
             evict_oldest(df, NULL);
     }
     if (need > 0 && make_room(df, need, d) != 0) /* a datagram the policy changed is not the one held */
-        return reject(df, DEFRAG_C_MEMCAP, ov && df->policy != DEFRAG_POLICY_FIRST ? d : NULL);
+        return reject(df, DEFRAG_C_MEMCAP, yielded ? d : NULL);
 
     if (!d) {
         d = calloc(1, sizeof(*d));
