@@ -75,11 +75,17 @@ MOS_INLINE int mos_ipv6_frag_is_atomic(mos_u16 frag_off_host)
     return (frag_off_host & 0xFFF9) == 0;
 }
 
+/* Any IPv6 extension header, the fragment header included. */
+MOS_INLINE int mos_ipv6_is_any_ext(mos_u8 nh)
+{
+    return nh == MOS_IPPROTO_FRAGMENT || mos_ipv6_is_ext(nh);
+}
+
 /* After walking MOS_MAX_IPV6_EXT headers: is `nh` still an extension header (fragment included), i.e.
  * the packet has more than the limit? */
 MOS_INLINE int mos_ipv6_ext_over_limit(mos_u8 nh)
 {
-    return nh == MOS_IPPROTO_FRAGMENT || mos_ipv6_is_ext(nh);
+    return mos_ipv6_is_any_ext(nh);
 }
 
 MOS_INLINE int mos_ipv6_frag_is_first(mos_u16 frag_off_host)

@@ -78,10 +78,12 @@ struct pkt {
     u16 sport;    /* network byte order; 0 when has_ports is 0 */
     u16 dport;
     u32 vlan_key;
-    u8 proto;
+    u8 proto;     /* the transport protocol, when the packet shows it */
+    u8 key_proto; /* the flow key's: as proto, but for an IPv6 fragment its fragment header's next header */
     u8 ipv6;
     u8 has_ports;
     u8 is_frag;
+    u8 proto_unknown; /* a later IPv6 fragment whose fragmentable part starts with an extension header */
 };
 
 static __always_inline void count(struct mos_counter_block *ctr, u32 c)
@@ -129,6 +131,7 @@ static __always_inline int parse_ipv4(void *cur, void *data_end, struct pkt *p)
     p->daddr[2] = bpf_htonl(0xffff);
     p->daddr[3] = iph->daddr;
     p->proto = iph->protocol;
+    p->key_proto = p->proto;
     u16 frag = bpf_ntohs(iph->frag_off);
     p->is_frag = (frag & (MOS_IP_MF | MOS_IP_OFFSET)) != 0;
     return parse_l4(cur + hlen, data_end, p, (frag & MOS_IP_OFFSET) == 0);
@@ -158,6 +161,10 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p)
             if (!mos_ipv6_frag_is_atomic(off)) {
                 p->is_frag = 1;
                 first_fragment = mos_ipv6_frag_is_first(off);
+                /* the one protocol number every fragment of the datagram carries (RFC 8200: the first
+                 * header of the fragmentable part), so that all of them get one key and one worker; the
+                 * first fragment's walk below goes on to the transport header, the others' cannot */
+                p->key_proto = fh->nexthdr;
             }
             next = fh->nexthdr;
             cur = fh + 1;
@@ -180,6 +187,13 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p)
     if (first_fragment && mos_ipv6_ext_over_limit(next))
         return PARSE_MALFORMED;
     p->proto = next;
+    if (!p->is_frag)
+        p->key_proto = next;
+    /* A later fragment's next header names the first header after the fragment header, which may be an
+     * extension header (destination options, routing) carried in the first fragment: the transport
+     * protocol is not in this packet. Taken as "not monitored" it would reach the host (or the peer,
+     * inline) unseen while the engine held the rest of its datagram. */
+    p->proto_unknown = !first_fragment && mos_ipv6_is_any_ext(next);
     return parse_l4(cur, data_end, p, first_fragment);
 }
 
@@ -261,6 +275,8 @@ static __always_inline int blocked_port(struct pkt *p)
 /* ---- filter ----------------------------------------------------------------------------------- */
 static __always_inline int is_monitored(struct mos_xdp_config *cfg, struct pkt *p)
 {
+    if (p->proto_unknown)
+        return cfg->protocols != 0; /* the engine reassembles it, then knows */
     u32 bit = p->proto == IPPROTO_TCP ? MOS_XDP_PROTO_TCP : p->proto == IPPROTO_UDP ? MOS_XDP_PROTO_UDP : 0;
     if (!(cfg->protocols & bit))
         return 0;
@@ -274,7 +290,7 @@ static __always_inline void make_key(struct pkt *p, struct mos_flow_key *k)
 {
     u16 sport = p->is_frag ? 0 : p->sport;
     u16 dport = p->is_frag ? 0 : p->dport;
-    mos_flow_key_make(k, p->saddr, p->daddr, sport, dport, p->vlan_key, p->proto);
+    mos_flow_key_make(k, p->saddr, p->daddr, sport, dport, p->vlan_key, p->key_proto);
 }
 
 /* ---- verdicts --------------------------------------------------------------------------------- */

@@ -116,6 +116,10 @@ class ErrorKind(enum.IntEnum):
     MALFORMED = lib.MOS_ERR_MALFORMED
     """A packet the decoder rejected (``conn`` is None): ``ev.malformed`` is its ``malformed_*`` counter
     (``malformed_too_many_ipv6_ext``, ``malformed_truncated_tcp``, ...). Inline, the frame is dropped."""
+    DEFRAG_OVERLAP = lib.MOS_ERR_DEFRAG_OVERLAP
+    """An IP fragment overlapping held bytes of its datagram with different bytes (``conn`` is None: raised
+    before the flow lookup): ``ev.offset`` is the fragment's offset, ``ev.length`` the bytes that differ.
+    The fragment policy (``Monitor(frag_policy=...)``) decides which copy the datagram keeps."""
 
     RST_CHALLENGED = lib.MOS_ERR_RST_CHALLENGED
     """A RST inside the receiver's window but not at the next byte it expects: a target that follows RFC

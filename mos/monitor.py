@@ -30,6 +30,7 @@ from .abi import (
     NO_PACKET,
     NO_WSCALE,
     ffi,
+    frag_policy_names,
     lib,
 )
 from .connection import (
@@ -113,10 +114,19 @@ class EnginePort:
         self._mon._views.pop(pkt, None)
 
 
+def frag_policy_code(name: str) -> int:
+    """The engine's number of an IP fragment overlap policy; a :class:`MosError` naming the choices otherwise."""
+    names = frag_policy_names()
+    if name not in names:
+        raise MosError(f"unknown fragment overlap policy {name!r} (choose from {', '.join(names)})")
+    return names.index(name)
+
+
 class Monitor:
     """The stack as an app sees it: subscribe handlers, then run it over a capture (or live traffic).
 
-    Options: ``policy`` (overlap policy, :class:`Policy`), ``buffer_client`` / ``buffer_server``
+    Options: ``policy`` (overlap policy, :class:`Policy`), ``frag_policy`` (which copy of overlapping
+    IP fragments the datagram keeps: a name of :func:`mos.abi.frag_policy_names`), ``buffer_client`` / ``buffer_server``
     (hold bytes for reassembly on that side; False is mOS's MOS_CLIBUF/MOS_SVRBUF = 0),
     ``vlan_in_key`` (VLAN ids are part of a connection's key), ``pickup`` (track connections already in
     progress), ``max_conns``, ``dir_buffer_limit`` (bytes held per direction), ``max_segments``,
@@ -135,6 +145,7 @@ class Monitor:
         self,
         *,
         policy: Union[Policy, str] = Policy.FIRST,
+        frag_policy: str = "first",
         buffer_client: bool = True,
         buffer_server: bool = True,
         vlan_in_key: bool = True,
@@ -156,6 +167,7 @@ class Monitor:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
         cfg.policy = policy_of(policy).code
+        cfg.frag_policy = frag_policy_code(frag_policy)
         cfg.buffer_cli = int(bool(buffer_client))
         cfg.buffer_svr = int(bool(buffer_server))
         cfg.vlan_in_key = int(bool(vlan_in_key))

@@ -52,6 +52,7 @@ def stream_table(
     *,
     limit: int = 50,
     policy: str = "first",
+    frag_policy: str = "first",
     vlan_in_key: bool = True,
     pickup: bool = True,
     max_conns: int = 1 << 20,
@@ -60,7 +61,8 @@ def stream_table(
     """Reassemble ``pcap`` for a summary: the rows of connections 1..``limit`` (as ``run_streams`` gives
     them, with ``c2s_gap_bytes``/``s2c_gap_bytes`` instead of the gap lists), the totals over all
     connections (``connections``, ``stream_bytes``, ``gap_bytes``) and the engine's counters."""
-    mon = Monitor(policy=policy, vlan_in_key=vlan_in_key, pickup=pickup, max_conns=max_conns, strict=True)
+    mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
+                  max_conns=max_conns, strict=True)
     mon.log_ended(limit)
     st = mon.run_pcap(pcap, progress=progress)
     rows = [_row(i, None) for i in mon.ended_log()]
@@ -74,6 +76,7 @@ def run_streams(
     outdir: Optional[str],
     *,
     policy: str = "first",
+    frag_policy: str = "first",
     vlan_in_key: bool = True,
     pickup: bool = True,
     max_conns: int = 1 << 20,
@@ -83,7 +86,8 @@ def run_streams(
 
     Returns the index rows (in connection order) and the engine's counters.
     """
-    mon = Monitor(policy=policy, vlan_in_key=vlan_in_key, pickup=pickup, max_conns=max_conns, strict=True)
+    mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
+                  max_conns=max_conns, strict=True)
     if outdir is not None:
         os.makedirs(outdir, exist_ok=True)
         for name in os.listdir(outdir):  # a rerun must not append to the previous run's files

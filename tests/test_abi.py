@@ -49,8 +49,9 @@ def test_policies_by_engine_number() -> None:
 
 def test_anomaly_names_are_stream_events() -> None:
     names = [k.event_name for k in ErrorKind]
-    # Suricata's families: stream.* for the TCP tracker and reassembly, decoder.* for the packet decoder
-    assert all(n.startswith(("stream.", "decoder.")) for n in names)
+    # Suricata's families: stream.* for the TCP tracker and reassembly, decoder.* for the packet decoder,
+    # defrag.* for IP defragmentation
+    assert all(n.startswith(("stream.", "decoder.", "defrag.")) for n in names)
     assert len(set(names)) == len(names)
     assert ErrorKind.OUT_OF_WINDOW.event_name == "stream.pkt_out_of_window"
 

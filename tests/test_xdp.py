@@ -340,6 +340,41 @@ def test_fragments_steer_by_address_pair(live: Live) -> None:
     assert live.delta(before)["fragment"] == 2
 
 
+@pytest.mark.parametrize("after_frag", ["dstopts", "none"])
+def test_ipv6_fragments_of_one_datagram_share_a_key(live: Live, after_frag: str) -> None:
+    """Every fragment of an IPv6 datagram reaches the engine under one key, whatever follows the fragment
+    header. With destination options after it (RFC 8200 lets the first fragment carry extension headers of
+    the fragmentable part), a later fragment's next header is 60, not TCP: the program used to take that
+    for the protocol, so the later fragments were passed as not monitored (inline: forwarded unseen while
+    the engine held the first) and keyed apart from the first. A later fragment's bytes are never read as a
+    TCP header either: here they would be a malformed one (data offset 0)."""
+    from scapy.all import TCP, Ether, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, Raw
+
+    nh = 60 if after_frag == "dstopts" else socket.IPPROTO_TCP
+    first_l4 = bytes(IPv6ExtHdrDestOpt(nh=socket.IPPROTO_TCP)) if nh == 60 else b""
+    first_l4 += bytes(TCP(sport=40000, dport=443, flags="PA", seq=1, ack=1)) + b"x" * 4
+    first_l4 += b"\0" * (-len(first_l4) % 8)
+    bad_tcp = struct.pack("!HHIIBBHHH", 40000, 443, 1, 0, 0, 0x18, 65535, 0, 0)  # doff 0
+
+    def frag(off: int, more: bool, data: bytes) -> bytes:
+        return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IPv6(src=A6, dst=B6)
+                     / IPv6ExtHdrFragment(nh=nh, offset=off, m=int(more), id=0xABCD) / Raw(data))
+
+    before = live.stats()
+    keys = []
+    for f in (frag(0, True, first_l4), frag(len(first_l4) // 8, True, bad_tcp + b"y" * 12),
+              frag(len(first_l4) // 8 + 4, False, b"z" * 8)):
+        seq = live.prog.last_steering().seq
+        assert live.prog.test_run(f) == xdp.XDP_PASS  # no socket here: passed after steering
+        d = live.prog.last_steering()
+        assert d.seq == seq + 1  # steered, not passed as unmonitored or dropped before
+        keys.append(xdp.raw(d.key))
+    assert keys[0] == keys[1] == keys[2] == xdp.raw(xdp.flow_key(xdp.FlowTuple(A6, B6, 0, 0, nh), fragment=True))
+    d = live.delta(before)
+    assert d["fragment"] == 3 and d["pass_no_socket"] == 3
+    assert "pass_not_monitored" not in d and "drop_malformed" not in d
+
+
 def test_malformed_dropped(live: Live) -> None:
     before = live.stats()
     assert live.prog.test_run(frame(A4, B4, 1, 2, truncate=30)) == xdp.XDP_DROP  # IPv4 header cut

@@ -4,10 +4,29 @@
  * - A datagram in progress (`struct dg`) is found through a chained hash table keyed by a 48-byte
  *   canonical key (family, protocol (IPv4 only), vlan_key, id, src, dst); it also sits on a list
  *   ordered by creation ("first seen") used for expiry and for eviction.
- * - Data is held as a sorted list of non-overlapping pieces. A new fragment only adds the bytes no
- *   earlier fragment supplied (first copy wins); a fragment adding nothing is a duplicate. Both count
- *   as overlaps. A datagram is complete when the last fragment (MF=0) fixed its end, the offset-0
- *   fragment supplied the header, and the pieces cover [0, end) exactly.
+ * - Data is held as a sorted list of non-overlapping pieces. A new fragment adds the bytes no earlier
+ *   fragment supplied, and where it overlaps held bytes the policy decides which copy stays (below).
+ *   A datagram is complete when the last fragment (MF=0) fixed its end, the offset-0 fragment
+ *   supplied the header, and the pieces cover [0, end) exactly.
+ *
+ * Overlap policies (defrag.h). A new fragment [a, b) is weighed against each held piece [o, e) it
+ * overlaps, and either wins the overlapping bytes (the piece is trimmed, split or freed) or loses them:
+ *   first: never wins; last: always; bsd: wins iff a < o; bsd-right: iff a >= o; old-linux: iff a <= o;
+ *   windows: iff a < o and b > e; solaris: iff a < o and b >= e.
+ * A piece is what is held of an earlier fragment, as the kernels hold it: BSD's ip_reass and Linux's
+ * ip_frag_queue trim a queued fragment when a later one wins part of it, and later fragments are
+ * weighed against what is left (so is a piece here); first and the Windows/Solaris rules of frag3
+ * and Suricata, whose hosts' code is not public, are weighed the same way. With the Sturges-Novak
+ * fragments every policy gives the datagram Suricata's tests and frag3 expect.
+ * linux (since 4.19, inet_frag_queue_insert; RFC 5722 for IPv6): a fragment lying entirely inside a
+ * run of held bytes (fragments each queued right after the previous one's end) is a duplicate and
+ * ignored, whatever its bytes; any other overlap drops the datagram and the fragment (POLICY_DROPS,
+ * the held fragments in FRAGS_DISCARDED). Later fragments of the same id start a new datagram.
+ * The policies apply to IPv6 as to IPv4, as in Suricata: an RFC 5722 host is the linux policy, and the
+ * others describe stacks that predate it.
+ * Every overlapping fragment counts in OVERLAPS; when some of its overlapping bytes differ from the
+ * held ones, also in OVERLAPS_DIFFERING (defrag_last_differing says how many, for the engine's
+ * anomaly): identical copies (a duplicated packet) change nothing whatever the policy.
  * - Memory: mem_used counts every per-datagram allocation (struct dg, header copy, pieces with their
  *   bookkeeping). The hash bucket array and the fixed output buffer are per-instance overhead and are
  *   not counted (so mem_used returns to 0 once nothing is held).
@@ -70,7 +89,8 @@
 struct piece {
     struct piece *next;
     uint32_t off;
-    uint32_t len;
+    uint32_t len : 31;
+    uint32_t run_cont : 1; /* queued right at the end of the piece before it (linux's runs) */
     uint8_t data[];
 };
 
@@ -109,6 +129,9 @@ struct defrag {
     struct dg *ohead;  /* oldest */
     struct dg *otail;  /* newest */
     uint8_t *out;      /* OUT_MAX bytes, allocated on first use */
+    uint8_t policy;    /* enum defrag_policy */
+    uint32_t last_differing; /* the last fragment's overlapping bytes that differed */
+    uint32_t last_off;       /* and its offset */
     uint64_t c[DEFRAG_C_COUNT];
 };
 
@@ -365,6 +388,14 @@ defrag_t *defrag_new(uint64_t memcap, uint64_t timeout_ns, uint32_t max_datagram
     return df;
 }
 
+int defrag_set_policy(defrag_t *df, unsigned policy)
+{
+    if (!df || policy >= DEFRAG_POLICY_COUNT)
+        return -1;
+    df->policy = (uint8_t)policy;
+    return 0;
+}
+
 void defrag_free(defrag_t *df)
 {
     if (!df)
@@ -392,6 +423,13 @@ void defrag_expire(defrag_t *df, uint64_t now_ns)
 const uint64_t *defrag_counters(const defrag_t *df) { return df->c; }
 
 uint64_t defrag_mem_used(const defrag_t *df) { return df->mem_used; }
+
+uint32_t defrag_last_differing(const defrag_t *df, uint32_t *frag_off)
+{
+    if (frag_off)
+        *frag_off = df->last_off;
+    return df->last_differing;
+}
 
 static int ensure_out(defrag_t *df)
 {
@@ -466,6 +504,7 @@ static int walk_gaps(defrag_t *df, struct dg *d, const uint8_t *data, uint32_t a
                 return -1;
             n->off = cur;
             n->len = glen;
+            n->run_cont = 0;
             memcpy(n->data, data + (cur - a), glen);
             n->next = p;
             *pp = n;
@@ -480,6 +519,126 @@ static int walk_gaps(defrag_t *df, struct dg *d, const uint8_t *data, uint32_t a
             (*npieces)++;
         }
         cur = gap_end;
+    }
+    return 0;
+}
+
+/* The bytes of [a, b) that overlap held pieces, and how many of them differ from the held copy. */
+static void scan_overlap(const struct dg *d, const uint8_t *data, uint32_t a, uint32_t b, uint32_t *ov,
+                         uint32_t *differ)
+{
+    *ov = *differ = 0;
+    if (d->tail && d->tail->off + d->tail->len <= a)
+        return; /* beyond everything held: the in-order case costs one comparison */
+    for (const struct piece *p = d->pieces; p && p->off < b; p = p->next) {
+        uint32_t x = p->off > a ? p->off : a, y = p->off + p->len < b ? p->off + p->len : b;
+        if (x >= y)
+            continue;
+        *ov += y - x;
+        for (uint32_t i = x; i < y; i++)
+            *differ += p->data[i - p->off] != data[i - a];
+    }
+}
+
+/* linux: [a, b) lies inside one run of held pieces (each queued at the end of the one before). */
+static int inside_run(const struct dg *d, uint32_t a, uint32_t b)
+{
+    const struct piece *p = d->pieces;
+    while (p && p->off + p->len <= a)
+        p = p->next;
+    if (!p || p->off > a)
+        return 0;
+    while (p->off + p->len < b) {
+        const struct piece *n = p->next;
+        if (!n || !n->run_cont || n->off != p->off + p->len)
+            return 0;
+        p = n;
+    }
+    return 1;
+}
+
+static int new_wins(unsigned policy, uint32_t a, uint32_t b, uint32_t o, uint32_t e)
+{
+    switch (policy) {
+    case DEFRAG_POLICY_LAST: return 1;
+    case DEFRAG_POLICY_BSD: return a < o;
+    case DEFRAG_POLICY_BSD_RIGHT: return a >= o;
+    case DEFRAG_POLICY_OLD_LINUX: return a <= o;
+    case DEFRAG_POLICY_WINDOWS: return a < o && b > e;
+    case DEFRAG_POLICY_SOLARIS: return a < o && b >= e;
+    default: return 0; /* first (linux never gets here) */
+    }
+}
+
+/* Shrink a piece's allocation to its length (after a trim), relinking it through *pp. */
+static struct piece *refit(struct dg *d, struct piece **pp, struct piece *p)
+{
+    struct piece *q = realloc(p, sizeof(*p) + p->len);
+    if (!q)
+        return p; /* the larger block still holds the bytes */
+    *pp = q;
+    if (d->tail == p)
+        d->tail = q;
+    return q;
+}
+
+/* Take from the held pieces the bytes of [a, b) the new fragment wins under the policy, so that the
+ * gap walk then stores the new copy there. *won_first says whether the fragment won byte a. Returns
+ * -1 when a split's allocation fails (the datagram is then inconsistent: the caller drops it). */
+static int yield_to_new(defrag_t *df, struct dg *d, uint32_t a, uint32_t b, int *won_first)
+{
+    struct piece **pp = &d->pieces, *prev = NULL;
+    *won_first = 0;
+    while (*pp && (*pp)->off < b) {
+        struct piece *p = *pp;
+        uint32_t o = p->off, e = p->off + p->len;
+        if (e <= a || !new_wins(df->policy, a, b, o, e)) {
+            prev = p;
+            pp = &p->next;
+            continue;
+        }
+        uint32_t x = o > a ? o : a, y = e < b ? e : b;
+        if (x == a)
+            *won_first = 1;
+        uint32_t cut = y - x;
+        df->mem_used -= cut;
+        d->mem -= cut;
+        d->covered -= cut;
+        if (x == o && y == e) { /* all of it */
+            *pp = p->next;
+            if (d->tail == p)
+                d->tail = prev;
+            df->mem_used -= sizeof(*p);
+            d->mem -= sizeof(*p);
+            free(p);
+            continue;
+        }
+        if (x == o) { /* its front */
+            memmove(p->data, p->data + cut, e - y);
+            p->off = y;
+            p->len = e - y;
+        } else if (y == e) { /* its back */
+            p->len = x - o;
+        } else { /* its middle: the tail becomes a piece of its own */
+            struct piece *t = malloc(sizeof(*t) + (e - y));
+            if (!t)
+                return -1;
+            t->off = y;
+            t->len = e - y;
+            t->run_cont = 0;
+            memcpy(t->data, p->data + (y - o), e - y);
+            t->next = p->next;
+            p->next = t;
+            if (d->tail == p)
+                d->tail = t;
+            p->len = x - o;
+            df->mem_used += sizeof(*t);
+            d->mem += sizeof(*t);
+        }
+        p->run_cont = 0;
+        p = refit(d, pp, p);
+        prev = p;
+        pp = &p->next;
     }
     return 0;
 }
@@ -502,6 +661,7 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
     if (!df)
         return DEFRAG_ERROR;
     df->c[DEFRAG_C_FRAGMENTS]++;
+    df->last_differing = 0;
     defrag_expire(df, now_ns);
 
     struct frag f;
@@ -547,6 +707,29 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
         }
     }
 
+    uint32_t ov = 0;
+    int won_first = 0, yielded = 0;
+    if (d) {
+        uint32_t differ;
+        scan_overlap(d, f.payload, f.off, end, &ov, &differ);
+        if (ov) {
+            df->c[DEFRAG_C_OVERLAPS]++;
+            if (differ) {
+                df->c[DEFRAG_C_OVERLAPS_DIFFERING]++;
+                df->last_differing = differ;
+                df->last_off = f.off;
+            }
+            if (df->policy == DEFRAG_POLICY_LINUX && !inside_run(d, f.off, end))
+                return reject(df, DEFRAG_C_POLICY_DROPS, d);
+            if (df->policy != DEFRAG_POLICY_FIRST && df->policy != DEFRAG_POLICY_LINUX) {
+                yielded = 1;
+                if (yield_to_new(df, d, f.off, end, &won_first) != 0)
+                    return reject(df, DEFRAG_C_MEMCAP, d);
+            }
+        }
+    }
+    struct piece *old_tail = d ? d->tail : NULL;
+
     /* What would be stored. */
     uint32_t nbytes = 0, npieces = 0;
     if (d) {
@@ -555,7 +738,7 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
         nbytes = f.plen;
         npieces = 1;
     }
-    int want_hdr = f.off == 0 && (!d || !d->hdr);
+    int want_hdr = f.off == 0 && (!d || !d->hdr || won_first); /* a winning first fragment: its header too */
     uint64_t need = (uint64_t)npieces * sizeof(struct piece) + nbytes;
     if (!d)
         need += dg_overhead(0);
@@ -566,8 +749,8 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
         while (df->count >= df->max_datagrams && df->ohead)
             evict_oldest(df, NULL);
     }
-    if (need > 0 && make_room(df, need, d) != 0)
-        return reject(df, DEFRAG_C_MEMCAP, NULL);
+    if (need > 0 && make_room(df, need, d) != 0) /* a datagram the policy changed is not the one held */
+        return reject(df, DEFRAG_C_MEMCAP, yielded ? d : NULL);
 
     if (!d) {
         d = calloc(1, sizeof(*d));
@@ -590,12 +773,18 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
         maybe_grow(df);
     }
     if (want_hdr) {
-        d->hdr = malloc(f.hdr_len);
-        if (!d->hdr) {
+        uint8_t *h = malloc(f.hdr_len);
+        if (!h) {
             df->c[DEFRAG_C_MEMCAP]++;
             dg_destroy(df, d, 1);
             return DEFRAG_ERROR;
         }
+        if (d->hdr) {
+            df->mem_used -= d->hdr_len;
+            d->mem -= d->hdr_len;
+            free(d->hdr);
+        }
+        d->hdr = h;
         memcpy(d->hdr, f.hdr, f.hdr_len);
         d->hdr_len = f.hdr_len;
         d->nh_off = f.nh_off;
@@ -610,9 +799,9 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
             return DEFRAG_ERROR;
         }
         d->nfrags++;
+        if (!ov && old_tail && d->tail != old_tail && old_tail->off + old_tail->len == f.off)
+            d->tail->run_cont = 1;
     }
-    if (nbytes < f.plen)
-        df->c[DEFRAG_C_OVERLAPS]++;
     if (end > d->max_end)
         d->max_end = end;
     if (!f.mf) {

@@ -228,6 +228,9 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
         uint32_t dglen;
         uint32_t vkey = e->cfg.vlan_in_key ? ((uint32_t)pi.vlan[0] << 16 | pi.vlan[1]) : 0;
         int dr = defrag_feed(e->defrag, pi.l3, pi.l3_len, vkey, e->now, &dg, &dglen);
+        uint32_t foff, differ = defrag_last_differing(e->defrag, &foff);
+        if (differ) /* before the flow lookup: no connection, as MALFORMED */
+            raise_anomaly(e, NULL, MOS_SIDE_CLI, MOS_ERR_DEFRAG_OVERLAP, foff, differ);
         if (dr == DEFRAG_ERROR) {
             e->counters[MOS_C_FRAG_ERROR]++;
             return PROC_DONE;
@@ -363,6 +366,7 @@ void mos_config_default(struct mos_config *cfg)
     cfg->vlan_in_key = 1;
     cfg->pickup = 1;
     cfg->policy = REASM_POLICY_FIRST;
+    cfg->frag_policy = DEFRAG_POLICY_FIRST;
     cfg->buffer_cli = 1;
     cfg->buffer_svr = 1;
     cfg->dir_buffer_limit = 8u << 20;
@@ -401,6 +405,10 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
         snprintf(err, errlen, "unknown overlap policy %u", cfg->policy);
         return NULL;
     }
+    if (cfg->frag_policy >= DEFRAG_POLICY_COUNT) {
+        snprintf(err, errlen, "unknown fragment overlap policy %u", cfg->frag_policy);
+        return NULL;
+    }
     tune_malloc();
     mos_engine_t *e = calloc(1, sizeof(*e));
     if (!e) {
@@ -414,6 +422,8 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
     /* room past the limit: feeding stops at event_queue, but one packet may raise several events */
     int q_ok = evq_init(&e->evq, e->cfg.event_queue + 256);
     e->defrag = defrag_new(cfg->frag_memcap, cfg->frag_timeout_ns, cfg->frag_max);
+    if (e->defrag)
+        defrag_set_policy(e->defrag, cfg->frag_policy);
     if (ft_ok || q_ok || !e->defrag) {
         snprintf(err, errlen, "out of memory for a table of %u connections", cfg->max_conns);
         mos_engine_free(e);

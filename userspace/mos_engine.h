@@ -62,7 +62,8 @@ enum mos_end_reason {
     X(INVALID_TIMESTAMP, 10, INVALID_TIMESTAMP, "stream.pkt_invalid_timestamp") /* to a SYN_SENT end */ \
     X(INVALID_ACK, 11, INVALID_ACK, "stream.pkt_invalid_ack") /* to a SYN_SENT end: acks no SYN of it */\
     X(RST_INJECT_SUSPECTED, 12, RST_INJECT_SUSPECTED, "stream.suspected_rst_inject") /* talk after a RST */\
-    X(SYNACK_DIFF_SEQ, 16, SYNACK_DIFF_SEQ, "stream.3whs_synack_resend_with_diff_seq") /* another ISN */
+    X(SYNACK_DIFF_SEQ, 16, SYNACK_DIFF_SEQ, "stream.3whs_synack_resend_with_diff_seq") /* another ISN */\
+    X(DEFRAG_OVERLAP, 15, BY_DEFRAG, "defrag.fragment_overlap") /* conn 0; off: fragment offset, len: bytes differing */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -150,7 +151,9 @@ enum mos_counter {
     MOS_C_COUNT,
     /* Not a counter: the anomaly table's MALFORMED row counts each packet under its own malformed_*
      * reason (the ERROR event's len says which). */
-    MOS_C_MAL_BY_REASON = MOS_C_COUNT
+    MOS_C_MAL_BY_REASON = MOS_C_COUNT,
+    /* Not an engine counter: the defragmenter counts it (overlaps_differing in the frag counters). */
+    MOS_C_BY_DEFRAG = MOS_C_COUNT + 1
 };
 
 /* One packet of a batch. data points at the link-layer header of `linktype`. */
@@ -240,7 +243,8 @@ struct mos_config {
     uint8_t buffer_svr;          /* hold bytes received by the server (default 1) */
     uint8_t sync_events;         /* hand events over after each packet that raised some (default 0:
                                   * after each batch) */
-    uint8_t pad[2];
+    uint8_t frag_policy;         /* IP fragment overlap policy (enum defrag_policy, default first) */
+    uint8_t pad[1];
     uint32_t dir_buffer_limit;   /* bytes held per direction (default 8 MiB) */
     uint32_t max_segments;       /* held segments per direction (default 4096) */
     uint64_t memcap;             /* bytes held by reassembly in all (default 2 GiB) */
@@ -299,6 +303,7 @@ const char *mos_xsk_counter_name(int i);    /* enum mos_xsk_counter */
 const char *mos_xdp_counter_name(int i);    /* enum mos_xdp_counter (bpf/mos_shared.h) */
 const char *mos_xdp_map_name(int i);        /* enum mos_xdp_map (bpf/mos_shared.h) */
 const char *mos_policy_name(int i);         /* overlap policies, by engine number (userspace/reasm.h) */
+const char *mos_frag_policy_name(int i);    /* fragment overlap policies, by number (userspace/defrag.h) */
 uint64_t mos_engine_mem_used(const mos_engine_t *e);
 uint64_t mos_engine_now(const mos_engine_t *e);
 size_t mos_conn_size(void);

@@ -9,9 +9,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import click
 
+from ..abi import frag_policy_names
 from ..events import Policy
 
 POLICIES = [p.value for p in Policy]
+FRAG_POLICIES = list(frag_policy_names())
 
 
 def make_monitor(policy: str, vlan: bool, pickup: bool, strict: bool = False, **kw: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 import click
 
 from ..abi import lib
-from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar, where_in
+from .common import FRAG_POLICIES, POLICIES, load_app, make_monitor, print_stats, progress_bar, where_in
 
 
 @click.command()
@@ -25,13 +25,16 @@ from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar,
                    "frames of 4 KiB.")
 @click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
               help="Overlap policy.")
+@click.option("--frag-policy", type=click.Choice(FRAG_POLICIES), default="first", show_default=True,
+              help="Which copy of overlapping IP fragments the datagram keeps.")
 @click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
 @click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
 @click.option("--strict", is_flag=True, help="Stop at the first exception in a handler.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
 def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str], workers: int, ring: int,
-        policy: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool, show_stats: bool) -> None:
+        policy: str, frag_policy: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool,
+        show_stats: bool) -> None:
     """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
     if bool(pcap) == bool(iface):
         raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
@@ -42,7 +45,7 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
         if live_only:
             raise click.UsageError(f"{', '.join(live_only)}: for live runs (--iface), not with --pcap")
     mod = load_app(app)
-    mon = make_monitor(policy, not no_vlan, not no_pickup, strict)
+    mon = make_monitor(policy, not no_vlan, not no_pickup, strict, frag_policy=frag_policy)
     try:
         mod.init(mon)
     except Exception as exc:
@@ -82,19 +85,21 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
 @click.option("-o", "outdir", type=click.Path(file_okay=False), help="Write <n>.c2s, <n>.s2c and index.jsonl here.")
 @click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
               help="Overlap policy.")
+@click.option("--frag-policy", type=click.Choice(FRAG_POLICIES), default="first", show_default=True,
+              help="Which copy of overlapping IP fragments the datagram keeps.")
 @click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
 @click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
 @click.option("--max-conns", type=click.IntRange(1, 1 << 28), default=1 << 20, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
-def streams(pcap: str, outdir: Optional[str], policy: str, no_vlan: bool, no_pickup: bool, max_conns: int,
-            progress: bool, show_stats: bool) -> None:
+def streams(pcap: str, outdir: Optional[str], policy: str, frag_policy: str, no_vlan: bool, no_pickup: bool,
+            max_conns: int, progress: bool, show_stats: bool) -> None:
     """Reassemble every connection of a capture: files per direction and an index (-o), or a table."""
     from ..streams import run_streams, stream_table
 
     bar, update = progress_bar(progress, pcap)
-    opts: Dict[str, Any] = dict(policy=policy, vlan_in_key=not no_vlan, pickup=not no_pickup, max_conns=max_conns,
-                                progress=update)
+    opts: Dict[str, Any] = dict(policy=policy, frag_policy=frag_policy, vlan_in_key=not no_vlan, pickup=not no_pickup,
+                                max_conns=max_conns, progress=update)
     try:
         if outdir is None:
             rows, totals, st = stream_table(pcap, limit=TABLE_ROWS, **opts)
