@@ -138,6 +138,11 @@ class ErrorKind(enum.IntEnum):
     """A second SYN-ACK with another ISN before the client acknowledged one: the one the client
     acknowledges anchors the server's stream."""
 
+    FIN_SUPERSEDED = lib.MOS_ERR_FIN_SUPERSEDED
+    """A FIN the receiver had not taken (out of order) whose sequence number data then covered: the
+    receiver's stack drops such a FIN, so it is no FIN here either (its sender's state goes back); the
+    bytes are the stream."""
+
     @property
     def event_name(self) -> str:
         """The anomaly's name, as Suricata names its stream events (``stream.pkt_out_of_window``, ...):

@@ -235,14 +235,15 @@ NEW_WINS = {"first": False, "vista": False, "last": True, "bsd": True, "linux": 
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_fin_cuts_held_bytes_and_straddling_overlap(tmp_path, policy):
+def test_fin_cuts_held_bytes_when_taken(tmp_path, policy):
     """The first 5 bytes are late. Held out of order: [10, 20) ("old"), then [25, 35) past the FIN to come;
-    the FIN at 20 drops the held bytes past it; a retransmission [5, 30) with other bytes straddles the FIN:
-    its part past 20 is cut, its overlap with [10, 20) is the policy's; the 5 late bytes come last."""
+    the FIN at 20 arrives out of order too (not taken yet: nothing is cut); a retransmission [5, 20) with
+    other bytes overlaps [10, 20) (the policy's call); the 5 late bytes come last, the stream reaches the
+    FIN, the receiver takes it and drops what it holds past it."""
     c = Conv()
     c.handshake()
     old = b"O" * 10
-    new = b"n" * 25
+    new = b"n" * 15
     c.tcp(True, "PA", seq=c.off_seq(True, 10), payload=old, advance=False)
     c.tcp(True, "PA", seq=c.off_seq(True, 25), payload=b"P" * 10, advance=False)
     c.tcp(True, "FA", seq=c.off_seq(True, 20), advance=False)
@@ -254,9 +255,33 @@ def test_fin_cuts_held_bytes_and_straddling_overlap(tmp_path, policy):
     r = run(tmp_path, c.built(), policy)
     middle = new[5:15] if NEW_WINS[policy] else old
     assert r.c2s == b"HEAD!" + new[:5] + middle
-    assert r.counters["data_after_fin"] == 2  # the held [25, 35) and the straddling tail [20, 30)
-    assert r.counters["data_after_fin_bytes"] == 10 + 10
+    assert r.counters["data_after_fin"] == 1  # the held [25, 35), dropped when the FIN was taken
+    assert r.counters["data_after_fin_bytes"] == 10
     assert b"P" not in r.c2s
+    assert r.counters["fin_superseded"] == 0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_fin_covered_by_data_before_it_is_taken_is_no_fin(tmp_path, policy):
+    """A FIN 10 bytes past the next byte (out of order, so not taken), then data covering its sequence
+    number: the receiver's stack drops such a FIN (Linux: the data replaces or covers it in the
+    out-of-order queue; BSD's reassembly removes a covered segment), so the bytes past it are the stream
+    and the connection ends with the real FIN."""
+    c = Conv()
+    c.handshake()
+    c.send(True, b"A" * 10)
+    c.tcp(True, "FA", seq=c.nxt[True] + 10, advance=False)
+    c.tcp(False, "A")
+    rest = payload("B", 3000)
+    c.send(True, rest)
+    c.send(False, b"HTTP/1.1 200 OK\r\n\r\n")
+    c.close()
+    r = run(tmp_path, c.built(), policy)
+    assert r.c2s == b"A" * 10 + rest
+    assert r.counters["data_after_fin"] == 0
+    assert r.counters["fin_superseded"] == 1
+    assert r.errors_of(ErrorKind.FIN_SUPERSEDED) == [(Side.SERVER, ErrorKind.FIN_SUPERSEDED, 0, 0)]
+    assert ErrorKind.FIN_SUPERSEDED.event_name == "stream.fin_superseded"
 
 
 def test_fin_retransmission_same_seq_is_fine(tmp_path):

@@ -268,15 +268,19 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
     }
     uint32_t bucket = ft_bucket(&e->ft, &pi);
     int recover_side = -1;
-    struct rst_held held = {0};
+    struct rst_held held;
+    memset(&held, 0, sizeof(held));
     for (uint32_t s = e->ft.buckets[bucket]; s; s = C(e, s)->hnext) {
         struct conn *c = C(e, s);
         int side = ft_match(&e->ft, c, &pi);
         if (side < 0)
             continue;
         if (c->flags & CF_ENDED) {
+            /* A SYN is a new connection if its ISN is new, or after a RST once the handshake was
+             * answered (a retransmitted SYN then has nothing left to reach: the RST ended both ends). */
             int new_syn = (pi.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN &&
-                          (!c->tcp.end[side].isn_known || pi.seq != c->tcp.end[side].isn);
+                          (!c->tcp.end[side].isn_known || pi.seq != c->tcp.end[side].isn ||
+                           (c->end_reason == MOS_END_RST && c->tcp.end[1 - side].isn_known));
             /* Past its linger the record is gone, whether or not expiry could free it yet (its end
              * may wait for the batch's events): what follows must not depend on batch boundaries. */
             int gone = c->last_ts + e->cfg.timeout_closed_ns <= e->now;
@@ -344,7 +348,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
         }
         emit(e, c, MOS_EV_CONN_START, sside, MOS_HK_RCV, NULL);
         if (recover_side >= 0) {
-            raise_anomaly(e, c, 1 - sside, MOS_ERR_RST_INJECT_SUSPECTED, 0, held.len);
+            raise_anomaly(e, c, 1 - sside, MOS_ERR_RST_INJECT_SUSPECTED, 0, held.len[0] + held.len[1]);
             tcp_rst_held_give(e, c, &held);
         }
         process_conn(e, c, sside, &pi);
@@ -541,6 +545,9 @@ uint32_t mos_engine_finish(mos_engine_t *e)
             s = next;
         }
     }
+    /* Bytes held after a RST wait for a packet that will not come now: nothing is held past the end. */
+    for (uint32_t s = e->ft.lru[LRU_CLOSED].head; s && e->ft.nstash; s = C(e, s)->lnext)
+        tcp_rst_held_drop(e, C(e, s));
     stream_writer_flush(&e->streams);
     return 0;
 }
@@ -559,8 +566,14 @@ void mos_engine_events_done(mos_engine_t *e)
         if (!(c->flags & CF_ENDED))
             continue;
         c->flags &= (uint8_t)~CF_END_PENDING;
-        if (!(c->flags & CF_IN_HASH))
+        if (!(c->flags & CF_IN_HASH)) {
             ft_release(ft, &e->rctx, c);
+        } else {
+            /* Lingering (TIME_WAIT): its stragglers are judged on the TCP state alone, so its streams'
+             * memory goes back now, not when the linger ends. */
+            reasm_release(&e->rctx, &c->rx[0]);
+            reasm_release(&e->rctx, &c->rx[1]);
+        }
     }
     ft->nzombies = 0;
     for (uint32_t i = 0; i < ft->ntouched; i++) {

@@ -189,8 +189,11 @@ void ft_release(struct flow_table *ft, struct reasm_ctx *rctx, struct conn *c)
     reasm_release(rctx, &c->rx[0]);
     reasm_release(rctx, &c->rx[1]);
     uint32_t s = ft_slot(ft, c);
-    if (ft->nstash)
+    if (ft->nstash) {
         ft_stash_drop(ft, rctx, s);
+        ft_stash_drop(ft, rctx, ft_stash_key(s, 0));
+        ft_stash_drop(ft, rctx, ft_stash_key(s, 1));
+    }
     if (c->flags & CF_EXT)
         memset(&ft->ext[s], 0, sizeof(ft->ext[s]));
     memset(c, 0, sizeof(*c));

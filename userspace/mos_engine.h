@@ -63,7 +63,8 @@ enum mos_end_reason {
     X(INVALID_ACK, 11, INVALID_ACK, "stream.pkt_invalid_ack") /* to a SYN_SENT end: acks no SYN of it */\
     X(RST_INJECT_SUSPECTED, 12, RST_INJECT_SUSPECTED, "stream.suspected_rst_inject") /* talk after a RST */\
     X(SYNACK_DIFF_SEQ, 16, SYNACK_DIFF_SEQ, "stream.3whs_synack_resend_with_diff_seq") /* another ISN */\
-    X(DEFRAG_OVERLAP, 15, BY_DEFRAG, "defrag.fragment_overlap") /* conn 0; off: fragment offset, len: bytes differing */
+    X(DEFRAG_OVERLAP, 15, BY_DEFRAG, "defrag.fragment_overlap") /* conn 0; off: fragment offset, len: bytes differing */\
+    X(FIN_SUPERSEDED, 17, FIN_SUPERSEDED, "stream.fin_superseded") /* data covered an untaken FIN */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -140,6 +141,7 @@ enum mos_linktype {
     X(RST_INJECT_SUSPECTED, rst_inject_suspected) /* anomalies: connections taken up again after a RST */\
     X(SYNACK_DIFF_SEQ, synack_diff_seq) /* anomalies: SYN-ACKs with another ISN than the first */       \
     X(SYNACK_REANCHORED, synack_reanchored) /* ... the client acknowledged the later one: anchored on it */\
+    X(FIN_SUPERSEDED, fin_superseded)   /* anomalies: FINs not taken, data later covered their number */ \
     X(REXMIT_AFTER_CLOSE, rexmit_after_close) /* packets of a closed connection inside its old sequence space */\
     X(EVENTS_QUEUED, events_queued)                                                                     \
     X(EVENT_BATCHES, event_batches)

@@ -199,6 +199,7 @@ int tcp_guess_sender_is_client(const struct pkt_info *pi)
 /* ---- acknowledgements and FINs ------------------------------------------------------------------ */
 
 static inline void take_fin(mos_engine_t *e, struct conn *c, int snd, int hook);
+static void cut_after_fin(mos_engine_t *e, struct conn *c, int s);
 
 /* Inline tests before the calls: most packets have neither a pending ack nor a FIN to take. */
 static inline void settle(mos_engine_t *e, struct conn *c, int s)
@@ -229,6 +230,8 @@ static void take_fin_slow(mos_engine_t *e, struct conn *c, int snd, int hook)
     if (d->initialized && seq_lt(d->next_seq, s->fin_seq))
         return; /* bytes before the FIN are still missing */
     s->fin_taken = 1;
+    if (!s->fin_cut)
+        cut_after_fin(e, c, snd);
     tcp_step(e, c, rcv, TCP_IN_RCV_FIN, hook);
 }
 
@@ -291,6 +294,7 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
             t->isn_known = 1;
             t->wscale = pi->wscale;
             t->snd_nxt = pi->seq + seglen;
+            t->sack_perm = pi->sack_perm ? 1 : 0;
             if (!(f & TCP_ACK) && pi->has_ts) {
                 t->hs = pi->tsval;
                 t->hs_ts = 1;
@@ -318,7 +322,11 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
         if (peer->isn_known && pi->ack == peer->isn + 1)
             tcp_step(e, c, s, TCP_IN_SND_ACK_OF_SYN, MOS_HK_SND);
     }
-    if ((f & TCP_FIN) && !t->fin_seen) {
+    if ((f & TCP_FIN) && !t->fin_seen &&
+        !(c->rx[1 - s].initialized &&
+          seq_lt(pi->seq + pi->payload_len + ((f & TCP_SYN) ? 1u : 0u), c->rx[1 - s].next_seq))) {
+        /* (a FIN behind bytes the peer's stream already has is an old duplicate or an insertion its
+         * stack drops as unacceptable: not this sender's FIN) */
         t->fin_seen = 1;
         t->fin_seq = pi->seq + pi->payload_len + ((f & TCP_SYN) ? 1u : 0u);
         int crossed = (f & TCP_ACK) && peer->fin_seen && seq_leq(pi->ack, peer->fin_seq);
@@ -367,10 +375,12 @@ static enum rst_verdict rst_verdict(const struct conn *c, int s, const struct pk
     if (!rst_needs_exact_seq(d->policy))
         return in_window ? RST_TAKEN : RST_OUT_OF_WINDOW;
     /* Exactly RCV.NXT, as far as the capture tells it: where the stream we follow is; where the
-     * sender's bytes end (the capture saw them on their way: RCV.NXT once they arrive, or the end of
-     * the receiver's last SACK block, which Linux accepts too); where the receiver acknowledged past
-     * a hole the capture missed. */
-    if (pi->seq == nxt || (S->snd_nxt && pi->seq == S->snd_nxt) || (R->ack_pending && pi->seq == R->hint))
+     * receiver acknowledged past a hole the capture missed; with SACK, where the sender's bytes end
+     * (the right edge of the receiver's last SACK block, which Linux takes too: tcp_validate_incoming;
+     * without SACK, bytes held past a hole leave RCV.NXT where it is). */
+    if (pi->seq == nxt || (R->ack_pending && pi->seq == R->hint))
+        return RST_TAKEN;
+    if (S->snd_nxt && pi->seq == S->snd_nxt && R->sack_perm && S->sack_perm && in_window)
         return RST_TAKEN;
     return in_window ? RST_CHALLENGED : RST_OUT_OF_WINDOW;
 }
@@ -470,14 +480,33 @@ void tcp_end_syn_data(mos_engine_t *e, struct conn *c, int reason)
     }
 }
 
+/* The FIN `s` sent is no FIN after all (fin_superseded's caller says why): its state goes back to what it
+ * was before, and a later FIN is taken as its FIN. */
+static void fin_superseded(mos_engine_t *e, struct conn *c, int s)
+{
+    struct tcp_end *S = &c->tcp.end[s];
+    S->fin_seen = 0;
+    S->fin_cut = 0;
+    raise_anomaly(e, c, 1 - s, MOS_ERR_FIN_SUPERSEDED, 0, 0);
+    int old = S->state, st = old;
+    if (old == MOS_TCP_FIN_WAIT_1)
+        st = MOS_TCP_ESTABLISHED;
+    else if (old == MOS_TCP_LAST_ACK || old == MOS_TCP_CLOSING)
+        st = MOS_TCP_CLOSE_WAIT;
+    if (st != old) {
+        S->state = (uint8_t)st;
+        state_changed(e, c, s, old, MOS_HK_RCV);
+    }
+}
+
 static void data_after_fin(mos_engine_t *e, struct conn *c, int r, uint64_t off, uint32_t len)
 {
     e->counters[MOS_C_DATA_AFTER_FIN_BYTES] += len;
     raise_anomaly(e, c, r, MOS_ERR_DATA_AFTER_FIN, off, len);
 }
 
-/* The FIN of `s` was just seen: bytes held past it in the peer's receive stream will never be taken
- * (Linux purges its out-of-order queue when it takes a FIN; RFC 9293 3.10.7.4 ignores them). */
+/* The FIN of `s` was just taken: bytes held past it in the peer's receive stream never will be (Linux
+ * purges its out-of-order queue when it takes a FIN; RFC 9293 3.10.7.4 ignores them). */
 static void cut_after_fin(mos_engine_t *e, struct conn *c, int s)
 {
     int r = 1 - s;
@@ -503,7 +532,14 @@ static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pk
     uint32_t dseq = pi->seq + ((pi->tcp_flags & TCP_SYN) ? 1u : 0u);
     struct reasm_dir *d = &c->rx[r];
     const struct tcp_end *S = &c->tcp.end[s];
-    if (S->fin_seen && seq_gt(dseq + plen, S->fin_seq) &&
+    if (S->fin_seen && !S->fin_taken && seq_leq(dseq, S->fin_seq) && seq_gt(dseq + plen, S->fin_seq)) {
+        /* Bytes at the sequence number of a FIN the receiver has not taken yet (it was out of order):
+         * its stack drops that FIN (Linux: the data replaces it in the out-of-order queue, or covers it;
+         * BSD's reassembly removes a segment a later one covers), and these bytes are the stream. */
+        fin_superseded(e, c, s);
+    } else if (S->fin_seen && !S->fin_taken) {
+        /* past a FIN not taken yet: held, dropped if the FIN is taken (cut_after_fin) */
+    } else if (S->fin_seen && seq_gt(dseq + plen, S->fin_seq) &&
         (!d->initialized || seq_leq(d->next_seq, S->fin_seq))) {
         /* Bytes at or past the sender's FIN: the receiver ignores them (RFC 9293 3.10.7.4), a
          * retransmission straddling the FIN keeps its part before it. Not for a FIN behind bytes
@@ -643,8 +679,6 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
             reasm_dir_init(&c->rx[r], pi->seq + 1, c->rx[r].policy, c->rx[r].buffering);
     }
     struct tcp_end *S = &c->tcp.end[s];
-    if (S->fin_seen && !S->fin_cut)
-        cut_after_fin(e, c, s);
     if (S->syn_data == TCP_SYND_PENDING && !(f & TCP_SYN) && (pi->payload_len || (f & TCP_FIN)))
         syn_data_by_seq(e, c, s, pi->seq);
     if (pi->payload_len && (c->monitor & (1u << r))) {
@@ -689,9 +723,45 @@ static int syn_sent_discards(mos_engine_t *e, struct conn *c, int s, const struc
     return 0;
 }
 
+/* A data or FIN segment that starts just past the receiver's window: its stack discards it (RFC 9293
+ * 3.10.7.4; Linux tcp_sequence()), so it changes nothing for either endpoint here (a forged segment's
+ * sequence numbers would otherwise move its sender's, and its bytes win overlaps with the real ones the
+ * stream reaches next). The window is the largest the receiver advertised (64 KiB at least), past the
+ * furthest point it acknowledged or the stream reached. Only where the window is known: both SYNs seen
+ * (else the scale is not), and the receiver's stream followed. Further out, the capture more likely
+ * missed the receiver's ACKs than an attacker aims there: such bytes are held and flagged, as Zeek
+ * does (receive_data), and the receiver's ACKs decide. */
+static int beyond_window(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    uint8_t f = pi->tcp_flags;
+    if ((f & (TCP_SYN | TCP_RST)) || !(pi->payload_len || (f & TCP_FIN)))
+        return 0;
+    int r = 1 - s;
+    const struct tcp_end *R = &c->tcp.end[r];
+    const struct reasm_dir *d = &c->rx[r];
+    if (!R->syn_seen || !c->tcp.end[s].syn_seen || !d->initialized)
+        return 0;
+    uint64_t base = d->next_off > d->acked_off ? d->next_off : d->acked_off;
+    if (R->ack_pending) {
+        int64_t h = reasm_seq_to_off(d, R->hint);
+        if (h > (int64_t)base)
+            base = (uint64_t)h;
+    }
+    /* no less than the largest unscaled window: a capture misses window updates, and no host is harmed
+     * by what a 64 KiB window would let in */
+    uint32_t wnd = R->max_win > 65535 ? R->max_win : 65535;
+    int64_t off = reasm_seq_to_off(d, pi->seq);
+    if (off <= (int64_t)(base + wnd) || off > (int64_t)(base + 2 * (uint64_t)wnd + (1u << 16)))
+        return 0; /* in the window; or so far past it that the capture missed much (receive_data) */
+    raise_anomaly(e, c, r, MOS_ERR_OUT_OF_WINDOW, (uint64_t)off, pi->payload_len);
+    return 1;
+}
+
 void tcp_track(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
     if (__builtin_expect(c->tcp.end[1 - s].state == MOS_TCP_SYN_SENT, 0) && syn_sent_discards(e, c, s, pi))
+        return;
+    if (beyond_window(e, c, s, pi))
         return;
     sender_update(e, c, s, pi);
     emit(e, c, MOS_EV_PKT_IN, s, MOS_HK_SND, NULL);
@@ -713,33 +783,52 @@ int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi)
     return seglen ? seq_leq(pi->seq + seglen, S->snd_nxt) : 0;
 }
 
-/* What the receiver of a RST may send after it and be held: a window's worth. */
+/* What each side may send after a RST and be held: a window's worth. */
 #define RST_HOLD_LIMIT (64u << 10)
+
+void tcp_rst_held_drop(mos_engine_t *e, struct conn *c)
+{
+    uint32_t slot = ft_slot(&e->ft, c);
+    for (int k = 0; k < 2 && e->ft.nstash; k++)
+        ft_stash_drop(&e->ft, &e->rctx, ft_stash_key(slot, k));
+}
 
 int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
-    const struct tcp_end *S = &c->tcp.end[s];
+    struct tcp_end *S = &c->tcp.end[s];
     uint32_t slot = ft_slot(&e->ft, c);
     if (pi->tcp_flags & TCP_RST) {
-        if (S->rst_sent && e->ft.nstash)
-            ft_stash_drop(&e->ft, &e->rctx, slot); /* it resets again: what its peer sent was refused */
+        tcp_rst_held_drop(e, c); /* reset again: what was sent after the first was refused */
+        c->tcp.end[0].talked = c->tcp.end[1].talked = 0;
         return 0;
+    }
+    if ((pi->tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK) && !S->syn_seen) {
+        /* the server's answer to the SYN, after a RST that ended the handshake: it talks on, and its
+         * sequence space starts here */
+        S->syn_seen = S->isn_known = 1;
+        S->isn = pi->seq;
+        S->snd_nxt = pi->seq + 1;
+        S->talked = 1;
+        return c->tcp.end[1 - s].talked;
     }
     if ((pi->tcp_flags & TCP_SYN) || !S->snd_nxt)
         return 0;
-    if (S->rst_sent) {
-        /* in its own sequence space: its stack, not a stranger on a reused port */
-        uint32_t wnd = c->tcp.end[1 - s].max_win > 65535 ? c->tcp.end[1 - s].max_win : 65535;
-        return seq_geq(pi->seq, S->snd_nxt - wnd) && seq_leq(pi->seq, S->snd_nxt + wnd);
-    }
+    /* in its own sequence space: its stack, not a stranger on a reused port */
+    uint32_t wnd = c->tcp.end[1 - s].max_win > 65535 ? c->tcp.end[1 - s].max_win : 65535;
+    if (!seq_geq(pi->seq, S->snd_nxt - wnd) || !seq_leq(pi->seq, S->snd_nxt + wnd))
+        return 0;
+    S->talked = 1;
+    if (c->tcp.end[1 - s].talked)
+        return 1; /* this packet is then processed on the connection that follows */
     if (!pi->payload_len || !(c->monitor & (1u << (1 - s))))
         return 0;
-    const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, slot) : NULL;
+    uint32_t key = ft_stash_key(slot, s);
+    const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, key) : NULL;
     uint32_t held = x ? x->len : 0;
     if (pi->seq != S->snd_nxt + held || held + pi->payload_len > RST_HOLD_LIMIT ||
         (e->rctx.memcap && e->rctx.mem_used + pi->payload_len + sizeof(struct ft_stash) > e->rctx.memcap))
         return 0; /* not in order, or too much: only what follows in order can be given back */
-    ft_stash_append(&e->ft, &e->rctx, slot, pi->payload, pi->payload_len);
+    ft_stash_append(&e->ft, &e->rctx, key, pi->payload, pi->payload_len);
     return 0;
 }
 
@@ -747,29 +836,33 @@ void tcp_rst_held_take(mos_engine_t *e, struct conn *old, struct rst_held *h)
 {
     memset(h, 0, sizeof(*h));
     uint32_t slot = ft_slot(&e->ft, old);
-    const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, slot) : NULL;
-    if (!x)
-        return;
-    h->side = old->tcp.end[MOS_SIDE_CLI].rst_sent ? MOS_SIDE_SVR : MOS_SIDE_CLI;
-    h->seq = old->tcp.end[h->side].snd_nxt;
-    h->data = arena_copy(&e->evq.arena, x->data, x->len);
-    h->len = h->data ? x->len : 0;
-    if (!h->data)
-        raise_anomaly(e, old, 1 - h->side, MOS_ERR_MEMCAP, 0, x->len);
-    ft_stash_drop(&e->ft, &e->rctx, slot);
+    for (int k = 0; k < 2; k++) {
+        uint32_t key = ft_stash_key(slot, k);
+        const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, key) : NULL;
+        if (!x)
+            continue;
+        h->seq[k] = old->tcp.end[k].snd_nxt;
+        h->data[k] = arena_copy(&e->evq.arena, x->data, x->len);
+        h->len[k] = h->data[k] ? x->len : 0;
+        if (!h->data[k])
+            raise_anomaly(e, old, 1 - k, MOS_ERR_MEMCAP, 0, x->len);
+        ft_stash_drop(&e->ft, &e->rctx, key);
+    }
 }
 
 void tcp_rst_held_give(mos_engine_t *e, struct conn *c, const struct rst_held *h)
 {
-    if (!h->len)
-        return;
-    int r = 1 - h->side;
-    struct reasm_dir *d = &c->rx[r];
-    c->tcp.end[h->side].snd_nxt = h->seq + h->len;
-    if (!(c->monitor & (1u << r)))
-        return;
-    if (!d->initialized)
-        reasm_dir_init(d, h->seq, d->policy, d->buffering);
-    struct owner o = {c, r};
-    reasm_segment(&e->rctx, d, &o, h->seq, h->data, h->len);
+    for (int k = 0; k < 2; k++) {
+        if (!h->len[k])
+            continue;
+        int r = 1 - k;
+        struct reasm_dir *d = &c->rx[r];
+        c->tcp.end[k].snd_nxt = h->seq[k] + h->len[k];
+        if (!(c->monitor & (1u << r)))
+            continue;
+        if (!d->initialized)
+            reasm_dir_init(d, h->seq[k], d->policy, d->buffering);
+        struct owner o = {c, r};
+        reasm_segment(&e->rctx, d, &o, h->seq[k], h->data[k], h->len[k]);
+    }
 }

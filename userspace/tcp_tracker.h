@@ -21,11 +21,13 @@ struct tcp_end {
     uint8_t syn_seen : 1, fin_seen : 1, isn_known : 1, ack_hint : 1, ack_pending : 1,
         fin_taken : 1,    /* its FIN is in order in the peer's receive stream: the peer's stack took it */
         ws_ok : 1,        /* window scaling is on (both SYNs carried the option: RFC 7323) */
-        fin_cut : 1;      /* held bytes past its FIN were dropped (once, when its FIN was first seen) */
+        fin_cut : 1;      /* held bytes past its FIN were dropped (once, when its FIN was taken) */
     uint8_t syn_data : 2, /* enum tcp_syn_data: what became of the data on its SYN */
         hs_ts : 1,        /* hs is the TSval of its first SYN (a SYN without ACK with a timestamp) */
         hs_alt : 1,       /* hs is the ISN of a later SYN-ACK of it, other than the first one's */
-        rst_sent : 1;     /* it sent the RST that ended the connection (as far as we took it) */
+        rst_sent : 1,     /* it sent the RST that ended the connection (as far as we took it) */
+        talked : 1,       /* it sent a packet other than a RST, in its own sequence space, after that RST */
+        sack_perm : 1;    /* its SYN carried SACK-permitted */
     uint32_t hs;          /* the handshake's word (hs_ts, hs_alt): the peer's answer tells which SYN
                            * (SYN-ACK) it took; meaningless once the handshake is done */
     uint32_t isn;
@@ -97,21 +99,25 @@ void tcp_end_syn_data(mos_engine_t *e, struct conn *c, int reason);
  * (of data or FIN, as a host resends when the last ACK was lost), which its peer's TIME_WAIT absorbs. */
 int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi);
 
-/* A packet sent by `s` after the connection ended by a RST we took. Its sender's stack never sent that
- * RST if it goes on talking (Suricata's "suspected RST inject"): returns 1, the conversation is to be
- * followed again. What the RST's receiver sends after it, in order, is held meanwhile (it may be the
- * bytes the RST was to hide), so that following again loses none. */
+/* A packet sent by `s` after the connection ended by a RST we took. The RST was not the endpoints'
+ * (injected, or taken under another policy than the target's) if both go on talking in their own
+ * sequence spaces (Suricata's "suspected RST inject"): returns 1 then, the conversation is to be
+ * followed again. One side talking is not enough: a real RST crosses data already on its way, and a
+ * host that reset can still send more, which its peer then refuses with another RST. What each side
+ * sends in order meanwhile is held (it may be the bytes the RST was to hide), so following again loses
+ * none; a second RST drops what is held. */
 int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi);
 
 /* The bytes held after a RST, moved from the ended record `old` (copies in the event arena) to the
  * record `c` that follows the conversation again: they enter the stream their receiver gets. */
 struct rst_held {
-    const uint8_t *data;
-    uint32_t seq, len;
-    int side; /* their sender */
+    const uint8_t *data[2]; /* by sender */
+    uint32_t seq[2], len[2];
 };
 void tcp_rst_held_take(mos_engine_t *e, struct conn *old, struct rst_held *h);
 void tcp_rst_held_give(mos_engine_t *e, struct conn *c, const struct rst_held *h);
+/* Nothing will follow (a second RST, the end of input): what is held is dropped, undelivered. */
+void tcp_rst_held_drop(mos_engine_t *e, struct conn *c);
 
 /* Some side's SYN data is pending (its copy is in the flow table's stash). */
 static inline int tcp_syn_data_pending(const struct tcp_flow *t);
