@@ -58,7 +58,9 @@ enum reasm_limit {
     X(LIMIT_DIR_BUF, limit_dir_buf)                                                                     \
     X(LIMIT_MEMCAP, limit_memcap)                                                                       \
     X(LIMIT_SEGMENTS, limit_segments)                                                                   \
-    X(BYTES_DROPPED_LIMIT, bytes_dropped_limit) /* bytes not buffered because of a limit */
+    X(BYTES_DROPPED_LIMIT, bytes_dropped_limit) /* bytes not buffered because of a limit */           \
+    X(SNAPLEN_GAPS, snaplen_gaps)               /* gaps (also in gaps) of bytes the capture cut */      \
+    X(SNAPLEN_GAP_BYTES, snaplen_gap_bytes)     /* their bytes (also in bytes_gap) */
 
 enum reasm_counter {
 #define REASM_X_(id, name) REASM_C_##id,
@@ -133,6 +135,12 @@ static inline int64_t reasm_seq_to_off(const struct reasm_dir *d, uint32_t seq)
  * out-of-order bytes within the limits. `owner` is passed back to the callbacks. */
 void reasm_segment(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t seq,
                    const uint8_t *data, uint32_t len);
+
+/* A segment of which the capture holds the first `len` bytes (data), the next `cut` bytes cut by its
+ * snaplen: the bytes are offered as by reasm_segment, the cut ones become a gap (SNAPLEN_GAPS) when the
+ * stream reaches them, unless a segment brings them before (see reasm.c). */
+void reasm_segment_cut(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t seq,
+                       const uint8_t *data, uint32_t len, uint32_t cut);
 
 /* The receiver acknowledged everything before `ack`. If that passes bytes never seen, the hole up to
  * the next held segment (or up to ack) is reported with on_gap and delivery continues. */
