@@ -57,11 +57,16 @@
  *
  * Retransmissions and overlaps
  * ----------------------------
- * Bytes of a segment below next_off were delivered: the stream never changes, whatever the policy; they
- * are compared with the retained copy (one on_rexmit per maximal run of held bytes or of no-longer-held
- * bytes). Bytes overlapping held out-of-order chunks are reported with one on_rexmit per maximal run of
- * adjacent held chunks; old_bytes is then a copy in a scratch area of the buf (so it stays stable even
- * if the policy replaces the held bytes), freed at the next reasm_trim or reasm_release as the header
+ * Bytes of a segment below next_off were delivered: the stream never changes, whatever the policy. Those
+ * the receiver acknowledged before the segment came (below acked_off) are not compared: the receiver
+ * ignores them, and whether a copy is still in memory depends on when the engine's caller handled the
+ * events of earlier batches (delivered bytes stay until then), so a verdict on them would depend on batch
+ * boundaries; they are reported with old_bytes == NULL (REXMIT_UNVERIFIABLE), one on_rexmit. Delivered
+ * bytes not acknowledged yet are still held (trims never free them; only a limit evicts them, see above),
+ * so their verdict depends on the packets alone: they are compared with the retained copy (one on_rexmit
+ * per maximal run of held bytes or of no-longer-held bytes). Bytes overlapping held out-of-order chunks
+ * are reported with one on_rexmit per maximal run of adjacent held chunks; old_bytes is then a copy in
+ * a scratch area of the buf (so it stays stable even if the policy replaces the held bytes), freed at the next reasm_trim or reasm_release as the header
  * allows; except for an identical run within one chunk (the common duplicate), where it points into the
  * held chunk. On a scratch allocation failure old_bytes is NULL (counted unverifiable). For delivered bytes old_bytes points into the retained chunk (copied to scratch only if
  * the run spans several chunks). REXMIT_INCONSISTENT counts the bytes that differ.
@@ -583,6 +588,12 @@ static void rexmit_delivered(struct reasm_ctx *ctx, struct reasm_dir *d, void *o
 {
     struct reasm_buf *b = d->buf;
     uint64_t pos = off, e = off + len;
+    if (pos < d->acked_off) {
+        /* Acknowledged before this copy came: not compared, even if still in memory (see the top). */
+        uint64_t ae = min_u64(e, d->acked_off);
+        report_rexmit(ctx, d, owner, pos, (uint32_t)(ae - pos), NULL, nw);
+        pos = ae;
+    }
     uint32_t i = b ? idx_end_gt(b, pos) : 0;
     while (pos < e) {
         if (b && i < b->n && b->c[i].off <= pos) {

@@ -53,7 +53,7 @@ enum reasm_limit {
     X(REXMIT_SEGMENTS, rexmit_segments)         /* segments carrying only bytes already seen */         \
     X(REXMIT_BYTES, rexmit_bytes)                                                                       \
     X(REXMIT_INCONSISTENT, rexmit_inconsistent) /* retransmitted bytes differing from the first copy */ \
-    X(REXMIT_UNVERIFIABLE, rexmit_unverifiable) /* retransmitted bytes no longer held, not compared */  \
+    X(REXMIT_UNVERIFIABLE, rexmit_unverifiable) /* retransmitted bytes acked or not held: not compared */  \
     X(OVERLAP_SEGMENTS, overlap_segments)       /* segments partly overlapping held data */             \
     X(LIMIT_DIR_BUF, limit_dir_buf)                                                                     \
     X(LIMIT_MEMCAP, limit_memcap)                                                                       \
@@ -81,8 +81,9 @@ struct reasm_cb {
     void (*on_gap)(void *user, void *dir_owner, uint64_t off, uint64_t len);
     /* A segment's bytes [off, off+len) had been seen already. If both copies are available and they
      * differ, inconsistent=1 and old_bytes/new_bytes point at the two versions (len bytes each); the
-     * policy decided which version the stream keeps. If the old bytes were no longer held, old_bytes
-     * is NULL and inconsistent=0. */
+     * policy decided which version the stream keeps. If the old bytes were no longer held, or the
+     * receiver had acknowledged them before this copy came (so the verdict never depends on when memory
+     * was trimmed), old_bytes is NULL and inconsistent=0. */
     void (*on_rexmit)(void *user, void *dir_owner, uint64_t off, uint32_t len, int inconsistent,
                       const uint8_t *old_bytes, const uint8_t *new_bytes);
     /* A limit stopped `len` bytes at `off` from being held. */
