@@ -459,17 +459,19 @@ def ipv4_fragments() -> Built:
 
 def damaged_packets() -> Built:
     """A clean connection interleaved with damaged packets that must be counted and skipped:
-    a frame cut by the snaplen (caplen < IP total length), an IPv4 header with IHL 3, a TCP header with
+    a frame shorter than its IP total length says (on the wire too: not a snaplen cut, which
+    tests/test_snaplen.py covers), an IPv4 header with IHL 3, a TCP header with
     data offset 4, a frame shorter than an Ethernet header, and UDP datagrams (not TCP: ignored)."""
     c = Conv(cport=40019)
     c.handshake()
     c.send(True, REQ)
     resp = payload("D", 2000)
     c.tcp(False, "PA", payload=resp[:1000])
-    # 1. truncated copy of a later segment (snaplen 80): its bytes must not be delivered from it
+    # 1. a later segment whose IP total length exceeds the frame (80 bytes on the wire): its bytes must
+    # not be delivered from it
     full = bytes(c.l2(False) / c.l3(False) / TCP(sport=c.sport, dport=c.cport, flags="PA",
                                                   seq=c.nxt[False], ack=c.nxt[True]) / Raw(b"!" * 1000))
-    c.emit(full, orig_len=len(full), caplen=80)
+    c.emit(full, orig_len=80, caplen=80)
     # 2. bad IHL (3 -> 12 bytes) ; 3. TCP data offset 4
     bad_ihl = bytearray(bytes(c.l2(True) / c.l3(True) / TCP(sport=c.cport, dport=c.sport, flags="A")))
     bad_ihl[14] = 0x43

@@ -1222,10 +1222,11 @@ def test_stats_malformed_by_reason(tmp_path):
     bad_doff = bytearray(ok_tcp)
     bad_doff[14 + 20 + 12] = 0x40
     c.emit(bytes(bad_doff))
-    # 4. cut by the snaplen (caplen < IP total length)
+    # 4. shorter than its IP total length, on the wire too (a snaplen cut is no malformation:
+    # tests/test_snaplen.py)
     big = bytes(c.l2(False) / c.l3(False) / TCP(sport=c.sport, dport=c.cport, flags="PA", seq=c.nxt[False],
                                                  ack=c.nxt[True]) / Raw(b"!" * 500))
-    c.emit(big, orig_len=len(big), caplen=100)
+    c.emit(big, orig_len=100, caplen=100)
     # 5. runt Ethernet frame; 6. IP version 5 in an IPv4 ethertype
     c.emit(b"\x02\x00\x00\x00\x00\x01\x02")
     bad_ver = bytearray(ok_tcp)

@@ -93,7 +93,8 @@ static int decode_l4(struct pkt_info *pi, const uint8_t *l4, uint32_t len)
     return 0;
 }
 
-static int decode_ipv4(const uint8_t *p, uint32_t len, struct pkt_info *pi)
+/* missing: bytes of the packet past the end of the capture (its wire length less its captured one). */
+static int decode_ipv4(const uint8_t *p, uint32_t len, uint32_t missing, struct pkt_info *pi)
 {
     if (len < 20)
         return MOS_C_MAL_TRUNCATED_IP;
@@ -105,12 +106,19 @@ static int decode_ipv4(const uint8_t *p, uint32_t len, struct pkt_info *pi)
     uint32_t tot = rd16(p + 2);
     if (tot < hl)
         return MOS_C_MAL_BAD_IP_LEN;
-    /* Ethernet padding beyond the total length is ignored; a capture cut short is truncated. */
-    if (tot > len)
-        return MOS_C_MAL_TRUNCATED_PAYLOAD;
+    /* Ethernet padding beyond the total length is ignored. A datagram longer than what was captured is
+     * decoded when the snaplen explains the difference (the transport headers are then checked against
+     * what was captured), and truncated when it does not. */
+    uint32_t cut = 0;
+    if (tot > len) {
+        if (tot - len > missing)
+            return MOS_C_MAL_TRUNCATED_PAYLOAD;
+        cut = tot - len;
+    }
     pi->ip_version = 4;
     pi->l3 = p;
-    pi->l3_len = tot;
+    pi->l3_len = tot - cut;
+    pi->payload_cut = cut; /* a fragment's: defragmentation rejects a fragment it lacks bytes of */
     pi->proto = p[9];
     memset(pi->src, 0, 32);
     memcpy(pi->src, p + 12, 4);
@@ -120,25 +128,30 @@ static int decode_ipv4(const uint8_t *p, uint32_t len, struct pkt_info *pi)
         pi->is_fragment = 1;
         return 0;
     }
-    return decode_l4(pi, p + hl, tot - hl);
+    return decode_l4(pi, p + hl, tot - cut - hl);
 }
 
-static int decode_ipv6(const uint8_t *p, uint32_t len, struct pkt_info *pi)
+static int decode_ipv6(const uint8_t *p, uint32_t len, uint32_t missing, struct pkt_info *pi)
 {
     if (len < 40)
         return MOS_C_MAL_TRUNCATED_IP;
     uint32_t plen = rd16(p + 4);
     if (plen == 0)
         return MOS_C_MAL_BAD_IP_LEN; /* jumbograms are not supported */
-    if (40 + plen > len)
-        return MOS_C_MAL_TRUNCATED_PAYLOAD;
+    uint32_t cut = 0; /* as for IPv4: the extension headers are walked within what was captured */
+    if (40 + plen > len) {
+        if (40 + plen - len > missing)
+            return MOS_C_MAL_TRUNCATED_PAYLOAD;
+        cut = 40 + plen - len;
+    }
     pi->ip_version = 6;
     pi->l3 = p;
-    pi->l3_len = 40 + plen;
+    pi->l3_len = 40 + plen - cut;
+    pi->payload_cut = cut;
     memcpy(pi->src, p + 8, 16);
     memcpy(pi->dst, p + 24, 16);
     uint8_t nh = p[6];
-    uint32_t off = 40, end = 40 + plen;
+    uint32_t off = 40, end = pi->l3_len;
     int i;
     for (i = 0; i < MOS_MAX_IPV6_EXT; i++) {
         if (nh == MOS_IPPROTO_FRAGMENT) {
@@ -178,20 +191,26 @@ static int decode_ipv6(const uint8_t *p, uint32_t len, struct pkt_info *pi)
     return decode_l4(pi, p + off, end - off);
 }
 
-int decode_ip(const uint8_t *l3, uint32_t len, struct pkt_info *pi)
+static int decode_ip_missing(const uint8_t *l3, uint32_t len, uint32_t missing, struct pkt_info *pi)
 {
     pi->is_fragment = 0;
+    pi->payload_cut = 0;
     pi->wscale = 0xff;
     if (len < 1)
         return MOS_C_MAL_TRUNCATED_IP;
     switch (l3[0] >> 4) {
     case 4:
-        return decode_ipv4(l3, len, pi);
+        return decode_ipv4(l3, len, missing, pi);
     case 6:
-        return decode_ipv6(l3, len, pi);
+        return decode_ipv6(l3, len, missing, pi);
     default:
         return MOS_C_MAL_BAD_IP_VERSION;
     }
+}
+
+int decode_ip(const uint8_t *l3, uint32_t len, struct pkt_info *pi)
+{
+    return decode_ip_missing(l3, len, 0, pi);
 }
 
 /* Returns the ethertype-like protocol after the link header, and sets *off; -1 when not IP. */
@@ -216,6 +235,11 @@ static int decode_ether(const uint8_t *p, uint32_t caplen, uint32_t *off, struct
 }
 
 int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_info *pi)
+{
+    return decode_captured(p, caplen, caplen, linktype, pi);
+}
+
+int decode_captured(const uint8_t *p, uint32_t caplen, uint32_t wirelen, int linktype, struct pkt_info *pi)
 {
     memset(pi, 0, offsetof(struct pkt_info, src));
     pi->wscale = 0xff;
@@ -322,7 +346,7 @@ int decode_packet(const uint8_t *p, uint32_t caplen, int linktype, struct pkt_in
         et = (p[off] >> 4) == 4 ? MOS_ETH_P_IP : (p[off] >> 4) == 6 ? MOS_ETH_P_IPV6 : 0;
     }
     if (et == MOS_ETH_P_IP || et == MOS_ETH_P_IPV6) {
-        int r = decode_ip(p + off, caplen - off, pi);
+        int r = decode_ip_missing(p + off, caplen - off, wirelen > caplen ? wirelen - caplen : 0, pi);
         if (r == 0 && ((et == MOS_ETH_P_IP) != (pi->ip_version == 4)))
             return MOS_C_MAL_BAD_IP_VERSION;
         return r;

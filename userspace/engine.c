@@ -156,7 +156,7 @@ static void process_conn(mos_engine_t *e, struct conn *c, int s, const struct pk
 {
     account(e, MOS_C_CONN_PACKETS);
     c->pkts[s]++;
-    c->bytes[s] += pi->payload_len;
+    c->bytes[s] += pi_seg_payload(pi);
     c->last_ts = e->now;
     ft_touch(&e->ft, c);
     if (!(c->monitor & 3))
@@ -215,7 +215,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
     struct pkt_info pi;
     e->cur_pi = NULL;
     e->cur_flags = 0;
-    int r = decode_packet(p->data, p->caplen, e->linktype, &pi);
+    int r = decode_captured(p->data, p->caplen, p->wirelen, e->linktype, &pi);
     e->no_account = 0;
     if (r) {
         raise_malformed(e, r);
@@ -223,6 +223,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
             e->malformed_sink(e->malformed_arg, p); /* inline AF_XDP: the frame is dropped, not forwarded */
         return PROC_DONE;
     }
+    if (pi.payload_cut)
+        e->counters[MOS_C_SNAPLEN_TRUNCATED]++;
     if (pi.is_fragment) {
         const uint8_t *dg;
         uint32_t dglen;
@@ -298,7 +300,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
                 account(e, MOS_C_CONN_PACKETS);
                 if (tcp_is_late_rexmit(c, side, &pi))
                     e->counters[MOS_C_REXMIT_AFTER_CLOSE]++;
-                else if (pi.payload_len)
+                else if (pi_seg_payload(&pi))
                     e->counters[MOS_C_DATA_AFTER_CLOSE]++;
                 c->last_ts = e->now;
                 ft_lru_push(&e->ft, c, LRU_CLOSED);
@@ -743,7 +745,7 @@ int mos_pkt_view(const mos_engine_t *e, uint32_t pkt, struct mos_pkt_view *out)
     out->caplen = p->caplen;
     out->wirelen = p->wirelen;
     out->ts_ns = p->ts_ns;
-    if (decode_packet(p->data, p->caplen, e->linktype, &pi) != 0)
+    if (decode_captured(p->data, p->caplen, p->wirelen, e->linktype, &pi) != 0)
         return -1;
     out->ip_version = pi.ip_version;
     out->proto = pi.proto;

@@ -144,7 +144,8 @@ enum mos_linktype {
     X(FIN_SUPERSEDED, fin_superseded)   /* anomalies: FINs not taken, data later covered their number */ \
     X(REXMIT_AFTER_CLOSE, rexmit_after_close) /* packets of a closed connection inside its old sequence space */\
     X(EVENTS_QUEUED, events_queued)                                                                     \
-    X(EVENT_BATCHES, event_batches)
+    X(EVENT_BATCHES, event_batches)                                                                     \
+    X(SNAPLEN_TRUNCATED, snaplen_truncated) /* payload cut by the capture's snaplen, headers whole: used */
 
 enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,

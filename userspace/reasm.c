@@ -57,11 +57,16 @@
  *
  * Retransmissions and overlaps
  * ----------------------------
- * Bytes of a segment below next_off were delivered: the stream never changes, whatever the policy; they
- * are compared with the retained copy (one on_rexmit per maximal run of held bytes or of no-longer-held
- * bytes). Bytes overlapping held out-of-order chunks are reported with one on_rexmit per maximal run of
- * adjacent held chunks; old_bytes is then a copy in a scratch area of the buf (so it stays stable even
- * if the policy replaces the held bytes), freed at the next reasm_trim or reasm_release as the header
+ * Bytes of a segment below next_off were delivered: the stream never changes, whatever the policy. Those
+ * the receiver acknowledged before the segment came (below acked_off) are not compared: the receiver
+ * ignores them, and whether a copy is still in memory depends on when the engine's caller handled the
+ * events of earlier batches (delivered bytes stay until then), so a verdict on them would depend on batch
+ * boundaries; they are reported with old_bytes == NULL (REXMIT_UNVERIFIABLE), one on_rexmit. Delivered
+ * bytes not acknowledged yet are still held (trims never free them; only a limit evicts them, see above),
+ * so their verdict depends on the packets alone: they are compared with the retained copy (one on_rexmit
+ * per maximal run of held bytes or of no-longer-held bytes). Bytes overlapping held out-of-order chunks
+ * are reported with one on_rexmit per maximal run of adjacent held chunks; old_bytes is then a copy in
+ * a scratch area of the buf (so it stays stable even if the policy replaces the held bytes), freed at the next reasm_trim or reasm_release as the header
  * allows; except for an identical run within one chunk (the common duplicate), where it points into the
  * held chunk. On a scratch allocation failure old_bytes is NULL (counted unverifiable). For delivered bytes old_bytes points into the retained chunk (copied to scratch only if
  * the run spans several chunks). REXMIT_INCONSISTENT counts the bytes that differ.
@@ -78,6 +83,20 @@
  *   OLD_LINUX    : ns < os, or ns == os && ne >= oe
  *   SOLARIS      : ne > oe, or ne == oe && ns <= os (new ends after old; or same end, starts no later)
  * Bytes taken from the new segment become owned by it (its bounds are used for later decisions).
+ *
+ * Bytes the capture cut (snaplen)
+ * ------------------------------
+ * reasm_segment_cut offers a segment of which the capture holds only a prefix: the prefix goes the usual
+ * way, the rest is known to have been sent and known not to be in the capture. Those bytes become a gap
+ * (counted also as SNAPLEN_GAPS / SNAPLEN_GAP_BYTES) as soon as the stream reaches them, without waiting
+ * for an acknowledgement as a hole must: only a retransmission could bring them, and waiting would hold
+ * every later segment of a capture taken with a small snaplen out of order. Until the stream reaches them
+ * (a hole before them), their range is remembered in the buf's cut list (sorted, disjoint, at most
+ * max_segments ranges; beyond that a range is left an ordinary hole); a segment bringing those bytes
+ * meanwhile fills them, as it fills any hole, and held bytes always win over a cut range when delivery
+ * reaches it. Once the gap is delivered, a later copy of those bytes is a retransmission of bytes not
+ * held (REXMIT_UNVERIFIABLE), as for any gap. Cut bytes below next_off (a cut retransmission) count as
+ * unverifiable retransmitted bytes; cut bytes over held out-of-order bytes change nothing.
  *
  * Callbacks must not call reasm_* on the same direction.
  */
@@ -121,6 +140,12 @@ struct reasm_buf {
     uint64_t mem;        /* bytes this direction accounts in ctx->mem_used */
     uint64_t keep_from;  /* highest keep_from given to reasm_trim */
     struct scratch *scr;
+    struct cut *cuts;    /* ranges the capture cut, ahead of next_off (sorted, disjoint, not adjacent) */
+    uint32_t ncuts, cutcap;
+};
+
+struct cut {
+    uint64_t s, e;
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -214,10 +239,39 @@ static void scratch_free(struct reasm_ctx *ctx, struct reasm_buf *b)
     b->scr = NULL;
 }
 
+static void cuts_free(struct reasm_ctx *ctx, struct reasm_buf *b)
+{
+    if (b->cutcap)
+        acct_sub(ctx, b, (uint64_t)b->cutcap * sizeof(*b->cuts) + ALLOC_OVH);
+    free(b->cuts);
+    b->cuts = NULL;
+    b->ncuts = b->cutcap = 0;
+}
+
+/* Forget cut ranges below `lim` (the stream is past them: delivered or gapped). */
+static void cuts_prune(struct reasm_ctx *ctx, struct reasm_buf *b, uint64_t lim)
+{
+    uint32_t k = 0;
+    while (k < b->ncuts && b->cuts[k].e <= lim)
+        k++;
+    if (k) {
+        b->ncuts -= k;
+        memmove(b->cuts, b->cuts + k, (size_t)b->ncuts * sizeof(*b->cuts));
+    }
+    if (b->ncuts && b->cuts[0].s < lim)
+        b->cuts[0].s = lim;
+    if (!b->ncuts && b->cutcap)
+        cuts_free(ctx, b); /* the common case keeps no list around */
+}
+
 static void buf_maybe_free(struct reasm_ctx *ctx, struct reasm_dir *d)
 {
     struct reasm_buf *b = d->buf;
-    if (!b || b->n || b->scr)
+    if (!b)
+        return;
+    if (b->cutcap)
+        cuts_prune(ctx, b, d->next_off);
+    if (b->n || b->scr || b->ncuts)
         return;
     ctx->mem_used -= b->mem;
     free(b->base);
@@ -354,24 +408,61 @@ static void gap_to(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint
         ctx->cb.on_gap(ctx->user, owner, off, len);
 }
 
-/* Deliver held chunks that start at next_off. Returns the bytes delivered. */
+/* A gap of bytes the capture cut, up to `to`. */
+static void gap_cut_to(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint64_t to)
+{
+    ctx->counters[REASM_C_SNAPLEN_GAPS]++;
+    ctx->counters[REASM_C_SNAPLEN_GAP_BYTES] += to - d->next_off;
+    gap_to(ctx, d, owner, to);
+}
+
+/* The end of the cut range holding next_off, or 0 if none does (ranges behind it are forgotten). */
+static uint64_t cut_at_next(struct reasm_ctx *ctx, struct reasm_dir *d)
+{
+    struct reasm_buf *b = d->buf;
+    if (!b->ncuts)
+        return 0;
+    cuts_prune(ctx, b, d->next_off);
+    return b->ncuts && b->cuts[0].s <= d->next_off ? b->cuts[0].e : 0;
+}
+
+/* The start of the first cut range at or past next_off, or UINT64_MAX. */
+static uint64_t next_cut(struct reasm_ctx *ctx, struct reasm_dir *d)
+{
+    struct reasm_buf *b = d->buf;
+    if (!b || !b->ncuts)
+        return UINT64_MAX;
+    cuts_prune(ctx, b, d->next_off);
+    return b->ncuts ? max_u64(b->cuts[0].s, d->next_off) : UINT64_MAX;
+}
+
+/* Deliver held chunks that start at next_off, and the gaps of cut ranges the stream reaches. Returns
+ * the bytes delivered. */
 static uint64_t deliver_ready(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner)
 {
     struct reasm_buf *b = d->buf;
     uint64_t total = 0;
     if (!b)
         return 0;
-    uint32_t i = idx_end_gt(b, d->next_off);
-    while (i < b->n && b->c[i].off == d->next_off) {
-        const struct chunk *c = &b->c[i++];
-        uint64_t off = c->off;
-        uint32_t len = c->len;
-        const uint8_t *p = cdata(c);
-        advance(d, len);
-        total += len;
-        ctx->counters[REASM_C_BYTES_DELIVERED] += len;
-        if (ctx->cb.on_data)
-            ctx->cb.on_data(ctx->user, owner, off, p, len);
+    for (;;) {
+        uint32_t i = idx_end_gt(b, d->next_off);
+        while (i < b->n && b->c[i].off == d->next_off) {
+            const struct chunk *c = &b->c[i++];
+            uint64_t off = c->off;
+            uint32_t len = c->len;
+            const uint8_t *p = cdata(c);
+            advance(d, len);
+            total += len;
+            ctx->counters[REASM_C_BYTES_DELIVERED] += len;
+            if (ctx->cb.on_data)
+                ctx->cb.on_data(ctx->user, owner, off, p, len);
+        }
+        uint64_t to = cut_at_next(ctx, d);
+        if (!to)
+            break;
+        if (i < b->n && b->c[i].off < to)
+            to = b->c[i].off; /* held bytes fill the rest of the range */
+        gap_cut_to(ctx, d, owner, to);
     }
     return total;
 }
@@ -497,6 +588,12 @@ static void rexmit_delivered(struct reasm_ctx *ctx, struct reasm_dir *d, void *o
 {
     struct reasm_buf *b = d->buf;
     uint64_t pos = off, e = off + len;
+    if (pos < d->acked_off) {
+        /* Acknowledged before this copy came: not compared, even if still in memory (see the top). */
+        uint64_t ae = min_u64(e, d->acked_off);
+        report_rexmit(ctx, d, owner, pos, (uint32_t)(ae - pos), NULL, nw);
+        pos = ae;
+    }
     uint32_t i = b ? idx_end_gt(b, pos) : 0;
     while (pos < e) {
         if (b && i < b->n && b->c[i].off <= pos) {
@@ -970,7 +1067,7 @@ void reasm_segment(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint
         return;
     }
 
-    if (off == d->next_off && (!b || !b->n || cend(&b->c[b->n - 1]) <= d->next_off)) {
+    if (off == d->next_off && (!b || ((!b->n || cend(&b->c[b->n - 1]) <= d->next_off) && !b->ncuts))) {
         /* fast path: in order, nothing out of order held */
         if (seen)
             ctx->counters[REASM_C_OVERLAP_SEGMENTS]++;
@@ -1000,6 +1097,90 @@ void reasm_segment(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint
     buf_maybe_free(ctx, d);
 }
 
+/* Remember [s, e) as cut, merged with the ranges it touches. Returns 0, or -1 (limit, or no memory). */
+static int cut_add(struct reasm_ctx *ctx, struct reasm_buf *b, uint64_t s, uint64_t e)
+{
+    uint32_t i = 0, j;
+    while (i < b->ncuts && b->cuts[i].e < s)
+        i++;
+    j = i;
+    while (j < b->ncuts && b->cuts[j].s <= e)
+        j++;
+    if (j > i) {
+        /* [i, j) touch [s, e): one range */
+        b->cuts[i].s = min_u64(b->cuts[i].s, s);
+        b->cuts[i].e = max_u64(b->cuts[j - 1].e, e);
+        memmove(b->cuts + i + 1, b->cuts + j, (size_t)(b->ncuts - j) * sizeof(*b->cuts));
+        b->ncuts -= j - i - 1;
+        return 0;
+    }
+    if (ctx->max_segments && b->ncuts >= ctx->max_segments)
+        return -1;
+    if (b->ncuts == b->cutcap) {
+        uint32_t ncap = b->cutcap ? 2 * b->cutcap : 4;
+        uint64_t grow = (uint64_t)(ncap - b->cutcap) * sizeof(*b->cuts) + (b->cutcap ? 0 : ALLOC_OVH);
+        if (ncap > UINT32_MAX / 2 || (ctx->memcap && ctx->mem_used + grow > ctx->memcap))
+            return -1;
+        struct cut *nc = realloc(b->cuts, (size_t)ncap * sizeof(*nc));
+        if (!nc)
+            return -1;
+        acct_add(ctx, b, grow);
+        b->cuts = nc;
+        b->cutcap = ncap;
+    }
+    memmove(b->cuts + i + 1, b->cuts + i, (size_t)(b->ncuts - i) * sizeof(*b->cuts));
+    b->cuts[i] = (struct cut){ s, e };
+    b->ncuts++;
+    return 0;
+}
+
+void reasm_segment_cut(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t seq,
+                       const uint8_t *data, uint32_t len, uint32_t cut)
+{
+    reasm_segment(ctx, d, owner, seq, data, len);
+    if (!cut)
+        return;
+    int64_t cs = reasm_seq_to_off(d, seq + len), ce = cs + (int64_t)cut;
+    uint64_t s = cs < 0 ? 0 : (uint64_t)cs, e = ce < 0 ? 0 : (uint64_t)ce;
+    uint64_t seen = (uint64_t)(ce - cs) - (e - s); /* before the start of the stream */
+    if (s < d->next_off)
+        seen += min_u64(e, d->next_off) - s;
+    if (seen) {
+        /* a retransmission the capture cut: nothing to compare it with */
+        ctx->counters[REASM_C_REXMIT_BYTES] += seen;
+        ctx->counters[REASM_C_REXMIT_UNVERIFIABLE] += seen;
+        if (!len && e <= d->next_off)
+            ctx->counters[REASM_C_REXMIT_SEGMENTS]++;
+    }
+    s = max_u64(s, d->next_off);
+    if (s >= e)
+        return;
+    struct reasm_buf *b = d->buf;
+    if (s == d->next_off) {
+        /* in order: a gap now, up to the bytes held past it, if any (without a buf: no allocation) */
+        uint64_t to = e;
+        if (b) {
+            uint32_t i = idx_end_gt(b, s);
+            if (i < b->n && b->c[i].off < to)
+                to = b->c[i].off;
+        }
+        gap_cut_to(ctx, d, owner, to);
+        if (b && deliver_ready(ctx, d, owner))
+            enforce_after_delivery(ctx, d);
+        s = d->next_off;
+        if (s >= e) {
+            buf_maybe_free(ctx, d);
+            return;
+        }
+    }
+    if (!b && !d->buffering)
+        return; /* nothing held out of order: an ordinary hole, a gap once acknowledged */
+    b = buf_get(ctx, d);
+    if (b && cut_add(ctx, b, s, e) == 0 && deliver_ready(ctx, d, owner))
+        enforce_after_delivery(ctx, d);
+    buf_maybe_free(ctx, d);
+}
+
 void reasm_ack(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t ack)
 {
     if (!d->initialized)
@@ -1018,6 +1199,7 @@ void reasm_ack(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t
             uint32_t i = idx_end_gt(b, d->next_off);
             if (i < b->n && b->c[i].off < to)
                 to = b->c[i].off;
+            to = min_u64(to, next_cut(ctx, d)); /* counted as the capture's gap, not a lost one */
         }
         if (to > d->next_off)
             gap_to(ctx, d, owner, to);
@@ -1034,12 +1216,14 @@ void reasm_flush(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner)
     struct reasm_buf *b;
     while ((b = d->buf) != NULL) {
         uint32_t i = idx_end_gt(b, d->next_off);
-        if (i >= b->n)
+        uint64_t to = min_u64(i < b->n ? b->c[i].off : UINT64_MAX, next_cut(ctx, d));
+        if (to == UINT64_MAX)
             break;
-        if (b->c[i].off > d->next_off)
-            gap_to(ctx, d, owner, b->c[i].off);
+        if (to > d->next_off)
+            gap_to(ctx, d, owner, to);
         deliver_ready(ctx, d, owner);
     }
+    buf_maybe_free(ctx, d);
 }
 
 void reasm_trim(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t keep_from)
@@ -1084,6 +1268,10 @@ uint64_t reasm_drop_from(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t of
         b->c = b->base;
         b->ncap = b->acap;
     }
+    while (b->ncuts && b->cuts[b->ncuts - 1].s >= off)
+        b->ncuts--;
+    if (b->ncuts && b->cuts[b->ncuts - 1].e > off)
+        b->cuts[b->ncuts - 1].e = off;
     buf_maybe_free(ctx, d);
     return dropped;
 }
@@ -1094,6 +1282,7 @@ void reasm_release(struct reasm_ctx *ctx, struct reasm_dir *d)
     if (!b)
         return;
     scratch_free(ctx, b);
+    cuts_free(ctx, b);
     for (uint32_t i = 0; i < b->n; i++)
         chunk_free_mem(ctx, b, &b->c[i]);
     b->n = 0;

@@ -53,12 +53,14 @@ enum reasm_limit {
     X(REXMIT_SEGMENTS, rexmit_segments)         /* segments carrying only bytes already seen */         \
     X(REXMIT_BYTES, rexmit_bytes)                                                                       \
     X(REXMIT_INCONSISTENT, rexmit_inconsistent) /* retransmitted bytes differing from the first copy */ \
-    X(REXMIT_UNVERIFIABLE, rexmit_unverifiable) /* retransmitted bytes no longer held, not compared */  \
+    X(REXMIT_UNVERIFIABLE, rexmit_unverifiable) /* retransmitted bytes acked or not held: not compared */  \
     X(OVERLAP_SEGMENTS, overlap_segments)       /* segments partly overlapping held data */             \
     X(LIMIT_DIR_BUF, limit_dir_buf)                                                                     \
     X(LIMIT_MEMCAP, limit_memcap)                                                                       \
     X(LIMIT_SEGMENTS, limit_segments)                                                                   \
-    X(BYTES_DROPPED_LIMIT, bytes_dropped_limit) /* bytes not buffered because of a limit */
+    X(BYTES_DROPPED_LIMIT, bytes_dropped_limit) /* bytes not buffered because of a limit */           \
+    X(SNAPLEN_GAPS, snaplen_gaps)               /* gaps (also in gaps) of bytes the capture cut */      \
+    X(SNAPLEN_GAP_BYTES, snaplen_gap_bytes)     /* their bytes (also in bytes_gap) */
 
 enum reasm_counter {
 #define REASM_X_(id, name) REASM_C_##id,
@@ -79,8 +81,9 @@ struct reasm_cb {
     void (*on_gap)(void *user, void *dir_owner, uint64_t off, uint64_t len);
     /* A segment's bytes [off, off+len) had been seen already. If both copies are available and they
      * differ, inconsistent=1 and old_bytes/new_bytes point at the two versions (len bytes each); the
-     * policy decided which version the stream keeps. If the old bytes were no longer held, old_bytes
-     * is NULL and inconsistent=0. */
+     * policy decided which version the stream keeps. If the old bytes were no longer held, or the
+     * receiver had acknowledged them before this copy came (so the verdict never depends on when memory
+     * was trimmed), old_bytes is NULL and inconsistent=0. */
     void (*on_rexmit)(void *user, void *dir_owner, uint64_t off, uint32_t len, int inconsistent,
                       const uint8_t *old_bytes, const uint8_t *new_bytes);
     /* A limit stopped `len` bytes at `off` from being held. */
@@ -133,6 +136,12 @@ static inline int64_t reasm_seq_to_off(const struct reasm_dir *d, uint32_t seq)
  * out-of-order bytes within the limits. `owner` is passed back to the callbacks. */
 void reasm_segment(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t seq,
                    const uint8_t *data, uint32_t len);
+
+/* A segment of which the capture holds the first `len` bytes (data), the next `cut` bytes cut by its
+ * snaplen: the bytes are offered as by reasm_segment, the cut ones become a gap (SNAPLEN_GAPS) when the
+ * stream reaches them, unless a segment brings them before (see reasm.c). */
+void reasm_segment_cut(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t seq,
+                       const uint8_t *data, uint32_t len, uint32_t cut);
 
 /* The receiver acknowledged everything before `ack`. If that passes bytes never seen, the hole up to
  * the next held segment (or up to ack) is reported with on_gap and delivery continues. */

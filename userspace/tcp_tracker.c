@@ -286,7 +286,7 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
     uint8_t f = pi->tcp_flags;
     if (f & TCP_RST)
         return; /* a RST only counts once the receiver's window check accepts it */
-    uint32_t seglen = pi->payload_len + ((f & TCP_SYN) ? 1u : 0u) + ((f & TCP_FIN) ? 1u : 0u);
+    uint32_t seglen = pi_seg_payload(pi) + ((f & TCP_SYN) ? 1u : 0u) + ((f & TCP_FIN) ? 1u : 0u);
     if (f & TCP_SYN) {
         if (!t->syn_seen) {
             t->syn_seen = 1;
@@ -324,11 +324,11 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
     }
     if ((f & TCP_FIN) && !t->fin_seen &&
         !(c->rx[1 - s].initialized &&
-          seq_lt(pi->seq + pi->payload_len + ((f & TCP_SYN) ? 1u : 0u), c->rx[1 - s].next_seq))) {
+          seq_lt(pi->seq + pi_seg_payload(pi) + ((f & TCP_SYN) ? 1u : 0u), c->rx[1 - s].next_seq))) {
         /* (a FIN behind bytes the peer's stream already has is an old duplicate or an insertion its
          * stack drops as unacceptable: not this sender's FIN) */
         t->fin_seen = 1;
-        t->fin_seq = pi->seq + pi->payload_len + ((f & TCP_SYN) ? 1u : 0u);
+        t->fin_seq = pi->seq + pi_seg_payload(pi) + ((f & TCP_SYN) ? 1u : 0u);
         int crossed = (f & TCP_ACK) && peer->fin_seen && seq_leq(pi->ack, peer->fin_seq);
         tcp_step(e, c, s, crossed ? TCP_IN_SND_FIN_CROSSED : TCP_IN_SND_FIN, MOS_HK_SND);
     }
@@ -528,7 +528,7 @@ static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pk
     int r = 1 - s;
     struct tcp_end *R = &c->tcp.end[r];
     struct owner orr = {c, r};
-    uint32_t plen = pi->payload_len;
+    uint32_t plen = pi_seg_payload(pi); /* what the sender sent; the capture may hold only a prefix */
     uint32_t dseq = pi->seq + ((pi->tcp_flags & TCP_SYN) ? 1u : 0u);
     struct reasm_dir *d = &c->rx[r];
     const struct tcp_end *S = &c->tcp.end[s];
@@ -590,7 +590,11 @@ static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pk
         raise_anomaly(e, c, r, MOS_ERR_OUT_OF_WINDOW, (uint64_t)off, plen);
     }
     uint64_t before = e->rctx.counters[REASM_C_REXMIT_SEGMENTS];
-    reasm_segment(&e->rctx, d, &orr, dseq, pi->payload, plen);
+    uint32_t got = pi->payload_len < plen ? pi->payload_len : plen;
+    if (got < plen) /* the snaplen cut the rest: a gap in the stream, unless a retransmission fills it */
+        reasm_segment_cut(&e->rctx, d, &orr, dseq, pi->payload, got, plen - got);
+    else
+        reasm_segment(&e->rctx, d, &orr, dseq, pi->payload, plen);
     if (e->rctx.counters[REASM_C_REXMIT_SEGMENTS] != before)
         c->rexmit[s]++;
 }
@@ -646,7 +650,7 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
     struct tcp_end *R = &c->tcp.end[r];
     uint8_t f = pi->tcp_flags;
 
-    if (pi->payload_len)
+    if (pi_seg_payload(pi))
         settle(e, c, s); /* the acking side moved on: what it acked and we lack is lost */
     if (f & (TCP_FIN | TCP_RST))
         settle(e, c, r); /* the sender is done: holes the receiver acked will not fill */
@@ -679,13 +683,17 @@ static void receiver_update(mos_engine_t *e, struct conn *c, int s, const struct
             reasm_dir_init(&c->rx[r], pi->seq + 1, c->rx[r].policy, c->rx[r].buffering);
     }
     struct tcp_end *S = &c->tcp.end[s];
-    if (S->syn_data == TCP_SYND_PENDING && !(f & TCP_SYN) && (pi->payload_len || (f & TCP_FIN)))
+    if (S->syn_data == TCP_SYND_PENDING && !(f & TCP_SYN) && (pi_seg_payload(pi) || (f & TCP_FIN)))
         syn_data_by_seq(e, c, s, pi->seq);
-    if (pi->payload_len && (c->monitor & (1u << r))) {
-        if ((f & (TCP_SYN | TCP_ACK)) == TCP_SYN)
-            syn_data_in(e, c, s, pi);
-        else
+    if (pi_seg_payload(pi) && (c->monitor & (1u << r))) {
+        if ((f & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+            /* a SYN's bytes the capture cut are not stashed: if the peer takes them, its ack passes
+             * a hole that becomes a gap like any other */
+            if (pi->payload_len)
+                syn_data_in(e, c, s, pi);
+        } else {
             receive_data(e, c, s, pi);
+        }
     }
     if (f & TCP_ACK)
         receive_ack(e, c, s, pi);
@@ -734,7 +742,7 @@ static int syn_sent_discards(mos_engine_t *e, struct conn *c, int s, const struc
 static int beyond_window(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
     uint8_t f = pi->tcp_flags;
-    if ((f & (TCP_SYN | TCP_RST)) || !(pi->payload_len || (f & TCP_FIN)))
+    if ((f & (TCP_SYN | TCP_RST)) || !(pi_seg_payload(pi) || (f & TCP_FIN)))
         return 0;
     int r = 1 - s;
     const struct tcp_end *R = &c->tcp.end[r];
@@ -779,7 +787,7 @@ int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi)
     uint8_t f = pi->tcp_flags;
     if (!S->snd_nxt || (f & (TCP_SYN | TCP_RST)))
         return 0;
-    uint32_t seglen = pi->payload_len + ((f & TCP_FIN) ? 1u : 0u);
+    uint32_t seglen = pi_seg_payload(pi) + ((f & TCP_FIN) ? 1u : 0u);
     return seglen ? seq_leq(pi->seq + seglen, S->snd_nxt) : 0;
 }
 
@@ -820,8 +828,8 @@ int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info 
     S->talked = 1;
     if (c->tcp.end[1 - s].talked)
         return 1; /* this packet is then processed on the connection that follows */
-    if (!pi->payload_len || !(c->monitor & (1u << (1 - s))))
-        return 0;
+    if (!pi->payload_len || pi->payload_cut || !(c->monitor & (1u << (1 - s))))
+        return 0; /* (bytes the capture cut could not be given back: only whole segments are held) */
     uint32_t key = ft_stash_key(slot, s);
     const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, key) : NULL;
     uint32_t held = x ? x->len : 0;

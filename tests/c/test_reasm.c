@@ -1331,6 +1331,183 @@ static void test_drop_from(void)
     }
 }
 
+/* Segments of which the capture holds a prefix (reasm_segment_cut): the rest is a gap once the stream
+ * reaches it, unless held bytes fill it first. */
+static void test_snaplen_cut(void)
+{
+    g_test = "snaplen_cut";
+    static const uint8_t src[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ";
+    struct reasm_ctx ctx;
+    struct rec *r = rec_new();
+    struct reasm_dir d;
+    reasm_ctx_init(&ctx, &CB, r, 0, 0, 3);
+    reasm_dir_init(&d, 50, REASM_POLICY_FIRST, 1);
+    /* in order: [0, 4) delivered, [4, 10) a gap now */
+    reasm_segment_cut(&ctx, &d, NULL, 50, src, 4, 6);
+    CHECK_EQ(r->next, 10);
+    CHECK_EQ(r->ngaps, 1);
+    CHECK_EQ(r->gap_off[0], 4);
+    CHECK_EQ(r->gap_len[0], 6);
+    CHECK_EQ(ctx.counters[REASM_C_SNAPLEN_GAPS], 1);
+    CHECK_EQ(ctx.counters[REASM_C_SNAPLEN_GAP_BYTES], 6);
+    CHECK_EQ(ctx.counters[REASM_C_GAPS], 1);
+    /* a whole copy afterwards: [4, 10) is behind the stream, not comparable */
+    seg(&ctx, &d, r, 50, 0, src, 10);
+    CHECK_EQ(ctx.counters[REASM_C_REXMIT_UNVERIFIABLE], 6);
+    CHECK_EQ(ctx.counters[REASM_C_REXMIT_INCONSISTENT], 0);
+    /* out of order behind a hole [10, 12): [12, 14) held, [14, 20) remembered as cut */
+    reasm_segment_cut(&ctx, &d, NULL, 50 + 12, src + 12, 2, 6);
+    CHECK_EQ(r->next, 10);
+    /* a copy of [16, 18) fills part of the cut range before the stream reaches it */
+    seg(&ctx, &d, r, 50, 16, src + 16, 2);
+    /* a cut retransmission (no byte captured) of [20, 24) out of order, adjacent: merged */
+    reasm_segment_cut(&ctx, &d, NULL, 50 + 20, src + 20, 0, 4);
+    /* the hole fills: [10, 14) data, [14, 16) gap, [16, 18) data, [18, 24) gap */
+    seg(&ctx, &d, r, 50, 10, src + 10, 2);
+    CHECK_EQ(r->next, 24);
+    CHECK_EQ(r->ngaps, 3);
+    CHECK_EQ(r->gap_off[1], 14);
+    CHECK_EQ(r->gap_len[1], 2);
+    CHECK_EQ(r->gap_off[2], 18);
+    CHECK_EQ(r->gap_len[2], 6);
+    CHECK(memcmp(r->stream + 10, src + 10, 4) == 0);
+    CHECK(memcmp(r->stream + 16, src + 16, 2) == 0);
+    CHECK_EQ(ctx.counters[REASM_C_SNAPLEN_GAP_BYTES], 6 + 2 + 6);
+    /* an ack past a hole stops at a cut range: the hole is an ordinary gap, the range the capture's */
+    reasm_segment_cut(&ctx, &d, NULL, 50 + 28, src + 28, 0, 4);   /* [28, 32) cut */
+    reasm_segment_cut(&ctx, &d, NULL, 50 + 34, src + 34, 1, 2);   /* [34, 35) held, [35, 37) cut */
+    reasm_segment_cut(&ctx, &d, NULL, 50 + 40, src + 40, 1, 2);   /* [41, 43) cut */
+    /* a fourth range is over the limit of 3 (max_segments): left an ordinary hole */
+    reasm_segment_cut(&ctx, &d, NULL, 50 + 44, src + 44, 0, 1);
+    uint64_t snap_before = ctx.counters[REASM_C_SNAPLEN_GAP_BYTES];
+    reasm_ack(&ctx, &d, NULL, 50 + 33);
+    CHECK_EQ(r->next, 33);
+    CHECK_EQ(r->gap_off[3], 24);
+    CHECK_EQ(r->gap_len[3], 4);
+    CHECK_EQ(r->gap_off[4], 28);
+    CHECK_EQ(r->gap_len[4], 4);
+    CHECK_EQ(ctx.counters[REASM_C_SNAPLEN_GAP_BYTES], snap_before + 4);
+    /* the sender's FIN at 42: cut ranges past it go with the held bytes */
+    reasm_drop_from(&ctx, &d, 42);
+    reasm_flush(&ctx, &d, NULL);
+    CHECK_EQ(r->next, 42); /* [33, 34) gap, [34, 35) data, [35, 37) cut, [37, 40) gap, [40, 41) data, [41, 42) cut */
+    CHECK_EQ(ctx.counters[REASM_C_SNAPLEN_GAP_BYTES], snap_before + 4 + 2 + 1);
+    CHECK_EQ(r->order_errors, 0);
+    CHECK_EQ(r->rx_errors, 0);
+    reasm_release(&ctx, &d);
+    CHECK_EQ(ctx.mem_used, 0);
+    CHECK(d.buf == NULL);
+
+    /* without buffering, an in-order cut is a gap and nothing is allocated */
+    memset(r, 0, sizeof(*r));
+    reasm_ctx_init(&ctx, &CB, r, 0, 0, 0);
+    reasm_dir_init(&d, 7, REASM_POLICY_FIRST, 0);
+    reasm_segment_cut(&ctx, &d, NULL, 7, src, 3, 5);
+    CHECK_EQ(r->next, 8);
+    CHECK(d.buf == NULL);
+    reasm_segment_cut(&ctx, &d, NULL, 7 + 10, src, 3, 5); /* out of order: a hole like any other */
+    CHECK(d.buf == NULL);
+    CHECK_EQ(ctx.mem_used, 0);
+    free(r);
+}
+
+/* A copy of bytes the receiver acknowledged before it came is not compared, even while the bytes are
+ * still held (no trim yet: the caller has not handled the events); bytes not acknowledged are. */
+static void test_rexmit_acked(void)
+{
+    g_test = "rexmit_acked";
+    struct reasm_ctx ctx;
+    struct rec *r = rec_new();
+    struct reasm_dir d;
+    reasm_ctx_init(&ctx, &CB, r, 0, 0, 0);
+    reasm_dir_init(&d, 1, REASM_POLICY_FIRST, 1);
+    seg_str(&ctx, &d, r, 1, 0, "0123456789");
+    reasm_ack(&ctx, &d, NULL, 1 + 4);       /* [0, 4) acknowledged, all 10 bytes still held */
+    CHECK_EQ(reasm_held_bytes(&d), 10);
+    seg_str(&ctx, &d, r, 1, 2, "XXXXXX");   /* [2, 4) acked: not compared; [4, 8) compared */
+    CHECK_EQ(r->nrx, 2);
+    CHECK_EQ(r->rx[0].off, 2);
+    CHECK_EQ(r->rx[0].len, 2);
+    CHECK_EQ(r->rx[0].has_old, 0);
+    CHECK_EQ(r->rx[1].off, 4);
+    CHECK_EQ(r->rx[1].len, 4);
+    CHECK_EQ(r->rx[1].has_old, 1);
+    CHECK_EQ(r->rx[1].inconsistent, 1);
+    CHECK_EQ(ctx.counters[REASM_C_REXMIT_UNVERIFIABLE], 2);
+    CHECK_EQ(ctx.counters[REASM_C_REXMIT_INCONSISTENT], 4);
+    CHECK_EQ(r->rx_errors, 0);
+    reasm_release(&ctx, &d);
+    CHECK_EQ(ctx.mem_used, 0);
+    free(r);
+}
+
+/* Random segments of one stream, each cut at a random point, in random order, with random acks and
+ * trims, limits on or off: delivery stays in order, every byte delivered is the stream's, every position
+ * ends delivered or in a gap, and memory returns to zero. */
+static void fuzz_cut(int iterations)
+{
+    static uint8_t src[2048];
+    char name[64];
+    for (int it = 0; it < iterations; it++) {
+        snprintf(name, sizeof(name), "fuzz_cut #%d", it);
+        g_test = name;
+        uint32_t n = 1 + rnd_n(sizeof(src));
+        for (uint32_t i = 0; i < n; i++)
+            src[i] = (uint8_t)rnd();
+        struct cseg { uint32_t off, len, cut; } sg[64];
+        uint32_t ns = 0;
+        for (uint32_t off = 0; off < n && ns < 64;) {
+            uint32_t l = 1 + rnd_n(200);
+            if (l > n - off)
+                l = n - off;
+            sg[ns].off = off;
+            sg[ns].len = l;
+            sg[ns].cut = rnd_n(3) ? rnd_n(l + 1) : 0;
+            ns++;
+            off += l;
+        }
+        for (uint32_t i = 0; i < 12 && ns < 64; i++, ns++) { /* copies, whole or cut */
+            sg[ns].off = rnd_n(n);
+            sg[ns].len = 1 + rnd_n(n - sg[ns].off);
+            sg[ns].cut = rnd_n(2) ? rnd_n(sg[ns].len + 1) : 0;
+        }
+        for (uint32_t i = ns; i > 1; i--) {
+            uint32_t j = rnd_n(i);
+            struct cseg t = sg[i - 1];
+            sg[i - 1] = sg[j];
+            sg[j] = t;
+        }
+        struct reasm_ctx ctx;
+        struct rec *r = rec_new();
+        struct reasm_dir d;
+        int limits = rnd_n(3) == 0;
+        reasm_ctx_init(&ctx, &CB, r, limits ? 3000 + rnd_n(6000) : 0, limits ? 1 + rnd_n(1500) : 0,
+                       limits ? 1 + rnd_n(6) : 0);
+        uint32_t isn = rnd();
+        reasm_dir_init(&d, isn, (uint8_t)rnd_n(REASM_POLICY_COUNT), rnd_n(8) ? 1 : 0);
+        r->expect = src;
+        for (uint32_t i = 0; i < ns; i++) {
+            uint32_t got = sg[i].len - sg[i].cut;
+            reasm_segment_cut(&ctx, &d, NULL, isn + sg[i].off, src + sg[i].off, got, sg[i].cut);
+            if (rnd_n(4) == 0)
+                reasm_ack(&ctx, &d, NULL, isn + rnd_n(n + 1));
+            if (rnd_n(4) == 0)
+                trim(&ctx, &d, r, r->next);
+        }
+        reasm_flush(&ctx, &d, NULL);
+        reasm_ack(&ctx, &d, NULL, isn + n);
+        CHECK_EQ(r->next, n);
+        CHECK_EQ(r->order_errors, 0);
+        CHECK_EQ(r->expect_errors, 0);
+        CHECK_EQ(r->delivered + r->gap_bytes, n);
+        CHECK(ctx.counters[REASM_C_SNAPLEN_GAP_BYTES] <= ctx.counters[REASM_C_BYTES_GAP]);
+        reasm_release(&ctx, &d);
+        CHECK_EQ(ctx.mem_used, 0);
+        CHECK(d.buf == NULL);
+        free(r);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int iters = argc > 1 ? atoi(argv[1]) : 300;
@@ -1353,11 +1530,14 @@ int main(int argc, char **argv)
     test_edges();
     test_alloc_failures();
     test_drop_from();
+    test_snaplen_cut();
+    test_rexmit_acked();
     for (int borrow = 0; borrow < 2; borrow++) {
         fuzz(iters, 0, 0, borrow);
         fuzz(iters, 0, 1, borrow);
         fuzz(iters, 1, 0, borrow);
     }
+    fuzz_cut(iters);
     printf("test_reasm: %d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }
