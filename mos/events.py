@@ -116,6 +116,10 @@ class ErrorKind(enum.IntEnum):
     MALFORMED = lib.MOS_ERR_MALFORMED
     """A packet the decoder rejected (``conn`` is None): ``ev.malformed`` is its ``malformed_*`` counter
     (``malformed_too_many_ipv6_ext``, ``malformed_truncated_tcp``, ...). Inline, the frame is dropped."""
+    CHECKSUM_INVALID = lib.MOS_ERR_CHECKSUM_INVALID
+    """A packet with a wrong IPv4 header, TCP or UDP checksum (a host drops it), dropped before any
+    connection saw it: ``ev.bad_checksum`` is its ``bad_checksum_*`` counter; ``conn`` is its connection
+    when it has one (left untouched), else None. Inline, the frame is dropped."""
 
     @property
     def event_name(self) -> str:

@@ -29,6 +29,7 @@ from .abi import (
     EVENT_SIZE,
     NO_PACKET,
     NO_WSCALE,
+    checksum_mode_names,
     ffi,
     lib,
 )
@@ -113,6 +114,12 @@ class EnginePort:
         self._mon._views.pop(pkt, None)
 
 
+CHECKSUM_MODES = checksum_mode_names()
+"""The checksum settings (``auto``, ``on``, ``off``), from the engine's table."""
+_CHECKSUM_STATES = {lib.MOS_CSUM_STATE_OFF: "off", lib.MOS_CSUM_STATE_VALIDATING: "validating",
+                    lib.MOS_CSUM_STATE_SAMPLING: "sampling", lib.MOS_CSUM_STATE_AUTO_OFF: "auto-off"}
+
+
 class Monitor:
     """The stack as an app sees it: subscribe handlers, then run it over a capture (or live traffic).
 
@@ -122,7 +129,8 @@ class Monitor:
     progress), ``max_conns``, ``dir_buffer_limit`` (bytes held per direction), ``max_segments``,
     ``memcap`` (bytes held by reassembly in all), timeouts in seconds (``timeout_syn``,
     ``timeout_established``, ``timeout_closed``), ``frag_memcap``, ``frag_timeout``, ``strict``
-    (an exception in a handler stops the run), ``sync``.
+    (an exception in a handler stops the run), ``sync``, ``checksum`` (``auto``, ``on``, ``off``: which
+    packets with a wrong IPv4, TCP or UDP checksum are dropped before the engine; :attr:`checksum_state`).
 
     Handlers run once per batch of packets (one crossing between C and Python per batch). Inside a handler
     the event and the connection's state, stream offsets and ``peek`` are as they were when the event was
@@ -152,6 +160,7 @@ class Monitor:
         strict: bool = False,
         stream_dir: Optional[str] = None,
         sync: bool = False,
+        checksum: str = "auto",
     ) -> None:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
@@ -161,6 +170,9 @@ class Monitor:
         cfg.vlan_in_key = int(bool(vlan_in_key))
         cfg.pickup = int(bool(pickup))
         cfg.sync_events = int(bool(sync))
+        if checksum not in CHECKSUM_MODES:
+            raise MosError(f"unknown checksum setting {checksum!r} (choose from {', '.join(CHECKSUM_MODES)})")
+        cfg.checksum = CHECKSUM_MODES.index(checksum)
         for name, val, lo, hi in (
             ("max_conns", max_conns, 1, 1 << 28),
             ("dir_buffer_limit", dir_buffer_limit, 0, (1 << 32) - 1),
@@ -353,6 +365,9 @@ class Monitor:
         """
         source.open()
         try:
+            sample = getattr(source, "checksum_sample", None)
+            if sample is not None and self.checksum_state == "sampling":
+                sample(self._eng)  # a capture: decided on its start before its first packet is judged
             region = source.stable_region()
             if region is not None:
                 # the packets stay readable until close: reassembly holds their bytes by reference, no copy
@@ -523,6 +538,19 @@ class Monitor:
         )
         self._views[pkt] = v
         return v
+
+    # -- checksums ----------------------------------------------------------------------------------
+    @property
+    def checksum_state(self) -> str:
+        """Where checksum validation stands: ``off``; ``validating`` (``on``, or ``auto`` found no
+        offloading); ``sampling`` (``auto`` before its decision: validating meanwhile); ``auto-off``
+        (``auto`` found offloaded checksums and stopped validating; ``checksum_auto_off`` is 1)."""
+        return _CHECKSUM_STATES[lib.mos_engine_checksum_state(self._eng)]
+
+    def expect_offloaded_checksums(self) -> None:
+        """Setting ``auto``: the input is known to carry offloaded checksums (a veth fed by a local
+        stack): validation is switched off from the first packet, without a sample."""
+        lib.mos_engine_checksum_offload(self._eng)
 
     # -- counters -----------------------------------------------------------------------------------
     def stats(self) -> Dict[str, int]:

@@ -223,6 +223,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
             e->malformed_sink(e->malformed_arg, p); /* inline AF_XDP: the frame is dropped, not forwarded */
         return PROC_DONE;
     }
+    if (checksum_reject(e, &pi, p, 0))
+        return PROC_DONE; /* a host drops it: it must not touch any connection */
     if (pi.is_fragment) {
         const uint8_t *dg;
         uint32_t dglen;
@@ -253,6 +255,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
                 e->malformed_sink(e->malformed_arg, p);
             return PROC_DONE;
         }
+        if (checksum_reject(e, &pi, p, 1))
+            return PROC_DONE;
     }
     e->cur_pi = &pi;
     e->cur_flags = pi.tcp_flags;
@@ -342,6 +346,7 @@ void mos_config_default(struct mos_config *cfg)
     cfg->vlan_in_key = 1;
     cfg->pickup = 1;
     cfg->policy = REASM_POLICY_FIRST;
+    cfg->checksum = MOS_CSUM_AUTO;
     cfg->buffer_cli = 1;
     cfg->buffer_svr = 1;
     cfg->dir_buffer_limit = 8u << 20;
@@ -378,6 +383,10 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
     }
     if (cfg->policy >= REASM_POLICY_COUNT) {
         snprintf(err, errlen, "unknown overlap policy %u", cfg->policy);
+        return NULL;
+    }
+    if (cfg->checksum >= MOS_CSUM_MODE_COUNT) {
+        snprintf(err, errlen, "unknown checksum setting %u", cfg->checksum);
         return NULL;
     }
     tune_malloc();

@@ -48,7 +48,9 @@ enum mos_end_reason {
  * MOS_ERR_ id, its number (the ERROR event's reason: fixed, Python and saved results use it), the
  * MOS_C_ counter it bumps, and its name, after Suricata's stream.* events (decoder.* for the decoder's).
  * MALFORMED is raised once per malformed packet (raise_malformed), with no connection: it counts under
- * the packet's malformed_* reason, whose MOS_C_ id the event's len carries (mos_counter_name names it). */
+ * the packet's malformed_* reason, whose MOS_C_ id the event's len carries (mos_counter_name names it).
+ * CHECKSUM_INVALID likewise counts under its bad_checksum_* reason (len); its conn is the packet's
+ * connection when one exists (found without touching it), else 0. */
 #define MOS_ANOMALIES(X)                                                                                    \
     X(OUT_OF_WINDOW, 1, OUT_OF_WINDOW, "stream.pkt_out_of_window")         /* data beyond the window */  \
     X(RST_OUT_OF_WINDOW, 2, RST_OUT_OF_WINDOW, "stream.rst_out_of_window") /* RST outside the window */\
@@ -57,7 +59,8 @@ enum mos_end_reason {
     X(SEGMENT_LIMIT, 5, SEGMENT_LIMIT, "stream.reassembly_segment_limit") /* held segments */          \
     X(SYN_DATA_DISCARDED, 6, SYN_DATA_DISCARDED, "stream.syn_data_discarded") /* SYN data not acked */  \
     X(DATA_AFTER_FIN, 7, DATA_AFTER_FIN, "stream.data_after_fin")         /* bytes past the FIN */      \
-    X(MALFORMED, 8, MAL_BY_REASON, "decoder.malformed") /* a malformed packet: conn 0, len = its counter */
+    X(MALFORMED, 8, MAL_BY_REASON, "decoder.malformed") /* a malformed packet: conn 0, len = its counter */\
+    X(CHECKSUM_INVALID, 13, MAL_BY_REASON, "decoder.checksum_invalid") /* len = its bad_checksum_* */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -129,15 +132,20 @@ enum mos_linktype {
     X(DATA_AFTER_FIN, data_after_fin)   /* anomalies: segments with bytes past their sender's FIN */    \
     X(DATA_AFTER_FIN_BYTES, data_after_fin_bytes) /* those bytes (not delivered) */                     \
     X(EVENTS_QUEUED, events_queued)                                                                     \
-    X(EVENT_BATCHES, event_batches)
+    X(EVENT_BATCHES, event_batches)                                                                     \
+    X(BAD_CHECKSUM_IP, bad_checksum_ip)   /* disposition: IPv4 header checksum wrong (userspace/checksum.c) */\
+    X(BAD_CHECKSUM_TCP, bad_checksum_tcp) /* disposition: TCP checksum wrong */                         \
+    X(BAD_CHECKSUM_UDP, bad_checksum_udp) /* disposition: UDP checksum wrong */                         \
+    X(CHECKSUM_UNVERIFIABLE, checksum_unverifiable) /* TCP/UDP cut by the capture: not checked */       \
+    X(CHECKSUM_AUTO_OFF, checksum_auto_off) /* 1: auto found the input's checksums offloaded, stopped */
 
 enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,
     MOS_ENGINE_COUNTERS(MOS_X_)
 #undef MOS_X_
     MOS_C_COUNT,
-    /* Not a counter: the anomaly table's MALFORMED row counts each packet under its own malformed_*
-     * reason (the ERROR event's len says which). */
+    /* Not a counter: the anomaly table's MALFORMED (and CHECKSUM_INVALID) row counts each packet under
+     * its own malformed_* (bad_checksum_*) reason (the ERROR event's len says which). */
     MOS_C_MAL_BY_REASON = MOS_C_COUNT
 };
 
@@ -218,6 +226,26 @@ struct mos_filter {
     uint8_t pattern[64];
 };
 
+/* The checksum setting (userspace/checksum.c): on validates every packet; off none; auto validates from
+ * the first packet and stops once a sample shows the input has offloaded checksums (more than one in
+ * ten of the first 1000 packets wrong). Names through mos_checksum_mode_name. */
+#define MOS_CHECKSUM_MODES(X) X(AUTO, "auto") X(ON, "on") X(OFF, "off")
+
+enum mos_checksum_mode {
+#define MOS_X_(id, name) MOS_CSUM_##id,
+    MOS_CHECKSUM_MODES(MOS_X_)
+#undef MOS_X_
+    MOS_CSUM_MODE_COUNT
+};
+
+/* Where validation stands (mos_engine_checksum_state). */
+enum mos_checksum_state {
+    MOS_CSUM_STATE_OFF = 0,        /* off */
+    MOS_CSUM_STATE_VALIDATING = 1, /* on, or auto found no offloading */
+    MOS_CSUM_STATE_SAMPLING = 2,   /* auto, before the decision (validating meanwhile) */
+    MOS_CSUM_STATE_AUTO_OFF = 3,   /* auto found offloaded checksums: validation switched off */
+};
+
 struct mos_config {
     uint32_t max_conns;          /* flow table capacity (default 1 << 20) */
     uint32_t event_queue;        /* events per crossing (default 8192) */
@@ -228,7 +256,8 @@ struct mos_config {
     uint8_t buffer_svr;          /* hold bytes received by the server (default 1) */
     uint8_t sync_events;         /* hand events over after each packet that raised some (default 0:
                                   * after each batch) */
-    uint8_t pad[2];
+    uint8_t checksum;            /* enum mos_checksum_mode (default auto) */
+    uint8_t pad;
     uint32_t dir_buffer_limit;   /* bytes held per direction (default 8 MiB) */
     uint32_t max_segments;       /* held segments per direction (default 4096) */
     uint64_t memcap;             /* bytes held by reassembly in all (default 2 GiB) */
@@ -292,6 +321,16 @@ uint64_t mos_engine_now(const mos_engine_t *e);
 size_t mos_conn_size(void);
 /* The name of an anomaly (enum mos_error_kind, an ERROR event's reason), NULL if none. */
 const char *mos_anomaly_name(int kind);
+
+/* Checksums, setting auto: packets examined, not processed, for the decision (the start of a capture
+ * before it is run, so that no packet of the sample is judged before it); last: the input ends here.
+ * Returns the packets examined (fewer than n once the decision is made). */
+uint32_t mos_engine_checksum_sample(mos_engine_t *e, int linktype, const struct mos_pkt *pkts, uint32_t n,
+                                    int last);
+/* Setting auto: the input is known to carry offloaded checksums (a veth): validation off, no sample. */
+void mos_engine_checksum_offload(mos_engine_t *e);
+int mos_engine_checksum_state(const mos_engine_t *e); /* enum mos_checksum_state */
+const char *mos_checksum_mode_name(int i);  /* enum mos_checksum_mode */
 
 /* Connections. slot is the 1-based handle from events; id must match (else -1: ended and reused). */
 int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_conn_info *out);

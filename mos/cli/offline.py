@@ -11,7 +11,17 @@ from typing import Any, Dict, List, Optional
 import click
 
 from ..abi import lib
-from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar, where_in
+from .common import (
+    CHECKSUM_HELP,
+    CHECKSUMS,
+    POLICIES,
+    checksum_notice,
+    load_app,
+    make_monitor,
+    print_stats,
+    progress_bar,
+    where_in,
+)
 
 
 @click.command()
@@ -25,13 +35,15 @@ from .common import POLICIES, load_app, make_monitor, print_stats, progress_bar,
                    "frames of 4 KiB.")
 @click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
               help="Overlap policy.")
+@click.option("--checksum", type=click.Choice(CHECKSUMS), default="auto", show_default=True, help=CHECKSUM_HELP)
 @click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
 @click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
 @click.option("--strict", is_flag=True, help="Stop at the first exception in a handler.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
 def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str], workers: int, ring: int,
-        policy: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool, show_stats: bool) -> None:
+        policy: str, checksum: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool,
+        show_stats: bool) -> None:
     """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
     if bool(pcap) == bool(iface):
         raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
@@ -42,7 +54,7 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
         if live_only:
             raise click.UsageError(f"{', '.join(live_only)}: for live runs (--iface), not with --pcap")
     mod = load_app(app)
-    mon = make_monitor(policy, not no_vlan, not no_pickup, strict)
+    mon = make_monitor(policy, not no_vlan, not no_pickup, strict, checksum=checksum)
     try:
         mod.init(mon)
     except Exception as exc:
@@ -70,6 +82,7 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
     if callable(fin):
         fin(mon)
     st = mon.stats()
+    checksum_notice(st)
     if show_stats:
         print_stats(st)
     if mon.handler_errors:
@@ -82,19 +95,20 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
 @click.option("-o", "outdir", type=click.Path(file_okay=False), help="Write <n>.c2s, <n>.s2c and index.jsonl here.")
 @click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
               help="Overlap policy.")
+@click.option("--checksum", type=click.Choice(CHECKSUMS), default="auto", show_default=True, help=CHECKSUM_HELP)
 @click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
 @click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
 @click.option("--max-conns", type=click.IntRange(1, 1 << 28), default=1 << 20, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
-def streams(pcap: str, outdir: Optional[str], policy: str, no_vlan: bool, no_pickup: bool, max_conns: int,
-            progress: bool, show_stats: bool) -> None:
+def streams(pcap: str, outdir: Optional[str], policy: str, checksum: str, no_vlan: bool, no_pickup: bool,
+            max_conns: int, progress: bool, show_stats: bool) -> None:
     """Reassemble every connection of a capture: files per direction and an index (-o), or a table."""
     from ..streams import run_streams, stream_table
 
     bar, update = progress_bar(progress, pcap)
     opts: Dict[str, Any] = dict(policy=policy, vlan_in_key=not no_vlan, pickup=not no_pickup, max_conns=max_conns,
-                                progress=update)
+                                checksum=checksum, progress=update)
     try:
         if outdir is None:
             rows, totals, st = stream_table(pcap, limit=TABLE_ROWS, **opts)
@@ -111,6 +125,7 @@ def streams(pcap: str, outdir: Optional[str], policy: str, no_vlan: bool, no_pic
     else:
         click.echo(f"{len(rows)} connections, {sum(r['c2s_bytes'] + r['s2c_bytes'] for r in rows)} bytes "
                    f"-> {outdir}/", err=True)
+    checksum_notice(st)
     if show_stats:
         print_stats(st)
 
