@@ -1,9 +1,9 @@
 /* See checksum.h.
  *
- * The sum: RFC 1071's one's complement sum, taken 64 bits at a time in the machine's byte order with the
- * carries added back (the folded result is the same as 16-bit words in network order, byte-swapped; a
- * correct packet folds to 0xffff in either order). Four words per step: on the benchmark's segments
- * this is about four times the speed of a 16-bit loop (bench/RESULTS.md).
+ * The sum: RFC 1071's one's complement sum, in the machine's byte order (the folded result is the same
+ * as 16-bit words in network order, byte-swapped; a correct packet folds to 0xffff in either order),
+ * 64 bits loaded at a time. Measured on 1480 bytes (gcc -O2, this machine): about 100 ns, against 190 ns
+ * for 64-bit words with the carry added back after each and 450 ns for a loop of 16-bit words.
  *
  * The auto setting is Suricata's checksum-validation auto mode (ChecksumAutoModeCheck: after a sample of
  * 1000 packets, offloading is assumed, and validation switched off, when more than one in ten had a
@@ -23,38 +23,51 @@
 #define CSUM_SAMPLE 1000u
 #define CSUM_OFFLOAD_RATIO 10u
 
-static inline uint64_t add64(uint64_t s, uint64_t w)
-{
-    s += w;
-    return s + (s < w);
-}
-
+/* The 32-bit halves of 64-bit loads, in two accumulators: no carry to add back per word (a 64 KiB
+ * datagram sums to less than 2^47), and two independent chains. */
 static uint64_t sum_bytes(const uint8_t *p, uint32_t n, uint64_t s)
 {
+    uint64_t a = s, b = 0;
     while (n >= 32) {
         uint64_t w[4];
         memcpy(w, p, 32);
-        s = add64(s, w[0]);
-        s = add64(s, w[1]);
-        s = add64(s, w[2]);
-        s = add64(s, w[3]);
+        a += (w[0] & 0xffffffffu) + (w[0] >> 32);
+        b += (w[1] & 0xffffffffu) + (w[1] >> 32);
+        a += (w[2] & 0xffffffffu) + (w[2] >> 32);
+        b += (w[3] & 0xffffffffu) + (w[3] >> 32);
         p += 32;
         n -= 32;
     }
     while (n >= 8) {
         uint64_t w;
         memcpy(&w, p, 8);
-        s = add64(s, w);
+        a += (w & 0xffffffffu) + (w >> 32);
         p += 8;
         n -= 8;
     }
+    /* fixed-size loads for the tail (a variable-length memcpy is a call) */
+    if (n >= 4) {
+        uint32_t w;
+        memcpy(&w, p, 4);
+        b += w;
+        p += 4;
+        n -= 4;
+    }
+    if (n >= 2) {
+        uint16_t w;
+        memcpy(&w, p, 2);
+        a += w;
+        p += 2;
+        n -= 2;
+    }
     if (n) {
         /* the tail starts at an even offset: an odd last byte is the high half of a zero-padded word */
-        uint64_t w = 0;
-        memcpy(&w, p, n);
-        s = add64(s, w);
+        const uint8_t t[2] = {p[0], 0};
+        uint16_t w;
+        memcpy(&w, t, 2);
+        b += w;
     }
-    return s;
+    return a + b;
 }
 
 static inline uint16_t fold(uint64_t s)
