@@ -31,8 +31,8 @@ class Event(enum.IntEnum):
     """A packet that belongs to no tracked connection (``conn`` is None)."""
     ERROR = lib.MOS_EV_ERROR
     """An anomaly (``ev.reason``, an :class:`ErrorKind`): on a connection (out-of-window segment or RST,
-    buffer limit, memory cap), or a malformed packet (``MALFORMED``: ``conn`` is None, ``ev.malformed``
-    names the ``malformed_*`` counter)."""
+    buffer limit, memory cap), a malformed packet (``MALFORMED``: ``conn`` is None, ``ev.malformed``
+    names the ``malformed_*`` counter), or a wrong checksum (``CHECKSUM_INVALID``: ``ev.bad_checksum``)."""
     DATA_GAP = lib.MOS_EV_DATA_GAP
     """Bytes that will never arrive: ``ev.offset``/``ev.length`` in the receiving side's stream."""
 

@@ -24,6 +24,7 @@ from mos.source import PcapSource
 from mos.stats import accounted
 from tests.conftest import run_cli
 from tests.pcaps import Built, Conv, payload
+from tests.test_live import inline  # noqa: F401  (the module-scoped inline topology)
 
 MODES = ("auto", "on", "off")
 BAD_COUNTERS = ("bad_checksum_ip", "bad_checksum_tcp", "bad_checksum_udp")
@@ -375,3 +376,63 @@ def test_run_cli_has_the_option(tmp_path):
                            "on", "--stats", "--no-progress"], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert b"bad_checksum_tcp" in proc.stderr
+
+
+# ---- inline (AF_XDP): a frame with a wrong checksum is dropped, not forwarded -------------------------------
+
+@pytest.mark.netns
+@pytest.mark.parametrize("mode", ["on", "auto"])
+def test_inline_bad_checksum_dropped(inline, tmp_path: Path, mode: str) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """`on`: frames with a wrong TCP or IPv4 header checksum never reach the server's wire (counted in
+    malformed_drop); `auto` on a veth says it does not validate (a local stack's offloaded checksums)
+    and forwards them, as before."""
+    import json
+    import textwrap
+
+    from tests.test_evasion_ip6 import SNIFF, _mac
+    from tests.test_live import CLIENT, PORT, SERVER, _app
+
+    tag = inline.topo.tag[-6:]
+    lc, ls = f"lc{tag}", f"ls{tag}"
+    eth = Ether(src=_mac(inline.c, lc), dst=_mac(inline.s, ls))
+
+    def seg(marker: str, sport: int) -> bytes:
+        return bytes(eth / IP(src=CLIENT, dst=SERVER) / TCP(sport=sport, dport=PORT, flags="S") / Raw(marker.encode()))
+
+    frames = {"MOSX-BADSUM": with_l4_checksum(seg("MOSX-BADSUM", 4250)),
+              "MOSX-BADIP": with_ip_checksum(seg("MOSX-BADIP", 4251)),
+              "MOSX-GOOD": seg("MOSX-GOOD", 4252)}
+    app = _app(tmp_path, "noop.py", "def init(mon):\n    pass\n")
+    run = inline.run(app, "--stats", "--checksum", mode)
+    sniff = None
+    try:
+        code = textwrap.dedent(SNIFF.format(dev=ls, secs=4, markers=sorted(frames)))
+        sniff = inline.s.popen(sys.executable, "-c", code, stdout=subprocess.PIPE, text=True)
+        assert sniff.stdout is not None and sniff.stdout.readline().strip() == "ready"
+        inline.c.python(f"""
+            import socket, time
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            s.bind(({lc!r}, 0))
+            for f in {list(frames.values())!r}:
+                s.send(f)
+                time.sleep(0.05)
+        """)
+        out, _ = sniff.communicate(timeout=30)
+        seen = set(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        if sniff is not None and sniff.poll() is None:
+            sniff.kill()
+            sniff.wait(timeout=10)
+        rc = run.stop()
+    assert rc == 0, run.stderr
+    eng = run.engine_counters()
+    xsk_c = run.counters("  af_xdp worker 0:")
+    if mode == "on":
+        assert seen == {"MOSX-GOOD"}, (seen, run.stderr)
+        assert eng.get("bad_checksum_tcp") == 1 and eng.get("bad_checksum_ip") == 1, run.stderr
+        assert xsk_c.get("malformed_drop", 0) == 2, run.stderr
+        assert "is a veth" not in run.stderr and ": veth," not in run.stderr
+    else:
+        assert seen == set(frames), (seen, run.stderr)
+        assert "checksum auto" in run.stderr and "veth" in run.stderr, run.stderr
+        assert eng.get("checksum_auto_off") == 1 and not eng.get("bad_checksum_tcp"), run.stderr
