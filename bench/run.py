@@ -753,7 +753,11 @@ def write_results(path: Path, a: argparse.Namespace, cap: Dict[str, Any], res: D
           f"5% of off: **{'met' if auto['mpps'] >= 0.95 * c_off['mpps'] else 'not met'}**. Packets of the capture "
           f"with a wrong checksum (the `on` run's counters): **{sum(bad.values()):,}** "
           f"({', '.join(f'{k} {v:,}' for k, v in bad.items())}; the capture was made with `tx off`, real "
-          f"checksums); checksum_unverifiable {on_ctr.get('checksum_unverifiable', 0):,}.")
+          f"checksums); checksum_unverifiable {on_ctr.get('checksum_unverifiable', 0):,}. Auto validates this "
+          f"capture whole (no wrong checksum in its sample), so it costs what `on` does: reading every payload "
+          f"byte, which this row otherwise never does (reassembly holds the mapped bytes by reference): "
+          f"{truth['payload_seen'] / max(c_on['cpu'] - c_off['cpu'], 1e-9) / 1e9:.0f} GB/s of payload for the "
+          f"CPU time `on` adds, the memory's pace rather than the sum's (`userspace/checksum.c`).")
     app, nfp = s.get("mos-xdp app (CONN_NEW_DATA)"), s.get("nfstream + plugin")
     if app and nfp:
         w(f"- Python-handler app vs nfstream with a plugin: {app['mpps']:.3f} vs {nfp['mpps']:.3f} Mpps "
