@@ -402,7 +402,8 @@ def make_tools(work: Path) -> List[Tool]:
         out["counters"] = {k: counters.get(k, 0) for k in (
             "reasm_bytes_delivered", "reasm_bytes_gap", "reasm_gaps", "reasm_ooo_segments", "reasm_rexmit_segments",
             "reasm_limit_segments", "reasm_limit_dir_buf", "reasm_limit_memcap", "reasm_bytes_dropped_limit",
-            "out_of_window")}
+            "out_of_window", "bad_checksum_ip", "bad_checksum_tcp", "bad_checksum_udp", "checksum_unverifiable",
+            "checksum_auto_off")}
         return out
 
     def p_streams_o(_: str, __: str) -> Dict[str, Any]:
@@ -451,6 +452,12 @@ def make_tools(work: Path) -> List[Tool]:
     return [
         Tool("mos-xdp streams", lambda p: [str(MOS), "streams", str(p), "--no-progress", "--stats"], p_streams,
              "C only; table of connections"),
+        Tool("mos-xdp streams (checksum on)",
+             lambda p: [str(MOS), "streams", str(p), "--no-progress", "--stats", "--checksum", "on"], p_streams,
+             "every checksum validated"),
+        Tool("mos-xdp streams (checksum off)",
+             lambda p: [str(MOS), "streams", str(p), "--no-progress", "--stats", "--checksum", "off"], p_streams,
+             "no checksum validated (the default is auto: the row above)"),
         Tool("mos-xdp streams -o", lambda p: [str(MOS), "streams", str(p), "--no-progress", "-o", str(mos_o)],
              p_streams_o, "C only; writes both directions' files to /dev/shm", prep=fresh(mos_o)),
         Tool("mos-xdp app (CONN_NEW_DATA)", lambda p: [str(MOS), "run", str(BENCH / "app_count.py"), "--pcap", str(p),
@@ -733,6 +740,24 @@ def write_results(path: Path, a: argparse.Namespace, cap: Dict[str, Any], res: D
               "REASM_LIMIT_SEGMENTS) refuses new ones and their bytes are lost, while the whole rest of the "
               "response sits in memory. Settling an acked hole when the limit is reached (or once the receiver "
               "acks well past it) would deliver them.")
+    c_on, c_off = s.get("mos-xdp streams (checksum on)"), s.get("mos-xdp streams (checksum off)")
+    if c_on and c_off and "mos-xdp streams" in s:
+        auto = s["mos-xdp streams"]
+        on_ctr = (res["mos-xdp streams (checksum on)"].get("out") or {}).get("counters") or {}
+        bad = {k: on_ctr.get(k, 0) for k in ("bad_checksum_ip", "bad_checksum_tcp", "bad_checksum_udp")}
+        w(f"- **Checksums**: `mos-xdp streams` with `--checksum auto` (the default) {auto['mpps']:.2f} Mpps, "
+          f"`off` {c_off['mpps']:.2f}, `on` {c_on['mpps']:.2f} (wall, medians of the same interleaved runs; CPU "
+          f"{auto['cpu']:.2f}, {c_off['cpu']:.2f}, {c_on['cpu']:.2f} s): auto costs "
+          f"{1 - auto['mpps'] / c_off['mpps']:.1%} of `off` (CPU {auto['cpu'] / c_off['cpu'] - 1:.1%}), `on` "
+          f"{1 - c_on['mpps'] / c_off['mpps']:.1%} (CPU {c_on['cpu'] / c_off['cpu'] - 1:.1%}). Target: auto within "
+          f"5% of off: **{'met' if auto['mpps'] >= 0.95 * c_off['mpps'] else 'not met'}**. Packets of the capture "
+          f"with a wrong checksum (the `on` run's counters): **{sum(bad.values()):,}** "
+          f"({', '.join(f'{k} {v:,}' for k, v in bad.items())}; the capture was made with `tx off`, real "
+          f"checksums); checksum_unverifiable {on_ctr.get('checksum_unverifiable', 0):,}. Auto validates this "
+          f"capture whole (no wrong checksum in its sample), so it costs what `on` does: reading every payload "
+          f"byte, which this row otherwise never does (reassembly holds the mapped bytes by reference): "
+          f"{truth['payload_seen'] / max(c_on['cpu'] - c_off['cpu'], 1e-9) / 1e9:.0f} GB/s of payload for the "
+          f"CPU time `on` adds, the memory's pace rather than the sum's (`userspace/checksum.c`).")
     app, nfp = s.get("mos-xdp app (CONN_NEW_DATA)"), s.get("nfstream + plugin")
     if app and nfp:
         w(f"- Python-handler app vs nfstream with a plugin: {app['mpps']:.3f} vs {nfp['mpps']:.3f} Mpps "

@@ -26,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - only without a build
 
 __all__ = ["EVENT_FIELDS", "EVENT_FORMAT", "EVENT_SIZE", "NO_PACKET", "NO_WSCALE", "counter_names", "ffi", "lib",
            "struct_format", "xsk_counter_names", "name_table", "reasm_counter_names",
-           "frag_counter_names", "policy_names", "frag_policy_names"]
+           "frag_counter_names", "policy_names", "frag_policy_names", "checksum_mode_names"]
 
 # struct codes by (size, signed); pointers are unpacked as unsigned addresses
 _CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q",
@@ -147,3 +147,8 @@ def policy_names() -> Tuple[str, ...]:
 def frag_policy_names() -> Tuple[str, ...]:
     """The IP fragment overlap policies' names (``DEFRAG_POLICIES``), indexed by the engine's number."""
     return name_table(lib.mos_frag_policy_name)
+
+
+def checksum_mode_names() -> Tuple[str, ...]:
+    """The checksum settings' names (``auto``, ``on``, ``off``), indexed by ``enum mos_checksum_mode``."""
+    return name_table(lib.mos_checksum_mode_name)

@@ -213,6 +213,15 @@ class EventInfo:
         return names[self._f[EV_LEN]] if self._f[EV_LEN] < len(names) else None
 
     @property
+    def bad_checksum(self) -> Optional[str]:
+        """ERROR of kind ``CHECKSUM_INVALID``: the counter the packet was counted under (``bad_checksum_ip``,
+        ``bad_checksum_tcp``, ``bad_checksum_udp``); None for any other event."""
+        if self._mon._root_type(self.type) != Event.ERROR or self._f[EV_REASON] != ErrorKind.CHECKSUM_INVALID:
+            return None
+        names = ENGINE_COUNTERS
+        return names[self._f[EV_LEN]] if self._f[EV_LEN] < len(names) else None
+
+    @property
     def old_state(self) -> TcpState:
         """TCP_STATE_CHANGE: the state ``side`` left."""
         return TcpState(self._f[EV_OLD_STATE])

@@ -31,8 +31,8 @@ class Event(enum.IntEnum):
     """A packet that belongs to no tracked connection (``conn`` is None)."""
     ERROR = lib.MOS_EV_ERROR
     """An anomaly (``ev.reason``, an :class:`ErrorKind`): on a connection (out-of-window segment or RST,
-    buffer limit, memory cap), or a malformed packet (``MALFORMED``: ``conn`` is None, ``ev.malformed``
-    names the ``malformed_*`` counter)."""
+    buffer limit, memory cap), a malformed packet (``MALFORMED``: ``conn`` is None, ``ev.malformed``
+    names the ``malformed_*`` counter), or a wrong checksum (``CHECKSUM_INVALID``: ``ev.bad_checksum``)."""
     DATA_GAP = lib.MOS_EV_DATA_GAP
     """Bytes that will never arrive: ``ev.offset``/``ev.length`` in the receiving side's stream."""
 
@@ -142,6 +142,10 @@ class ErrorKind(enum.IntEnum):
     """A FIN the receiver had not taken (out of order) whose sequence number data then covered: the
     receiver's stack drops such a FIN, so it is no FIN here either (its sender's state goes back); the
     bytes are the stream."""
+    CHECKSUM_INVALID = lib.MOS_ERR_CHECKSUM_INVALID
+    """A packet with a wrong IPv4 header, TCP or UDP checksum (a host drops it), dropped before any
+    connection saw it: ``ev.bad_checksum`` is its ``bad_checksum_*`` counter; ``conn`` is its connection
+    when it has one (left untouched), else None. Inline, the frame is dropped."""
 
     @property
     def event_name(self) -> str:

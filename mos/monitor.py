@@ -29,6 +29,7 @@ from .abi import (
     EVENT_SIZE,
     NO_PACKET,
     NO_WSCALE,
+    checksum_mode_names,
     ffi,
     frag_policy_names,
     lib,
@@ -120,6 +121,10 @@ def frag_policy_code(name: str) -> int:
     if name not in names:
         raise MosError(f"unknown fragment overlap policy {name!r} (choose from {', '.join(names)})")
     return names.index(name)
+CHECKSUM_MODES = checksum_mode_names()
+"""The checksum settings (``auto``, ``on``, ``off``), from the engine's table."""
+_CHECKSUM_STATES = {lib.MOS_CSUM_STATE_OFF: "off", lib.MOS_CSUM_STATE_VALIDATING: "validating",
+                    lib.MOS_CSUM_STATE_SAMPLING: "sampling", lib.MOS_CSUM_STATE_AUTO_OFF: "auto-off"}
 
 
 class Monitor:
@@ -132,7 +137,8 @@ class Monitor:
     progress), ``max_conns``, ``dir_buffer_limit`` (bytes held per direction), ``max_segments``,
     ``memcap`` (bytes held by reassembly in all), timeouts in seconds (``timeout_syn``,
     ``timeout_established``, ``timeout_closed``), ``frag_memcap``, ``frag_timeout``, ``strict``
-    (an exception in a handler stops the run), ``sync``.
+    (an exception in a handler stops the run), ``sync``, ``checksum`` (``auto``, ``on``, ``off``: which
+    packets with a wrong IPv4, TCP or UDP checksum are dropped before the engine; :attr:`checksum_state`).
 
     Handlers run once per batch of packets (one crossing between C and Python per batch). Inside a handler
     the event and the connection's state, stream offsets and ``peek`` are as they were when the event was
@@ -163,6 +169,7 @@ class Monitor:
         strict: bool = False,
         stream_dir: Optional[str] = None,
         sync: bool = False,
+        checksum: str = "auto",
     ) -> None:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
@@ -173,6 +180,9 @@ class Monitor:
         cfg.vlan_in_key = int(bool(vlan_in_key))
         cfg.pickup = int(bool(pickup))
         cfg.sync_events = int(bool(sync))
+        if checksum not in CHECKSUM_MODES:
+            raise MosError(f"unknown checksum setting {checksum!r} (choose from {', '.join(CHECKSUM_MODES)})")
+        cfg.checksum = CHECKSUM_MODES.index(checksum)
         for name, val, lo, hi in (
             ("max_conns", max_conns, 1, 1 << 28),
             ("dir_buffer_limit", dir_buffer_limit, 0, (1 << 32) - 1),
@@ -366,6 +376,9 @@ class Monitor:
         """
         source.open()
         try:
+            sample = getattr(source, "checksum_sample", None)
+            if sample is not None and self.checksum_state == "sampling":
+                sample(self._eng)  # a capture: decided on its start before its first packet is judged
             region = source.stable_region()
             if region is not None:
                 # the packets stay readable until close: reassembly holds their bytes by reference, no copy
@@ -536,6 +549,19 @@ class Monitor:
         )
         self._views[pkt] = v
         return v
+
+    # -- checksums ----------------------------------------------------------------------------------
+    @property
+    def checksum_state(self) -> str:
+        """Where checksum validation stands: ``off``; ``validating`` (``on``, or ``auto`` found no
+        offloading); ``sampling`` (``auto`` before its decision: validating meanwhile); ``auto-off``
+        (``auto`` found offloaded checksums and stopped validating; ``checksum_auto_off`` is 1)."""
+        return _CHECKSUM_STATES[lib.mos_engine_checksum_state(self._eng)]
+
+    def expect_offloaded_checksums(self) -> None:
+        """Setting ``auto``: the input is known to carry offloaded checksums (a veth fed by a local
+        stack): validation is switched off from the first packet, without a sample."""
+        lib.mos_engine_checksum_offload(self._eng)
 
     # -- counters -----------------------------------------------------------------------------------
     def stats(self) -> Dict[str, int]:

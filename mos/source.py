@@ -18,6 +18,7 @@ where packets come from. :class:`BatchSource` is the base of sources that return
 from __future__ import annotations
 
 import abc
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Tuple
 
@@ -170,6 +171,27 @@ class PcapSource(BatchSource):
             return 0
         self._got += got
         return int(got)
+
+    def checksum_sample(self, eng: Any) -> None:
+        """Checksum setting auto: show the engine ``eng`` the start of the file before it is run, so that
+        it decides whether the capture has offloaded checksums before it judges the first packet (the
+        file is read a second time, up to the sample's end; not for a pipe, which reads once)."""
+        if not os.path.isfile(self.path):
+            return
+        src = lib.mos_pcap_open(self.path.encode(), self._err, len(self._err))
+        if src == ffi.NULL:
+            return
+        try:
+            linktype = lib.mos_pcap_linktype(src)
+            while True:
+                got = lib.mos_pcap_next_batch(src, self._pkts, self._batch, self._err, len(self._err))
+                if got <= 0:
+                    lib.mos_engine_checksum_sample(eng, linktype, self._pkts, 0, 1)
+                    return
+                if lib.mos_engine_checksum_sample(eng, linktype, self._pkts, got, 0) < got:
+                    return  # decided
+        finally:
+            lib.mos_pcap_close(src)
 
     def progress(self) -> Optional[Tuple[int, int]]:
         """Bytes of the file read so far, and its size."""

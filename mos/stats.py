@@ -1,7 +1,7 @@
 """The engine's counters as one dict, and the partition of packets into dispositions.
 
-Every packet fed ends in exactly one disposition (:data:`DISPOSITIONS`, or one of the ``malformed_*``
-reasons): :func:`accounted` sums them, and must equal ``stats["packets"]``.
+Every packet fed ends in exactly one disposition (:data:`DISPOSITIONS`, or one of the ``malformed_*`` or
+``bad_checksum_*`` reasons): :func:`accounted` sums them, and must equal ``stats["packets"]``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any, Dict
 from .abi import counter_names, frag_counter_names, lib, reasm_counter_names
 
 MALFORMED_PREFIX = "malformed_"
+BAD_CHECKSUM_PREFIX = "bad_checksum_"
 DISPOSITIONS = (
     "conn_packets", "orphan_not_tcp", "orphan_no_conn", "orphan_table_full", "frag_held", "frag_error",
 )
@@ -41,5 +42,5 @@ def engine_stats(eng: Any) -> Dict[str, int]:
 def accounted(stats: Dict[str, int]) -> int:
     """Packets accounted for by a disposition (must equal ``stats['packets']``)."""
     return sum(stats[k] for k in DISPOSITIONS) + sum(
-        v for k, v in stats.items() if k.startswith(MALFORMED_PREFIX)
+        v for k, v in stats.items() if k.startswith((MALFORMED_PREFIX, BAD_CHECKSUM_PREFIX))
     )

@@ -56,13 +56,14 @@ def stream_table(
     vlan_in_key: bool = True,
     pickup: bool = True,
     max_conns: int = 1 << 20,
+    checksum: str = "auto",
     progress: Optional[Callable[[int, int], Any]] = None,
 ) -> Tuple[List[Dict[str, Any]], Dict[str, int], Dict[str, int]]:
     """Reassemble ``pcap`` for a summary: the rows of connections 1..``limit`` (as ``run_streams`` gives
     them, with ``c2s_gap_bytes``/``s2c_gap_bytes`` instead of the gap lists), the totals over all
     connections (``connections``, ``stream_bytes``, ``gap_bytes``) and the engine's counters."""
     mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
-                  max_conns=max_conns, strict=True)
+                  max_conns=max_conns, strict=True, checksum=checksum)
     mon.log_ended(limit)
     st = mon.run_pcap(pcap, progress=progress)
     rows = [_row(i, None) for i in mon.ended_log()]
@@ -80,6 +81,7 @@ def run_streams(
     vlan_in_key: bool = True,
     pickup: bool = True,
     max_conns: int = 1 << 20,
+    checksum: str = "auto",
     progress: Optional[Callable[[int, int], Any]] = None,
 ) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
     """Reassemble ``pcap``; with ``outdir``, write ``<n>.c2s``, ``<n>.s2c`` and ``index.jsonl`` there.
@@ -87,7 +89,7 @@ def run_streams(
     Returns the index rows (in connection order) and the engine's counters.
     """
     mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
-                  max_conns=max_conns, strict=True)
+                  max_conns=max_conns, strict=True, checksum=checksum)
     if outdir is not None:
         os.makedirs(outdir, exist_ok=True)
         for name in os.listdir(outdir):  # a rerun must not append to the previous run's files

@@ -107,6 +107,9 @@ def ipv4_frame(src: str, dst: str, proto: int, l4: bytes, ident: int = 0, frag: 
 def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: int, seq: int, ack: int = 0,
               data: bytes = b"", window: int = 65535) -> bytes:
     l4 = struct.pack("!HHIIBBHHH", sport, dport, seq % (1 << 32), ack % (1 << 32), 5 << 4, flags, window, 0, 0)
+    # a real checksum: the engine drops what a host would (tests/test_checksum.py)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(l4) + len(data))
+    l4 = l4[:16] + struct.pack("!H", _csum(pseudo + l4 + data + b"\0" * (len(data) % 2))) + l4[18:]
     return ipv4_frame(src, dst, 6, l4 + data)
 
 

@@ -75,13 +75,17 @@ def _frag(c: Conv, ident: int, off_blocks: int, data: bytes, more: bool):  # typ
 
 
 def _capture(v6: bool, sets: Tuple[List[Tuple[str, int, int]], ...] = (ORIGINALS, OVERLAPPING, [LAST]),
-             retransmit: bool = True, ident: int = 0x5151) -> Tuple[Built, Conv]:
-    """A connection whose request is the fragment set, sent once, then (``retransmit``) again whole."""
+             retransmit: bool = True, ident: int = 0x5151, aim: Optional[str] = None) -> Tuple[Built, Conv]:
+    """A connection whose request is the fragment set, sent once, then (``retransmit``) again whole. The
+    segment's TCP checksum is right for the reassembly of policy ``aim`` (None: for none)."""
     c = Conv(cip="2001:db8::1" if v6 else "10.10.0.1", sip="2001:db8::2" if v6 else "10.10.0.2", cport=40100)
     c.handshake()
     seq = c.nxt[True]
-    hdr = bytes(TCP(sport=c.cport, dport=c.sport, flags="PA", seq=seq, ack=c.nxt[False], window=65535,
-                    options=[("NOP", None)] * 4))
+    tcp = TCP(sport=c.cport, dport=c.sport, flags="PA", seq=seq, ack=c.nxt[False], window=65535,
+              options=[("NOP", None)] * 4)
+    if aim is not None:
+        tcp.chksum = TCP(bytes(c.l3(True) / tcp / Raw(_expected_payload(aim)))[40 if v6 else 20:]).chksum
+    hdr = bytes(tcp)
     assert len(hdr) == HDR_BLOCKS * BLOCK
     c.emit(bytes(c.l2(True) / _frag(c, ident, 0, hdr, True)))
     for group in sets:
@@ -108,8 +112,11 @@ class Seen:
         self.server += ev.data
 
 
-def _run(tmp_path: Path, built: Built, policy: str) -> Tuple[Seen, Dict[str, int]]:
-    mon = Monitor(frag_policy=policy)
+def _run(tmp_path: Path, built: Built, policy: str, checksum: str = "off") -> Tuple[Seen, Dict[str, int]]:
+    # The segment's TCP checksum can match one reassembly of overlapping fragments only (the one its sender
+    # aimed at): what is tested here is which bytes each policy keeps, so checksums are not validated;
+    # test_checksum_picks_the_reassembly_it_was_made_for shows the two together.
+    mon = Monitor(frag_policy=policy, checksum=checksum)
     seen = Seen(mon)
     st = mon.run_pcap(str(built.write(tmp_path / f"{policy}.pcap")))
     assert accounted(st) == st["packets"] == len(built.records)
@@ -147,6 +154,20 @@ def test_sturges_novak_stream_per_policy(tmp_path: Path, policy: str, v6: bool) 
     assert seen.errors == [(None, ErrorKind.DEFRAG_OVERLAP, o, n) for o, n in zip(ev_off, ev_len)]
     assert st["reasm_rexmit_segments"] == 1  # the whole copy is a retransmission of what the host holds
     assert st["memory_held"] == 0
+
+
+@pytest.mark.parametrize("policy", ["bsd", "first", "windows"])
+def test_checksum_picks_the_reassembly_it_was_made_for(tmp_path: Path, policy: str) -> None:
+    """An evader computes the TCP checksum for the reassembly of the target it aims at (bsd here): a host
+    of that policy takes the datagram, the others drop it for its checksum and take the retransmission."""
+    built, _ = _capture(v6=False, aim="bsd")
+    seen, st = _run(tmp_path, built, policy, checksum="on")
+    if policy == "bsd":
+        assert seen.server == _expected_payload("bsd")
+        assert st["bad_checksum_tcp"] == 0
+    else:
+        assert seen.server == RETRANSMISSION
+        assert st["bad_checksum_tcp"] == 1
 
 
 def test_anomaly_name() -> None:
@@ -269,7 +290,7 @@ def test_streams_cli_frag_policy(tmp_path: Path) -> None:
     pcap = _capture(False)[0].write(tmp_path / "novak.pcap")
     for policy in ("bsd", "linux"):
         out = tmp_path / policy
-        subprocess.run([exe, "streams", str(pcap), "-o", str(out), "--frag-policy", policy], check=True,
+        subprocess.run([exe, "streams", str(pcap), "-o", str(out), "--frag-policy", policy, "--checksum", "off"], check=True,
                        timeout=120, capture_output=True)
         want = RETRANSMISSION if EXPECTED[policy] is None else _expected_payload(policy)
         assert (out / "1.c2s").read_bytes() == want

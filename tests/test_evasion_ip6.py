@@ -311,7 +311,9 @@ def _fragments_v6(n_ext: int, cport: int) -> List[bytes]:
     chain = IPv6ExtHdrDestOpt()
     for _ in range(n_ext - 1):
         chain = chain / IPv6ExtHdrDestOpt()
-    body = bytes(chain / TCP(sport=cport, dport=80, flags="S", seq=1000, chksum=0) / Raw(b"F" * 200))
+    # the TCP checksum scapy computes over the whole datagram (a wrong one is dropped after reassembly)
+    body = bytes(IPv6(src=c.cip, dst=c.sip) / chain / TCP(sport=cport, dport=80, flags="S", seq=1000)
+                 / Raw(b"F" * 200))[40:]
     cut = (n_ext * 8 + 24) // 8 * 8  # the whole header chain in the first fragment (RFC 8200)
     out = []
     for off, chunk, more in ((0, body[:cut], 1), (cut, body[cut:], 0)):

@@ -225,6 +225,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
     }
     if (pi.payload_cut)
         e->counters[MOS_C_SNAPLEN_TRUNCATED]++;
+    if (checksum_reject(e, &pi, p, 0))
+        return PROC_DONE; /* a host drops it: it must not touch any connection */
     if (pi.is_fragment) {
         const uint8_t *dg;
         uint32_t dglen;
@@ -258,6 +260,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
                 e->malformed_sink(e->malformed_arg, p);
             return PROC_DONE;
         }
+        if (checksum_reject(e, &pi, p, 1))
+            return PROC_DONE;
     }
     e->cur_pi = &pi;
     e->cur_flags = pi.tcp_flags;
@@ -373,6 +377,7 @@ void mos_config_default(struct mos_config *cfg)
     cfg->pickup = 1;
     cfg->policy = REASM_POLICY_FIRST;
     cfg->frag_policy = DEFRAG_POLICY_FIRST;
+    cfg->checksum = MOS_CSUM_AUTO;
     cfg->buffer_cli = 1;
     cfg->buffer_svr = 1;
     cfg->dir_buffer_limit = 8u << 20;
@@ -413,6 +418,10 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
     }
     if (cfg->frag_policy >= DEFRAG_POLICY_COUNT) {
         snprintf(err, errlen, "unknown fragment overlap policy %u", cfg->frag_policy);
+        return NULL;
+    }
+    if (cfg->checksum >= MOS_CSUM_MODE_COUNT) {
+        snprintf(err, errlen, "unknown checksum setting %u", cfg->checksum);
         return NULL;
     }
     tune_malloc();

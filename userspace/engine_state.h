@@ -4,6 +4,7 @@
 #ifndef MOS_ENGINE_STATE_H
 #define MOS_ENGINE_STATE_H
 
+#include "checksum.h"
 #include "decode.h"
 #include "defrag.h"
 #include "event_queue.h"
@@ -32,6 +33,7 @@ struct mos_engine {
     uint8_t no_account;       /* a reassembled datagram: its fragments were accounted for */
     const struct pkt_info *cur_pi;
     uint64_t counters[MOS_C_COUNT];
+    struct csum_state csum;   /* the checksum setting's auto decision (checksum.c) */
     /* Told of each malformed packet, when set: the AF_XDP source (userspace/xsk.c) sets it for the time
      * of one batch, from mos_xsk_pump to mos_xsk_done, so that an inline run drops malformed frames
      * instead of forwarding what it could not read. */

@@ -48,7 +48,9 @@ enum mos_end_reason {
  * MOS_ERR_ id, its number (the ERROR event's reason: fixed, Python and saved results use it), the
  * MOS_C_ counter it bumps, and its name, after Suricata's stream.* events (decoder.* for the decoder's).
  * MALFORMED is raised once per malformed packet (raise_malformed), with no connection: it counts under
- * the packet's malformed_* reason, whose MOS_C_ id the event's len carries (mos_counter_name names it). */
+ * the packet's malformed_* reason, whose MOS_C_ id the event's len carries (mos_counter_name names it).
+ * CHECKSUM_INVALID likewise counts under its bad_checksum_* reason (len); its conn is the packet's
+ * connection when one exists (found without touching it), else 0. */
 #define MOS_ANOMALIES(X)                                                                                    \
     X(OUT_OF_WINDOW, 1, OUT_OF_WINDOW, "stream.pkt_out_of_window")         /* data beyond the window */  \
     X(RST_OUT_OF_WINDOW, 2, RST_OUT_OF_WINDOW, "stream.rst_out_of_window") /* RST outside the window */\
@@ -64,7 +66,8 @@ enum mos_end_reason {
     X(RST_INJECT_SUSPECTED, 12, RST_INJECT_SUSPECTED, "stream.suspected_rst_inject") /* talk after a RST */\
     X(SYNACK_DIFF_SEQ, 16, SYNACK_DIFF_SEQ, "stream.3whs_synack_resend_with_diff_seq") /* another ISN */\
     X(DEFRAG_OVERLAP, 15, BY_DEFRAG, "defrag.fragment_overlap") /* conn 0; off: fragment offset, len: bytes differing */\
-    X(FIN_SUPERSEDED, 17, FIN_SUPERSEDED, "stream.fin_superseded") /* data covered an untaken FIN */
+    X(FIN_SUPERSEDED, 17, FIN_SUPERSEDED, "stream.fin_superseded") /* data covered an untaken FIN */\
+    X(CHECKSUM_INVALID, 13, MAL_BY_REASON, "decoder.checksum_invalid") /* len = its bad_checksum_* */
 
 enum mos_error_kind {
 #define MOS_X_(id, num, counter, name) MOS_ERR_##id = num,
@@ -145,15 +148,20 @@ enum mos_linktype {
     X(REXMIT_AFTER_CLOSE, rexmit_after_close) /* packets of a closed connection inside its old sequence space */\
     X(EVENTS_QUEUED, events_queued)                                                                     \
     X(EVENT_BATCHES, event_batches)                                                                     \
-    X(SNAPLEN_TRUNCATED, snaplen_truncated) /* payload cut by the capture's snaplen, headers whole: used */
+    X(SNAPLEN_TRUNCATED, snaplen_truncated) /* payload cut by the capture's snaplen, headers whole: used */\
+    X(BAD_CHECKSUM_IP, bad_checksum_ip)   /* disposition: IPv4 header checksum wrong (userspace/checksum.c) */\
+    X(BAD_CHECKSUM_TCP, bad_checksum_tcp) /* disposition: TCP checksum wrong */                         \
+    X(BAD_CHECKSUM_UDP, bad_checksum_udp) /* disposition: UDP checksum wrong */                         \
+    X(CHECKSUM_UNVERIFIABLE, checksum_unverifiable) /* TCP/UDP cut by the capture: not checked */       \
+    X(CHECKSUM_AUTO_OFF, checksum_auto_off) /* 1: auto found the input's checksums offloaded, stopped */
 
 enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,
     MOS_ENGINE_COUNTERS(MOS_X_)
 #undef MOS_X_
     MOS_C_COUNT,
-    /* Not a counter: the anomaly table's MALFORMED row counts each packet under its own malformed_*
-     * reason (the ERROR event's len says which). */
+    /* Not a counter: the anomaly table's MALFORMED (and CHECKSUM_INVALID) row counts each packet under
+     * its own malformed_* (bad_checksum_*) reason (the ERROR event's len says which). */
     MOS_C_MAL_BY_REASON = MOS_C_COUNT,
     /* Not an engine counter: the defragmenter counts it (overlaps_differing in the frag counters). */
     MOS_C_BY_DEFRAG = MOS_C_COUNT + 1
@@ -236,6 +244,26 @@ struct mos_filter {
     uint8_t pattern[64];
 };
 
+/* The checksum setting (userspace/checksum.c): on validates every packet; off none; auto validates from
+ * the first packet and stops once a sample shows the input has offloaded checksums (more than one in
+ * ten of the first 1000 packets wrong). Names through mos_checksum_mode_name. */
+#define MOS_CHECKSUM_MODES(X) X(AUTO, "auto") X(ON, "on") X(OFF, "off")
+
+enum mos_checksum_mode {
+#define MOS_X_(id, name) MOS_CSUM_##id,
+    MOS_CHECKSUM_MODES(MOS_X_)
+#undef MOS_X_
+    MOS_CSUM_MODE_COUNT
+};
+
+/* Where validation stands (mos_engine_checksum_state). */
+enum mos_checksum_state {
+    MOS_CSUM_STATE_OFF = 0,        /* off */
+    MOS_CSUM_STATE_VALIDATING = 1, /* on, or auto found no offloading */
+    MOS_CSUM_STATE_SAMPLING = 2,   /* auto, before the decision (validating meanwhile) */
+    MOS_CSUM_STATE_AUTO_OFF = 3,   /* auto found offloaded checksums: validation switched off */
+};
+
 struct mos_config {
     uint32_t max_conns;          /* flow table capacity (default 1 << 20) */
     uint32_t event_queue;        /* events per crossing (default 8192) */
@@ -247,7 +275,7 @@ struct mos_config {
     uint8_t sync_events;         /* hand events over after each packet that raised some (default 0:
                                   * after each batch) */
     uint8_t frag_policy;         /* IP fragment overlap policy (enum defrag_policy, default first) */
-    uint8_t pad[1];
+    uint8_t checksum;            /* enum mos_checksum_mode (default auto) */
     uint32_t dir_buffer_limit;   /* bytes held per direction (default 8 MiB) */
     uint32_t max_segments;       /* held segments per direction (default 4096) */
     uint64_t memcap;             /* bytes held by reassembly in all (default 2 GiB) */
@@ -312,6 +340,16 @@ uint64_t mos_engine_now(const mos_engine_t *e);
 size_t mos_conn_size(void);
 /* The name of an anomaly (enum mos_error_kind, an ERROR event's reason), NULL if none. */
 const char *mos_anomaly_name(int kind);
+
+/* Checksums, setting auto: packets examined, not processed, for the decision (the start of a capture
+ * before it is run, so that no packet of the sample is judged before it); last: the input ends here.
+ * Returns the packets examined (fewer than n once the decision is made). */
+uint32_t mos_engine_checksum_sample(mos_engine_t *e, int linktype, const struct mos_pkt *pkts, uint32_t n,
+                                    int last);
+/* Setting auto: the input is known to carry offloaded checksums (a veth): validation off, no sample. */
+void mos_engine_checksum_offload(mos_engine_t *e);
+int mos_engine_checksum_state(const mos_engine_t *e); /* enum mos_checksum_state */
+const char *mos_checksum_mode_name(int i);  /* enum mos_checksum_mode */
 
 /* Connections. slot is the 1-based handle from events; id must match (else -1: ended and reused). */
 int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_conn_info *out);

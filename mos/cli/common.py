@@ -9,11 +9,14 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import click
 
-from ..abi import frag_policy_names
+from ..abi import checksum_mode_names, frag_policy_names
 from ..events import Policy
 
 POLICIES = [p.value for p in Policy]
 FRAG_POLICIES = list(frag_policy_names())
+CHECKSUMS = list(checksum_mode_names())
+CHECKSUM_HELP = ("Drop packets with a wrong IPv4, TCP or UDP checksum before the engine: on, off, or auto "
+                 "(on, until a sample shows the input has offloaded checksums).")
 
 
 def make_monitor(policy: str, vlan: bool, pickup: bool, strict: bool = False, **kw: Any) -> Any:
@@ -87,3 +90,11 @@ def print_stats(st: Dict[str, int]) -> None:
         if v:
             click.echo(f"  {k:32} {v}", err=True)
     click.echo(f"  {'(accounted packets)':32} {accounted(st)} of {st['packets']}", err=True)
+
+
+def checksum_notice(st: Dict[str, int]) -> None:
+    """One line on stderr when checksum auto found offloaded checksums and stopped validating."""
+    if st.get("checksum_auto_off"):
+        click.echo("mos-xdp: checksum auto: more than one packet in ten has a wrong checksum (offloading, or a "
+                   "capture rewritten by a tool): checksums were not validated (--checksum on drops them)",
+                   err=True)

@@ -11,7 +11,18 @@ from typing import Any, Dict, List, Optional
 import click
 
 from ..abi import lib
-from .common import FRAG_POLICIES, POLICIES, load_app, make_monitor, print_stats, progress_bar, where_in
+from .common import (
+    CHECKSUM_HELP,
+    CHECKSUMS,
+    FRAG_POLICIES,
+    POLICIES,
+    checksum_notice,
+    load_app,
+    make_monitor,
+    print_stats,
+    progress_bar,
+    where_in,
+)
 
 
 @click.command()
@@ -27,13 +38,14 @@ from .common import FRAG_POLICIES, POLICIES, load_app, make_monitor, print_stats
               help="Overlap policy.")
 @click.option("--frag-policy", type=click.Choice(FRAG_POLICIES), default="first", show_default=True,
               help="Which copy of overlapping IP fragments the datagram keeps.")
+@click.option("--checksum", type=click.Choice(CHECKSUMS), default="auto", show_default=True, help=CHECKSUM_HELP)
 @click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
 @click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
 @click.option("--strict", is_flag=True, help="Stop at the first exception in a handler.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
 def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str], workers: int, ring: int,
-        policy: str, frag_policy: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool,
+        policy: str, frag_policy: str, checksum: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool,
         show_stats: bool) -> None:
     """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
     if bool(pcap) == bool(iface):
@@ -45,7 +57,7 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
         if live_only:
             raise click.UsageError(f"{', '.join(live_only)}: for live runs (--iface), not with --pcap")
     mod = load_app(app)
-    mon = make_monitor(policy, not no_vlan, not no_pickup, strict, frag_policy=frag_policy)
+    mon = make_monitor(policy, not no_vlan, not no_pickup, strict, frag_policy=frag_policy, checksum=checksum)
     try:
         mod.init(mon)
     except Exception as exc:
@@ -73,6 +85,7 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
     if callable(fin):
         fin(mon)
     st = mon.stats()
+    checksum_notice(st)
     if show_stats:
         print_stats(st)
     if mon.handler_errors:
@@ -87,19 +100,21 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
               help="Overlap policy.")
 @click.option("--frag-policy", type=click.Choice(FRAG_POLICIES), default="first", show_default=True,
               help="Which copy of overlapping IP fragments the datagram keeps.")
+@click.option("--checksum", type=click.Choice(CHECKSUMS), default="auto", show_default=True, help=CHECKSUM_HELP)
 @click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
 @click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
 @click.option("--max-conns", type=click.IntRange(1, 1 << 28), default=1 << 20, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
-def streams(pcap: str, outdir: Optional[str], policy: str, frag_policy: str, no_vlan: bool, no_pickup: bool,
+def streams(pcap: str, outdir: Optional[str], policy: str, frag_policy: str, checksum: str, no_vlan: bool,
+            no_pickup: bool,
             max_conns: int, progress: bool, show_stats: bool) -> None:
     """Reassemble every connection of a capture: files per direction and an index (-o), or a table."""
     from ..streams import run_streams, stream_table
 
     bar, update = progress_bar(progress, pcap)
     opts: Dict[str, Any] = dict(policy=policy, frag_policy=frag_policy, vlan_in_key=not no_vlan, pickup=not no_pickup,
-                                max_conns=max_conns, progress=update)
+                                max_conns=max_conns, checksum=checksum, progress=update)
     try:
         if outdir is None:
             rows, totals, st = stream_table(pcap, limit=TABLE_ROWS, **opts)
@@ -116,6 +131,7 @@ def streams(pcap: str, outdir: Optional[str], policy: str, frag_policy: str, no_
     else:
         click.echo(f"{len(rows)} connections, {sum(r['c2s_bytes'] + r['s2c_bytes'] for r in rows)} bytes "
                    f"-> {outdir}/", err=True)
+    checksum_notice(st)
     if show_stats:
         print_stats(st)
 

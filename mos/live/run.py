@@ -84,6 +84,19 @@ def _counter_lines(prog: Optional[xdp.XdpProgram], xsk: Any, workers: int) -> Li
     return lines
 
 
+def _checksum_offload(mon: Monitor, iface: str, peer: Optional[str]) -> None:
+    """Checksum setting auto on a veth: frames a local stack sent with checksum offload carry a partial
+    checksum (no NIC finishes it), so validation is off from the first frame, said in one line.
+    Elsewhere auto samples the first packets."""
+    if mon.checksum_state != "sampling":
+        return
+    veths = [n for n in (iface, peer) if n and netlink.link_xdp(n).kind == "veth"]
+    if veths:
+        mon.expect_offloaded_checksums()
+        sys.stderr.write(f"mos-xdp: checksum auto: {', '.join(veths)}: veth, a local stack's frames carry "
+                         f"offloaded checksums: not validated (--checksum on validates)\n")
+
+
 def _run_worker(mon: Monitor, session: LiveSession, stop: StopFlag, batch: int, deadline: float) -> None:
     mon.run(XskSource(session, stop, batch, deadline))
 
@@ -188,6 +201,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
             f"mos-xdp: live on {where}: {xdp_mode} XDP, AF_XDP {'zero-copy' if info.zerocopy else 'copy'} mode"
             f"{', busy polling' if info.busy_poll else ''}, {workers} worker(s), {nq + npq} queue(s), "
             f"{info.umem_bytes >> 20} MiB UMEM; Ctrl-C to stop\n")
+        _checksum_offload(mon, iface, peer)
         sys.stderr.flush()
         deadline = time.monotonic() + duration if duration else 0.0
 

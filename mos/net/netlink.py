@@ -50,6 +50,7 @@ class Link:
     carrier: bool = False  # IFF_LOWER_UP: a veth has it once both ends are up
     mtu: int = 0
     num_rx_queues: int = 1  # allocated receive queues (IFLA_NUM_RX_QUEUES), not always the ones in use
+    kind: str = ""  # IFLA_INFO_KIND: "veth", "bridge", ...; "" for a physical device
 
     @property
     def name(self) -> str:
@@ -141,6 +142,9 @@ def _link(msg: Any) -> Link:
     lk = Link(str(msg.get("IFLA_IFNAME")), int(msg["index"]), up=bool(flags & _IFF_UP),
               carrier=bool(flags & _IFF_LOWER_UP), mtu=int(msg.get("IFLA_MTU") or 0),
               num_rx_queues=int(msg.get("IFLA_NUM_RX_QUEUES") or 1))
+    info = msg.get("IFLA_LINKINFO")
+    if info is not None:
+        lk.kind = str(info.get("IFLA_INFO_KIND") or "")
     xdp = msg.get("IFLA_XDP")
     if xdp is not None:
         attached = xdp.get("IFLA_XDP_ATTACHED")

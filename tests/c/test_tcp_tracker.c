@@ -122,6 +122,7 @@ static void h_open(struct h *h, int pickup, uint32_t dir_buffer_limit)
     cfg.policy = (uint8_t)h_policy;
     cfg.max_conns = 64;
     cfg.pickup = (uint8_t)pickup;
+    cfg.checksum = MOS_CSUM_OFF; /* the packets built here carry no checksums */
     if (dir_buffer_limit)
         cfg.dir_buffer_limit = dir_buffer_limit;
     char err[128];
