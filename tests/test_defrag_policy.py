@@ -290,8 +290,8 @@ def test_streams_cli_frag_policy(tmp_path: Path) -> None:
     pcap = _capture(False)[0].write(tmp_path / "novak.pcap")
     for policy in ("bsd", "linux"):
         out = tmp_path / policy
-        subprocess.run([exe, "streams", str(pcap), "-o", str(out), "--frag-policy", policy, "--checksum", "off"], check=True,
-                       timeout=120, capture_output=True)
+        subprocess.run([exe, "streams", str(pcap), "-o", str(out), "--frag-policy", policy, "--checksum", "off"],
+                       check=True, timeout=120, capture_output=True)
         want = RETRANSMISSION if EXPECTED[policy] is None else _expected_payload(policy)
         assert (out / "1.c2s").read_bytes() == want
     r = subprocess.run([exe, "streams", str(pcap), "--frag-policy", "nope"], timeout=120, capture_output=True,

@@ -295,9 +295,12 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
             t->wscale = pi->wscale;
             t->snd_nxt = pi->seq + seglen;
             t->sack_perm = pi->sack_perm ? 1 : 0;
-            if (!(f & TCP_ACK) && pi->has_ts) {
+            if (pi->has_ts) {
                 t->hs = pi->tsval;
                 t->hs_ts = 1;
+                /* RFC 7323 3.2: timestamps are on only if both SYNs carried them (PAWS then applies) */
+                if (peer->syn_seen && peer->hs_ts)
+                    t->ts_ok = peer->ts_ok = 1;
             }
             tcp_step(e, c, s, (f & TCP_ACK) ? TCP_IN_SND_SYNACK : TCP_IN_SND_SYN, MOS_HK_SND);
             /* RFC 7323: scaling is on only if both SYNs carried the option. */
@@ -306,13 +309,15 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
         } else if (pi->seq == t->isn) {
             e->counters[MOS_C_SYN_REXMIT]++;
             c->rexmit[s]++;
-        } else if ((f & TCP_ACK) && !t->hs_ts && t->state == MOS_TCP_SYN_RECEIVED) {
+        } else if ((f & TCP_ACK) && t->state == MOS_TCP_SYN_RECEIVED) {
             /* A SYN-ACK with another ISN before the peer acknowledged one: which the peer took, its
-             * acknowledgement tells (synack_reanchor). */
+             * acknowledgement tells (synack_reanchor). The handshake word holds that ISN now, so this
+             * end's timestamps are no longer followed (PAWS off for it: rare, and never wrong). */
             if (!t->hs_alt || t->hs != pi->seq)
                 raise_anomaly(e, c, 1 - s, MOS_ERR_SYNACK_DIFF_SEQ, 0, 0);
             t->hs = pi->seq;
             t->hs_alt = 1;
+            t->hs_ts = 0;
         }
     } else if (f & TCP_ACK) {
         if (peer->hs_alt && pi->ack == peer->hs + 1)
@@ -765,11 +770,37 @@ static int beyond_window(mos_engine_t *e, struct conn *c, int s, const struct pk
     return 1;
 }
 
+/* PAWS (RFC 7323 5.3): with timestamps on, a segment whose TSval is older than the last one its receiver
+ * took from its sender is discarded (Linux tcp_paws_discard, FreeBSD tcp_input): the insertion of a decoy
+ * at the right sequence numbers with a stale timestamp changes nothing, here as there. The receiver's
+ * TS.Recent is kept in the sender's handshake word (its SYN's TSval to start with) and moves, as Linux's
+ * tcp_replace_ts_recent, only with segments at the stream's left edge. A RST is exempt (as in Linux);
+ * so is a pure ACK (Linux lets a reordered duplicate ACK through). */
+static int paws_discards(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    struct tcp_end *S = &c->tcp.end[s];
+    uint8_t f = pi->tcp_flags;
+    if (!pi->has_ts || (f & (TCP_SYN | TCP_RST)))
+        return 0;
+    if ((int32_t)(S->hs - pi->tsval) > 1 && (pi_seg_payload(pi) || (f & TCP_FIN))) {
+        const struct reasm_dir *d = &c->rx[1 - s];
+        raise_anomaly(e, c, 1 - s, MOS_ERR_INVALID_TIMESTAMP,
+                      d->initialized ? (uint64_t)reasm_seq_to_off(d, pi->seq) : 0, pi_seg_payload(pi));
+        return 1;
+    }
+    const struct reasm_dir *d = &c->rx[1 - s];
+    if (seq_gt(pi->tsval, S->hs) && (!d->initialized || seq_leq(pi->seq, d->next_seq)))
+        S->hs = pi->tsval;
+    return 0;
+}
+
 void tcp_track(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
     if (__builtin_expect(c->tcp.end[1 - s].state == MOS_TCP_SYN_SENT, 0) && syn_sent_discards(e, c, s, pi))
         return;
     if (beyond_window(e, c, s, pi))
+        return;
+    if (c->tcp.end[s].ts_ok && c->tcp.end[s].hs_ts && paws_discards(e, c, s, pi))
         return;
     sender_update(e, c, s, pi);
     emit(e, c, MOS_EV_PKT_IN, s, MOS_HK_SND, NULL);

@@ -23,13 +23,14 @@ struct tcp_end {
         ws_ok : 1,        /* window scaling is on (both SYNs carried the option: RFC 7323) */
         fin_cut : 1;      /* held bytes past its FIN were dropped (once, when its FIN was taken) */
     uint8_t syn_data : 2, /* enum tcp_syn_data: what became of the data on its SYN */
-        hs_ts : 1,        /* hs is the TSval of its first SYN (a SYN without ACK with a timestamp) */
+        hs_ts : 1,        /* hs is its TSval as the peer holds it: its first SYN's, then TS.Recent */
         hs_alt : 1,       /* hs is the ISN of a later SYN-ACK of it, other than the first one's */
         rst_sent : 1,     /* it sent the RST that ended the connection (as far as we took it) */
         talked : 1,       /* it sent a packet other than a RST, in its own sequence space, after that RST */
-        sack_perm : 1;    /* its SYN carried SACK-permitted */
+        sack_perm : 1,    /* its SYN carried SACK-permitted */
+        ts_ok : 1;        /* timestamps are on (both SYNs carried them): PAWS applies */
     uint32_t hs;          /* the handshake's word (hs_ts, hs_alt): the peer's answer tells which SYN
-                           * (SYN-ACK) it took; meaningless once the handshake is done */
+                           * (SYN-ACK) it took; then, with timestamps, the peer's TS.Recent of it */
     uint32_t isn;
     uint32_t snd_nxt;     /* highest sequence number sent + 1 */
     uint32_t fin_seq;     /* sequence number of its FIN */
