@@ -460,9 +460,16 @@ def make_tools(work: Path) -> List[Tool]:
              "no checksum validated (the default is auto: the row above)"),
         Tool("mos-xdp streams -o", lambda p: [str(MOS), "streams", str(p), "--no-progress", "-o", str(mos_o)],
              p_streams_o, "C only; writes both directions' files to /dev/shm", prep=fresh(mos_o)),
+        Tool("mos-xdp streams -o (checksum off)",
+             lambda p: [str(MOS), "streams", str(p), "--no-progress", "-o", str(mos_o), "--checksum", "off"],
+             p_streams_o, "the same, no checksum validated", prep=fresh(mos_o)),
         Tool("mos-xdp app (CONN_NEW_DATA)", lambda p: [str(MOS), "run", str(BENCH / "app_count.py"), "--pcap", str(p),
                                                        "--no-progress"],
              p_app, "Python handler per delivered chunk, takes ev.data"),
+        Tool("mos-xdp app (CONN_NEW_DATA, checksum off)",
+             lambda p: [str(MOS), "run", str(BENCH / "app_count.py"), "--pcap", str(p), "--no-progress",
+                        "--checksum", "off"],
+             p_app, "the same, no checksum validated"),
         Tool("mos-xdp app (no handler)", lambda p: [str(MOS), "run", str(BENCH / "app_noop.py"), "--pcap", str(p),
                                                     "--no-progress"],
              p_app, "baseline for the handler cost"),
@@ -758,6 +765,13 @@ def write_results(path: Path, a: argparse.Namespace, cap: Dict[str, Any], res: D
           f"byte, which this row otherwise never does (reassembly holds the mapped bytes by reference): "
           f"{truth['payload_seen'] / max(c_on['cpu'] - c_off['cpu'], 1e-9) / 1e9:.0f} GB/s of payload for the "
           f"CPU time `on` adds, the memory's pace rather than the sum's (`userspace/checksum.c`).")
+        for name in ("mos-xdp streams -o", "mos-xdp app (CONN_NEW_DATA)"):
+            off_name = name.replace(")", ", checksum off)") if name.endswith(")") else name + " (checksum off)"
+            a, o = s.get(name), s.get(off_name)
+            if a and o:
+                w(f"  Where the payload is read anyway, `{name}`: auto {a['mpps']:.2f} vs off {o['mpps']:.2f} Mpps "
+                  f"(auto costs {1 - a['mpps'] / o['mpps']:.1%}; CPU {a['cpu']:.2f} vs {o['cpu']:.2f} s): "
+                  f"**{'within' if a['mpps'] >= 0.95 * o['mpps'] else 'not within'} 5%**.")
     app, nfp = s.get("mos-xdp app (CONN_NEW_DATA)"), s.get("nfstream + plugin")
     if app and nfp:
         w(f"- Python-handler app vs nfstream with a plugin: {app['mpps']:.3f} vs {nfp['mpps']:.3f} Mpps "

@@ -744,7 +744,7 @@ static int syn_sent_discards(mos_engine_t *e, struct conn *c, int s, const struc
  * (else the scale is not), and the receiver's stream followed. Further out, the capture more likely
  * missed the receiver's ACKs than an attacker aims there: such bytes are held and flagged, as Zeek
  * does (receive_data), and the receiver's ACKs decide. */
-static int beyond_window(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+static int beyond_window_slow(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
 {
     uint8_t f = pi->tcp_flags;
     if ((f & (TCP_SYN | TCP_RST)) || !(pi_seg_payload(pi) || (f & TCP_FIN)))
@@ -792,6 +792,14 @@ static int paws_discards(mos_engine_t *e, struct conn *c, int s, const struct pk
     if (seq_gt(pi->tsval, S->hs) && (!d->initialized || seq_leq(pi->seq, d->next_seq)))
         S->hs = pi->tsval;
     return 0;
+}
+
+/* Most segments start where the stream is: in the window, nothing more to ask. */
+static inline int beyond_window(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    if (__builtin_expect(pi->seq == c->rx[1 - s].next_seq, 1))
+        return 0;
+    return beyond_window_slow(e, c, s, pi);
 }
 
 void tcp_track(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
