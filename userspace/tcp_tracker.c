@@ -261,6 +261,31 @@ static uint32_t scaled_win(const struct tcp_end *t, const struct pkt_info *pi)
 
 /* ---- the sender's stack: what sending this packet says about it ---------------------------------- */
 
+static void syn_data_decide(mos_engine_t *e, struct conn *c, int s, uint32_t n);
+static void fin_superseded(mos_engine_t *e, struct conn *c, int s);
+
+static void syn_resent_with_new_isn(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi,
+                                    uint32_t seglen)
+{
+    struct tcp_end *t = &c->tcp.end[s];
+    struct reasm_dir *d = &c->rx[1 - s];
+    if (t->syn_data == TCP_SYND_PENDING)
+        syn_data_decide(e, c, s, 0); /* the peer never had that SYN */
+    t->syn_data = TCP_SYND_NONE;
+    t->isn = pi->seq;
+    t->snd_nxt = pi->seq + seglen;
+    t->wscale = pi->wscale;
+    t->sack_perm = pi->sack_perm ? 1 : 0;
+    t->hs_ts = pi->has_ts ? 1 : 0;
+    t->hs = pi->has_ts ? pi->tsval : 0;
+    e->counters[MOS_C_SYN_ISN_CHANGED]++;
+    if (d->initialized && d->next_off == 0) {
+        uint8_t policy = d->policy, buffering = d->buffering;
+        reasm_release(&e->rctx, d);
+        reasm_dir_init(d, pi->seq + 1, policy, buffering);
+    }
+}
+
 /* The peer acknowledged the later SYN-ACK of `p` (its ISN in hs): that one began p's stream, so the
  * stream p sends is anchored on it. Bytes already delivered on the first anchor cannot move (they
  * stay, the anomaly raised when the second SYN-ACK came says why); bytes held on it are dropped. */
@@ -309,6 +334,10 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
         } else if (pi->seq == t->isn) {
             e->counters[MOS_C_SYN_REXMIT]++;
             c->rexmit[s]++;
+        } else if (!(f & TCP_ACK) && t->state == MOS_TCP_SYN_SENT && !peer->syn_seen) {
+            /* Another SYN with another ISN before any answer: a new attempt (a new socket on the same
+             * port, or a first SYN that never reached the peer): the answer acknowledges this one. */
+            syn_resent_with_new_isn(e, c, s, pi, seglen);
         } else if ((f & TCP_ACK) && t->state == MOS_TCP_SYN_RECEIVED) {
             /* A SYN-ACK with another ISN before the peer acknowledged one: which the peer took, its
              * acknowledgement tells (synack_reanchor). The handshake word holds that ISN now, so this
@@ -327,6 +356,9 @@ static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct p
         if (peer->isn_known && pi->ack == peer->isn + 1)
             tcp_step(e, c, s, TCP_IN_SND_ACK_OF_SYN, MOS_HK_SND);
     }
+    if ((f & TCP_FIN) && t->fin_seen && !t->fin_taken &&
+        seq_leq(pi->seq, t->fin_seq) && seq_gt(pi->seq + pi_seg_payload(pi), t->fin_seq))
+        fin_superseded(e, c, s); /* its bytes cover the earlier FIN: that one is no FIN, this one is */
     if ((f & TCP_FIN) && !t->fin_seen &&
         !(c->rx[1 - s].initialized &&
           seq_lt(pi->seq + pi_seg_payload(pi) + ((f & TCP_SYN) ? 1u : 0u), c->rx[1 - s].next_seq))) {
@@ -782,14 +814,15 @@ static int paws_discards(mos_engine_t *e, struct conn *c, int s, const struct pk
     uint8_t f = pi->tcp_flags;
     if (!pi->has_ts || (f & (TCP_SYN | TCP_RST)))
         return 0;
-    if ((int32_t)(S->hs - pi->tsval) > 1 && (pi_seg_payload(pi) || (f & TCP_FIN))) {
+    /* (a TS.Recent of 0 is none: some stacks send their SYNs with TSval 0, Linux and FreeBSD skip PAWS) */
+    if (S->hs && (int32_t)(S->hs - pi->tsval) > 1 && (pi_seg_payload(pi) || (f & TCP_FIN))) {
         const struct reasm_dir *d = &c->rx[1 - s];
         raise_anomaly(e, c, 1 - s, MOS_ERR_INVALID_TIMESTAMP,
                       d->initialized ? (uint64_t)reasm_seq_to_off(d, pi->seq) : 0, pi_seg_payload(pi));
         return 1;
     }
     const struct reasm_dir *d = &c->rx[1 - s];
-    if (seq_gt(pi->tsval, S->hs) && (!d->initialized || seq_leq(pi->seq, d->next_seq)))
+    if ((!S->hs || seq_gt(pi->tsval, S->hs)) && (!d->initialized || seq_leq(pi->seq, d->next_seq)))
         S->hs = pi->tsval;
     return 0;
 }
@@ -830,8 +863,18 @@ int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi)
     return seglen ? seq_leq(pi->seq + seglen, S->snd_nxt) : 0;
 }
 
-/* What each side may send after a RST and be held: a window's worth. */
-#define RST_HOLD_LIMIT (64u << 10)
+/* What each side may send after a RST and be held: its receiver's window (64 KiB at least), within the
+ * direction's buffer limit. Held as records (sequence number, length, bytes), in any order: the
+ * reassembly of the connection that follows puts them in place. */
+struct held_rec {
+    uint32_t seq, len;
+};
+
+static uint32_t rst_hold_limit(const mos_engine_t *e, const struct conn *c, int s)
+{
+    uint32_t w = c->tcp.end[1 - s].max_win > 65535 ? c->tcp.end[1 - s].max_win : 65535;
+    return w < e->cfg.dir_buffer_limit ? w : e->cfg.dir_buffer_limit;
+}
 
 void tcp_rst_held_drop(mos_engine_t *e, struct conn *c)
 {
@@ -844,9 +887,13 @@ int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info 
 {
     struct tcp_end *S = &c->tcp.end[s];
     uint32_t slot = ft_slot(&e->ft, c);
+    uint32_t wnd = c->tcp.end[1 - s].max_win > 65535 ? c->tcp.end[1 - s].max_win : 65535;
+    int in_space = S->snd_nxt && seq_geq(pi->seq, S->snd_nxt - wnd) && seq_leq(pi->seq, S->snd_nxt + wnd);
     if (pi->tcp_flags & TCP_RST) {
-        tcp_rst_held_drop(e, c); /* reset again: what was sent after the first was refused */
-        c->tcp.end[0].talked = c->tcp.end[1].talked = 0;
+        if (in_space) { /* reset again (a RST far from its sender's numbers is no host's): refused */
+            tcp_rst_held_drop(e, c);
+            c->tcp.end[0].talked = c->tcp.end[1].talked = 0;
+        }
         return 0;
     }
     if ((pi->tcp_flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK) && !S->syn_seen) {
@@ -858,12 +905,8 @@ int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info 
         S->talked = 1;
         return c->tcp.end[1 - s].talked;
     }
-    if ((pi->tcp_flags & TCP_SYN) || !S->snd_nxt)
-        return 0;
-    /* in its own sequence space: its stack, not a stranger on a reused port */
-    uint32_t wnd = c->tcp.end[1 - s].max_win > 65535 ? c->tcp.end[1 - s].max_win : 65535;
-    if (!seq_geq(pi->seq, S->snd_nxt - wnd) || !seq_leq(pi->seq, S->snd_nxt + wnd))
-        return 0;
+    if ((pi->tcp_flags & TCP_SYN) || !in_space)
+        return 0; /* in its own sequence space: its stack, not a stranger on a reused port */
     S->talked = 1;
     if (c->tcp.end[1 - s].talked)
         return 1; /* this packet is then processed on the connection that follows */
@@ -871,11 +914,15 @@ int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info 
         return 0; /* (bytes the capture cut could not be given back: only whole segments are held) */
     uint32_t key = ft_stash_key(slot, s);
     const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, key) : NULL;
-    uint32_t held = x ? x->len : 0;
-    if (pi->seq != S->snd_nxt + held || held + pi->payload_len > RST_HOLD_LIMIT ||
-        (e->rctx.memcap && e->rctx.mem_used + pi->payload_len + sizeof(struct ft_stash) > e->rctx.memcap))
-        return 0; /* not in order, or too much: only what follows in order can be given back */
-    ft_stash_append(&e->ft, &e->rctx, key, pi->payload, pi->payload_len);
+    uint32_t held = x ? x->len : 0, limit = rst_hold_limit(e, c, s);
+    uint32_t rec = (uint32_t)sizeof(struct held_rec) + pi->payload_len;
+    if (!seq_geq(pi->seq, S->snd_nxt) || pi->seq + pi->payload_len - S->snd_nxt > limit || held + rec > limit + 4096u ||
+        (e->rctx.memcap && e->rctx.mem_used + rec + sizeof(struct ft_stash) > e->rctx.memcap))
+        return 0; /* behind what it had sent, or more than its peer's window: not held */
+    struct held_rec h = {pi->seq, pi->payload_len};
+    if (ft_stash_append(&e->ft, &e->rctx, key, (const uint8_t *)&h, sizeof(h)) == 0 &&
+        ft_stash_append(&e->ft, &e->rctx, key, pi->payload, pi->payload_len) != 0)
+        tcp_rst_held_drop(e, c); /* a record without its bytes: nothing can be given back */
     return 0;
 }
 
@@ -891,6 +938,12 @@ void tcp_rst_held_take(mos_engine_t *e, struct conn *old, struct rst_held *h)
         h->seq[k] = old->tcp.end[k].snd_nxt;
         h->data[k] = arena_copy(&e->evq.arena, x->data, x->len);
         h->len[k] = h->data[k] ? x->len : 0;
+        for (uint32_t at = 0; at + sizeof(struct held_rec) <= h->len[k];) {
+            struct held_rec hr;
+            memcpy(&hr, h->data[k] + at, sizeof(hr));
+            at += (uint32_t)sizeof(hr) + hr.len;
+            h->bytes += hr.len;
+        }
         if (!h->data[k])
             raise_anomaly(e, old, 1 - k, MOS_ERR_MEMCAP, 0, x->len);
         ft_stash_drop(&e->ft, &e->rctx, key);
@@ -904,12 +957,22 @@ void tcp_rst_held_give(mos_engine_t *e, struct conn *c, const struct rst_held *h
             continue;
         int r = 1 - k;
         struct reasm_dir *d = &c->rx[r];
-        c->tcp.end[k].snd_nxt = h->seq[k] + h->len[k];
-        if (!(c->monitor & (1u << r)))
-            continue;
-        if (!d->initialized)
-            reasm_dir_init(d, h->seq[k], d->policy, d->buffering);
+        struct tcp_end *K = &c->tcp.end[k];
         struct owner o = {c, r};
-        reasm_segment(&e->rctx, d, &o, h->seq[k], h->data[k], h->len[k]);
+        if ((c->monitor & (1u << r)) && !d->initialized)
+            reasm_dir_init(d, h->seq[k], d->policy, d->buffering); /* where its stream had stopped */
+        K->snd_nxt = h->seq[k];
+        for (uint32_t at = 0; at + sizeof(struct held_rec) <= h->len[k];) {
+            struct held_rec hr;
+            memcpy(&hr, h->data[k] + at, sizeof(hr));
+            at += (uint32_t)sizeof(hr);
+            if (hr.len > h->len[k] - at)
+                break;
+            if (seq_gt(hr.seq + hr.len, K->snd_nxt))
+                K->snd_nxt = hr.seq + hr.len;
+            if (c->monitor & (1u << r))
+                reasm_segment(&e->rctx, d, &o, hr.seq, h->data[k] + at, hr.len);
+            at += hr.len;
+        }
     }
 }

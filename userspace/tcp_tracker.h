@@ -112,8 +112,9 @@ int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info 
 /* The bytes held after a RST, moved from the ended record `old` (copies in the event arena) to the
  * record `c` that follows the conversation again: they enter the stream their receiver gets. */
 struct rst_held {
-    const uint8_t *data[2]; /* by sender */
-    uint32_t seq[2], len[2];
+    const uint8_t *data[2]; /* by sender: records (tcp_tracker.c, struct held_rec) */
+    uint32_t seq[2], len[2]; /* where the sender's bytes had stopped; the records' size */
+    uint32_t bytes;          /* the payload they hold, both sides */
 };
 void tcp_rst_held_take(mos_engine_t *e, struct conn *old, struct rst_held *h);
 void tcp_rst_held_give(mos_engine_t *e, struct conn *c, const struct rst_held *h);
