@@ -305,3 +305,13 @@ def test_streams_cli_frag_policy(tmp_path: Path) -> None:
 def test_monitor_rejects_an_unknown_policy() -> None:
     with pytest.raises(MosError, match="unknown fragment overlap policy 'vista'.*old-linux"):
         Monitor(frag_policy="vista")
+
+
+def test_incomplete_datagram_is_not_held_past_the_end(tmp_path: Path) -> None:
+    """A datagram whose last fragment never comes: at the end of input its fragments are discarded
+    (counted), and nothing stays held."""
+    built, _ = _capture(v6=False, sets=(ORIGINALS,), retransmit=False)
+    seen, st = _run(tmp_path, built, "first")
+    assert st["memory_held"] == 0
+    assert st["frag_discarded"] == 1 + len(ORIGINALS)  # the header fragment and the originals
+    assert st["frag_datagrams"] == 0

@@ -420,6 +420,12 @@ void defrag_expire(defrag_t *df, uint64_t now_ns)
     }
 }
 
+void defrag_flush(defrag_t *df)
+{
+    while (df && df->ohead)
+        dg_destroy(df, df->ohead, 1); /* counted in discarded: fragments of datagrams never completed */
+}
+
 const uint64_t *defrag_counters(const defrag_t *df) { return df->c; }
 
 uint64_t defrag_mem_used(const defrag_t *df) { return df->mem_used; }

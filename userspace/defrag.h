@@ -73,6 +73,8 @@ int defrag_feed(defrag_t *df, const uint8_t *l3, uint32_t len, uint32_t vlan_key
 
 /* Drop datagrams older than the timeout. Called by the engine as packet time advances. */
 void defrag_expire(defrag_t *df, uint64_t now_ns);
+/* The end of input: datagrams still incomplete never will be; their fragments are discarded. */
+void defrag_flush(defrag_t *df);
 
 const uint64_t *defrag_counters(const defrag_t *df); /* DEFRAG_C_COUNT values */
 /* The last defrag_feed's overlap: the bytes of the fragment that differed from the bytes held there

@@ -560,7 +560,9 @@ uint32_t mos_engine_finish(mos_engine_t *e)
             s = next;
         }
     }
-    /* Bytes held after a RST wait for a packet that will not come now: nothing is held past the end. */
+    /* Fragments and bytes held after a RST wait for packets that will not come now: nothing is held
+     * past the end. */
+    defrag_flush(e->defrag);
     for (uint32_t s = e->ft.lru[LRU_CLOSED].head; s && e->ft.nstash; s = C(e, s)->lnext)
         tcp_rst_held_drop(e, C(e, s));
     stream_writer_flush(&e->streams);
