@@ -258,3 +258,35 @@ def test_fin_on_the_superseding_segment_is_taken(tmp_path):
     assert r.ends == {1: EndReason.FIN}
     assert r.counters["reasm_bytes_gap"] == 0
     held_nothing(r)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. The window band drops legit data after a capture loss
+
+
+def test_data_after_a_capture_loss_larger_than_the_window_is_kept(tmp_path):
+    """Legit traffic: the capture misses 70 KB of a transfer, both directions (a capture buffer
+    overrun), with a 64 KiB window; the next segment it sees starts 70 KB past the stream, then the
+    server's ACK of it (which says the host took it: it waited apart until then).
+
+    Host: received everything (the loss was the capture's); the segment is in its window.
+
+    Engine: beyond_window() takes the first segment after the loss for one just past the window (base +
+    wnd < off <= base + 2 wnd + 64 KiB: its base is the last ACK the capture saw) and discards it
+    (OUT_OF_WINDOW); the server's ACK then makes its 1000 bytes part of a gap. A loss of 150 KB (past
+    the band) keeps the segment: what is dropped depends on how much the capture lost."""
+    c = Conv()
+    c.handshake()
+    data = payload("D", 200_000)
+    c.send(True, data[:50_000])
+    n = len(c.records)
+    c.send(True, data[50_000:120_000])
+    del c.records[n:]
+    c.send(True, data[120_000:], mss=1000)
+    c.send(False, RESP)
+    c.close()
+    r = run(tmp_path, c.built(), "linux")
+    assert r.all(Side.SERVER) == data[:50_000] + data[120_000:]
+    assert r.gaps[1][Side.SERVER] == 70_000
+    held_nothing(r)
+    assert r.counters["out_of_window_taken"] == 1

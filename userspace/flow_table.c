@@ -191,8 +191,8 @@ void ft_release(struct flow_table *ft, struct reasm_ctx *rctx, struct conn *c)
     uint32_t s = ft_slot(ft, c);
     if (ft->nstash) {
         ft_stash_drop(ft, rctx, s);
-        ft_stash_drop(ft, rctx, ft_stash_key(s, 0));
-        ft_stash_drop(ft, rctx, ft_stash_key(s, 1));
+        for (int k = 0; k < FT_STASH_KEYS; k++)
+            ft_stash_drop(ft, rctx, ft_stash_key(s, k));
     }
     if (c->flags & CF_EXT)
         memset(&ft->ext[s], 0, sizeof(ft->ext[s]));

@@ -99,8 +99,10 @@ struct flow_table {
 
 /* Bytes of a slot's connection held apart (at most one entry per connection); they are accounted in
  * rctx. put, append (to the entry, made if none): 0, or -1 when memory is short. */
-/* The stash key of a slot's entry: the slot itself (SYN data), or one per side (bytes after a RST). */
-static inline uint32_t ft_stash_key(uint32_t slot, int side) { return slot | (uint32_t)(side + 1) << 30; }
+/* The stash key of a slot's entry: the slot itself (SYN data), or k = the side that sent them (bytes after
+ * a RST), 2 + that side (segments just past the window). Slots stay below 2^29 (ft_init's pool). */
+enum { FT_STASH_KEYS = 4 };
+static inline uint32_t ft_stash_key(uint32_t slot, int k) { return slot | (uint32_t)(k + 1) << 29; }
 int ft_stash_put(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, const uint8_t *p, uint32_t len);
 int ft_stash_append(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot, const uint8_t *p, uint32_t len);
 struct ft_stash *ft_stash_get(const struct flow_table *ft, uint32_t slot);

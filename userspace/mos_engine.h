@@ -145,6 +145,7 @@ enum mos_linktype {
     X(SYNACK_DIFF_SEQ, synack_diff_seq) /* anomalies: SYN-ACKs with another ISN than the first */       \
     X(SYNACK_REANCHORED, synack_reanchored) /* ... the client acknowledged the later one: anchored on it */\
     X(FIN_SUPERSEDED, fin_superseded)   /* anomalies: FINs not taken, data later covered their number */ \
+    X(OUT_OF_WINDOW_TAKEN, out_of_window_taken) /* held just past the window, then acknowledged: taken */\
     X(SYN_ISN_CHANGED, syn_isn_changed) /* SYNs with another ISN before any answer: the new attempt followed */\
     X(REXMIT_AFTER_CLOSE, rexmit_after_close) /* packets of a closed connection inside its old sequence space */\
     X(EVENTS_QUEUED, events_queued)                                                                     \

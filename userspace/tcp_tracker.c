@@ -163,6 +163,29 @@ static inline void tcp_step(mos_engine_t *e, struct conn *c, int side, enum tcp_
     state_changed(e, c, side, old, hook);
 }
 
+/* Segments held apart (after a RST, or just past the window) are kept as records: sequence number,
+ * length, bytes; the reassembly they are given to puts them in place. */
+struct held_rec {
+    uint32_t seq, len;
+};
+
+/* Appends one segment to the stash entry `key`: 0, or -1 when it is not held (the entry is then
+ * dropped whole if it lost a record's bytes). */
+static int hold_segment(mos_engine_t *e, uint32_t key, const struct pkt_info *pi)
+{
+    struct held_rec h = {pi->seq, pi->payload_len};
+    uint32_t rec = (uint32_t)sizeof(h) + pi->payload_len;
+    if (e->rctx.memcap && e->rctx.mem_used + rec + sizeof(struct ft_stash) > e->rctx.memcap)
+        return -1;
+    if (ft_stash_append(&e->ft, &e->rctx, key, (const uint8_t *)&h, sizeof(h)))
+        return -1;
+    if (ft_stash_append(&e->ft, &e->rctx, key, pi->payload, pi->payload_len)) {
+        ft_stash_drop(&e->ft, &e->rctx, key); /* a record without its bytes: nothing can be given back */
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- a new connection --------------------------------------------------------------------------- */
 
 void tcp_flow_start(struct tcp_flow *t, const struct pkt_info *pi, int syn_only)
@@ -636,6 +659,8 @@ static void receive_data(mos_engine_t *e, struct conn *c, int s, const struct pk
         c->rexmit[s]++;
 }
 
+static void band_taken(mos_engine_t *e, struct conn *c, int r, uint32_t ack);
+
 /* The ACK of `s` into the stream it receives: delivered bytes, holes it acknowledged, its peer's
  * SYN/FIN acknowledged. */
 static void receive_ack(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
@@ -645,6 +670,8 @@ static void receive_ack(mos_engine_t *e, struct conn *c, int s, const struct pkt
     struct tcp_end *R = &c->tcp.end[r];
     struct reasm_dir *ds = &c->rx[s];
     struct owner os = {c, s};
+    if (__builtin_expect(e->ft.nstash != 0, 0))
+        band_taken(e, c, s, pi->ack);
     if (R->syn_data == TCP_SYND_PENDING && R->isn_known && seq_geq(pi->ack, R->isn + 1))
         syn_data_decide(e, c, r, pi->ack - (R->isn + 1)); /* it took what it acknowledged */
     if (ds->initialized) {
@@ -799,7 +826,67 @@ static int beyond_window_slow(mos_engine_t *e, struct conn *c, int s, const stru
     if (off <= (int64_t)(base + wnd) || off > (int64_t)(base + 2 * (uint64_t)wnd + (1u << 16)))
         return 0; /* in the window; or so far past it that the capture missed much (receive_data) */
     raise_anomaly(e, c, r, MOS_ERR_OUT_OF_WINDOW, (uint64_t)off, pi->payload_len);
+    /* Its bytes wait apart, out of the stream: if the receiver's ACK later passes their start, it had
+     * them after all (the capture missed both directions for more than a window) and they go in then;
+     * a decoy the host dropped waits until the end, after the real bytes at its place. */
+    if (pi->payload_len && !pi->payload_cut && !(f & TCP_FIN) && (c->monitor & (1u << r))) {
+        uint32_t key = ft_stash_key(ft_slot(&e->ft, c), 2 + s);
+        const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, key) : NULL;
+        if ((x ? x->len : 0) + pi->payload_len + sizeof(struct held_rec) <= wnd)
+            hold_segment(e, key, pi);
+    }
     return 1;
+}
+
+/* The receiver `r` acknowledged `ack`: segments held just past its window whose start it passed were
+ * taken; they enter its stream (copies in the event arena: events point at them), the others wait. */
+static void band_taken(mos_engine_t *e, struct conn *c, int r, uint32_t ack)
+{
+    int s = 1 - r;
+    uint32_t key = ft_stash_key(ft_slot(&e->ft, c), 2 + s);
+    const struct ft_stash *x = ft_stash_get(&e->ft, key);
+    if (!x)
+        return;
+    uint32_t n = x->len, taken = 0;
+    for (uint32_t at = 0; at + sizeof(struct held_rec) <= n;) {
+        struct held_rec hr;
+        memcpy(&hr, x->data + at, sizeof(hr));
+        at += (uint32_t)sizeof(hr) + hr.len;
+        if (seq_gt(ack, hr.seq))
+            taken++;
+    }
+    if (!taken)
+        return;
+    const uint8_t *copy = arena_copy(&e->evq.arena, x->data, n); /* the records, waiting ones too */
+    ft_stash_drop(&e->ft, &e->rctx, key);
+    if (!copy) {
+        raise_anomaly(e, c, r, MOS_ERR_MEMCAP, 0, n);
+        return;
+    }
+    struct reasm_dir *d = &c->rx[r];
+    struct tcp_end *S = &c->tcp.end[s];
+    struct owner o = {c, r};
+    for (uint32_t at = 0; at + sizeof(struct held_rec) <= n;) {
+        struct held_rec hr;
+        memcpy(&hr, copy + at, sizeof(hr));
+        at += (uint32_t)sizeof(hr);
+        if (hr.len > n - at)
+            break;
+        struct pkt_info again = {0};
+        again.seq = hr.seq;
+        again.payload = copy + at;
+        again.payload_len = hr.len;
+        if (!seq_gt(ack, hr.seq)) {
+            hold_segment(e, key, &again); /* not yet */
+        } else {
+            e->counters[MOS_C_OUT_OF_WINDOW_TAKEN]++;
+            if (seq_gt(hr.seq + hr.len, S->snd_nxt))
+                S->snd_nxt = hr.seq + hr.len;
+            if (d->initialized)
+                reasm_segment(&e->rctx, d, &o, hr.seq, copy + at, hr.len);
+        }
+        at += hr.len;
+    }
 }
 
 /* PAWS (RFC 7323 5.3): with timestamps on, a segment whose TSval is older than the last one its receiver
@@ -866,10 +953,6 @@ int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi)
 /* What each side may send after a RST and be held: its receiver's window (64 KiB at least), within the
  * direction's buffer limit. Held as records (sequence number, length, bytes), in any order: the
  * reassembly of the connection that follows puts them in place. */
-struct held_rec {
-    uint32_t seq, len;
-};
-
 static uint32_t rst_hold_limit(const mos_engine_t *e, const struct conn *c, int s)
 {
     uint32_t w = c->tcp.end[1 - s].max_win > 65535 ? c->tcp.end[1 - s].max_win : 65535;
@@ -916,13 +999,9 @@ int tcp_after_rst(mos_engine_t *e, struct conn *c, int s, const struct pkt_info 
     const struct ft_stash *x = e->ft.nstash ? ft_stash_get(&e->ft, key) : NULL;
     uint32_t held = x ? x->len : 0, limit = rst_hold_limit(e, c, s);
     uint32_t rec = (uint32_t)sizeof(struct held_rec) + pi->payload_len;
-    if (!seq_geq(pi->seq, S->snd_nxt) || pi->seq + pi->payload_len - S->snd_nxt > limit || held + rec > limit + 4096u ||
-        (e->rctx.memcap && e->rctx.mem_used + rec + sizeof(struct ft_stash) > e->rctx.memcap))
+    if (!seq_geq(pi->seq, S->snd_nxt) || pi->seq + pi->payload_len - S->snd_nxt > limit || held + rec > limit + 4096u)
         return 0; /* behind what it had sent, or more than its peer's window: not held */
-    struct held_rec h = {pi->seq, pi->payload_len};
-    if (ft_stash_append(&e->ft, &e->rctx, key, (const uint8_t *)&h, sizeof(h)) == 0 &&
-        ft_stash_append(&e->ft, &e->rctx, key, pi->payload, pi->payload_len) != 0)
-        tcp_rst_held_drop(e, c); /* a record without its bytes: nothing can be given back */
+    hold_segment(e, key, pi);
     return 0;
 }
 
