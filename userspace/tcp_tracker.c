@@ -186,6 +186,43 @@ static int hold_segment(mos_engine_t *e, uint32_t key, const struct pkt_info *pi
     return 0;
 }
 
+/* The next record of held segments in buf[0, n) from *at: its bytes (NULL past the last one). */
+static const uint8_t *next_held(const uint8_t *buf, uint32_t n, uint32_t *at, struct held_rec *hr)
+{
+    if (n - *at < sizeof(*hr))
+        return NULL;
+    memcpy(hr, buf + *at, sizeof(*hr));
+    *at += (uint32_t)sizeof(*hr);
+    if (hr->len > n - *at)
+        return NULL;
+    const uint8_t *p = buf + *at;
+    *at += hr->len;
+    return p;
+}
+
+/* A held segment `s` sent enters the stream its peer receives (bytes that live until the events are
+ * handled), as it would have on arrival. */
+static void give_segment(mos_engine_t *e, struct conn *c, int s, uint32_t seq, const uint8_t *p, uint32_t len)
+{
+    struct tcp_end *S = &c->tcp.end[s];
+    struct reasm_dir *d = &c->rx[1 - s];
+    struct owner o = {c, 1 - s};
+    if (seq_gt(seq + len, S->snd_nxt))
+        S->snd_nxt = seq + len;
+    if (d->initialized && (c->monitor & (1u << (1 - s))))
+        reasm_segment(&e->rctx, d, &o, seq, p, len);
+}
+
+/* A stream nothing was delivered from starts again at `seq` (its sender's ISN turned out another). */
+static void restart_unread_stream(mos_engine_t *e, struct reasm_dir *d, uint32_t seq)
+{
+    if (d->initialized && d->next_off == 0) {
+        uint8_t policy = d->policy, buffering = d->buffering;
+        reasm_release(&e->rctx, d);
+        reasm_dir_init(d, seq, policy, buffering);
+    }
+}
+
 /* ---- a new connection --------------------------------------------------------------------------- */
 
 void tcp_flow_start(struct tcp_flow *t, const struct pkt_info *pi, int syn_only)
@@ -302,11 +339,7 @@ static void syn_resent_with_new_isn(mos_engine_t *e, struct conn *c, int s, cons
     t->hs_ts = pi->has_ts ? 1 : 0;
     t->hs = pi->has_ts ? pi->tsval : 0;
     e->counters[MOS_C_SYN_ISN_CHANGED]++;
-    if (d->initialized && d->next_off == 0) {
-        uint8_t policy = d->policy, buffering = d->buffering;
-        reasm_release(&e->rctx, d);
-        reasm_dir_init(d, pi->seq + 1, policy, buffering);
-    }
+    restart_unread_stream(e, d, pi->seq + 1);
 }
 
 /* The peer acknowledged the later SYN-ACK of `p` (its ISN in hs): that one began p's stream, so the
@@ -320,11 +353,7 @@ static void synack_reanchor(mos_engine_t *e, struct conn *c, int p)
     P->isn = P->hs;
     P->snd_nxt = P->hs + 1;
     e->counters[MOS_C_SYNACK_REANCHORED]++;
-    if (d->initialized && d->next_off == 0) {
-        uint8_t policy = d->policy, buffering = d->buffering;
-        reasm_release(&e->rctx, d);
-        reasm_dir_init(d, P->isn + 1, policy, buffering);
-    }
+    restart_unread_stream(e, d, P->isn + 1);
 }
 
 static void sender_update(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
@@ -847,14 +876,10 @@ static void band_taken(mos_engine_t *e, struct conn *c, int r, uint32_t ack)
     const struct ft_stash *x = ft_stash_get(&e->ft, key);
     if (!x)
         return;
-    uint32_t n = x->len, taken = 0;
-    for (uint32_t at = 0; at + sizeof(struct held_rec) <= n;) {
-        struct held_rec hr;
-        memcpy(&hr, x->data + at, sizeof(hr));
-        at += (uint32_t)sizeof(hr) + hr.len;
-        if (seq_gt(ack, hr.seq))
-            taken++;
-    }
+    uint32_t n = x->len, at = 0, taken = 0;
+    struct held_rec hr;
+    while (next_held(x->data, n, &at, &hr))
+        taken += seq_gt(ack, hr.seq);
     if (!taken)
         return;
     const uint8_t *copy = arena_copy(&e->evq.arena, x->data, n); /* the records, waiting ones too */
@@ -863,29 +888,18 @@ static void band_taken(mos_engine_t *e, struct conn *c, int r, uint32_t ack)
         raise_anomaly(e, c, r, MOS_ERR_MEMCAP, 0, n);
         return;
     }
-    struct reasm_dir *d = &c->rx[r];
-    struct tcp_end *S = &c->tcp.end[s];
-    struct owner o = {c, r};
-    for (uint32_t at = 0; at + sizeof(struct held_rec) <= n;) {
-        struct held_rec hr;
-        memcpy(&hr, copy + at, sizeof(hr));
-        at += (uint32_t)sizeof(hr);
-        if (hr.len > n - at)
-            break;
-        struct pkt_info again = {0};
-        again.seq = hr.seq;
-        again.payload = copy + at;
-        again.payload_len = hr.len;
-        if (!seq_gt(ack, hr.seq)) {
-            hold_segment(e, key, &again); /* not yet */
-        } else {
+    const uint8_t *p;
+    for (at = 0; (p = next_held(copy, n, &at, &hr));) {
+        if (seq_gt(ack, hr.seq)) {
             e->counters[MOS_C_OUT_OF_WINDOW_TAKEN]++;
-            if (seq_gt(hr.seq + hr.len, S->snd_nxt))
-                S->snd_nxt = hr.seq + hr.len;
-            if (d->initialized)
-                reasm_segment(&e->rctx, d, &o, hr.seq, copy + at, hr.len);
+            give_segment(e, c, s, hr.seq, p, hr.len);
+        } else {
+            struct pkt_info again = {0};
+            again.seq = hr.seq;
+            again.payload = p;
+            again.payload_len = hr.len;
+            hold_segment(e, key, &again); /* not yet */
         }
-        at += hr.len;
     }
 }
 
@@ -1017,12 +1031,9 @@ void tcp_rst_held_take(mos_engine_t *e, struct conn *old, struct rst_held *h)
         h->seq[k] = old->tcp.end[k].snd_nxt;
         h->data[k] = arena_copy(&e->evq.arena, x->data, x->len);
         h->len[k] = h->data[k] ? x->len : 0;
-        for (uint32_t at = 0; at + sizeof(struct held_rec) <= h->len[k];) {
-            struct held_rec hr;
-            memcpy(&hr, h->data[k] + at, sizeof(hr));
-            at += (uint32_t)sizeof(hr) + hr.len;
+        struct held_rec hr;
+        for (uint32_t at = 0; next_held(h->data[k], h->len[k], &at, &hr);)
             h->bytes += hr.len;
-        }
         if (!h->data[k])
             raise_anomaly(e, old, 1 - k, MOS_ERR_MEMCAP, 0, x->len);
         ft_stash_drop(&e->ft, &e->rctx, key);
@@ -1034,24 +1045,13 @@ void tcp_rst_held_give(mos_engine_t *e, struct conn *c, const struct rst_held *h
     for (int k = 0; k < 2; k++) {
         if (!h->len[k])
             continue;
-        int r = 1 - k;
-        struct reasm_dir *d = &c->rx[r];
-        struct tcp_end *K = &c->tcp.end[k];
-        struct owner o = {c, r};
-        if ((c->monitor & (1u << r)) && !d->initialized)
+        struct reasm_dir *d = &c->rx[1 - k];
+        if ((c->monitor & (1u << (1 - k))) && !d->initialized)
             reasm_dir_init(d, h->seq[k], d->policy, d->buffering); /* where its stream had stopped */
-        K->snd_nxt = h->seq[k];
-        for (uint32_t at = 0; at + sizeof(struct held_rec) <= h->len[k];) {
-            struct held_rec hr;
-            memcpy(&hr, h->data[k] + at, sizeof(hr));
-            at += (uint32_t)sizeof(hr);
-            if (hr.len > h->len[k] - at)
-                break;
-            if (seq_gt(hr.seq + hr.len, K->snd_nxt))
-                K->snd_nxt = hr.seq + hr.len;
-            if (c->monitor & (1u << r))
-                reasm_segment(&e->rctx, d, &o, hr.seq, h->data[k] + at, hr.len);
-            at += hr.len;
-        }
+        c->tcp.end[k].snd_nxt = h->seq[k];
+        struct held_rec hr;
+        const uint8_t *p;
+        for (uint32_t at = 0; (p = next_held(h->data[k], h->len[k], &at, &hr));)
+            give_segment(e, c, k, hr.seq, p, hr.len);
     }
 }
