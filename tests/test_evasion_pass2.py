@@ -7,8 +7,8 @@ or RFC section) and what the engine did before it was fixed.
 from __future__ import annotations
 
 from mos import EndReason, ErrorKind, Side
+from tests.conns import JUNK, REQ1, REQ2, RESP, held_nothing, run, ts
 from tests.pcaps import Built, Conv, payload
-from tests.test_evasion_tcp_attacks import JUNK, REQ1, REQ2, RESP, held_nothing, run, ts
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. PAWS against a TS.Recent of 0: every segment of the connection dropped

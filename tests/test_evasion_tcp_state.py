@@ -11,57 +11,24 @@ byte the host received goes unseen.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Tuple
 
 import pytest
 
-from mos import EndReason, ErrorKind, Event, Monitor, Side
+from mos import EndReason, ErrorKind, Side
 from mos.events import Policy
-from tests.pcaps import Built, Conv, payload
+from tests.conns import REQ1, REQ2, RESP, Conns
+from tests.conns import run as run_conns
+from tests.pcaps import Built, Conv
 
 POLICIES = [p.value for p in Policy]
 TAKES_ANY_IN_WINDOW = {"old-linux", "solaris"}  # the others follow RFC 5961
 
 
-@dataclass
-class Conns:
-    """What a run delivered, connection by connection (in the order they started)."""
-
-    streams: Dict[int, Dict[Side, bytes]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(bytes)))
-    ends: Dict[int, EndReason] = field(default_factory=dict)
-    errors: List[Tuple[Optional[int], ErrorKind, int]] = field(default_factory=list)  # (conn id, kind, len)
-    counters: Dict[str, int] = field(default_factory=dict)
-
-    def all(self, side: Side) -> bytes:
-        """Every connection's stream received by `side`, one after the other."""
-        return b"".join(self.streams[i][side] for i in sorted(self.streams))
-
-    def kinds(self) -> List[ErrorKind]:
-        return [k for _, k, _ in self.errors]
-
-
 def run(tmp_path: Path, built: Built, policy: str = "first", **kw: object) -> Conns:
-    mon = Monitor(policy=policy, **kw)  # type: ignore[arg-type]
-    out = Conns()
-
-    def data(c, e):
-        assert e.offset == len(out.streams[c.id][e.side]), "contiguous delivery (no gaps in these captures)"
-        out.streams[c.id][e.side] += bytes(e.data)
-
-    mon.on(Event.CONN_NEW_DATA, data)
-    mon.on(Event.CONN_END, lambda c, e: out.ends.__setitem__(c.id, e.reason))
-    mon.on(Event.ERROR, lambda c, e: out.errors.append((c.id if c else None, e.reason, e.length)))
-    out.counters = dict(mon.run_pcap(built.write(tmp_path / f"t-{policy}.pcap")))
-    assert mon.handler_errors == 0
-    return out
-
-
-REQ1 = b"GET /index.html HTTP/1.1\r\nHost: a\r\n"
-REQ2 = b"X-Evil: GET /etc/passwd\r\n\r\n"
-RESP = payload("R", 900)
+    """tests.conns.run, with every delivery contiguous (these captures have no gaps)."""
+    return run_conns(tmp_path, built, policy, contiguous=True, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------------
