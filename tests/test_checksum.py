@@ -386,10 +386,7 @@ def test_inline_bad_checksum_dropped(inline, tmp_path: Path, mode: str) -> None:
     """`on`: frames with a wrong TCP or IPv4 header checksum never reach the server's wire (counted in
     malformed_drop); `auto` on a veth says it does not validate (a local stack's offloaded checksums)
     and forwards them, as before."""
-    import json
-    import textwrap
-
-    from tests.test_evasion_ip6 import SNIFF, _mac
+    from tests.test_evasion_ip6 import _mac, send_through
     from tests.test_live import CLIENT, PORT, SERVER, _app
 
     tag = inline.topo.tag[-6:]
@@ -404,27 +401,7 @@ def test_inline_bad_checksum_dropped(inline, tmp_path: Path, mode: str) -> None:
               "MOSX-GOOD": seg("MOSX-GOOD", 4252)}
     app = _app(tmp_path, "noop.py", "def init(mon):\n    pass\n")
     run = inline.run(app, "--stats", "--checksum", mode)
-    sniff = None
-    try:
-        code = textwrap.dedent(SNIFF.format(dev=ls, secs=4, markers=sorted(frames)))
-        sniff = inline.s.popen(sys.executable, "-c", code, stdout=subprocess.PIPE, text=True)
-        assert sniff.stdout is not None and sniff.stdout.readline().strip() == "ready"
-        inline.c.python(f"""
-            import socket, time
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-            s.bind(({lc!r}, 0))
-            for f in {list(frames.values())!r}:
-                s.send(f)
-                time.sleep(0.05)
-        """)
-        out, _ = sniff.communicate(timeout=30)
-        seen = set(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        if sniff is not None and sniff.poll() is None:
-            sniff.kill()
-            sniff.wait(timeout=10)
-        rc = run.stop()
-    assert rc == 0, run.stderr
+    seen = send_through(inline, run, frames)
     eng = run.engine_counters()
     xsk_c = run.counters("  af_xdp worker 0:")
     if mode == "on":

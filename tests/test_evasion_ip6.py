@@ -261,23 +261,17 @@ def _mac(ns, dev: str) -> str:  # type: ignore[no-untyped-def]
     return str(json.loads(ns.run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["address"])
 
 
-@pytest.mark.netns
-@pytest.mark.parametrize("forward", [False, True], ids=["default-drop", "forward-malformed"])
-def test_inline_malformed_never_forwarded_unseen(inline, tmp_path: Path, forward: bool) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
-    from tests.test_live import _app
-
-    tag = inline.topo.tag[-6:]
+def send_through(topo, run, frames: Dict[str, bytes]) -> set:  # type: ignore[no-untyped-def]
+    """Sends `frames` from the client's wire while `run` (an inline mos-xdp run) is up, and returns the
+    markers seen arriving on the server's wire; then stops the run (its exit status is checked)."""
+    tag = topo.topo.tag[-6:]
     lc, ls = f"lc{tag}", f"ls{tag}"
-    frames = _inline_frames(_mac(inline.c, lc), _mac(inline.s, ls))
-    app = _app(tmp_path, "noop.py", "def init(mon):\n    pass\n")
-    env = {"MOS_XDP_FORWARD_MALFORMED": "1"} if forward else {}
-    run = inline.run(app, "--stats", env=env)
     sniff = None
     try:
         code = textwrap.dedent(SNIFF.format(dev=ls, secs=4, markers=sorted(frames)))
-        sniff = inline.s.popen(sys.executable, "-c", code, stdout=subprocess.PIPE, text=True)
+        sniff = topo.s.popen(sys.executable, "-c", code, stdout=subprocess.PIPE, text=True)
         assert sniff.stdout is not None and sniff.stdout.readline().strip() == "ready"
-        inline.c.python(f"""
+        topo.c.python(f"""
             import socket, time
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
             s.bind(({lc!r}, 0))
@@ -293,6 +287,21 @@ def test_inline_malformed_never_forwarded_unseen(inline, tmp_path: Path, forward
             sniff.wait(timeout=10)
         rc = run.stop()
     assert rc == 0, run.stderr
+    return seen
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("forward", [False, True], ids=["default-drop", "forward-malformed"])
+def test_inline_malformed_never_forwarded_unseen(inline, tmp_path: Path, forward: bool) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from tests.test_live import _app
+
+    tag = inline.topo.tag[-6:]
+    lc, ls = f"lc{tag}", f"ls{tag}"
+    frames = _inline_frames(_mac(inline.c, lc), _mac(inline.s, ls))
+    app = _app(tmp_path, "noop.py", "def init(mon):\n    pass\n")
+    env = {"MOS_XDP_FORWARD_MALFORMED": "1"} if forward else {}
+    run = inline.run(app, "--stats", env=env)
+    seen = send_through(inline, run, frames)
     xdp_c = run.counters("  xdp:")
     xsk_c = run.counters("  af_xdp worker 0:")
     eng = run.engine_counters()
