@@ -282,15 +282,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
         if (side < 0)
             continue;
         if (c->flags & CF_ENDED) {
-            /* A SYN is a new connection if its ISN is new, or after a RST once the handshake was
-             * answered (a retransmitted SYN then has nothing left to reach: the RST ended both ends). */
-            /* ... or after FINs, if its receiver keeps no TIME_WAIT (it closed second: CLOSED), or the
-             * SYN is past what it had received (RFC 6191, Linux tcp_timewait_state_process). */
-            int new_syn = (pi.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN &&
-                          (!c->tcp.end[side].isn_known || pi.seq != c->tcp.end[side].isn ||
-                           (c->end_reason == MOS_END_RST && c->tcp.end[1 - side].isn_known) ||
-                           (c->end_reason == MOS_END_FIN && (c->tcp.end[1 - side].state != MOS_TCP_TIME_WAIT ||
-                                                             seq_gt(pi.seq, c->tcp.end[side].snd_nxt))));
+            int new_syn = tcp_syn_starts_anew(c, side, &pi);
             /* Past its linger the record is gone, whether or not expiry could free it yet (its end
              * may wait for the batch's events): what follows must not depend on batch boundaries. */
             int gone = c->last_ts + e->cfg.timeout_closed_ns <= e->now;

@@ -954,6 +954,23 @@ void tcp_track(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi
         engine_end_conn(e, c, MOS_END_FIN, s);
 }
 
+int tcp_syn_starts_anew(const struct conn *c, int s, const struct pkt_info *pi)
+{
+    const struct tcp_end *S = &c->tcp.end[s], *R = &c->tcp.end[1 - s];
+    if ((pi->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN)
+        return 0;
+    if (!S->isn_known || pi->seq != S->isn)
+        return 1; /* another ISN */
+    /* The old ISN: after a RST that ended an answered handshake, nothing is left for a retransmitted SYN
+     * to reach; after FINs, a receiver that closed second keeps no TIME_WAIT, and one in TIME_WAIT takes
+     * a SYN past what it had received (RFC 6191, Linux tcp_timewait_state_process). */
+    if (c->end_reason == MOS_END_RST)
+        return R->isn_known;
+    if (c->end_reason == MOS_END_FIN)
+        return R->state != MOS_TCP_TIME_WAIT || seq_gt(pi->seq, S->snd_nxt);
+    return 0;
+}
+
 int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi)
 {
     const struct tcp_end *S = &c->tcp.end[s];

@@ -96,6 +96,10 @@ void tcp_settle_acks(mos_engine_t *e, struct conn *c, int side);
 
 /* The connection ends: SYN data still pending is settled (kept, unless the end is a RST). */
 void tcp_end_syn_data(mos_engine_t *e, struct conn *c, int reason);
+/* A SYN sent by `s` after its connection ended starts a new one (port reuse), rather than being a late
+ * retransmission of the old one's. */
+int tcp_syn_starts_anew(const struct conn *c, int s, const struct pkt_info *pi);
+
 /* A packet sent by `s` after its connection ended lies inside what `s` had sent: a late retransmission
  * (of data or FIN, as a host resends when the last ACK was lost), which its peer's TIME_WAIT absorbs. */
 int tcp_is_late_rexmit(const struct conn *c, int s, const struct pkt_info *pi);
