@@ -174,6 +174,27 @@ enum csum_verdict csum_l4(const struct pkt_info *pi)
     return fold(sum_bytes(pi->l4, l4len, pseudo_sum(pi, l4len))) == 0xffff ? CSUM_OK : CSUM_BAD;
 }
 
+void csum_set_ipv4_header(uint8_t *l3)
+{
+    l3[10] = l3[11] = 0;
+    uint16_t c = (uint16_t)~fold(sum_bytes(l3, (uint32_t)(l3[0] & 0x0f) * 4, 0));
+    memcpy(l3 + 10, &c, 2); /* the sum is in the machine's order: stored so, it is right on the wire */
+}
+
+void csum_set_l4(const struct pkt_info *pi, uint8_t *l4)
+{
+    uint32_t off = pi->proto == MOS_IPPROTO_TCP ? 16 : 6, n = pi->l4_len;
+    if ((pi->proto != MOS_IPPROTO_TCP && pi->proto != MOS_IPPROTO_UDP) || n < off + 2)
+        return;
+    if (pi->proto == MOS_IPPROTO_UDP && pi->ip_version == 4 && l4[6] == 0 && l4[7] == 0)
+        return; /* IPv4 UDP without a checksum stays so */
+    l4[off] = l4[off + 1] = 0;
+    uint16_t c = (uint16_t)~fold(sum_bytes(l4, n, pseudo_sum(pi, n)));
+    if (pi->proto == MOS_IPPROTO_UDP && c == 0)
+        c = 0xffff; /* RFC 768: a computed 0 is sent as all ones */
+    memcpy(l4 + off, &c, 2);
+}
+
 /* ---- the setting ------------------------------------------------------------------------------ */
 
 /* The packet's checksums: the bad_checksum_* counter of the first wrong one, or 0; *checked tells

@@ -33,6 +33,11 @@ int csum_ipv4_header_ok(const uint8_t *l3);
 /* The TCP or UDP checksum of a decoded, unfragmented packet (or reassembled datagram). */
 enum csum_verdict csum_l4(const struct pkt_info *pi);
 
+/* Writing them (a reassembled datagram's header, a rewritten frame): the IPv4 header checksum of the
+ * header at l3; the TCP or UDP checksum over the pi->l4_len bytes at l4 (pi decoded from that frame). */
+void csum_set_ipv4_header(uint8_t *l3);
+void csum_set_l4(const struct pkt_info *pi, uint8_t *l4);
+
 /* Engine side (struct mos_engine): checks a decoded packet as the setting says, counts it, and returns
  * 1 when the packet is rejected (counted under bad_checksum_*, ERROR raised, the frame handed to the
  * malformed sink): the caller then drops it before any connection sees it. datagram: pi is a

@@ -72,6 +72,8 @@
  * - Trailing bytes beyond the IP total length (Ethernet padding) are ignored.
  */
 #include "defrag.h"
+
+#include "checksum.h"
 #include "mix.h"
 #include "mos_parse.h"
 
@@ -444,18 +446,6 @@ static int ensure_out(defrag_t *df)
     return df->out ? 0 : -1;
 }
 
-static uint16_t ip_checksum(const uint8_t *p, uint32_t len)
-{
-    uint32_t sum = 0;
-    for (uint32_t i = 0; i + 1 < len; i += 2)
-        sum += rd16(p + i);
-    if (len & 1)
-        sum += (uint32_t)p[len - 1] << 8;
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
-}
-
 /* Write header + payload into df->out and fix the header. hdr_len + plen must fit the limits. */
 static uint32_t write_header(defrag_t *df, uint8_t family, const uint8_t *hdr, uint32_t hdr_len,
                              uint32_t nh_off, uint8_t frag_nh, uint32_t plen)
@@ -465,8 +455,7 @@ static uint32_t write_header(defrag_t *df, uint8_t family, const uint8_t *hdr, u
     if (family == 4) {
         wr16(o + 2, (uint16_t)(hdr_len + plen));
         wr16(o + 6, (uint16_t)(rd16(o + 6) & 0xc000)); /* keep DF/reserved, clear MF and offset */
-        wr16(o + 10, 0);
-        wr16(o + 10, ip_checksum(o, hdr_len));
+        csum_set_ipv4_header(o);
     } else {
         o[nh_off] = frag_nh;
         wr16(o + 4, (uint16_t)(hdr_len - 40u + plen));

@@ -36,6 +36,7 @@
 
 #include <xdp/xsk.h>
 
+#include "checksum.h"
 #include "decode.h"
 #include "engine_state.h"
 #include "mos_engine.h"
@@ -784,22 +785,6 @@ int mos_xsk_drop_flow(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt)
 
 static void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 
-static uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t s)
-{
-    for (uint32_t i = 0; i + 1 < n; i += 2)
-        s += (uint32_t)(p[i] << 8 | p[i + 1]);
-    if (n & 1)
-        s += (uint32_t)p[n - 1] << 8;
-    return s;
-}
-
-static uint16_t fold(uint32_t s)
-{
-    while (s >> 16)
-        s = (s & 0xFFFF) + (s >> 16);
-    return (uint16_t)~s;
-}
-
 /* The IP header's length field follows the frame's new length (a resizing rewrite). */
 static void set_ip_length(uint8_t *p, uint32_t l3, uint32_t len)
 {
@@ -815,30 +800,10 @@ static void fix_checksums(uint8_t *p, uint32_t len)
     struct pkt_info pi;
     if (decode_packet(p, len, MOS_DLT_EN10MB, &pi) != 0 || !pi.ip_version)
         return;
-    uint8_t *l3 = p + (pi.l3 - p);
-    if (pi.ip_version == 4) {
-        uint32_t ihl = (uint32_t)(l3[0] & 15) * 4;
-        wr16(l3 + 10, 0);
-        wr16(l3 + 10, fold(sum16(l3, ihl, 0)));
-    }
-    if (pi.is_fragment || (pi.proto != MOS_IPPROTO_TCP && pi.proto != MOS_IPPROTO_UDP))
-        return;
-    uint8_t *l4 = p + (pi.l4 - p);
-    uint32_t l4_len = pi.l4_len;
-    uint32_t csum_off = pi.proto == MOS_IPPROTO_TCP ? 16 : 6;
-    if (l4_len < csum_off + 2)
-        return;
-    if (pi.proto == MOS_IPPROTO_UDP && pi.ip_version == 4 && l4[6] == 0 && l4[7] == 0)
-        return; /* IPv4 UDP without a checksum stays so */
-    uint32_t s = pi.ip_version == 6 ? sum16(l3 + 8, 32, 0) : sum16(l3 + 12, 8, 0);
-    s += pi.proto;
-    s += l4_len & 0xFFFF;
-    s += l4_len >> 16;
-    wr16(l4 + csum_off, 0);
-    uint16_t c = fold(sum16(l4, l4_len, s));
-    if (pi.proto == MOS_IPPROTO_UDP && c == 0)
-        c = 0xFFFF;
-    wr16(l4 + csum_off, c);
+    if (pi.ip_version == 4)
+        csum_set_ipv4_header(p + (pi.l3 - p));
+    if (!pi.is_fragment && pi.l4)
+        csum_set_l4(&pi, p + (pi.l4 - p));
 }
 
 int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32_t offset,
