@@ -26,7 +26,8 @@ except ImportError as exc:  # pragma: no cover - only without a build
 
 __all__ = ["EVENT_FIELDS", "EVENT_FORMAT", "EVENT_SIZE", "NO_PACKET", "NO_WSCALE", "counter_names", "ffi", "lib",
            "struct_format", "xsk_counter_names", "name_table", "reasm_counter_names",
-           "frag_counter_names", "policy_names", "frag_policy_names", "checksum_mode_names"]
+           "frag_counter_names", "policy_names", "frag_policy_names", "checksum_mode_names",
+           "order_names"]
 
 # struct codes by (size, signed); pointers are unpacked as unsigned addresses
 _CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q",
@@ -98,6 +99,7 @@ EV_DATA2 = _EV["data2"]
 EV_TS = _EV["ts_ns"]
 EV_RX_OFF0 = _EV["rx_off0"]
 EV_RX_OFF1 = _EV["rx_off1"]
+EV_SUB = _EV["sub"]
 if EV_SVR_STATE != EV_CLI_STATE + 1 or EV_RX_OFF1 != EV_RX_OFF0 + 1:  # pragma: no cover
     # Connection.state/stream_offset index these pairs by side
     raise TypeError("struct mos_event: the per-side snapshot fields are not adjacent")
@@ -152,3 +154,8 @@ def frag_policy_names() -> Tuple[str, ...]:
 def checksum_mode_names() -> Tuple[str, ...]:
     """The checksum settings' names (``auto``, ``on``, ``off``), indexed by ``enum mos_checksum_mode``."""
     return name_table(lib.mos_checksum_mode_name)
+
+
+def order_names() -> Tuple[str, ...]:
+    """When handlers run (``connection``, ``batch``, ``packet``), indexed by ``enum mos_order``."""
+    return name_table(lib.mos_order_name)

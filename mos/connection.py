@@ -35,12 +35,11 @@ from .abi import (
 from .errors import MosError, StaleConnection
 from .events import BUILTIN_EVENTS, EndReason, ErrorKind, Event, Hook, OrphanKind, Policy, Side, TcpState, policy_of
 from .stats import ENGINE_COUNTERS
+from .subscriptions import Handler
 
 if TYPE_CHECKING:
     from .monitor import Monitor
 
-Handler = Callable[["Connection", "EventInfo"], Any]
-"""A handler: ``handler(conn, ev)`` (``conn`` is None for ORPHAN events)."""
 EventId = Union[Event, int]
 
 
@@ -246,8 +245,46 @@ class EventInfo:
         """The packet that raised the event, decoded."""
         return self._mon._packet_view(self._f[EV_PKT])
 
+    def derived(self, type_: int) -> EventInfo:
+        """The same event seen as the user event ``type_`` derived from it."""
+        return EventInfo(self._f, self._mon, type_)
+
     def __repr__(self) -> str:
         return f"<EventInfo {self.event!r} side={self.side.name} hook={self.hook.name}>"
+
+
+class RaisedEventInfo(EventInfo):
+    """An event the app raised (:meth:`Connection.raise_event`): its ``data`` is the object it was raised
+    with; the rest (side, hook, packet, states) is the event being handled when it was raised."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, fields: Tuple[int, ...], mon: Monitor, type_: int, data: Any) -> None:
+        super().__init__(fields, mon, type_)
+        self._data = data
+
+    @property
+    def data(self) -> Any:
+        """The object given to :meth:`Connection.raise_event`."""
+        return self._data
+
+    def derived(self, type_: int) -> EventInfo:
+        """The same event seen as the user event ``type_`` derived from it (with the same data)."""
+        return RaisedEventInfo(self._f, self._mon, type_, self._data)
+
+
+class ConnState:
+    """What Python keeps of a connection beyond the engine's record, made only when an app needs it
+    (a context, a peek position, a timer): most connections have none, so cost no Python memory."""
+
+    __slots__ = ("id", "ctx", "read", "lost", "timers")
+
+    def __init__(self, conn_id: int) -> None:
+        self.id = conn_id
+        self.ctx: Any = None
+        self.read = [0, 0]
+        self.lost = [0, 0]
+        self.timers: List[Any] = []
 
 
 class Connection:
@@ -256,20 +293,52 @@ class Connection:
     ``Side.CLIENT`` is the endpoint that sent the first SYN (or, for a connection picked up mid-stream,
     the one guessed from ports and flags). As in mOS, ``peek(side)`` reads the stream ``side``
     *receives*: ``peek(Side.SERVER)`` gives the bytes the client sent.
+
+    A Connection is a handle (the engine's slot and the connection's id): handlers of different events
+    may get different objects for one connection; they compare equal and hash alike, and ``ctx``, peek
+    positions, subscriptions and timers belong to the connection, not to the object.
     """
 
-    __slots__ = ("_mon", "_slot", "id", "ctx", "_read", "_handlers", "_ended", "__weakref__")
+    __slots__ = ("_mon", "_slot", "id")
 
     def __init__(self, mon: Monitor, slot: int, conn_id: int) -> None:
         self._mon = mon
         self._slot = slot
         self.id = conn_id
         """Connection id: 1, 2, ... in order of the first packet."""
-        self.ctx: Any = None
-        """A user context: any object an app wants to keep with the connection."""
-        self._read = [0, 0]
-        self._handlers: Optional[Dict[Tuple[int, int, int], List[Handler]]] = None
-        self._ended = False
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Connection) and other.id == self.id and other._mon is self._mon
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- Python state -------------------------------------------------------------------------------
+    def _state(self, make: bool = False) -> Optional[ConnState]:
+        states = self._mon._states
+        st = states.get(self._slot)
+        if st is not None and st.id == self.id:
+            return st
+        if not make:
+            return None
+        if not self.alive:
+            raise StaleConnection(f"connection {self.id} is gone (it ended before this call)")
+        st = states[self._slot] = ConnState(self.id)
+        self._mon._need_end(self)  # its CONN_END reaches Python, which drops the state there
+        return st
+
+    @property
+    def ctx(self) -> Any:
+        """A user context: any object an app wants to keep with the connection (None until set; dropped
+        once its CONN_END has been handled)."""
+        st = self._state()
+        return st.ctx if st is not None else None
+
+    @ctx.setter
+    def ctx(self, value: Any) -> None:
+        st = self._state(make=value is not None)
+        if st is not None:
+            st.ctx = value
 
     # -- reading ------------------------------------------------------------------------------------
     def _info(self) -> Any:
@@ -280,9 +349,8 @@ class Connection:
 
     @property
     def alive(self) -> bool:
-        """False once the connection's CONN_END has been handled and its slot may be reused."""
-        info = ffi.new("struct mos_conn_info *")
-        return lib.mos_conn_info(self._mon._eng, self._slot, self.id, info) == 0
+        """True until the connection's CONN_END has been handled (during its CONN_END handlers too)."""
+        return bool(lib.mos_conn_alive(self._mon._eng, self._slot, self.id))
 
     def info(self) -> Dict[str, Any]:
         """Everything known about the connection, as a dict (addresses, states, counters, times)."""
@@ -319,34 +387,62 @@ class Connection:
         s = _one_side(side)
         snap = self._snapshot()
         if snap is not None:
-            return snap[EV_RX_OFF0 + s]
+            return int(snap[EV_RX_OFF0 + s])
         return int(self._info().stream_off[s])
 
+    def window(self, side: Side) -> Tuple[int, int]:
+        """The stream offsets ``[start, end)`` that :meth:`ppeek` can read in ``side``'s receive stream: the
+        last ``peek_window`` bytes before the stream offset (inside a handler: at the event), whatever the
+        batch boundaries. Gaps in it read as missing; with buffering off nothing is held."""
+        end = self.stream_offset(side)
+        return max(0, end - self._mon._peek_window), end
+
     def peek(self, side: Side) -> bytes:
-        """The bytes ``side`` received that this app has not peeked yet (gaps skipped), as mOS's mtcp_peek."""
+        """The bytes ``side`` received that this app has not peeked yet, as mOS's mtcp_peek: from the last
+        peek's end to the stream offset (inside a handler: at the event). Gaps are skipped (DATA_GAP says
+        where); bytes that left the :meth:`window` before being peeked are skipped and counted in
+        :meth:`peek_lost`."""
         s = _one_side(side)
-        end = self.stream_offset(Side(s))
-        start = self._read[s]
-        if end <= start:
+        start, end = self.window(side)
+        st = self._state(make=True)
+        assert st is not None
+        pos = st.read[s]
+        if pos < start:
+            st.lost[s] += start - pos
+            pos = start
+        if end <= pos:
             return b""
         out = bytearray()
-        buf = ffi.new("uint8_t[]", min(end - start, 1 << 20))
+        buf = ffi.new("uint8_t[]", min(end - pos, 1 << 20))
         got_start = ffi.new("uint64_t *")
-        pos = start
         while pos < end:
             n = lib.mos_conn_peek(self._mon._eng, self._slot, self.id, s, pos, end, buf, len(buf), got_start)
             if n <= 0:
                 break
             out += ffi.buffer(buf, n)
             pos = got_start[0] + n
-        self._read[s] = end
+        st.read[s] = end
         return bytes(out)
 
+    def peek_lost(self, side: Side) -> int:
+        """Bytes of ``side``'s receive stream that :meth:`peek` skipped because they had left the window
+        (``Monitor(peek_window=...)``) before this app peeked them."""
+        st = self._state()
+        return st.lost[_one_side(side)] if st is not None else 0
+
     def ppeek(self, side: Side, offset: int, length: int) -> bytes:
-        """Bytes of ``side``'s receive stream at a stream offset, if still held (may return fewer)."""
+        """The bytes of ``side``'s receive stream from stream offset ``offset``, at most ``length``, as mOS's
+        mtcp_ppeek: those in the :meth:`window`, up to the first byte not held (a gap); b"" when ``offset``
+        is outside the window. The result depends on the stream alone, never on batch boundaries."""
         s = _one_side(side)
-        if length <= 0:
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise MosError(f"ppeek: offset must be a stream offset (an int >= 0), not {offset!r}")
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise MosError(f"ppeek: length must be an int >= 0, not {length!r}")
+        start, end = self.window(side)
+        if offset < start or offset >= end or length == 0:
             return b""
+        length = min(length, end - offset)
         buf = ffi.new("uint8_t[]", length)
         n = lib.mos_conn_copy(self._mon._eng, self._slot, self.id, s, offset, length, buf)
         if n < 0:
@@ -376,40 +472,61 @@ class Connection:
 
     # -- acting -------------------------------------------------------------------------------------
     def on(self, event: EventId, handler: Handler, *, side: Side = Side.BOTH, hook: Hook = Hook.RCV) -> None:
-        """Subscribe a handler for this connection only (allowed inside a handler)."""
-        self._mon._check_event(event)
-        if self._handlers is None:
-            self._handlers = {}
-        subscribe(self._handlers, event, handler, side, hook)
-        self._sync_masks()
+        """Subscribe a handler for this connection only (allowed inside a handler); it gets the
+        connection's events from its next packet. Connections subscribing the same handlers share one
+        subscription set, so this costs no memory per connection."""
+        ev = self._mon._check_subscription(event, handler, side, hook)
+        self._mon._move_sub(self, lambda subs, cur: subs.with_handler(cur, ev, handler, side, hook))
 
     def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
             hook: Hook = Hook.RCV) -> None:
-        """Unsubscribe a handler of this connection (all of the event's handlers when None)."""
-        if not self._handlers:
-            return
-        unsubscribe(self._handlers, event, handler, side, hook)
-        self._sync_masks()
+        """Unsubscribe a handler of this connection (all of the event's handlers when None), at once."""
+        ev = self._mon._check_event(event)
+        self._mon._move_sub(self, lambda subs, cur: subs.without_handler(cur, ev, handler, side, hook))
 
-    def _sync_masks(self) -> None:
-        masks = [[0, 0], [0, 0]]
-        for (ev, s, h), lst in (self._handlers or {}).items():
-            if lst:
-                masks[h][s] |= 1 << self._mon._c_bit(ev)
-        for h in (0, 1):
-            for s in (0, 1):
-                lib.mos_conn_set_mask(self._mon._eng, self._slot, self.id, h, s, masks[h][s])
+    def raise_event(self, event: EventId, data: Any = None) -> None:
+        """Raise an event of the app's (:meth:`Monitor.alloc_event`) on this connection, as mOS's
+        mtcp_raise_event: its handlers (and the events defined on it) run right after the handler that
+        raised it returns, before the next event, with ``ev.data`` set to ``data``."""
+        self._mon._raise(self, event, data)
+
+    def add_timer(self, delay: float, callback: Callable[[Connection, float], Any], *,
+                  periodic: bool = False) -> Any:
+        """Call ``callback(conn, now)`` after ``delay`` seconds of packet time (every ``delay`` if periodic);
+        cancelled when the connection ends. Returns the :class:`~mos.timer.Timer`."""
+        if not callable(callback):
+            raise MosError(f"add_timer: callback must be callable, not {callback!r}")
+        st = self._state(make=True)
+        assert st is not None
+        conn = Connection(self._mon, self._slot, self.id)
+        t = self._mon._add_timer(delay, lambda mon, now: callback(conn, now), periodic, conn)
+        st.timers = [x for x in st.timers if not x.cancelled] + [t]
+        return t
 
     def stop_monitoring(self, side: Side = Side.BOTH) -> None:
-        """Stop monitoring one side or both: no more events or bytes for it (CONN_END still comes)."""
-        mask = 3 if Side(side) is Side.BOTH else 1 << int(side)
+        """Stop monitoring one side or both: no more events or bytes for it, from now on (the events the
+        current packet raised after this one too); CONN_END still comes."""
+        mask = 0
+        for s in _sides(side):
+            mask |= 1 << s
         if lib.mos_conn_stop(self._mon._eng, self._slot, self.id, mask) != 0:
             raise StaleConnection(f"connection {self.id} is gone")
+        self._mon._stopped_now[self._slot] = self._mon._stopped_now.get(self._slot, 0) | mask
 
-    def set_policy(self, policy: Union[Policy, str]) -> None:
-        """Change the overlap policy of this connection's two streams."""
+    def set_buffering(self, side: Side, on: bool) -> None:
+        """Hold ``side``'s receive stream for reassembly (on) or not, from the connection's next packet: as
+        mOS's MOS_CLIBUF/MOS_SVRBUF on one connection. Off, out-of-order bytes are not held (they become
+        gaps), in-order bytes are still delivered and peek/ppeek read nothing more."""
+        for s in _sides(side):
+            if lib.mos_conn_set_buffering(self._mon._eng, self._slot, self.id, s, int(bool(on))) != 0:
+                raise StaleConnection(f"connection {self.id} is gone")
+
+    def set_policy(self, policy: Union[Policy, str], side: Side = Side.BOTH) -> None:
+        """Change the overlap policy of this connection's receive streams (``side``'s, or both)."""
         p = policy_of(policy)
-        if lib.mos_conn_set_policy(self._mon._eng, self._slot, self.id, p.code) != 0:
+        if not isinstance(side, Side):
+            raise MosError(f"side must be a mos.Side, not {side!r}")
+        if lib.mos_conn_set_policy(self._mon._eng, self._slot, self.id, int(side), p.code) != 0:
             raise StaleConnection(f"connection {self.id} is gone")
 
     @property
@@ -447,35 +564,15 @@ class Connection:
             return f"<Connection {self.id} (ended)>"
 
 
-
-HandlerTable = Dict[Tuple[int, int, int], List[Handler]]
-
-
-def subscribe(table: HandlerTable, event: EventId, handler: Handler, side: Side, hook: Hook) -> None:
-    for s in _sides(side):
-        table.setdefault((int(event), s, int(hook)), []).append(handler)
-
-
-def unsubscribe(table: HandlerTable, event: EventId, handler: Optional[Handler], side: Side,
-                 hook: Hook) -> None:
-    for s in _sides(side):
-        lst = table.get((int(event), s, int(hook)))
-        if not lst:
-            continue
-        if handler is None:
-            lst.clear()
-        elif handler in lst:
-            lst.remove(handler)
-
-
 def _one_side(side: Side) -> int:
-    s = Side(side)
-    if s is Side.BOTH:
+    if not isinstance(side, Side):
+        raise MosError(f"side must be Side.CLIENT or Side.SERVER, not {side!r}")
+    if side is Side.BOTH:
         raise MosError("this needs Side.CLIENT or Side.SERVER, not Side.BOTH")
-    return int(s)
+    return int(side)
 
 
 def _sides(side: Side) -> Tuple[int, ...]:
-    s = Side(side)
-    return (0, 1) if s is Side.BOTH else (int(s),)
-
+    if not isinstance(side, Side):
+        raise MosError(f"side must be Side.CLIENT, Side.SERVER or Side.BOTH, not {side!r}")
+    return (0, 1) if side is Side.BOTH else (int(side),)

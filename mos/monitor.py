@@ -12,9 +12,9 @@ an :class:`EnginePort`, the declared way in (see :mod:`mos.source`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import struct
 import sys
-import traceback
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from .abi import (
@@ -23,6 +23,7 @@ from .abi import (
     EV_HOOK,
     EV_PKT,
     EV_SIDE,
+    EV_SUB,
     EV_TS,
     EV_TYPE,
     EVENT_FORMAT,
@@ -33,28 +34,30 @@ from .abi import (
     ffi,
     frag_policy_names,
     lib,
+    order_names,
 )
 from .connection import (
     Connection,
+    ConnState,
     EventId,
     EventInfo,
-    Handler,
     PacketView,
+    RaisedEventInfo,
     addr_str,
     info_dict,
-    subscribe,
-    unsubscribe,
 )
 from .errors import MosError
+from .errors import StaleConnection as StaleConnectionError
 from .events import BUILTIN_EVENTS, MAX_EVENTS, USER_EVENT_BASE, Event, Hook, Policy, Side, policy_of
 from .filter import Filter, PyFilter, UserEvent
+from .handler_errors import HandlerErrors
 from .source import LiveControl, PacketSource, PcapSource
 from .stats import engine_stats
+from .subscriptions import Handler, Key, SubSet, SubSets, added, build_flat, check_hook, hook_of, masks_of, removed
+from .subscriptions import sides_of
 from .timer import Timer, TimerQueue
 
 __all__ = ["EnginePort", "Monitor"]
-
-_CONN_LEVEL = (int(Event.CONN_START), int(Event.CONN_END))
 
 
 class EnginePort:
@@ -83,8 +86,9 @@ class EnginePort:
         self._mon.feed(linktype, pkts, n)
 
     def dispatch(self) -> None:
-        """Run the handlers of the events the engine queued."""
-        self._mon._dispatch()
+        """Run the handlers of the events the engine queued, then the packets held back for them (order
+        ``connection``) and their events, until none is held."""
+        self._mon._drain()
 
     def next_due(self) -> int:
         """Packet time (ns) of the next timer, 0 when none: the engine must stop before it."""
@@ -102,7 +106,7 @@ class EnginePort:
     def advance(self, now: int) -> None:
         """Move packet time to ``now`` without a packet (idle expiry), then run the events it raised."""
         lib.mos_engine_advance(self._mon._eng, now)
-        self._mon._dispatch()
+        self._mon._drain()
 
     def current_packet(self) -> Optional[int]:
         """The engine's index of the packet being handled (None outside a packet's handlers)."""
@@ -122,6 +126,8 @@ def frag_policy_code(name: str) -> int:
         raise MosError(f"unknown fragment overlap policy {name!r} (choose from {', '.join(names)})")
     return names.index(name)
 CHECKSUM_MODES = checksum_mode_names()
+ORDERS = order_names()
+"""When handlers run (``connection``, ``batch``, ``packet``), from the engine's table."""
 """The checksum settings (``auto``, ``on``, ``off``), from the engine's table."""
 _CHECKSUM_STATES = {lib.MOS_CSUM_STATE_OFF: "off", lib.MOS_CSUM_STATE_VALIDATING: "validating",
                     lib.MOS_CSUM_STATE_SAMPLING: "sampling", lib.MOS_CSUM_STATE_AUTO_OFF: "auto-off"}
@@ -131,21 +137,35 @@ class Monitor:
     """The stack as an app sees it: subscribe handlers, then run it over a capture (or live traffic).
 
     Options: ``policy`` (overlap policy, :class:`Policy`), ``frag_policy`` (which copy of overlapping
-    IP fragments the datagram keeps: a name of :func:`mos.abi.frag_policy_names`), ``buffer_client`` / ``buffer_server``
-    (hold bytes for reassembly on that side; False is mOS's MOS_CLIBUF/MOS_SVRBUF = 0),
+    IP fragments the datagram keeps: a name of :func:`mos.abi.frag_policy_names`), ``buffer_client`` /
+    ``buffer_server`` (hold bytes for reassembly on that side; False is mOS's MOS_CLIBUF/MOS_SVRBUF = 0),
     ``vlan_in_key`` (VLAN ids are part of a connection's key), ``pickup`` (track connections already in
     progress), ``max_conns``, ``dir_buffer_limit`` (bytes held per direction), ``max_segments``,
     ``memcap`` (bytes held by reassembly in all), timeouts in seconds (``timeout_syn``,
     ``timeout_established``, ``timeout_closed``), ``frag_memcap``, ``frag_timeout``, ``strict``
-    (an exception in a handler stops the run), ``sync``, ``checksum`` (``auto``, ``on``, ``off``: which
-    packets with a wrong IPv4, TCP or UDP checksum are dropped before the engine; :attr:`checksum_state`).
+    (an exception in a handler stops the run), ``checksum`` (``auto``, ``on``, ``off``: which packets
+    with a wrong IPv4, TCP or UDP checksum are dropped before the engine; :attr:`checksum_state`),
+    ``peek_window`` (bytes of each stream kept behind its end for :meth:`Connection.peek` and
+    :meth:`Connection.ppeek`, whatever the batch boundaries; at most half of ``dir_buffer_limit``) and
+    ``order``:
 
-    Handlers run once per batch of packets (one crossing between C and Python per batch). Inside a handler
-    the event and the connection's state, stream offsets and ``peek`` are as they were when the event was
-    raised; what a handler *does* (subscribing, stopping monitoring, timers) takes effect from the next
-    batch. ``sync=True`` hands the events over after every packet that raised some, so actions take effect
-    from the next packet, at the cost of a crossing per such packet.
+    * ``"connection"`` (the default, mOS's model): what a handler does (stop monitoring, subscribe or
+      unsubscribe, change a policy or buffering, drop) takes effect from the connection's next packet.
+      Packets still cross into Python once per batch: within a batch, once a packet of a connection has
+      queued an event, that connection's later packets wait until the handlers ran (other connections
+      go on), so each connection's events come in its packet order, but events of different
+      connections may come out of their global order, and global subscriptions made in a handler act
+      from the next batch for the other connections' packets already processed.
+    * ``"batch"``: actions take effect from the next batch (the connection's later packets of the batch
+      were processed before its handlers ran); the fastest.
+    * ``"packet"`` (``sync=True``): events are handed over after every packet that raised some: global
+      packet order, at the cost of a crossing per such packet.
+
+    Inside a handler the event and the connection's state, stream offsets and ``peek`` are as they were
+    when the event was raised.
     """
+
+    _SETTABLE = frozenset({"strict", "handler_errors", "read_error", "port"})
 
     def __init__(
         self,
@@ -168,8 +188,10 @@ class Monitor:
         event_queue: int = 8192,
         strict: bool = False,
         stream_dir: Optional[str] = None,
+        order: str = "connection",
         sync: bool = False,
         checksum: str = "auto",
+        peek_window: int = 64 << 10,
     ) -> None:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
@@ -179,7 +201,14 @@ class Monitor:
         cfg.buffer_svr = int(bool(buffer_server))
         cfg.vlan_in_key = int(bool(vlan_in_key))
         cfg.pickup = int(bool(pickup))
-        cfg.sync_events = int(bool(sync))
+        if order not in ORDERS:
+            raise MosError(f"unknown order {order!r} (choose from {', '.join(ORDERS)})")
+        if sync:
+            if order not in ("connection", "packet"):
+                raise MosError(f"sync=True is order='packet', not order={order!r}")
+            order = "packet"
+        cfg.order = ORDERS.index(order)
+        self.order = order
         if checksum not in CHECKSUM_MODES:
             raise MosError(f"unknown checksum setting {checksum!r} (choose from {', '.join(CHECKSUM_MODES)})")
         cfg.checksum = CHECKSUM_MODES.index(checksum)
@@ -188,41 +217,52 @@ class Monitor:
             ("dir_buffer_limit", dir_buffer_limit, 0, (1 << 32) - 1),
             ("max_segments", max_segments, 1, (1 << 32) - 1),
             ("event_queue", event_queue, 64, 1 << 24),
+            ("peek_window", peek_window, 0, (1 << 32) - 1),
+            ("memcap", memcap, 0, 1 << 62),
+            ("frag_memcap", frag_memcap, 0, 1 << 62),
         ):
-            if not lo <= int(val) <= hi:
+            if not isinstance(val, int) or isinstance(val, bool):
+                raise MosError(f"{name} must be an int, not {val!r}")
+            if not lo <= val <= hi:
                 raise MosError(f"{name} must be between {lo} and {hi}, not {val}")
-        cfg.max_conns = int(max_conns)
-        cfg.dir_buffer_limit = int(dir_buffer_limit)
-        cfg.max_segments = int(max_segments)
-        cfg.memcap = int(memcap)
-        cfg.event_queue = int(event_queue)
+        cfg.max_conns = max_conns
+        cfg.dir_buffer_limit = dir_buffer_limit
+        cfg.max_segments = max_segments
+        cfg.memcap = memcap
+        cfg.event_queue = event_queue
+        cfg.peek_window = peek_window
         for tname, tval in (("timeout_syn", timeout_syn), ("timeout_established", timeout_established),
                             ("timeout_closed", timeout_closed), ("frag_timeout", frag_timeout)):
-            if tval is not None and tval <= 0:
-                raise MosError(f"{tname} must be positive, not {tval}")
+            if tval is not None and (not isinstance(tval, (int, float)) or isinstance(tval, bool) or tval <= 0):
+                raise MosError(f"{tname} must be a positive number of seconds, not {tval!r}")
         cfg.timeout_syn_ns = int(timeout_syn * 1e9)
         cfg.timeout_est_ns = int(timeout_established * 1e9)
         if timeout_closed is not None:  # else the engine's TIME_WAIT default
             cfg.timeout_closed_ns = int(timeout_closed * 1e9)
-        cfg.frag_memcap = int(frag_memcap)
+        cfg.frag_memcap = frag_memcap
         cfg.frag_timeout_ns = int(frag_timeout * 1e9)
         err = ffi.new("char[256]")
         eng = lib.mos_engine_new(cfg, err, 256)
         if eng == ffi.NULL:
             raise MosError(ffi.string(err).decode())
         self._eng = ffi.gc(eng, lib.mos_engine_free)
+        self._peek_window = int(lib.mos_engine_peek_window(self._eng))
         self.strict = strict
-        self._handlers: Dict[Tuple[int, int, int], List[Handler]] = {}
+        """An exception in a handler stops the run (it is re-raised)."""
+        self._handlers: Dict[Key, Tuple[Handler, ...]] = {}
         self._user: Dict[int, UserEvent] = {}
         self._children: Dict[int, List[UserEvent]] = {}
-        self._conns: Dict[int, Connection] = {}
+        self._subs = SubSets(self._eng, self)
+        self._states: Dict[int, ConnState] = {}
+        self._moved: Dict[int, Tuple[int, int]] = {}
+        self._stopped_now: Dict[int, int] = {}
+        self._raised: List[Tuple[Connection, int, Any]] = []
         self._timers = TimerQueue()
+        self._timer_now: Optional[int] = None
         self._cur_f: Optional[Tuple[int, ...]] = None
         self._views: Dict[int, PacketView] = {}
-        self._running = False
+        self._errors = HandlerErrors()
         self._stop = False
-        self.handler_errors = 0
-        """Exceptions raised by handlers (reported on stderr)."""
         self.read_error: Optional[str] = None
         """Why the last capture ended early (a truncated file), if it did."""
         self._pev = ffi.new("struct mos_event **")
@@ -232,36 +272,108 @@ class Monitor:
         self._sync_masks()
         if stream_dir is not None:
             self.write_streams(stream_dir)
+        self._ready = True
 
-    # -- subscriptions ------------------------------------------------------------------------------
-    def _check_event(self, event: EventId) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a misspelt or misplaced option (mon.buffer_client = False) would otherwise do nothing, silently
+        if (name[0] != "_" and name not in self._SETTABLE and type(self) is Monitor and "_ready" in self.__dict__
+                and not hasattr(self, name)):
+            raise MosError(f"Monitor has no attribute {name!r}: options are given to Monitor(...), e.g. "
+                           f"Monitor({name}=...) if it is one")
+        object.__setattr__(self, name, value)
+
+    @property
+    def handler_errors(self) -> int:
+        """Exceptions raised by handlers, filters and timer callbacks (reported on stderr)."""
+        return self._errors.count
+
+    # -- events ---------------------------------------------------------------------------------------
+    def _check_event(self, event: Any) -> int:
+        """The number of an event of this monitor; a :class:`MosError` that says what is wrong otherwise."""
+        if isinstance(event, str):
+            hint = f" (did you mean Event.{event}?)" if event in Event.__members__ else ""
+            raise MosError(f"event must be a mos.Event or an id from define_event/alloc_event, not the "
+                           f"string {event!r}{hint}")
+        if not isinstance(event, int) or isinstance(event, bool):
+            raise MosError(f"event must be a mos.Event or an id from define_event/alloc_event, not {event!r}")
         e = int(event)
         if not (0 <= e < BUILTIN_EVENTS or e in self._user):
-            raise MosError(f"unknown event {event!r}")
+            raise MosError(f"unknown event {event!r} (not a built-in event, nor defined on this monitor)")
+        return e
 
+    def _check_subscription(self, event: Any, handler: Any, side: Any, hook: Any) -> int:
+        e = self._check_event(event)
+        if not callable(handler):
+            raise MosError(f"handler must be callable (a function handler(conn, ev)), not {handler!r}")
+        sides_of(side)
+        check_hook(self, e, hook_of(hook))
+        return e
+
+    def root(self, ev: int) -> int:
+        """The built-in event a user event derives from (itself for a built-in one, or for an event of
+        :meth:`alloc_event`)."""
+        while ev >= USER_EVENT_BASE and self._user[ev].base >= 0:
+            ev = self._user[ev].base
+        return ev
+
+    _root_type = root
+
+    def c_bit(self, ev: int) -> Optional[int]:
+        """The event the engine must queue so that ``ev`` can be raised (itself, or the ancestor whose
+        Python filter derives it); None for an event only the app raises."""
+        while ev >= USER_EVENT_BASE and not self._user[ev].in_c:
+            ev = self._user[ev].base
+            if ev < 0:
+                return None
+        return ev
+
+    # -- subscriptions --------------------------------------------------------------------------------
     def on(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
            hook: Hook = Hook.RCV) -> Any:
         """Subscribe ``handler(conn, ev)`` to an event, for every connection; usable as a decorator.
 
         ``side`` selects the endpoint whose stack raises the event (the receiving side for data);
         ``hook`` selects mOS's hook point: after the sender's (``Hook.SND``) or the receiver's update
-        (``Hook.RCV``, the default; PKT_IN and TCP_STATE_CHANGE exist at both). CONN_START and
-        CONN_END are per connection: they reach handlers of either side.
+        (``Hook.RCV``, the default; only PKT_IN and TCP_STATE_CHANGE are raised at SND too). CONN_START
+        and CONN_END are per connection: they reach handlers of either side.
         """
-        self._check_event(event)
-
-        def add(fn: Handler) -> Handler:
-            subscribe(self._handlers, event, fn, side, hook)
-            self._sync_masks()
-            return fn
-
-        return add(handler) if handler is not None else add
+        if handler is None:
+            self._check_event(event)
+            return lambda fn: self.on(event, fn, side=side, hook=hook)
+        ev = self._check_subscription(event, handler, side, hook)
+        self._handlers = added(self._handlers, ev, handler, sides_of(side), hook_of(hook))
+        self._sync_masks()
+        return handler
 
     def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
             hook: Hook = Hook.RCV) -> None:
-        """Unsubscribe a handler (or all of the event's handlers); allowed inside a handler."""
-        unsubscribe(self._handlers, event, handler, side, hook)
+        """Unsubscribe a handler (or all of the event's handlers); allowed inside a handler, at once."""
+        ev = self._check_event(event)
+        self._handlers = removed(self._handlers, ev, handler, sides_of(side), hook_of(hook))
         self._sync_masks()
+
+    def _sync_masks(self) -> None:
+        masks = masks_of(self._handlers, self)
+        for h in (0, 1):
+            for s in (0, 1):
+                lib.mos_engine_set_mask(self._eng, h, s, masks[h][s])
+        self._flat = build_flat(self._handlers, self)
+
+    def _move_sub(self, conn: Connection, step: Callable[[SubSets, SubSet], SubSet]) -> None:
+        """Move a connection to another subscription set (``step`` finds it from its current one)."""
+        cur = lib.mos_conn_get_sub(self._eng, conn._slot, conn.id)
+        if cur < 0:
+            raise StaleConnectionError(f"connection {conn.id} is gone (it ended before this call)")
+        subs = self._subs
+        cur_set = subs.by_id[cur]
+        assert cur_set is not None
+        nxt = step(subs, cur_set)
+        if nxt is not cur_set:
+            lib.mos_conn_set_sub(self._eng, conn._slot, conn.id, nxt.id)
+            self._moved[conn._slot] = (conn.id, nxt.id)
+
+    def _need_end(self, conn: Connection) -> None:
+        self._move_sub(conn, lambda subs, cur: subs.with_end(cur))
 
     def define_event(self, base: EventId, filter: Union[Filter, PyFilter, None] = None) -> int:
         """A new event raised when ``base`` is raised and ``filter`` holds; returns its id.
@@ -269,16 +381,12 @@ class Monitor:
         ``filter`` is a :class:`Filter` (run in C, so most packets never reach Python) or a Python
         callable ``filter(conn, ev) -> bool``. Chainable: ``base`` may be a user-defined event.
         """
-        self._check_event(base)
-        ids = [i for i in range(USER_EVENT_BASE, MAX_EVENTS) if i not in self._user]
-        if not ids:
-            raise MosError(f"at most {MAX_EVENTS - USER_EVENT_BASE} user-defined events")
-        uid = ids[0]
-        base_i = int(base)
-        base_in_c = base_i < BUILTIN_EVENTS or self._user[base_i].in_c
-        in_c = base_in_c and (filter is None or isinstance(filter, Filter))
+        base_i = self._check_event(base)
         if not (filter is None or isinstance(filter, Filter) or callable(filter)):
             raise MosError("a filter is a mos.Filter or a callable(conn, ev) -> bool")
+        uid = self._new_event_id()
+        base_in_c = base_i < BUILTIN_EVENTS or self._user[base_i].in_c
+        in_c = base_in_c and (filter is None or isinstance(filter, Filter))
         ue = UserEvent(uid, base_i, filter, in_c)
         if in_c:
             cf = filter.to_c() if isinstance(filter, Filter) else ffi.NULL
@@ -289,62 +397,95 @@ class Monitor:
         self._user[uid] = ue
         return uid
 
-    def _c_bit(self, ev: int) -> int:
-        """The event the C engine must queue so that ``ev`` can be raised (itself, or an ancestor)."""
-        while ev >= USER_EVENT_BASE and not self._user[ev].in_c:
-            ev = self._user[ev].base
-        return ev
+    def alloc_event(self) -> int:
+        """A new event with no base, raised only by the app with :meth:`Connection.raise_event` (mOS's
+        mtcp_alloc_event); handlers subscribe to it and events can be defined on it as on any other."""
+        uid = self._new_event_id()
+        self._user[uid] = UserEvent(uid, -1, None, False)
+        return uid
 
-    def _root_type(self, ev: int) -> int:
-        while ev >= USER_EVENT_BASE:
-            ev = self._user[ev].base
-        return ev
+    def _new_event_id(self) -> int:
+        ids = [i for i in range(USER_EVENT_BASE, MAX_EVENTS) if i not in self._user]
+        if not ids:
+            raise MosError(f"at most {MAX_EVENTS - USER_EVENT_BASE} user-defined events")
+        return ids[0]
 
-    def _sync_masks(self) -> None:
-        masks = [[0, 0], [0, 0]]
-        for (ev, s, h), lst in self._handlers.items():
-            if lst:
-                masks[h][s] |= 1 << self._c_bit(ev)
-        for h in (0, 1):
-            for s in (0, 1):
-                lib.mos_engine_set_mask(self._eng, h, s, masks[h][s])
-        # dispatch table: (hook, side) -> {type: handlers}
-        table: List[List[Dict[int, Tuple[Handler, ...]]]] = [[{}, {}], [{}, {}]]
-        for (ev, s, h), lst in self._handlers.items():
-            if lst:
-                table[h][s][ev] = tuple(lst)
-        # CONN_START/CONN_END are per connection: raised with one side, they reach both sides' handlers
-        conn_level = [ev for ev in set(table[0][0]) | set(table[0][1]) | set(table[1][0]) | set(table[1][1])
-                      if self._root_type(ev) in _CONN_LEVEL]
-        for h in (0, 1):
-            for ev in conn_level:
-                both = tuple(dict.fromkeys(table[h][0].get(ev, ()) + table[h][1].get(ev, ())))
-                for s in (0, 1):
-                    if both:
-                        table[h][s][ev] = both
-        self._table = table
-        # flat: index (hook * 2 + side) * MAX_EVENTS + event -> handlers (one lookup per event)
-        flat: List[Tuple[Handler, ...]] = [()] * (4 * MAX_EVENTS)
-        for h in (0, 1):
-            for s in (0, 1):
-                for ev, hs in table[h][s].items():
-                    flat[(h * 2 + s) * MAX_EVENTS + ev] = hs
-        self._flat = flat
+    def _raise(self, conn: Connection, event: EventId, data: Any) -> None:
+        ev = self._check_event(event)
+        if ev < USER_EVENT_BASE or self._user[ev].base >= 0:
+            raise MosError("raise_event raises events of alloc_event only (the engine raises the others)")
+        if self._cur_f is None:
+            raise MosError("raise_event is called from a handler (it is raised with the event being handled)")
+        self._raised.append((conn, ev, data))
+
+    def _deliver_raised(self, f: Tuple[int, ...]) -> None:
+        """The events raised by the handlers that just ran, in order (and those they raise in turn)."""
+        k = 0
+        while k < len(self._raised):
+            conn, ev, data = self._raised[k]
+            k += 1
+            self._deliver(conn, f, ev, RaisedEventInfo(f, self, ev, data))
+        self._raised.clear()
+
+    def _deliver(self, conn: Optional[Connection], f: Tuple[int, ...], ev: int, info: EventInfo) -> None:
+        """Run the handlers of user event ``ev`` (global, then the connection's), then derive its events."""
+        idx = (f[EV_HOOK] * 2 + f[EV_SIDE]) * MAX_EVENTS + ev
+        for fn in self._flat[idx]:
+            self._call(fn, (conn, info), conn)
+        if conn is not None:
+            sub = self._sub_of(f)
+            if sub:
+                sset = self._subs.by_id[sub]
+                if sset is not None:
+                    for fn in sset.flat[idx]:
+                        self._call(fn, (conn, info), conn)
+        if ev in self._children:
+            self._derive(conn, f, ev, info)
+
+    def _sub_of(self, f: Tuple[int, ...]) -> int:
+        moved = self._moved.get(f[EV_CONN]) if self._moved else None
+        return moved[1] if moved is not None and moved[0] == f[EV_CONN_ID] else f[EV_SUB]
 
     # -- timers ------------------------------------------------------------------------------------
-    def add_timer(self, delay: float, callback: Callable[[Monitor], Any], *, periodic: bool = False) -> Timer:
-        """Call ``callback(monitor)`` after ``delay`` seconds of packet time (every ``delay`` if periodic)."""
-        if delay <= 0:
-            raise MosError("a timer's delay must be positive")
+    def add_timer(self, delay: float, callback: Callable[..., Any], *, periodic: bool = False) -> Timer:
+        """Call ``callback(monitor, now)`` (or ``callback(monitor)``) after ``delay`` seconds of packet time
+        (every ``delay`` if periodic); ``now`` is :attr:`now` when it fires."""
+        if not callable(callback):
+            raise MosError(f"add_timer: callback must be callable, not {callback!r}")
+        if _positional_args(callback) >= 2:
+            return self._add_timer(delay, callback, periodic, None)
+        return self._add_timer(delay, lambda mon, now: callback(mon), periodic, None)
+
+    def _add_timer(self, delay: float, callback: Callable[[Monitor, float], Any], periodic: bool,
+                   conn: Optional[Connection]) -> Timer:
+        if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay <= 0:
+            raise MosError(f"add_timer: delay must be a positive number of seconds, not {delay!r}")
         cur = self._cur_f
         now = cur[EV_TS] if cur is not None else int(lib.mos_engine_now(self._eng))
-        return self._timers.add(now, int(delay * 1e9), callback, periodic)
+        t = self._timers.add(now, int(delay * 1e9), callback, periodic)
+        t.conn = conn
+        return t
 
     def _fire_timers(self, now: int) -> None:
         for t in self._timers.pop_due(now):
             lib.mos_engine_advance(self._eng, t.due)
-            self._dispatch()
-            self._call(t.callback, (self,), None)
+            self._drain()
+            self._timer_now = t.due
+            try:
+                self._call(t.callback, (self, t.due / 1e9), t.conn)
+            finally:
+                self._timer_now = None
+
+    @property
+    def now(self) -> float:
+        """The current time in seconds, as mOS's mtcp_cb_get_ts: the time of the packet whose event is being
+        handled, or the due time of the timer firing, else the engine's latest packet time."""
+        cur = self._cur_f
+        if cur is not None:
+            return float(cur[EV_TS]) / 1e9
+        if self._timer_now is not None:
+            return self._timer_now / 1e9
+        return int(lib.mos_engine_now(self._eng)) / 1e9
 
     # -- output -------------------------------------------------------------------------------------
     def log_ended(self, max_id: int) -> None:
@@ -396,6 +537,7 @@ class Monitor:
         finally:
             lib.mos_engine_set_stable(self._eng, ffi.NULL, ffi.NULL)  # copies what is still held
             source.close()
+            self._errors.summary()
         return self.stats()
 
     def run_pcap(self, path: str, progress: Optional[Callable[[int, int], Any]] = None) -> Dict[str, int]:
@@ -413,7 +555,7 @@ class Monitor:
             due = timers.next_due()
             k = lib.mos_engine_feed(self._eng, linktype, pkts + i, n - i, due)
             i += k
-            self._dispatch()
+            self._drain()
             if i < n and due and pkts[i].ts_ns >= due:
                 self._fire_timers(pkts[i].ts_ns)
                 idle = 0
@@ -441,89 +583,104 @@ class Monitor:
             self._handler_failed(fn, conn)
 
     def _handler_failed(self, fn: Any, conn: Optional[Connection]) -> None:
-        """Report the exception being handled (with its traceback and connection); re-raise if strict."""
-        self.handler_errors += 1
-        where = f"connection {conn.id} ({conn!r})" if conn is not None else "no connection"
-        sys.stderr.write(f"mos-xdp: handler {getattr(fn, '__name__', fn)!r} failed on {where}:\n")
-        traceback.print_exc(file=sys.stderr)
+        """Report the exception being handled (with its connection); re-raise if strict."""
+        self._errors.report(fn, _where(conn), sys.exc_info())
         if self.strict:
             raise
 
+    def _drain(self) -> None:
+        """Handle the queued events, then (order ``connection``) the packets held back for them, until
+        none is held: the batch is then done."""
+        eng = self._eng
+        self._dispatch()
+        while lib.mos_engine_held(eng):
+            lib.mos_engine_resume(eng)
+            self._dispatch()
+
     def _dispatch(self) -> None:
         pev = self._pev
-        n = lib.mos_engine_events(self._eng, pev)
+        eng = self._eng
+        n = lib.mos_engine_events(eng, pev)
         if not n and not self._views:
-            lib.mos_engine_events_done(self._eng)  # nothing for Python: the common case on a busy link
+            lib.mos_engine_events_done(eng)  # nothing for Python: the common case on a busy link
             return
         # field indexes and event numbers as locals: the loop below runs once per event
-        i_type, i_side, i_hook, i_slot, i_cid = EV_TYPE, EV_SIDE, EV_HOOK, EV_CONN, EV_CONN_ID
-        conn_end, max_ev = _CONN_END, MAX_EVENTS
+        i_type, i_side, i_hook, i_slot, i_cid, i_sub = EV_TYPE, EV_SIDE, EV_HOOK, EV_CONN, EV_CONN_ID, EV_SUB
+        conn_end, max_ev, conn_level = _CONN_END, MAX_EVENTS, _CONN_LEVEL
         try:
             if n:
                 children = self._children
-                conns = self._conns
-                call = self._call
+                subs = self._subs.by_id
+                states = self._states
+                moved = self._moved
+                stopped = self._stopped_now
+                failed = self._handler_failed
                 for f in struct.iter_unpack(EVENT_FORMAT, ffi.buffer(pev[0], n * EVENT_SIZE)):
                     t = f[i_type]
                     slot = f[i_slot]
-                    conn = None
-                    if slot:
-                        conn = conns.get(slot)
-                        if conn is None or conn.id != f[i_cid]:
-                            conn = conns[slot] = Connection(self, slot, f[i_cid])
+                    if stopped and slot in stopped and t not in conn_level and stopped[slot] >> f[i_side] & 1:
+                        continue  # raised by the packet before a handler stopped monitoring that side
+                    idx = (f[i_hook] * 2 + f[i_side]) * max_ev + t
+                    conn = Connection(self, slot, f[i_cid]) if slot else None
                     self._cur_f = f
                     info = EventInfo(f, self, t)
                     # (re-read each time: a handler may subscribe or unsubscribe)
-                    for fn in self._flat[(f[i_hook] * 2 + f[i_side]) * max_ev + t]:
+                    for fn in self._flat[idx]:
                         try:
                             fn(conn, info)
                         except Exception:
-                            self._handler_failed(fn, conn)
-                    if conn is not None:
-                        if conn._handlers:
-                            hs = conn._handlers
-                            if t in _CONN_LEVEL:  # not per side: a handler of both sides runs once
-                                fns: Iterable[Handler] = dict.fromkeys(
-                                    (*hs.get((t, 0, f[i_hook]), ()), *hs.get((t, 1, f[i_hook]), ())))
-                            else:
-                                fns = tuple(hs.get((t, f[i_side], f[i_hook]), ()))
-                            for fn in fns:
-                                call(fn, (conn, info), conn)
-                        if t == conn_end:
-                            conn._ended = True
-                            del conns[slot]
+                            failed(fn, conn)
+                    if slot:
+                        sub = f[i_sub]
+                        if moved:
+                            m = moved.get(slot)
+                            if m is not None and m[0] == f[i_cid]:
+                                sub = m[1]
+                        if sub:
+                            sset = subs[sub]
+                            if sset is not None:
+                                for fn in sset.flat[idx]:
+                                    try:
+                                        fn(conn, info)
+                                    except Exception:
+                                        failed(fn, conn)
+                        if t == conn_end and slot in states:
+                            self._ended(slot, f[i_cid])
+                    if self._raised:
+                        self._deliver_raised(f)
                     if t in children:
-                        self._derive(conn, f, t)
+                        self._derive(conn, f, t, info)
         finally:
             self._views.clear()
             self._cur_f = None
-            lib.mos_engine_events_done(self._eng)
+            self._raised.clear()
+            if self._moved:
+                self._moved.clear()
+            if self._stopped_now:
+                self._stopped_now.clear()
+            lib.mos_engine_events_done(eng)
 
-    def _derive(self, conn: Optional[Connection], f: Tuple[int, ...], t: int) -> None:
+    def _ended(self, slot: int, conn_id: int) -> None:
+        """A connection's CONN_END was handled: its Python state goes, its timers are cancelled."""
+        st = self._states.get(slot)
+        if st is not None and st.id == conn_id:
+            for t in st.timers:
+                t.cancel()
+            del self._states[slot]
+
+    def _derive(self, conn: Optional[Connection], f: Tuple[int, ...], t: int, base: EventInfo) -> None:
         """Python-filtered user events derived from event type ``t``."""
         for ue in self._children.get(t, ()):
-            info = EventInfo(f, self, ue.id)
+            info = base.derived(ue.id)
             flt = ue.filter
             try:
                 ok = True if flt is None else (
                     flt.matches(conn, info) if isinstance(flt, Filter) else flt(conn, info))
             except Exception:
-                self.handler_errors += 1
-                sys.stderr.write(f"mos-xdp: filter of event {ue.id} failed:\n")
-                traceback.print_exc(file=sys.stderr)
-                if self.strict:
-                    raise
+                self._handler_failed(flt, conn)
                 ok = False
-            if not ok:
-                continue
-            side, hook = f[EV_SIDE], f[EV_HOOK]
-            for fn in self._table[hook][side].get(ue.id, ()):
-                self._call(fn, (conn, info), conn)
-            if conn is not None and conn._handlers:
-                for fn in tuple(conn._handlers.get((ue.id, side, hook), ())):
-                    self._call(fn, (conn, info), conn)
-            if ue.id in self._children:
-                self._derive(conn, f, ue.id)
+            if ok:
+                self._deliver(conn, f, ue.id, info)
 
     def _packet_view(self, pkt: int) -> Optional[PacketView]:
         if pkt == NO_PACKET:
@@ -570,9 +727,13 @@ class Monitor:
         out["handler_errors"] = self.handler_errors
         return out
 
-    def connections(self) -> Iterable[Connection]:
-        """Connections that have reached Python and not ended."""
-        return list(self._conns.values())
+    def connections(self) -> List[Connection]:
+        """The connections being tracked (not ended)."""
+        n = lib.mos_engine_live_conns(self._eng, ffi.NULL, ffi.NULL, 0)
+        slots = ffi.new("uint32_t[]", max(n, 1))
+        ids = ffi.new("uint64_t[]", max(n, 1))
+        n = lib.mos_engine_live_conns(self._eng, slots, ids, n)
+        return [Connection(self, int(slots[k]), int(ids[k])) for k in range(n)]
 
     # -- live path: the session of the source being run ---------------------------------------------
     @contextlib.contextmanager
@@ -618,3 +779,28 @@ class Monitor:
 
 
 _CONN_END = int(Event.CONN_END)
+_CONN_LEVEL = (int(Event.CONN_START), int(Event.CONN_END))
+
+
+def _where(conn: Optional[Connection]) -> str:
+    if conn is None:
+        return "no connection"
+    try:
+        return f"connection {conn.id} ({conn.client} -> {conn.server})"
+    except MosError:
+        return f"connection {conn.id}"
+
+
+def _positional_args(fn: Callable[..., Any]) -> int:
+    """How many positional arguments ``fn`` takes (a large number for ``*args``; 1 if it cannot be told)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    n = 0
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            return 1 << 10
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            n += 1
+    return n

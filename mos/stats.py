@@ -16,6 +16,10 @@ DISPOSITIONS = (
     "conn_packets", "orphan_not_tcp", "orphan_no_conn", "orphan_table_full", "frag_held", "frag_error",
 )
 
+BATCH_DEPENDENT = ("event_batches", "packets_held_for_handlers", "memory_held")
+"""Counters that tell how a run went (crossings into Python, packets held back for handlers, memory held at
+the end), which depend on the batch boundaries; every other counter depends on the packets alone."""
+
 ENGINE_COUNTERS = counter_names()
 """The engine's counter names (``enum mos_counter`` order, from the C name table)."""
 REASM_COUNTERS = reasm_counter_names()

@@ -18,9 +18,11 @@ class Timer:
     due: int
     seq: int
     interval: int = field(compare=False)
-    callback: Callable[[Monitor], Any] = field(compare=False)
+    callback: Callable[[Monitor, float], Any] = field(compare=False)
     periodic: bool = field(compare=False, default=False)
     cancelled: bool = field(compare=False, default=False)
+    conn: Any = field(compare=False, default=None)
+    """The connection of a per-connection timer (:meth:`Connection.add_timer`), else None."""
 
     def cancel(self) -> None:
         """The timer will not fire (again)."""
@@ -36,7 +38,7 @@ class TimerQueue:
         self._unanchored: List[Timer] = []
         self._seq = itertools.count()
 
-    def add(self, now: int, delay_ns: int, callback: Callable[[Monitor], Any], periodic: bool) -> Timer:
+    def add(self, now: int, delay_ns: int, callback: Callable[[Monitor, float], Any], periodic: bool) -> Timer:
         """A timer due ``delay_ns`` after ``now`` (0: no packet yet, anchored later)."""
         t = Timer(now + delay_ns, next(self._seq), delay_ns, callback, periodic)
         if now == 0:

@@ -22,7 +22,7 @@ from scapy.all import TCP, Raw
 
 from mos import Event, Monitor
 from mos.source import BATCH, PcapSource
-from mos.stats import accounted
+from mos.stats import BATCH_DEPENDENT, accounted
 from tests import pcaps
 from tests.conftest import run_cli
 from tests.pcaps import Built, Conv, payload
@@ -30,7 +30,7 @@ from tests.pcaps import Built, Conv, payload
 BATCHES = [1, 7, 64, BATCH]
 # how a run is cut into batches: a batch size, or a periodic timer (seconds of packet time) at the default size
 CUTS: List[Tuple[str, float]] = [("batch", b) for b in BATCHES] + [("timer", 0.0005), ("timer", 0.003)]
-NOT_VERDICTS = ("event_batches", "memory_held")  # how often Python ran, what is held at the end
+NOT_VERDICTS = BATCH_DEPENDENT
 
 
 def rexmit(c: Conv, off: int, data: bytes) -> None:

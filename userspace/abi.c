@@ -17,6 +17,7 @@ static const char *const map_names[] = {MOS_XDP_MAPS(NAME_)};
 static const char *const policy_names[] = {REASM_POLICIES(STRING_)};
 static const char *const frag_policy_names[] = {DEFRAG_POLICIES(STRING_)};
 static const char *const checksum_names[] = {MOS_CHECKSUM_MODES(STRING_)};
+static const char *const order_names[] = {MOS_ORDERS(STRING_)};
 
 #define COUNT_(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -29,6 +30,7 @@ _Static_assert(COUNT_(map_names) == MOS_XDP_MAP_COUNT, "XDP map names");
 _Static_assert(COUNT_(policy_names) == REASM_POLICY_COUNT, "overlap policy names");
 _Static_assert(COUNT_(frag_policy_names) == DEFRAG_POLICY_COUNT, "fragment overlap policy names");
 _Static_assert(COUNT_(checksum_names) == MOS_CSUM_MODE_COUNT, "checksum setting names");
+_Static_assert(COUNT_(order_names) == MOS_ORDER_COUNT, "handler order names");
 
 static const char *pick(const char *const *names, int n, int i) { return i >= 0 && i < n ? names[i] : NULL; }
 
@@ -43,3 +45,4 @@ const char *mos_xdp_map_name(int i) { return pick(map_names, COUNT_(map_names), 
 const char *mos_policy_name(int i) { return pick(policy_names, COUNT_(policy_names), i); }
 const char *mos_frag_policy_name(int i) { return pick(frag_policy_names, COUNT_(frag_policy_names), i); }
 const char *mos_checksum_mode_name(int i) { return pick(checksum_names, COUNT_(checksum_names), i); }
+const char *mos_order_name(int i) { return pick(order_names, COUNT_(order_names), i); }

@@ -188,6 +188,12 @@ static void expire(mos_engine_t *e)
             uint32_t next = c->lnext;
             if (c->last_ts + tmo[cls] > e->now)
                 break;
+            if (c->flags & CF_QUEUED) {
+                /* its handlers have not run, and later packets of it may be held back for them: its
+                 * idle time is judged once they are processed, as without holding */
+                s = next;
+                continue;
+            }
             if (c->flags & CF_ENDED) {
                 if (c->flags & CF_END_PENDING)
                     break; /* its CONN_END has not been handled yet; next time */
@@ -208,7 +214,21 @@ static void expire(mos_engine_t *e)
         defrag_expire(e->defrag, e->now);
 }
 
-enum { PROC_DONE = 0, PROC_RETRY = 1 };
+enum { PROC_DONE = 0, PROC_RETRY = 1, PROC_HOLD = 2 };
+
+/* Order CONNECTION: is the packet's connection waiting for its handlers (an event of it is queued)?
+ * IP fragments are not held: a datagram is only whole once its last fragment is consumed. */
+static int held_for_handlers(mos_engine_t *e, const struct pkt_info *pi)
+{
+    if (!e->evq.nqueued || pi->is_fragment || pi->proto != 6 || pi->ip_version == 0)
+        return 0;
+    for (uint32_t s = e->ft.buckets[ft_bucket(&e->ft, pi)]; s; s = C(e, s)->hnext) {
+        struct conn *c = C(e, s);
+        if (ft_match(&e->ft, c, pi) >= 0)
+            return (c->flags & CF_QUEUED) != 0;
+    }
+    return 0;
+}
 
 static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
 {
@@ -223,6 +243,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
             e->malformed_sink(e->malformed_arg, p); /* inline AF_XDP: the frame is dropped, not forwarded */
         return PROC_DONE;
     }
+    if (held_for_handlers(e, &pi))
+        return PROC_HOLD; /* nothing counted or changed yet: processed whole when resumed */
     if (pi.payload_cut)
         e->counters[MOS_C_SNAPLEN_TRUNCATED]++;
     if (checksum_reject(e, &pi, p, 0))
@@ -385,6 +407,8 @@ void mos_config_default(struct mos_config *cfg)
     cfg->frag_memcap = 64u << 20;
     cfg->frag_timeout_ns = 30 * SEC;
     cfg->frag_max = 4096;
+    cfg->order = MOS_ORDER_CONNECTION;
+    cfg->peek_window = 64u << 10;
 }
 
 static void tune_malloc(void)
@@ -416,6 +440,10 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
         snprintf(err, errlen, "unknown fragment overlap policy %u", cfg->frag_policy);
         return NULL;
     }
+    if (cfg->order >= MOS_ORDER_COUNT) {
+        snprintf(err, errlen, "unknown handler order %u", cfg->order);
+        return NULL;
+    }
     if (cfg->checksum >= MOS_CSUM_MODE_COUNT) {
         snprintf(err, errlen, "unknown checksum setting %u", cfg->checksum);
         return NULL;
@@ -442,6 +470,14 @@ mos_engine_t *mos_engine_new(const struct mos_config *cfg, char *err, size_t err
     }
     static const struct reasm_cb cb = {cb_data, cb_gap, cb_rexmit, cb_limit};
     reasm_ctx_init(&e->rctx, &cb, e, cfg->memcap, cfg->dir_buffer_limit, cfg->max_segments);
+    /* the window is part of what a direction holds: at most half its limit, so that out-of-order bytes
+     * keep room */
+    if (e->cfg.dir_buffer_limit && e->cfg.peek_window > e->cfg.dir_buffer_limit / 2)
+        e->cfg.peek_window = e->cfg.dir_buffer_limit / 2;
+    if (!e->cfg.buffer_cli && !e->cfg.buffer_svr)
+        e->cfg.peek_window = 0;
+    e->rctx.retain = e->cfg.peek_window;
+    e->evq.hold = cfg->order == MOS_ORDER_CONNECTION;
     return e;
 }
 
@@ -453,6 +489,7 @@ void mos_engine_free(mos_engine_t *e)
     ft_free(&e->ft);
     stream_writer_open(&e->streams, NULL, 0);
     evq_free(&e->evq);
+    free(e->held);
     defrag_free(e->defrag);
     free(e->ended_log);
     free(e);
@@ -474,32 +511,85 @@ int mos_engine_stream_dir(mos_engine_t *e, const char *dir, uint32_t max_open_fi
     return stream_writer_open(&e->streams, dir, max_open_files);
 }
 
+static int hold(mos_engine_t *e, uint32_t i)
+{
+    if (e->nheld == e->held_cap) {
+        uint32_t n = e->held_cap ? e->held_cap * 2 : 256;
+        uint32_t *nl = realloc(e->held, (size_t)n * sizeof(*nl));
+        if (!nl)
+            return -1;
+        e->held = nl;
+        e->held_cap = n;
+    }
+    e->held[e->nheld++] = i;
+    e->counters[MOS_C_PACKETS_HELD]++;
+    return 0;
+}
+
+/* One packet of the batch: PROC_DONE (counted), PROC_RETRY (nothing done: offer it again after the
+ * events), or PROC_HOLD (nothing done, held back: resumed after the events). */
+static int feed_one(mos_engine_t *e, uint32_t i)
+{
+    const struct mos_pkt *p = &e->batch[i];
+    uint64_t save_now = e->now;
+    if (p->ts_ns > e->now)
+        e->now = p->ts_ns; /* packet time never goes back */
+    if (e->now - e->last_expire >= SEC)
+        expire(e);
+    e->cur_pkt = i;
+    int r = process_packet(e, p);
+    if (r == PROC_HOLD && hold(e, i) != 0)
+        r = process_packet(e, p); /* no memory to hold it: processed now, as with order BATCH */
+    if (r == PROC_RETRY) {
+        e->now = save_now;
+        return r;
+    }
+    if (r == PROC_DONE) {
+        e->counters[MOS_C_PACKETS]++;
+        e->counters[MOS_C_BYTES] += p->wirelen;
+    }
+    return r;
+}
+
+uint32_t mos_engine_resume(mos_engine_t *e)
+{
+    uint32_t n = e->nheld, k = 0;
+    e->nheld = 0; /* held again are appended from 0: behind none of the ones still to go */
+    e->cur_pi = NULL;
+    for (; k < n; k++) {
+        if (e->evq.qlen >= e->cfg.event_queue)
+            break;
+        uint32_t i = e->held[k];
+        if (feed_one(e, i) == PROC_RETRY)
+            break;
+    }
+    /* the rest keep their order after those held again (which came before them in the batch) */
+    memmove(e->held + e->nheld, e->held + k, (size_t)(n - k) * sizeof(*e->held));
+    e->nheld += n - k;
+    return e->nheld;
+}
+
+uint32_t mos_engine_held(const mos_engine_t *e) { return e->nheld; }
+
 uint32_t mos_engine_feed(mos_engine_t *e, int linktype, const struct mos_pkt *pkts, uint32_t n,
                          uint64_t stop_ts_ns)
 {
+    if (e->nheld)
+        return 0; /* the held packets of the last batch come first (mos_engine_resume) */
     e->batch = pkts;
     e->batch_n = n;
     e->linktype = linktype;
     e->counters[MOS_C_EVENT_BATCHES]++;
     for (uint32_t i = 0; i < n; i++) {
-        const struct mos_pkt *p = &pkts[i];
-        if (stop_ts_ns && p->ts_ns >= stop_ts_ns)
+        if (stop_ts_ns && pkts[i].ts_ns >= stop_ts_ns)
             return i;
         if (e->evq.qlen >= e->cfg.event_queue)
             return i;
-        uint64_t save_now = e->now;
-        if (p->ts_ns > e->now)
-            e->now = p->ts_ns; /* packet time never goes back */
-        if (e->now - e->last_expire >= SEC)
-            expire(e);
-        e->cur_pkt = i;
-        if (process_packet(e, p) == PROC_RETRY) {
-            e->now = save_now;
+        if (e->nheld && pkts[i].ts_ns > e->now && pkts[i].ts_ns - e->last_expire >= SEC)
+            return i; /* expiry judges idle time: not while packets of earlier times are held back */
+        if (feed_one(e, i) == PROC_RETRY)
             return i;
-        }
-        e->counters[MOS_C_PACKETS]++;
-        e->counters[MOS_C_BYTES] += p->wirelen;
-        if (e->cfg.sync_events && e->evq.qlen)
+        if (e->cfg.order == MOS_ORDER_PACKET && e->evq.qlen)
             return i + 1; /* handlers run before the next packet (exact, but a crossing per packet) */
     }
     return n;
@@ -594,6 +684,9 @@ void mos_engine_events_done(mos_engine_t *e)
             reasm_trim(&e->rctx, &c->rx[1], c->rx[1].next_off);
     }
     ft->ntouched = 0;
+    for (uint32_t i = 0; i < e->evq.nqueued; i++)
+        C(e, e->evq.queued[i])->flags &= (uint8_t)~CF_QUEUED;
+    e->evq.nqueued = 0;
     evq_clear(&e->evq);
 }
 
@@ -602,6 +695,7 @@ const uint64_t *mos_engine_reasm_counters(const mos_engine_t *e) { return e->rct
 const uint64_t *mos_engine_frag_counters(const mos_engine_t *e) { return defrag_counters(e->defrag); }
 uint64_t mos_engine_mem_used(const mos_engine_t *e) { return e->rctx.mem_used + defrag_mem_used(e->defrag); }
 uint64_t mos_engine_now(const mos_engine_t *e) { return e->now; }
+uint32_t mos_engine_peek_window(const mos_engine_t *e) { return e->cfg.peek_window; }
 
 static struct conn *conn_get(const mos_engine_t *e, uint32_t slot, uint64_t id)
 {
@@ -678,13 +772,70 @@ const struct mos_conn_info *mos_engine_ended_log(const mos_engine_t *e, uint64_t
     return e->ended_log;
 }
 
-int mos_conn_set_mask(mos_engine_t *e, uint32_t slot, uint64_t id, int hook, int side, uint64_t mask)
+int mos_engine_set_sub_mask(mos_engine_t *e, uint32_t sub, int hook, int side, uint64_t mask)
+{
+    return evq_set_sub(&e->evq, sub, hook, side, mask);
+}
+
+int mos_conn_set_sub(mos_engine_t *e, uint32_t slot, uint64_t id, uint32_t sub)
 {
     struct conn *c = conn_get(e, slot, id);
-    if (!c || hook < 0 || hook > 1 || side < 0 || side > 1)
+    if (!c || (sub && sub >= e->evq.nsubs))
         return -1;
-    e->ft.ext[slot].mask[hook][side] = mask;
-    c->flags |= CF_EXT;
+    c->sub = sub;
+    return 0;
+}
+
+uint32_t mos_engine_live_conns(const mos_engine_t *e, uint32_t *slots, uint64_t *ids, uint32_t max)
+{
+    uint32_t n = 0;
+    for (uint32_t s = 1; s < e->ft.next_unused; s++) {
+        const struct conn *c = ft_conn(&e->ft, s);
+        if (!c->id || (c->flags & CF_ENDED))
+            continue;
+        if (slots && ids) {
+            if (n >= max)
+                break;
+            slots[n] = s;
+            ids[n] = c->id;
+        }
+        n++;
+    }
+    return n;
+}
+
+int64_t mos_conn_get_sub(const mos_engine_t *e, uint32_t slot, uint64_t id)
+{
+    const struct conn *c = conn_get(e, slot, id);
+    return c ? (int64_t)c->sub : -1;
+}
+
+void mos_engine_subs_in_use(const mos_engine_t *e, uint8_t *used, uint32_t n)
+{
+    memset(used, 0, n);
+    for (uint32_t s = 1; s < e->ft.next_unused; s++) {
+        uint32_t k = ft_conn(&e->ft, s)->sub;
+        if (k < n)
+            used[k] = 1;
+    }
+    for (uint32_t i = 0; i < e->evq.qlen; i++)
+        if (e->evq.q[i].sub < n)
+            used[e->evq.q[i].sub] = 1;
+}
+
+int mos_conn_alive(const mos_engine_t *e, uint32_t slot, uint64_t id)
+{
+    const struct conn *c = conn_get(e, slot, id);
+    return c && (!(c->flags & CF_ENDED) || (c->flags & CF_END_PENDING));
+}
+
+int mos_conn_set_buffering(mos_engine_t *e, uint32_t slot, uint64_t id, int side, int on)
+{
+    struct conn *c = conn_get(e, slot, id);
+    if (!c || side < 0 || side > 1)
+        return -1;
+    /* Off: nothing more is held; what is held stays until it is delivered and handled (reasm.c). */
+    c->rx[side].buffering = on && (c->monitor & (1u << side)) ? 1 : 0;
     return 0;
 }
 
@@ -703,12 +854,14 @@ int mos_conn_stop(mos_engine_t *e, uint32_t slot, uint64_t id, int side_mask)
     return 0;
 }
 
-int mos_conn_set_policy(mos_engine_t *e, uint32_t slot, uint64_t id, int policy)
+int mos_conn_set_policy(mos_engine_t *e, uint32_t slot, uint64_t id, int side, int policy)
 {
     struct conn *c = conn_get(e, slot, id);
-    if (!c || policy < 0 || policy >= REASM_POLICY_COUNT)
+    if (!c || policy < 0 || policy >= REASM_POLICY_COUNT || side < 0 || side > 2)
         return -1;
-    c->rx[0].policy = c->rx[1].policy = (uint8_t)policy;
+    for (int s = 0; s < 2; s++)
+        if (side == 2 || side == s)
+            c->rx[s].policy = (uint8_t)policy;
     return 0;
 }
 
@@ -728,18 +881,6 @@ int64_t mos_conn_segments(const mos_engine_t *e, uint32_t slot, uint64_t id, int
     if (!c || side < 0 || side > 1)
         return -1;
     return reasm_segments(&c->rx[side], offs, lens, max);
-}
-
-int mos_conn_user(mos_engine_t *e, uint32_t slot, uint64_t id, uint32_t *get, const uint32_t *set)
-{
-    struct conn *c = conn_get(e, slot, id);
-    if (!c)
-        return -1;
-    if (get)
-        *get = c->user;
-    if (set)
-        c->user = *set;
-    return 0;
 }
 
 int mos_pkt_view(const mos_engine_t *e, uint32_t pkt, struct mos_pkt_view *out)

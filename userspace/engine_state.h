@@ -32,6 +32,10 @@ struct mos_engine {
     uint8_t cur_flags;
     uint8_t no_account;       /* a reassembled datagram: its fragments were accounted for */
     const struct pkt_info *cur_pi;
+    /* order CONNECTION: indexes in the batch of packets held back for their connection's handlers, in
+     * packet order (mos_engine_resume) */
+    uint32_t *held;
+    uint32_t nheld, held_cap;
     uint64_t counters[MOS_C_COUNT];
     struct csum_state csum;   /* the checksum setting's auto decision (checksum.c) */
     /* Told of each malformed packet, when set: the AF_XDP source (userspace/xsk.c) sets it for the time

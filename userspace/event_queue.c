@@ -18,7 +18,46 @@ void evq_free(struct event_queue *q)
 {
     arena_reset(&q->arena);
     free(q->q);
+    free(q->subs);
+    free(q->queued);
     q->q = NULL;
+    q->subs = NULL;
+    q->queued = NULL;
+}
+
+int evq_set_sub(struct event_queue *q, uint32_t sub, int hook, int side, uint64_t mask)
+{
+    if (sub == 0 || sub >= MOS_MAX_SUBS || hook < 0 || hook > 1 || side < 0 || side > 1)
+        return -1;
+    if (sub >= q->nsubs) {
+        uint32_t n = q->nsubs ? q->nsubs : 16;
+        while (n <= sub)
+            n *= 2;
+        struct sub_masks *ns = realloc(q->subs, (size_t)n * sizeof(*ns));
+        if (!ns)
+            return -1;
+        memset(ns + q->nsubs, 0, (size_t)(n - q->nsubs) * sizeof(*ns));
+        q->subs = ns;
+        q->nsubs = n;
+    }
+    q->subs[sub].mask[hook][side] = mask;
+    return 0;
+}
+
+/* The connection has an event to be handled: with order CONNECTION its later packets wait for it. */
+static void mark_queued(mos_engine_t *e, struct conn *c)
+{
+    struct event_queue *q = &e->evq;
+    if (q->nqueued == q->queued_cap) {
+        uint32_t n = q->queued_cap ? q->queued_cap * 2 : 256;
+        uint32_t *nl = realloc(q->queued, (size_t)n * sizeof(*nl));
+        if (!nl)
+            return; /* out of memory: its packets go on unheld, as with order BATCH */
+        q->queued = nl;
+        q->queued_cap = n;
+    }
+    c->flags |= CF_QUEUED;
+    q->queued[q->nqueued++] = ft_slot(&e->ft, c);
 }
 
 void evq_clear(struct event_queue *q)
@@ -45,8 +84,8 @@ static struct mos_event *q_push(mos_engine_t *e)
 static uint64_t conn_mask(const mos_engine_t *e, const struct conn *c, int hook, int side)
 {
     uint64_t m = e->evq.gmask[hook][side];
-    if (c && (c->flags & CF_EXT))
-        m |= e->ft.ext[ft_slot(&e->ft, c)].mask[hook][side];
+    if (c && c->sub)
+        m |= e->evq.subs[c->sub].mask[hook][side];
     return m;
 }
 
@@ -140,11 +179,14 @@ void emit(mos_engine_t *e, struct conn *c, int type, int side, int hook, const s
         ev.svr_state = c->tcp.end[1].state;
         ev.rx_off[0] = c->rx[0].next_off;
         ev.rx_off[1] = c->rx[1].next_off;
+        ev.sub = c->sub;
     }
     if (wanted) {
         struct mos_event *q = q_push(e);
         if (q)
             *q = ev;
+        if (q && c && e->evq.hold && !(c->flags & CF_QUEUED))
+            mark_queued(e, c);
     }
     if (derived)
         raise_user(e, c, &ev);

@@ -16,8 +16,18 @@ struct user_event {
     struct mos_filter f;
 };
 
+/* A subscription set's masks (mos_conn_set_sub): shared by the connections with the same handlers. */
+struct sub_masks {
+    uint64_t mask[2][2];      /* [hook][side] */
+};
+
 struct event_queue {
     uint64_t gmask[2][2];     /* [hook][side] */
+    struct sub_masks *subs;   /* [0] is the empty set */
+    uint32_t nsubs;
+    uint8_t hold;             /* order CONNECTION: a connection that queues an event is marked CF_QUEUED */
+    uint32_t *queued;         /* ... and its slot listed here, until the events are handled */
+    uint32_t nqueued, queued_cap;
     uint64_t user_bases;      /* bit b: some user event has base b */
     struct user_event uev[MOS_EV_MAX];
     struct mos_event *q;
@@ -31,6 +41,8 @@ void evq_free(struct event_queue *q);
 /* The events were handled: empty the queue, free the copies they pointed at. */
 void evq_clear(struct event_queue *q);
 int evq_define(struct event_queue *q, int id, int base, const struct mos_filter *f);
+/* Set the masks of subscription set `sub` (the table grows to it). Returns 0 or -1. */
+int evq_set_sub(struct event_queue *q, uint32_t sub, int hook, int side, uint64_t mask);
 
 /* Would an event of `type` raised by `side` at `hook` be queued or derive a user event? For callers
  * that must prepare something (a copy) before raising it. */

@@ -16,11 +16,10 @@ int ft_init(struct flow_table *ft, uint32_t max_conns, int vlan_in_key)
      * memory is only committed when touched, so a big table costs what it holds. */
     ft->pool = max_conns + (max_conns / 8 > 4096 ? 4096 : max_conns / 8) + 64;
     ft->conns = calloc((size_t)ft->pool + 1, sizeof(struct conn));
-    ft->ext = calloc((size_t)ft->pool + 1, sizeof(struct conn_ext));
     ft->buckets = calloc(nb, sizeof(uint32_t));
     ft->next_unused = 1;
     ft->seed = mos_random_seed(ft);
-    return ft->conns && ft->ext && ft->buckets ? 0 : -1;
+    return ft->conns && ft->buckets ? 0 : -1;
 }
 
 void ft_release_streams(struct flow_table *ft, struct reasm_ctx *rctx)
@@ -139,7 +138,6 @@ void ft_stash_drop(struct flow_table *ft, struct reasm_ctx *rctx, uint32_t slot)
 void ft_free(struct flow_table *ft)
 {
     free(ft->conns);
-    free(ft->ext);
     free(ft->buckets);
     free(ft->zombies);
     free(ft->touched);
@@ -194,8 +192,6 @@ void ft_release(struct flow_table *ft, struct reasm_ctx *rctx, struct conn *c)
         for (int k = 0; k < FT_STASH_KEYS; k++)
             ft_stash_drop(ft, rctx, ft_stash_key(s, k));
     }
-    if (c->flags & CF_EXT)
-        memset(&ft->ext[s], 0, sizeof(ft->ext[s]));
     memset(c, 0, sizeof(*c));
     c->lru = LRU_NONE;
     c->hnext = ft->free_head;

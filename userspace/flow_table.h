@@ -28,7 +28,7 @@ enum conn_flags {
     CF_PICKED_UP = 1,         /* created mid-stream */
     CF_ENDED = 2,             /* CONN_END raised */
     CF_END_PENDING = 4,       /* ... and not yet handled (mos_engine_events_done) */
-    CF_EXT = 8,               /* has per-connection masks in the table's ext[] */
+    CF_QUEUED = 8,            /* queued an event that is not handled yet (order CONNECTION: its packets wait) */
     CF_IN_HASH = 16,          /* reachable by lookup */
     CF_TOUCHED = 32,          /* in the table's touched list this batch */
 };
@@ -45,7 +45,7 @@ struct conn {
     uint8_t monitor;          /* bit s: side s monitored */
     uint32_t hnext;           /* hash chain / free list */
     uint32_t lprev, lnext;    /* LRU list of its class */
-    uint32_t user;
+    uint32_t sub;             /* subscription set (mos_conn_set_sub), 0: none of its own */
     uint32_t pkts[2];         /* sent by each side */
     uint64_t id;
     uint64_t first_ts, last_ts;
@@ -55,11 +55,6 @@ struct conn {
     struct reasm_dir rx[2];   /* rx[s]: the stream side s receives */
     uint32_t rexmit[2];       /* retransmitted segments sent by each side */
     uint32_t inconsistent[2]; /* retransmissions with differing bytes, in the stream each side receives */
-};
-
-/* Per-connection event masks, apart: few connections have them, and the record stays small. */
-struct conn_ext {
-    uint64_t mask[2][2];
 };
 
 /* Bytes a connection holds apart, by slot, until a later packet tells whether an endpoint took them:
@@ -78,7 +73,6 @@ struct lru_list {
 
 struct flow_table {
     struct conn *conns;       /* [0] unused */
-    struct conn_ext *ext;
     uint32_t *buckets;
     uint32_t nbuckets;        /* a power of two */
     uint32_t free_head;

@@ -37,6 +37,9 @@ enum mos_event_type {
 
 enum mos_side { MOS_SIDE_CLI = 0, MOS_SIDE_SVR = 1 };
 enum mos_hook { MOS_HK_SND = 0, MOS_HK_RCV = 1 };
+/* Every event is raised at the receiver's hook (RCV); these built-in ones also at the sender's (SND):
+ * a subscription at SND to another one would never fire. */
+enum { MOS_EV_AT_SND = (1 << MOS_EV_PKT_IN) | (1 << MOS_EV_TCP_STATE_CHANGE) };
 
 enum mos_end_reason {
     MOS_END_NONE = 0, MOS_END_FIN = 1, MOS_END_RST = 2, MOS_END_TIMEOUT = 3, MOS_END_EVICTION = 4,
@@ -150,6 +153,7 @@ enum mos_linktype {
     X(REXMIT_AFTER_CLOSE, rexmit_after_close) /* packets of a closed connection inside its old sequence space */\
     X(EVENTS_QUEUED, events_queued)                                                                     \
     X(EVENT_BATCHES, event_batches)                                                                     \
+    X(PACKETS_HELD, packets_held_for_handlers)                                                          \
     X(SNAPLEN_TRUNCATED, snaplen_truncated) /* payload cut by the capture's snaplen, headers whole: used */\
     X(BAD_CHECKSUM_IP, bad_checksum_ip)   /* disposition: IPv4 header checksum wrong (userspace/checksum.c) */\
     X(BAD_CHECKSUM_TCP, bad_checksum_tcp) /* disposition: TCP checksum wrong */                         \
@@ -197,6 +201,8 @@ struct mos_event {
     const uint8_t *data2;  /* REXMIT inconsistent: the new copy */
     uint64_t ts_ns;        /* packet time when raised */
     uint64_t rx_off[2];    /* snapshot: bytes received in order by the client [0] / server [1] */
+    uint32_t sub;          /* the connection's subscription set (mos_conn_set_sub) when raised */
+    uint32_t pad;
 };
 
 /* A connection as seen from Python. */
@@ -274,8 +280,7 @@ struct mos_config {
     uint8_t policy;              /* default overlap policy (enum reasm_policy) */
     uint8_t buffer_cli;          /* hold bytes received by the client (default 1) */
     uint8_t buffer_svr;          /* hold bytes received by the server (default 1) */
-    uint8_t sync_events;         /* hand events over after each packet that raised some (default 0:
-                                  * after each batch) */
+    uint8_t order;               /* enum mos_order: when handlers run, so when their actions act */
     uint8_t frag_policy;         /* IP fragment overlap policy (enum defrag_policy, default first) */
     uint8_t checksum;            /* enum mos_checksum_mode (default auto) */
     uint32_t dir_buffer_limit;   /* bytes held per direction (default 8 MiB) */
@@ -287,8 +292,25 @@ struct mos_config {
     uint64_t frag_memcap;        /* default 64 MiB */
     uint64_t frag_timeout_ns;    /* default 30 s */
     uint32_t frag_max;           /* datagrams in flight (default 4096) */
-    uint32_t pad2;
+    uint32_t peek_window;        /* delivered bytes each stream keeps behind its end for peeks (64 KiB;
+                                  * at most dir_buffer_limit / 2) */
 };
+
+/* When the handlers of an event run, hence from when what they do (stop monitoring, subscribe, change
+ * a policy, drop) takes effect:
+ * - CONNECTION: from the connection's next packet. Within a feed, a connection that queued an event
+ *   has its later packets held back (others go on) until the events are handled (mos_engine_resume).
+ * - BATCH: from the next feed (one crossing per batch, the connection's later packets of the batch
+ *   are processed before its handlers run).
+ * - PACKET: the feed stops after each packet that queued an event (global packet order). */
+#define MOS_ORDERS(X) X(CONNECTION, "connection") X(BATCH, "batch") X(PACKET, "packet")
+enum mos_order {
+#define MOS_X_(id, name) MOS_ORDER_##id,
+    MOS_ORDERS(MOS_X_)
+#undef MOS_X_
+    MOS_ORDER_COUNT
+};
+const char *mos_order_name(int i);
 
 typedef struct mos_engine mos_engine_t;
 
@@ -317,6 +339,13 @@ void mos_engine_advance(mos_engine_t *e, uint64_t now_ns);
  * until it returns 0 (it stops when the queue fills). */
 uint32_t mos_engine_finish(mos_engine_t *e);
 
+/* Order CONNECTION: packets held back because their connection had queued events, to process once the
+ * events are handled (after mos_engine_events_done): processes them in packet order, holding back again
+ * those whose connection queues events again; stops early like mos_engine_feed when the queue fills.
+ * Returns how many are still held (0: the batch is done). A feed must come only once none is held. */
+uint32_t mos_engine_resume(mos_engine_t *e);
+uint32_t mos_engine_held(const mos_engine_t *e);
+
 /* Queued events; valid until mos_engine_events_done. */
 uint32_t mos_engine_events(mos_engine_t *e, const struct mos_event **evs);
 /* Handlers are done: free ended connections, trim delivered bytes, clear the queue. */
@@ -339,6 +368,8 @@ const char *mos_policy_name(int i);         /* overlap policies, by engine numbe
 const char *mos_frag_policy_name(int i);    /* fragment overlap policies, by number (userspace/defrag.h) */
 uint64_t mos_engine_mem_used(const mos_engine_t *e);
 uint64_t mos_engine_now(const mos_engine_t *e);
+/* The peek window in effect: the configured one, at most half of dir_buffer_limit (0 without buffering). */
+uint32_t mos_engine_peek_window(const mos_engine_t *e);
 size_t mos_conn_size(void);
 /* The name of an anomaly (enum mos_error_kind, an ERROR event's reason), NULL if none. */
 const char *mos_anomaly_name(int kind);
@@ -355,10 +386,27 @@ const char *mos_checksum_mode_name(int i);  /* enum mos_checksum_mode */
 
 /* Connections. slot is the 1-based handle from events; id must match (else -1: ended and reused). */
 int mos_conn_info(const mos_engine_t *e, uint32_t slot, uint64_t id, struct mos_conn_info *out);
-int mos_conn_set_mask(mos_engine_t *e, uint32_t slot, uint64_t id, int hook, int side, uint64_t mask);
+/* Per-connection subscriptions: a connection's events are those of its subscription set `sub` (0: none
+ * beyond the global masks), a set being masks [hook][side] shared by every connection that has the same
+ * handlers (so a million connections with their own subscriptions cost 4 bytes each). A set's masks
+ * may change for all of its connections at once. Returns 0, -1 (bad conn/set, out of memory). */
+#define MOS_MAX_SUBS (1u << 20)
+int mos_engine_set_sub_mask(mos_engine_t *e, uint32_t sub, int hook, int side, uint64_t mask);
+int mos_conn_set_sub(mos_engine_t *e, uint32_t slot, uint64_t id, uint32_t sub);
+/* The slots and ids of up to max connections not ended (NULL arrays: just the count). */
+uint32_t mos_engine_live_conns(const mos_engine_t *e, uint32_t *slots, uint64_t *ids, uint32_t max);
+int64_t mos_conn_get_sub(const mos_engine_t *e, uint32_t slot, uint64_t id); /* -1: bad conn */
+/* used[k] = 1 for every set k < n a connection (or a queued event) still refers to: the others may be
+ * reused. */
+void mos_engine_subs_in_use(const mos_engine_t *e, uint8_t *used, uint32_t n);
+/* 1 while the connection is tracked or its CONN_END is being handled, else 0. */
+int mos_conn_alive(const mos_engine_t *e, uint32_t slot, uint64_t id);
+/* Hold bytes of side's receive stream for reassembly (on) or not, from its next packet. */
+int mos_conn_set_buffering(mos_engine_t *e, uint32_t slot, uint64_t id, int side, int on);
 /* Stop monitoring a side (bit 0 client, bit 1 server): its bytes are no longer held or delivered. */
 int mos_conn_stop(mos_engine_t *e, uint32_t slot, uint64_t id, int side_mask);
-int mos_conn_set_policy(mos_engine_t *e, uint32_t slot, uint64_t id, int policy);
+/* The overlap policy of side's receive stream (side 2: both). */
+int mos_conn_set_policy(mos_engine_t *e, uint32_t slot, uint64_t id, int side, int policy);
 /* Copy held bytes of `side`'s receive stream at stream offset off; returns bytes copied (-1 bad conn). */
 int64_t mos_conn_copy(const mos_engine_t *e, uint32_t slot, uint64_t id, int side, uint64_t off,
                       uint32_t len, uint8_t *dst);
@@ -381,9 +429,6 @@ int mos_pkt_view(const mos_engine_t *e, uint32_t pkt, struct mos_pkt_view *out);
 int mos_engine_log_ended(mos_engine_t *e, uint64_t max_id);
 /* The records, indexed by id - 1 (*n of them); a record whose id is 0 has not ended yet. */
 const struct mos_conn_info *mos_engine_ended_log(const mos_engine_t *e, uint64_t *n);
-
-/* Per-connection 32-bit user tag (Python uses it as an index into its context table). */
-int mos_conn_user(mos_engine_t *e, uint32_t slot, uint64_t id, uint32_t *get, const uint32_t *set);
 
 /* Stream files: when set, delivered bytes of every connection are appended to DIR/<id>.c2s and
  * DIR/<id>.s2c in C (no Python per event). Returns 0 or -1 (errno). */

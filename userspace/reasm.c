@@ -27,7 +27,9 @@
  * Retention, trim and limits
  * --------------------------
  * - Delivered bytes are freed by reasm_trim (and by reasm_ack once a trim already allowed it) below
- *   min(keep_from, acked_off). keep_from is remembered (monotonic) in the buf.
+ *   min(keep_from, acked_off, keep_from - retain). keep_from is remembered (monotonic) in the buf; the
+ *   last `retain` bytes before it (the peek window) stay, so an app reading back what it was handed
+ *   finds the same bytes whatever the batch boundaries were. Limits never evict them either.
  * - In-order bytes are always retained when delivered (on_data points at them), whatever the limits:
  *   the engine bounds that memory by calling reasm_trim after handling the events. After each delivery,
  *   and before holding out-of-order bytes, if a limit is exceeded the oldest retained bytes that the
@@ -468,6 +470,18 @@ static uint64_t deliver_ready(struct reasm_ctx *ctx, struct reasm_dir *d, void *
 }
 
 /* Free delivered chunks (wholly or their front) below lim. */
+/* The peek window: the last ctx->retain delivered bytes stay for the app, whatever the batches. */
+static uint64_t window_start(const struct reasm_ctx *ctx, uint64_t end)
+{
+    return end > ctx->retain ? end - ctx->retain : 0;
+}
+
+/* Delivered bytes below this may be freed: handled (below keep_from), acknowledged, out of the window. */
+static uint64_t freeable_to(const struct reasm_ctx *ctx, const struct reasm_dir *d)
+{
+    return min_u64(min_u64(d->buf->keep_from, d->acked_off), window_start(ctx, d->buf->keep_from));
+}
+
 static void free_below(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t lim)
 {
     struct reasm_buf *b = d->buf;
@@ -525,7 +539,7 @@ static int make_room(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t need_h
     uint64_t dropped = 0;
     uint32_t k = 0;
     int fits;
-    uint64_t lim = min_u64(b->keep_from, d->next_off);
+    uint64_t lim = window_start(ctx, min_u64(b->keep_from, d->next_off));
     for (;;) {
         if (!over_limit(ctx, b, need_held, need_mem, why)) {
             fits = 1;
@@ -1206,7 +1220,7 @@ void reasm_ack(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t
         deliver_ready(ctx, d, owner);
     }
     if (d->buf) {
-        free_below(ctx, d, min_u64(d->buf->keep_from, d->acked_off));
+        free_below(ctx, d, freeable_to(ctx, d));
         buf_maybe_free(ctx, d);
     }
 }
@@ -1234,7 +1248,7 @@ void reasm_trim(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t keep_from)
     if (keep_from > b->keep_from)
         b->keep_from = keep_from;
     scratch_free(ctx, b);
-    free_below(ctx, d, min_u64(b->keep_from, d->acked_off));
+    free_below(ctx, d, freeable_to(ctx, d));
     buf_maybe_free(ctx, d);
 }
 

@@ -97,6 +97,10 @@ struct reasm_ctx {
     uint64_t mem_used;
     uint32_t dir_limit;       /* cap on bytes held by one direction */
     uint32_t max_segments;    /* cap on held segments in one direction */
+    /* The peek window: delivered bytes within this many of the last handled byte (keep_from) stay
+     * held, trims and limits notwithstanding, so that what an app can read back depends on the stream
+     * alone, not on when the events of earlier batches were handled. 0: none (set after init). */
+    uint32_t retain;
     /* Bytes inside [stable_lo, stable_hi) stay readable until reasm_unborrow has been called for every
      * direction (a memory-mapped capture file): segments from there are held by reference instead of
      * copied. NULL: always copy. */
@@ -150,8 +154,8 @@ void reasm_ack(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner, uint32_t
 /* End of the stream: every remaining hole becomes a gap and everything held is delivered. */
 void reasm_flush(struct reasm_ctx *ctx, struct reasm_dir *d, void *owner);
 
-/* Free delivered bytes below min(keep_from, acked_off) (the engine calls it after the events that
- * point at them have been handled). Held out-of-order bytes are never trimmed. */
+/* Free delivered bytes below min(keep_from, acked_off, keep_from - ctx->retain) (the engine calls it
+ * after the events that point at them have been handled). Held out-of-order bytes are never trimmed. */
 void reasm_trim(struct reasm_ctx *ctx, struct reasm_dir *d, uint64_t keep_from);
 
 /* Drop held bytes at stream offsets >= off (never delivered ones: off below next_off counts from
