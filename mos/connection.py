@@ -432,8 +432,9 @@ class Connection:
 
     def ppeek(self, side: Side, offset: int, length: int) -> bytes:
         """The bytes of ``side``'s receive stream from stream offset ``offset``, at most ``length``, as mOS's
-        mtcp_ppeek: those in the :meth:`window`, up to the first byte not held (a gap); b"" when ``offset``
-        is outside the window. The result depends on the stream alone, never on batch boundaries."""
+        mtcp_ppeek: those in the :meth:`window`, up to the first byte not held (a gap) or the window's end;
+        b"" when ``offset`` is outside it. The result depends on the stream alone, never on batch boundaries.
+        Bytes held out of order past the stream offset are read with :meth:`held_bytes`."""
         s = _one_side(side)
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise MosError(f"ppeek: offset must be a stream offset (an int >= 0), not {offset!r}")
@@ -442,7 +443,17 @@ class Connection:
         start, end = self.window(side)
         if offset < start or offset >= end or length == 0:
             return b""
-        length = min(length, end - offset)
+        return self._copy(s, offset, min(length, end - offset))
+
+    def held_bytes(self, side: Side, offset: int, length: int) -> bytes:
+        """Bytes held out of order past the stream offset (see :meth:`held_segments`), from ``offset`` up to
+        the first byte not held: what may still become ``side``'s stream, if the holes before it fill."""
+        s = _one_side(side)
+        if not isinstance(offset, int) or offset < self.stream_offset(side) or length <= 0:
+            return b""
+        return self._copy(s, offset, length)
+
+    def _copy(self, s: int, offset: int, length: int) -> bytes:
         buf = ffi.new("uint8_t[]", length)
         n = lib.mos_conn_copy(self._mon._eng, self._slot, self.id, s, offset, length, buf)
         if n < 0:
@@ -511,7 +522,8 @@ class Connection:
             mask |= 1 << s
         if lib.mos_conn_stop(self._mon._eng, self._slot, self.id, mask) != 0:
             raise StaleConnection(f"connection {self.id} is gone")
-        self._mon._stopped_now[self._slot] = self._mon._stopped_now.get(self._slot, 0) | mask
+        if self._mon.order != "batch":  # the events this packet raised before it are not handed over either
+            self._mon._stopped_now[self._slot] = self._mon._stopped_now.get(self._slot, 0) | mask
 
     def set_buffering(self, side: Side, on: bool) -> None:
         """Hold ``side``'s receive stream for reassembly (on) or not, from the connection's next packet: as

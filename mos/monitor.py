@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import struct
 import sys
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .abi import (
     EV_CONN,
@@ -53,8 +53,19 @@ from .filter import Filter, PyFilter, UserEvent
 from .handler_errors import HandlerErrors
 from .source import LiveControl, PacketSource, PcapSource
 from .stats import engine_stats
-from .subscriptions import Handler, Key, SubSet, SubSets, added, build_flat, check_hook, hook_of, masks_of, removed
-from .subscriptions import sides_of
+from .subscriptions import (
+    Handler,
+    Key,
+    SubSet,
+    SubSets,
+    added,
+    build_flat,
+    check_hook,
+    hook_of,
+    masks_of,
+    removed,
+    sides_of,
+)
 from .timer import Timer, TimerQueue
 
 __all__ = ["EnginePort", "Monitor"]

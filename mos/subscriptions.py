@@ -14,7 +14,7 @@ handlers made per connection (a closure each) do not grow the table without boun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple
 
 from .abi import ffi, lib
 from .errors import MosError
@@ -53,15 +53,13 @@ def hook_of(hook: Any) -> int:
     return int(hook)
 
 
-class Resolver:
+class Resolver(Protocol):
     """What the tables need to know of the monitor's events: their root built-in event and the event the
     engine must queue for each (itself, or the ancestor whose Python filter derives it)."""
 
-    def root(self, ev: int) -> int:  # pragma: no cover - interface
-        raise NotImplementedError
+    def root(self, ev: int) -> int: ...
 
-    def c_bit(self, ev: int) -> Optional[int]:  # pragma: no cover - interface
-        raise NotImplementedError
+    def c_bit(self, ev: int) -> Optional[int]: ...
 
 
 def check_hook(resolver: Resolver, event: int, hook: int) -> None:

@@ -102,7 +102,9 @@ def test_memcap_across_connections(tmp_path):
     t = 1000.0
     for k in range(3):
         _, t = ooo_conn(recs, t, 43020 + k, [i * seg for i in range(1, 7)], seg, data, cip=f"10.40.1.{k + 1}")
-    mon = Monitor(memcap=7000)
+    # no peek window: only out-of-order bytes are held; order "packet": which connection meets the global cap
+    # first follows packet order
+    mon = Monitor(memcap=7000, peek_window=0, order="packet")
     errs = error_log(mon)
     mem: list = []
     mon.on(Event.PKT_IN, lambda conn, e: mem.append(mon.stats()["memory_held"]))

@@ -216,7 +216,7 @@ def _app(tmp: Path, name: str, body: str) -> str:
 
 RECORD_APP = """
     import json, os
-    from mos import Event, Hook, Side
+    from mos import Event, Side
 
     OUT = os.environ["MOS_TEST_OUT"]
     BYPASS_AFTER = int(os.environ.get("MOS_TEST_BYPASS_AFTER", "0"))
@@ -261,8 +261,7 @@ RECORD_APP = """
     def init(mon):
         if os.environ.get("MOS_TEST_STREAMS"):
             mon.write_streams(os.environ["MOS_TEST_STREAMS"])
-        for hook in (Hook.SND, Hook.RCV):
-            mon.on(Event.CONN_START, _start, hook=hook)
+        mon.on(Event.CONN_START, _start)
         mon.on(Event.CONN_NEW_DATA, _data)
         mon.on(Event.CONN_END, _end)
 """

@@ -102,7 +102,9 @@ def observe(pcap: Path, cut: Tuple[str, float], policy: str = "first") -> Tuple[
     else:
         st = mon.run(PcapSource(str(pcap), batch=int(n)))
     assert st["packets"] == accounted(st)
-    return {k: v for k, v in st.items() if k not in NOT_VERDICTS}, evs
+    # each connection's events in its packet order; different connections' interleave by batch (order
+    # "connection"), so they are compared connection by connection
+    return {k: v for k, v in st.items() if k not in NOT_VERDICTS}, sorted(evs, key=lambda e: e[1])
 
 
 def streams_counters(pcap: Path) -> Dict[str, int]:

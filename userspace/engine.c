@@ -528,21 +528,24 @@ static int hold(mos_engine_t *e, uint32_t i)
 
 /* One packet of the batch: PROC_DONE (counted), PROC_RETRY (nothing done: offer it again after the
  * events), or PROC_HOLD (nothing done, held back: resumed after the events). */
-static int feed_one(mos_engine_t *e, uint32_t i)
+static int feed_one(mos_engine_t *e, uint32_t i, int resumed)
 {
     const struct mos_pkt *p = &e->batch[i];
     uint64_t save_now = e->now;
     if (p->ts_ns > e->now)
-        e->now = p->ts_ns; /* packet time never goes back */
-    if (e->now - e->last_expire >= SEC)
+        e->now = p->ts_ns; /* packet time never goes back ... */
+    else if (resumed)
+        e->now = p->ts_ns; /* ... but a packet held back is processed at its own time (then restored) */
+    if (!resumed && e->now - e->last_expire >= SEC)
         expire(e);
     e->cur_pkt = i;
     int r = process_packet(e, p);
     if (r == PROC_HOLD && hold(e, i) != 0)
         r = process_packet(e, p); /* no memory to hold it: processed now, as with order BATCH */
-    if (r == PROC_RETRY) {
+    if (r == PROC_RETRY || (resumed && e->now < save_now)) {
         e->now = save_now;
-        return r;
+        if (r == PROC_RETRY)
+            return r;
     }
     if (r == PROC_DONE) {
         e->counters[MOS_C_PACKETS]++;
@@ -560,7 +563,7 @@ uint32_t mos_engine_resume(mos_engine_t *e)
         if (e->evq.qlen >= e->cfg.event_queue)
             break;
         uint32_t i = e->held[k];
-        if (feed_one(e, i) == PROC_RETRY)
+        if (feed_one(e, i, 1) == PROC_RETRY)
             break;
     }
     /* the rest keep their order after those held again (which came before them in the batch) */
@@ -587,7 +590,7 @@ uint32_t mos_engine_feed(mos_engine_t *e, int linktype, const struct mos_pkt *pk
             return i;
         if (e->nheld && pkts[i].ts_ns > e->now && pkts[i].ts_ns - e->last_expire >= SEC)
             return i; /* expiry judges idle time: not while packets of earlier times are held back */
-        if (feed_one(e, i) == PROC_RETRY)
+        if (feed_one(e, i, 0) == PROC_RETRY)
             return i;
         if (e->cfg.order == MOS_ORDER_PACKET && e->evq.qlen)
             return i + 1; /* handlers run before the next packet (exact, but a crossing per packet) */
