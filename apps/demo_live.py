@@ -4,8 +4,9 @@
     mos-xdp run apps/demo_live.py --pcap trace.pcap                  # offline: the firewall only reports
 
 Prints each HTTP request (``http_log``), drops a connection whose client sends a forbidden pattern even
-when it is split across segments (``firewall``, ``MOS_FIREWALL_PATTERNS``, default ``/etc/passwd``), and
-at the end the table of connections with both endpoints' TCP states (``midstat``; ``MIDSTAT_INTERVAL``).
+when it is split across segments (``firewall``, ``--pattern``, default ``/etc/passwd``), and at the end
+the table of connections with both endpoints' TCP states (``midstat``; ``--interval``). It takes the
+arguments of the three apps (``--app-help`` lists them).
 
 The three apps were written alone and each keeps its per-connection state in ``conn.ctx``; to share a
 monitor, each one is given a view of the monitor whose handlers see a ``conn.ctx`` of their own.
@@ -13,16 +14,17 @@ monitor, each one is given a view of the monitor whose handlers see a ``conn.ctx
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 # the app's directory is on sys.path when `mos-xdp run` loads it
 import firewall
 import http_log
 import midstat
 
-from mos import Monitor
+from mos import AppArg, AppArgs, Monitor
 
 APPS = (midstat, http_log, firewall)
+ARGS: List[AppArg] = [a for app in APPS for a in getattr(app, "ARGS", [])]
 
 
 class _Contexts(dict):  # type: ignore[type-arg]
@@ -73,10 +75,16 @@ class AppView:
         self._mon.off(event, fn, **kw)
 
 
-def init(mon: Monitor) -> None:
-    """Initialise the three apps on the same monitor, each with its own per-connection context."""
+def init(mon: Monitor, args: AppArgs) -> None:
+    """Initialise the three apps on the same monitor, each with its own per-connection context and the
+    arguments it declares."""
     for app in APPS:
-        app.init(AppView(mon, app.__name__))
+        view = AppView(mon, app.__name__)
+        declared = getattr(app, "ARGS", None)
+        if declared is None:
+            app.init(view)
+        else:
+            app.init(view, AppArgs({a.key: args[a.key] for a in declared}))
 
 
 def finish(mon: Monitor) -> None:

@@ -2,24 +2,39 @@
 
     mos-xdp run apps/firewall.py --iface IN --peer OUT          # inline: the connection really stops
     mos-xdp run apps/firewall.py --pcap trace.pcap              # offline: reports what it would drop
+    mos-xdp run apps/firewall.py --pcap trace.pcap -- --pattern /etc/passwd --pattern evil
 
-``MOS_FIREWALL_PATTERNS``: comma-separated byte patterns (default ``/etc/passwd``); matched on the
-client's reassembled stream (the bytes the server receives), so a pattern cut across two segments, sent
-out of order or retransmitted is still found. A match drops the connection: its current packet, the
-rest of the batch, and every later packet in XDP (bypass map, verdict drop). ``MOS_FIREWALL_BLOCK``:
-comma-separated prefixes dropped in XDP from the start (live only).
+``--pattern`` (repeatable, default ``/etc/passwd``): a forbidden byte pattern, matched on the client's
+reassembled stream (the bytes the server receives), so a pattern cut across two segments, sent out of
+order or retransmitted is still found. A match drops the connection: its current packet, the rest of the
+batch, and every later packet in XDP (bypass map, verdict drop). ``--block`` (repeatable): a prefix
+dropped in XDP from the start (live only).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import List
 
-from mos import Connection, Event, EventInfo, Monitor, MosError, Side
+from mos import AppArg, AppArgs, Connection, Event, EventInfo, Monitor, MosError, Side
 
-PATTERNS: List[bytes] = [p.encode() for p in os.environ.get("MOS_FIREWALL_PATTERNS", "/etc/passwd").split(",") if p]
-KEEP = max((len(p) for p in PATTERNS), default=1) - 1
+
+def _pattern(text: str) -> bytes:
+    if not text:
+        raise ValueError("an empty pattern would match every connection")
+    return text.encode("utf-8", "surrogateescape")
+
+
+ARGS = [
+    AppArg("pattern", type=_pattern, multiple=True, default=[b"/etc/passwd"], metavar="BYTES",
+           help="Drop a connection whose client sends these bytes."),
+    AppArg("block", multiple=True, metavar="PREFIX",
+           help="Drop this prefix (10.0.0.0/8, an address) in XDP from the start; live only."),
+]
+
+PATTERNS: List[bytes] = []
+KEEP = 0  # bytes of a client stream kept across data events: a pattern may straddle them
+BLOCK: List[str] = []
 dropped: List[int] = []
 
 
@@ -47,12 +62,16 @@ def _request(conn: Connection, ev: EventInfo) -> None:
 
 
 def _start(mon: Monitor) -> None:
-    for prefix in filter(None, os.environ.get("MOS_FIREWALL_BLOCK", "").split(",")):
+    for prefix in BLOCK:
         print(f"firewall: blocked {mon.block(prefix.strip())} in XDP", flush=True)
 
 
-def init(mon: Monitor) -> None:
-    """Watch every client stream; block the configured prefixes once live."""
+def init(mon: Monitor, args: AppArgs) -> None:
+    """Watch every client stream for ``args.pattern``; block ``args.block`` once live."""
+    global KEEP
+    PATTERNS[:] = args.pattern
+    KEEP = max((len(p) for p in PATTERNS), default=1) - 1
+    BLOCK[:] = args.block
     mon.on(Event.CONN_NEW_DATA, _request, side=Side.SERVER)
     try:
         from mos import live

@@ -2,17 +2,33 @@
 
     mos-xdp run apps/midstat.py --pcap trace.pcap
 
-Prints the table of live connections every ``MIDSTAT_INTERVAL`` seconds of packet time (default 1; 0
-turns it off), and at the end every connection seen with its final states and why it ended.
+    mos-xdp run apps/midstat.py --pcap trace.pcap -- --interval 0
+
+Prints the table of live connections every ``--interval`` seconds of packet time (default 1; 0 turns it
+off), and at the end every connection seen with its final states and why it ended.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Dict, List
 
-from mos import Connection, Event, EventInfo, Hook, Monitor
+from mos import AppArg, AppArgs, Connection, Event, EventInfo, Hook, Monitor
+
+
+def _seconds(text: str) -> float:
+    why = "expected seconds, a number of 0 or more"
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(why) from None
+    if not value >= 0:  # NaN too
+        raise ValueError(why)
+    return value
+
+
+ARGS = [AppArg("interval", type=_seconds, default=1.0, metavar="SECONDS",
+               help="Print the live connections every SECONDS of packet time (0: only the final table).")]
 
 _rows: Dict[int, List[str]] = {}
 _order: List[int] = []
@@ -46,15 +62,15 @@ def _tick(mon: Monitor) -> None:
     _table(live, f"-- {len(live)} live connections")
 
 
-def init(mon: Monitor) -> None:
-    """Subscribe to the connection life-cycle and, optionally, print the live table periodically."""
+def init(mon: Monitor, args: AppArgs) -> None:
+    """Subscribe to the connection life-cycle and, unless ``args.interval`` is 0, print the live table
+    periodically."""
     mon.on(Event.CONN_START, _row)
     mon.on(Event.TCP_STATE_CHANGE, _row)
     mon.on(Event.TCP_STATE_CHANGE, _row, hook=Hook.SND)  # also after the sender's update
     mon.on(Event.CONN_END, _end)
-    interval = float(os.environ.get("MIDSTAT_INTERVAL", "1"))
-    if interval > 0:
-        mon.add_timer(interval, _tick, periodic=True)
+    if args.interval > 0:
+        mon.add_timer(args.interval, _tick, periodic=True)
 
 
 def finish(mon: Monitor) -> None:

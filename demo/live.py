@@ -379,12 +379,12 @@ class LiveDemo:
             raise DemoFailed(f"the HTTP server did not start: {''.join(srv.err).strip()[-300:]}")
 
     def _middlebox(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", MIDSTAT_INTERVAL="0", MOS_FIREWALL_PATTERNS=PATTERN,
-                   MOS_FIREWALL_BLOCK="")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         root = str(APP.parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         argv = self.nsexec("mbx", sys.executable, "-m", "mos.cli", "run", str(APP), "--iface", self.mbi,
-                           "--peer", self.mbo, "--stats", "--no-progress")
+                           "--peer", self.mbo, "--stats", "--no-progress", "--", "--interval", "0",
+                           f"--pattern={PATTERN}")
         # SIGTERM if the demo dies: the run stops cleanly and detaches its XDP program
         assert self.tmp is not None
         self.mbx = _Proc("middlebox", argv, self.log, self.tmp, env=env, death_signal=signal.SIGTERM)

@@ -24,6 +24,8 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "AppArg",
+    "AppArgs",
     "Connection",
     "EndReason",
     "ErrorKind",
@@ -47,8 +49,9 @@ __all__ = [
 __version__ = "0.1.0"
 
 # Where each public name lives. Loaded on first use: `mos-xdp vm` imports this package without needing
-# the C engine, which every module below but errors loads.
+# the C engine, which every module below but errors and app_args loads.
 _WHERE = {
+    "AppArg": "app_args", "AppArgs": "app_args",
     "Connection": "connection", "EventInfo": "connection", "PacketView": "connection",
     "EndReason": "events", "ErrorKind": "events", "Event": "events", "Hook": "events", "OrphanKind": "events",
     "Policy": "events", "Side": "events", "TcpState": "events",

@@ -159,3 +159,64 @@ def test_demo_runs(tmp_path):
     assert "GET www.example.com /split/request?x=1" in out.stdout
     assert "6 connections" in out.stdout
     assert (tmp_path / "streams" / "index.jsonl").read_text().count("\n") == 6
+
+
+def test_firewall_takes_its_patterns_as_arguments(tmp_path):
+    """--pattern (repeatable, after -- or as --arg) replaces the default /etc/passwd; a pattern straddling
+    two segments that arrived out of order (`/a/` + `very`) is found in the reassembled stream."""
+    pcap = http_captures().write(tmp_path / "http.pcap")
+    out = run_app("firewall.py", pcap)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["firewall: 0 connection(s) dropped"]
+    out = run_app("firewall.py", pcap, "--arg", "pattern=/in/order", "--", "--pattern", "/a/very")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "firewall: would drop (not live) connection 1 10.10.0.1:40001 -> 10.10.0.2:80: '/a/very'",
+        "firewall: would drop (not live) connection 3 10.10.0.1:40003 -> 10.10.0.2:80: '/in/order'",
+        "firewall: 2 connection(s) dropped",
+    ]
+    out = run_app("firewall.py", pcap, "--", "--pattern=")
+    assert out.returncode != 0 and out.stderr.strip().splitlines() == [
+        "Error: app argument --pattern '': an empty pattern would match every connection"]
+
+
+def test_midstat_interval_is_an_argument(tmp_path):
+    pcap = http_captures().write(tmp_path / "http.pcap")
+
+    def ticks(*args: str) -> int:
+        out = run_app("midstat.py", pcap, *args)
+        assert out.returncode == 0, out.stderr
+        assert "-- 3 connections" in out.stdout
+        return out.stdout.count(" live connections")
+
+    assert ticks() == 2  # every second of packet time over the capture's two seconds
+    assert ticks("--", "--interval", "0") == 0
+    assert ticks("--arg", "interval=1.5") == 1
+    assert ticks("--arg", "interval=10") == 0
+    out = run_app("midstat.py", pcap, "--", "--interval", "-1")
+    assert out.returncode != 0 and "app argument --interval '-1': expected seconds" in out.stderr
+
+
+def test_demo_live_hands_each_app_its_arguments(tmp_path):
+    pcap = http_captures().write(tmp_path / "http.pcap")
+    out = run_app("demo_live.py", pcap, "--", "--pattern", "two.example", "--interval", "0")
+    assert out.returncode == 0, out.stderr
+    assert "firewall: would drop (not live) connection 2 10.10.0.1:40002 -> 10.10.0.2:80: 'two.example'" in out.stdout
+    assert "firewall: 1 connection(s) dropped" in out.stdout
+    assert "3 GET three.example /in/order" in out.stdout and "4 requests" in out.stderr
+    assert " live connections" not in out.stdout and "-- 3 connections" in out.stdout
+
+
+def test_the_apps_document_their_arguments():
+    def app_help(app: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "mos.cli", "run", str(ROOT / "apps" / app), "--app-help"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    fw, ms, demo = app_help("firewall.py"), app_help("midstat.py"), app_help("demo_live.py")
+    assert "--pattern BYTES" in fw and "default: /etc/passwd" in fw and "--block PREFIX" in fw
+    assert "--interval SECONDS" in ms and "default: 1.0" in ms
+    for opt in ("--pattern", "--block", "--interval"):
+        assert opt in demo
+    assert "declares no arguments" in app_help("http_log.py")

@@ -39,7 +39,7 @@ def _cmd(*args: str) -> List[str]:
 
 
 def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MOS_XDP_", "MOS_FIREWALL_", "MIDSTAT_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOS_XDP_")}
     return dict(env, PYTHONUNBUFFERED="1", **extra)
 
 

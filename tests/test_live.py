@@ -311,7 +311,7 @@ def test_firewall_drops_split_pattern(inline: Inline, tmp_path: Path) -> None:
     """apps/firewall.py drops the connection whose request carries /etc/passwd across two segments; a
     transfer running meanwhile and later connections are untouched."""
     app = str(ROOT / "apps" / "firewall.py")
-    run = inline.run(app, env={"MOS_FIREWALL_PATTERNS": "/etc/passwd"})
+    run = inline.run(app, "--", "--pattern", "/etc/passwd")
     try:
         ok = inline.split_request(b"GET /sma", b"ll.txt HTTP/1.0\r\n\r\n")
         assert ok.startswith("HTTP/1.0 200") and SMALL.decode().strip() in ok
@@ -337,7 +337,7 @@ def test_firewall_drops_split_pattern(inline: Inline, tmp_path: Path) -> None:
 def test_block_list_drops_in_xdp(inline: Inline, tmp_path: Path) -> None:
     """A prefix blocked by the app (monitor.block) is dropped in XDP: the engine never sees it."""
     app = str(ROOT / "apps" / "firewall.py")
-    run = inline.run(app, "--stats", env={"MOS_FIREWALL_BLOCK": f"{CLIENT2}/32"})
+    run = inline.run(app, "--stats", "--arg", f"block={CLIENT2}/32")
     try:
         blocked = inline.curl("small.txt", tmp_path / "b.txt", src=CLIENT2, max_time=3)
         assert blocked.returncode != 0

@@ -1,29 +1,16 @@
-"""What the commands share: the overlap policy choice, building a Monitor, loading an app, the progress bar
-and the counters printout."""
+"""What the commands share: loading an app and calling its ``init``, the progress bar and the counters
+printout. The Monitor's options are :mod:`mos.cli.monitor_options`."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import click
 
-from ..abi import checksum_mode_names, frag_policy_names
-from ..events import Policy
-
-POLICIES = [p.value for p in Policy]
-FRAG_POLICIES = list(frag_policy_names())
-CHECKSUMS = list(checksum_mode_names())
-CHECKSUM_HELP = ("Drop packets with a wrong IPv4, TCP or UDP checksum before the engine: on, off, or auto "
-                 "(on, until a sample shows the input has offloaded checksums).")
-
-
-def make_monitor(policy: str, vlan: bool, pickup: bool, strict: bool = False, **kw: Any) -> Any:
-    """A Monitor with the CLI's options."""
-    from ..monitor import Monitor
-
-    return Monitor(policy=policy, vlan_in_key=vlan, pickup=pickup, strict=strict, **kw)
+from ..app_args import AppArgs, app_help, declared_args, parse_app_args
 
 
 def progress_bar(enabled: bool, path: str) -> Tuple[Any, Optional[Callable[[int, int], None]]]:
@@ -56,8 +43,51 @@ def where_in(exc: BaseException, app: Any) -> str:
     return f" at {os.path.basename(app_file)}:{line}" if line is not None else ""
 
 
-def load_app(path: str) -> Any:
-    """Import an app file; it must define ``init(monitor)`` (and may define ``finish(monitor)``)."""
+class App:
+    """An app file, imported: its module, its declared arguments and how its ``init`` is called."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.module = _import_app(path)
+        self.args_decl = declared_args(self.module, path)
+        self.takes_args = _init_takes_args(self.module.init, path)
+        if self.args_decl is not None and not self.takes_args:
+            raise click.ClickException(f"{path}: declares ARGS but init(monitor) takes no args: "
+                                       "define init(monitor, args)")
+
+    def help(self) -> str:
+        """The app's ``--app-help`` text."""
+        return app_help(self.args_decl, os.path.basename(self.path), self.module.__doc__)
+
+    def parse(self, pairs: Sequence[str], argv: Sequence[str]) -> AppArgs:
+        """The app's arguments from ``--arg`` pairs and the words after ``--`` (a MosError if wrong)."""
+        args = parse_app_args(self.args_decl, pairs, argv)
+        if args and not self.takes_args:
+            given = ", ".join(pairs) or " ".join(argv)
+            raise click.ClickException(f"{self.path}: init(monitor) takes no arguments, given {given}")
+        return args
+
+    def init(self, mon: Any, args: AppArgs) -> None:
+        """Call the app's ``init`` in the form it was written for; its exception is one line."""
+        try:
+            if self.takes_args:
+                self.module.init(mon, args)
+            else:
+                self.module.init(mon)
+        except Exception as exc:
+            form = "init(monitor, args)" if self.takes_args else "init(monitor)"
+            raise click.ClickException(f"{self.path}: {form} failed{where_in(exc, self.path)}: "
+                                       f"{type(exc).__name__}: {exc}") from None
+
+    def finish(self, mon: Any) -> None:
+        """The app's ``finish(monitor)``, if it has one."""
+        fin = getattr(self.module, "finish", None)
+        if callable(fin):
+            fin(mon)
+
+
+def _import_app(path: str) -> Any:
+    """Import an app file; it must define ``init``."""
     import importlib.util
     from pathlib import Path
 
@@ -77,8 +107,24 @@ def load_app(path: str) -> Any:
         raise click.ClickException(f"{path}: the app failed to import{where_in(exc, p)}: "
                                    f"{type(exc).__name__}: {exc}") from None
     if not callable(getattr(mod, "init", None)):
-        raise click.ClickException(f"{path}: an app must define init(monitor)")
+        raise click.ClickException(f"{path}: an app must define init(monitor) or init(monitor, args)")
     return mod
+
+
+def _init_takes_args(init: Callable[..., Any], path: str) -> bool:
+    """Whether ``init`` is the two-argument form, decided once from its signature."""
+    try:
+        sig = inspect.signature(init)
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: the original form
+        return False
+    positional = [p for p in sig.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
+        return True
+    required = [p for p in positional if p.default is p.empty]
+    if not positional or len(required) > 2:
+        raise click.ClickException(f"{path}: init must take (monitor) or (monitor, args), not {sig}")
+    return len(positional) >= 2
 
 
 def print_stats(st: Dict[str, int]) -> None:

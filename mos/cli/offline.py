@@ -6,27 +6,23 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
 from ..abi import lib
-from .common import (
-    CHECKSUM_HELP,
-    CHECKSUMS,
-    FRAG_POLICIES,
-    POLICIES,
-    checksum_notice,
-    load_app,
-    make_monitor,
-    print_stats,
-    progress_bar,
-    where_in,
-)
+from ..app_args import wants_help
+from .common import App, checksum_notice, print_stats, progress_bar
+from .monitor_options import monitor_kwargs, monitor_options
+
+_LIVE_ONLY = ("peer", "workers", "ring")
 
 
-@click.command()
+@click.command(epilog="App arguments: --arg KEY=VALUE (repeatable), or everything after --, such as "
+                      "`mos-xdp run apps/firewall.py --pcap f.pcap -- --pattern /etc/passwd`; "
+                      "--app-help (or -- --help) lists what an app takes.")
 @click.argument("app", metavar="APP.py")
+@click.argument("app_argv", nargs=-1, type=click.UNPROCESSED, metavar="[-- APP-ARGS...]")
 @click.option("--pcap", "pcap", type=click.Path(dir_okay=False), help="Run over this capture file.")
 @click.option("--iface", help="Run live on this interface (see `mos-xdp attach`).")
 @click.option("--peer", help="Inline mode: the other interface.")
@@ -34,35 +30,34 @@ from .common import (
 @click.option("--ring", type=click.IntRange(64, 65536), default=4096, show_default=True,
               help="Live: AF_XDP ring descriptors per socket (a power of two); each queue gets 2 x ring "
                    "frames of 4 KiB.")
-@click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
-              help="Overlap policy.")
-@click.option("--frag-policy", type=click.Choice(FRAG_POLICIES), default="first", show_default=True,
-              help="Which copy of overlapping IP fragments the datagram keeps.")
-@click.option("--checksum", type=click.Choice(CHECKSUMS), default="auto", show_default=True, help=CHECKSUM_HELP)
-@click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
-@click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
-@click.option("--strict", is_flag=True, help="Stop at the first exception in a handler.")
+@click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help="An argument for the app (repeatable).")
+@click.option("--app-help", is_flag=True, help="Print the arguments the app takes, and exit.")
+@monitor_options()
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
-def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str], workers: int, ring: int,
-        policy: str, frag_policy: str, checksum: str, no_vlan: bool, no_pickup: bool, strict: bool, progress: bool,
-        show_stats: bool) -> None:
+def run(app: str, app_argv: Tuple[str, ...], pcap: Optional[str], iface: Optional[str], peer: Optional[str],
+        workers: int, ring: int, arg_pairs: Tuple[str, ...], app_help: bool, progress: bool, show_stats: bool,
+        **options: Any) -> None:
     """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
+    from ..monitor import Monitor
+
+    if app_help or wants_help(app_argv):
+        click.echo(App(app).help())
+        return
     if bool(pcap) == bool(iface):
         raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
     if pcap:
         ctx = click.get_current_context()
-        live_only = [f"--{n}" for n in ("peer", "workers", "ring")
+        live_only = [f"--{n}" for n in _LIVE_ONLY
                      if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
         if live_only:
             raise click.UsageError(f"{', '.join(live_only)}: for live runs (--iface), not with --pcap")
-    mod = load_app(app)
-    mon = make_monitor(policy, not no_vlan, not no_pickup, strict, frag_policy=frag_policy, checksum=checksum)
-    try:
-        mod.init(mon)
-    except Exception as exc:
-        raise click.ClickException(f"{app}: init(monitor) failed{where_in(exc, app)}: "
-                                   f"{type(exc).__name__}: {exc}") from None
+    the_app = App(app)
+    args = the_app.parse(arg_pairs, app_argv)
+    kw = monitor_kwargs(options)
+    strict = bool(kw.get("strict"))
+    mon = Monitor(**kw)
+    the_app.init(mon, args)
     try:
         if iface:
             from .live import run_app_live
@@ -81,9 +76,7 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
             raise
         # the handler's traceback is printed already, with its connection: one line more, no second trace
         raise click.ClickException("stopped at the first handler error (--strict)") from None
-    fin = getattr(mod, "finish", None)
-    if callable(fin):
-        fin(mon)
+    the_app.finish(mon)
     st = mon.stats()
     checksum_notice(st)
     if show_stats:
@@ -96,25 +89,15 @@ def run(app: str, pcap: Optional[str], iface: Optional[str], peer: Optional[str]
 @click.command()
 @click.argument("pcap", metavar="FILE")
 @click.option("-o", "outdir", type=click.Path(file_okay=False), help="Write <n>.c2s, <n>.s2c and index.jsonl here.")
-@click.option("--policy", type=click.Choice(POLICIES), default="first", show_default=True,
-              help="Overlap policy.")
-@click.option("--frag-policy", type=click.Choice(FRAG_POLICIES), default="first", show_default=True,
-              help="Which copy of overlapping IP fragments the datagram keeps.")
-@click.option("--checksum", type=click.Choice(CHECKSUMS), default="auto", show_default=True, help=CHECKSUM_HELP)
-@click.option("--no-vlan", is_flag=True, help="VLAN ids are not part of a connection's key.")
-@click.option("--no-pickup", is_flag=True, help="Ignore connections already in progress.")
-@click.option("--max-conns", type=click.IntRange(1, 1 << 28), default=1 << 20, show_default=True)
+@monitor_options(streams=True)
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
-def streams(pcap: str, outdir: Optional[str], policy: str, frag_policy: str, checksum: str, no_vlan: bool,
-            no_pickup: bool,
-            max_conns: int, progress: bool, show_stats: bool) -> None:
+def streams(pcap: str, outdir: Optional[str], progress: bool, show_stats: bool, **options: Any) -> None:
     """Reassemble every connection of a capture: files per direction and an index (-o), or a table."""
     from ..streams import run_streams, stream_table
 
     bar, update = progress_bar(progress, pcap)
-    opts: Dict[str, Any] = dict(policy=policy, frag_policy=frag_policy, vlan_in_key=not no_vlan, pickup=not no_pickup,
-                                max_conns=max_conns, checksum=checksum, progress=update)
+    opts: Dict[str, Any] = dict(monitor_kwargs(options), progress=update)
     try:
         if outdir is None:
             rows, totals, st = stream_table(pcap, limit=TABLE_ROWS, **opts)
