@@ -18,7 +18,7 @@ import mos
 from mos import AppArg, AppArgs, MosError
 from mos.app_args import app_help, parse_app_args
 from mos.cli import main, offline
-from mos.cli.monitor_options import OPTIONS, SECONDS, SIZE, monitor_options, monitor_params
+from mos.cli.monitor_options import OPTIONS, SECONDS, SIZE, monitor_params
 from tests.pcaps import Conv
 from tests.test_apps import http_captures
 
@@ -252,7 +252,7 @@ def _sample(row: Any) -> Any:
         return "5", 5.0
     if isinstance(t, click.IntRange):
         return "4096", 4096
-    return {"order": ("batch", "batch")}.get(row.keyword)
+    return None
 
 
 def test_every_monitor_option_reaches_the_monitor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,9 +274,7 @@ def test_every_monitor_option_reaches_the_monitor(tmp_path: Path, monkeypatch: p
     argv: List[str] = []
     want: Dict[str, Any] = {}
     for row in OPTIONS:
-        if row.keyword not in params:
-            assert row.optional, f"{row.keyword}: not a Monitor keyword"
-            continue
+        assert row.keyword in params, f"{row.keyword}: not a Monitor keyword"
         sample = _sample(row)
         if sample is None:
             continue
@@ -284,7 +282,8 @@ def test_every_monitor_option_reaches_the_monitor(tmp_path: Path, monkeypatch: p
         argv += [row.flag] if text is None else [row.flag, text]
         want[row.keyword] = value
     assert {"policy", "buffer_client", "buffer_server", "pickup", "max_conns", "dir_buffer_limit", "max_segments",
-            "memcap", "event_queue", "timeout_syn", "timeout_established", "checksum", "sync"} <= set(want)
+            "memcap", "event_queue", "timeout_syn", "timeout_established", "checksum", "sync", "order",
+            "peek_window"} <= set(want)
     runner = CliRunner()
     res = runner.invoke(offline.run, [app, "--pcap", pcap, "--no-progress", *argv])
     assert res.exit_code == 0, res.output
@@ -292,37 +291,6 @@ def test_every_monitor_option_reaches_the_monitor(tmp_path: Path, monkeypatch: p
     res = runner.invoke(offline.run, [app, "--pcap", pcap, "--no-progress"])
     assert res.exit_code == 0, res.output
     assert got[-1] == {}
-
-
-def test_options_of_newer_monitors_appear_only_with_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--order`` and ``--peek-window`` exist exactly when Monitor takes ``order`` and ``peek_window``."""
-    import inspect
-
-    import mos.cli.monitor_options as mo
-
-    optional = [row for row in OPTIONS if row.optional]
-    assert {r.keyword for r in optional} >= {"order", "peek_window"}
-
-    def flags() -> List[str]:
-        cmd = click.command()(monitor_options()(lambda **kw: None))
-        return [o for p in cmd.params for o in p.opts]
-
-    real = mo.monitor_params()
-    for keyword_present in (False, True):
-        params = dict(real)
-        for row in optional:
-            params.pop(row.keyword, None)
-            if keyword_present:
-                params[row.keyword] = inspect.Parameter(row.keyword, inspect.Parameter.KEYWORD_ONLY, default=None)
-        monkeypatch.setattr(mo, "monitor_params", lambda params=params: params)
-        present = flags()
-        for row in optional:
-            assert (row.flag in present) == keyword_present
-        assert "--policy" in present and "--sync" in present
-    monkeypatch.undo()
-    run_help = CliRunner().invoke(main, ["run", "--help"]).output
-    for row in optional:
-        assert (row.flag in run_help) == (row.keyword in real)
 
 
 def test_monitor_options_change_what_the_app_sees(tmp_path: Path) -> None:
@@ -378,3 +346,12 @@ def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
     out = cli("run", app, "--pcap", pcap, "--no-progress")
     assert out.returncode == 0 and out.stdout == ""
     assert "--pattern BYTES  Bytes to find. [repeatable; default: /etc/passwd]" in cli("run", app, "--app-help").stdout
+
+
+def test_order_and_peek_window_on_the_command_line() -> None:
+    """``run --help`` lists the handler order (its choices from the engine's table) and the peek window."""
+    run_help = CliRunner().invoke(main, ["run", "--help"]).output
+    assert "--order" in run_help and "--peek-window" in run_help
+    assert all(name in run_help for name in ("connection", "batch", "packet"))
+    bad = CliRunner().invoke(main, ["run", "x.py", "--pcap", "x.pcap", "--order", "sometimes"])
+    assert bad.exit_code != 0 and "sometimes" in bad.output
