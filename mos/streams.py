@@ -62,8 +62,9 @@ def stream_table(
     """Reassemble ``pcap`` for a summary: the rows of connections 1..``limit`` (as ``run_streams`` gives
     them, with ``c2s_gap_bytes``/``s2c_gap_bytes`` instead of the gap lists), the totals over all
     connections (``connections``, ``stream_bytes``, ``gap_bytes``) and the engine's counters."""
+    # nothing reads bytes back (no peek window) and no handler acts on a connection (batch order)
     mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
-                  max_conns=max_conns, strict=True, checksum=checksum)
+                  max_conns=max_conns, strict=True, checksum=checksum, peek_window=0, order="batch")
     mon.log_ended(limit)
     st = mon.run_pcap(pcap, progress=progress)
     rows = [_row(i, None) for i in mon.ended_log()]
@@ -88,8 +89,9 @@ def run_streams(
 
     Returns the index rows (in connection order) and the engine's counters.
     """
+    # nothing reads bytes back (no peek window) and no handler acts on a connection (batch order)
     mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
-                  max_conns=max_conns, strict=True, checksum=checksum)
+                  max_conns=max_conns, strict=True, checksum=checksum, peek_window=0, order="batch")
     if outdir is not None:
         os.makedirs(outdir, exist_ok=True)
         for name in os.listdir(outdir):  # a rerun must not append to the previous run's files

@@ -218,16 +218,16 @@ enum { PROC_DONE = 0, PROC_RETRY = 1, PROC_HOLD = 2 };
 
 /* Order CONNECTION: is the packet's connection waiting for its handlers (an event of it is queued)?
  * IP fragments are not held: a datagram is only whole once its last fragment is consumed. */
-static int held_for_handlers(mos_engine_t *e, const struct pkt_info *pi)
+static struct conn *held_for_handlers(mos_engine_t *e, const struct pkt_info *pi)
 {
     if (!e->evq.nqueued || pi->is_fragment || pi->proto != 6 || pi->ip_version == 0)
-        return 0;
+        return NULL;
     for (uint32_t s = e->ft.buckets[ft_bucket(&e->ft, pi)]; s; s = C(e, s)->hnext) {
         struct conn *c = C(e, s);
         if (ft_match(&e->ft, c, pi) >= 0)
-            return (c->flags & CF_QUEUED) != 0;
+            return (c->flags & CF_QUEUED) ? c : NULL;
     }
-    return 0;
+    return NULL;
 }
 
 static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
@@ -243,7 +243,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
             e->malformed_sink(e->malformed_arg, p); /* inline AF_XDP: the frame is dropped, not forwarded */
         return PROC_DONE;
     }
-    if (held_for_handlers(e, &pi))
+    if ((e->holder = held_for_handlers(e, &pi)) != NULL)
         return PROC_HOLD; /* nothing counted or changed yet: processed whole when resumed */
     if (pi.payload_cut)
         e->counters[MOS_C_SNAPLEN_TRUNCATED]++;
@@ -490,6 +490,7 @@ void mos_engine_free(mos_engine_t *e)
     stream_writer_open(&e->streams, NULL, 0);
     evq_free(&e->evq);
     free(e->held);
+    free(e->hq);
     defrag_free(e->defrag);
     free(e->ended_log);
     free(e);
@@ -511,17 +512,37 @@ int mos_engine_stream_dir(mos_engine_t *e, const char *dir, uint32_t max_open_fi
     return stream_writer_open(&e->streams, dir, max_open_files);
 }
 
-static int hold(mos_engine_t *e, uint32_t i)
+static int grow(void **arr, uint32_t *cap, size_t size)
 {
-    if (e->nheld == e->held_cap) {
-        uint32_t n = e->held_cap ? e->held_cap * 2 : 256;
-        uint32_t *nl = realloc(e->held, (size_t)n * sizeof(*nl));
-        if (!nl)
+    uint32_t n = *cap ? *cap * 2 : 256;
+    void *na = realloc(*arr, (size_t)n * size);
+    if (!na)
+        return -1;
+    *arr = na;
+    *cap = n;
+    return 0;
+}
+
+/* Packet i waits behind the queued events of connection c: appended to c's queue. */
+static int hold(mos_engine_t *e, uint32_t i, struct conn *c)
+{
+    if (e->nheld_slots == e->held_cap && grow((void **)&e->held, &e->held_cap, sizeof(*e->held)))
+        return -1;
+    if (!c->held_q) {
+        if (e->nhq == e->hq_cap && grow((void **)&e->hq, &e->hq_cap, sizeof(*e->hq)))
             return -1;
-        e->held = nl;
-        e->held_cap = n;
+        e->hq[e->nhq++] = (struct held_queue){ft_slot(&e->ft, c), c->id, NO_HELD, NO_HELD};
+        c->held_q = e->nhq;
     }
-    e->held[e->nheld++] = i;
+    struct held_queue *q = &e->hq[c->held_q - 1];
+    uint32_t k = e->nheld_slots++;
+    e->held[k] = (struct held_pkt){i, NO_HELD};
+    if (q->tail == NO_HELD)
+        q->head = k;
+    else
+        e->held[q->tail].next = k;
+    q->tail = k;
+    e->nheld++;
     e->counters[MOS_C_PACKETS_HELD]++;
     return 0;
 }
@@ -540,7 +561,7 @@ static int feed_one(mos_engine_t *e, uint32_t i, int resumed)
         expire(e);
     e->cur_pkt = i;
     int r = process_packet(e, p);
-    if (r == PROC_HOLD && hold(e, i) != 0)
+    if (r == PROC_HOLD && hold(e, i, e->holder) != 0)
         r = process_packet(e, p); /* no memory to hold it: processed now, as with order BATCH */
     if (r == PROC_RETRY || (resumed && e->now < save_now)) {
         e->now = save_now;
@@ -556,19 +577,60 @@ static int feed_one(mos_engine_t *e, uint32_t i, int resumed)
 
 uint32_t mos_engine_resume(mos_engine_t *e)
 {
-    uint32_t n = e->nheld, k = 0;
-    e->nheld = 0; /* held again are appended from 0: behind none of the ones still to go */
     e->cur_pi = NULL;
-    for (; k < n; k++) {
-        if (e->evq.qlen >= e->cfg.event_queue)
-            break;
-        uint32_t i = e->held[k];
-        if (feed_one(e, i, 1) == PROC_RETRY)
-            break;
+    uint32_t n0 = e->nhq, qi = 0;
+    int stop = 0;
+    /* Each connection's packets in order, until one queues events again (then the rest wait for the next
+     * round); connections in the order of their first held packet. Queues made meanwhile (a packet that
+     * started a connection again) wait for the next round. */
+    for (; qi < n0 && !stop; qi++) {
+        struct held_queue *q = &e->hq[qi];
+        struct conn *c = C(e, q->slot);
+        int mine = c->id == q->id;
+        while (q->head != NO_HELD) {
+            if (mine && (c->flags & CF_QUEUED))
+                break;
+            if (e->evq.qlen >= e->cfg.event_queue) {
+                stop = 1;
+                break;
+            }
+            uint32_t k = q->head;
+            if (mine)
+                c->held_q = 0; /* processed as any packet: held again behind a new queue if need be */
+            int r = feed_one(e, e->held[k].pkt, 1);
+            q = &e->hq[qi]; /* hold() may have moved the queues */
+            mine = mine && c->id == q->id; /* (its record may have been freed, and taken again) */
+            if (mine)
+                c->held_q = qi + 1;
+            if (r == PROC_RETRY) {
+                stop = 1;
+                break;
+            }
+            q->head = e->held[k].next;
+            e->nheld--;
+        }
+        if (q->head == NO_HELD)
+            q->tail = NO_HELD;
     }
-    /* the rest keep their order after those held again (which came before them in the batch) */
-    memmove(e->held + e->nheld, e->held + k, (size_t)(n - k) * sizeof(*e->held));
-    e->nheld += n - k;
+    /* keep the queues still holding packets, in order */
+    uint32_t w = 0;
+    for (uint32_t r = 0; r < e->nhq; r++) {
+        struct held_queue *q = &e->hq[r];
+        struct conn *c = C(e, q->slot);
+        int mine = c->id == q->id && c->held_q == r + 1;
+        if (q->head == NO_HELD) {
+            if (mine)
+                c->held_q = 0;
+            continue;
+        }
+        e->hq[w] = *q;
+        if (mine)
+            c->held_q = w + 1;
+        w++;
+    }
+    e->nhq = w;
+    if (!e->nheld)
+        e->nheld_slots = 0;
     return e->nheld;
 }
 

@@ -13,6 +13,19 @@
 #include "reasm.h"
 #include "stream_writer.h"
 
+/* Order CONNECTION: the packets of one connection held back for its handlers, in packet order (a chain
+ * through struct held_pkt). */
+struct held_queue {
+    uint32_t slot;
+    uint64_t id;              /* the connection's: a slot reused since holds nothing */
+    uint32_t head, tail;      /* indexes in held[]; NO_HELD: none */
+};
+struct held_pkt {
+    uint32_t pkt;             /* index in the batch */
+    uint32_t next;            /* the connection's next held packet, NO_HELD: none */
+};
+#define NO_HELD UINT32_MAX
+
 struct mos_engine {
     struct mos_config cfg;
     struct flow_table ft;
@@ -32,10 +45,14 @@ struct mos_engine {
     uint8_t cur_flags;
     uint8_t no_account;       /* a reassembled datagram: its fragments were accounted for */
     const struct pkt_info *cur_pi;
-    /* order CONNECTION: indexes in the batch of packets held back for their connection's handlers, in
-     * packet order (mos_engine_resume) */
-    uint32_t *held;
-    uint32_t nheld, held_cap;
+    /* order CONNECTION: packets held back for their connection's handlers (mos_engine_resume): one queue
+     * per connection, the queues in the order of their first packet */
+    struct held_pkt *held;
+    uint32_t nheld_slots, held_cap; /* entries of held[] used in this batch */
+    struct held_queue *hq;
+    uint32_t nhq, hq_cap;
+    uint32_t nheld;           /* packets still held */
+    struct conn *holder;      /* the connection of the packet process_packet just held back */
     uint64_t counters[MOS_C_COUNT];
     struct csum_state csum;   /* the checksum setting's auto decision (checksum.c) */
     /* Told of each malformed packet, when set: the AF_XDP source (userspace/xsk.c) sets it for the time

@@ -46,6 +46,7 @@ struct conn {
     uint32_t hnext;           /* hash chain / free list */
     uint32_t lprev, lnext;    /* LRU list of its class */
     uint32_t sub;             /* subscription set (mos_conn_set_sub), 0: none of its own */
+    uint32_t held_q;          /* 1 + its queue of packets held back for its handlers (engine.c), 0: none */
     uint32_t pkts[2];         /* sent by each side */
     uint64_t id;
     uint64_t first_ts, last_ts;
