@@ -26,6 +26,7 @@ from .abi import (
     EV_REASON,
     EV_RX_OFF0,
     EV_SIDE,
+    EV_SUB,
     EV_SVR_STATE,
     EV_TYPE,
     NO_WSCALE,
@@ -35,7 +36,7 @@ from .abi import (
 from .errors import MosError, StaleConnection
 from .events import BUILTIN_EVENTS, EndReason, ErrorKind, Event, Hook, OrphanKind, Policy, Side, TcpState, policy_of
 from .stats import ENGINE_COUNTERS
-from .subscriptions import Handler
+from .subscriptions import Handler, hook_of, sides_of
 
 if TYPE_CHECKING:
     from .monitor import Monitor
@@ -370,7 +371,7 @@ class Connection:
 
     def _snapshot(self) -> Optional[Tuple[int, ...]]:
         """The fields of the event being handled, when it is one of this connection's."""
-        cur = self._mon._cur_f
+        cur = self._mon._cur[0]
         return cur if cur is not None and cur[EV_CONN_ID] == self.id else None
 
     def state(self, side: Side) -> TcpState:
@@ -486,14 +487,35 @@ class Connection:
         """Subscribe a handler for this connection only (allowed inside a handler); it gets the
         connection's events from its next packet. Connections subscribing the same handlers share one
         subscription set, so this costs no memory per connection."""
-        ev = self._mon._check_subscription(event, handler, side, hook)
-        self._mon._move_sub(self, lambda subs, cur: subs.with_handler(cur, ev, handler, side, hook))
+        mon = self._mon
+        key = ("+", event, handler, side, hook)
+        if key not in mon._checked:
+            mon._check_subscription(event, handler, side, hook)
+            if len(mon._checked) < 4096:  # (a closure per connection is checked each time)
+                mon._checked.add(key)
+        # the common case inlined (conn.on in CONN_START for every connection): the event being handled is
+        # this connection's and names its set; the step from it is cached on the set
+        f = mon._cur[0]
+        if f is None or f[EV_CONN_ID] != self.id or (mon._moved and self._slot in mon._moved):
+            mon._move_sub(self, key)
+            return
+        subs = mon._subs
+        by_id = subs.by_id
+        cur_set = by_id[f[EV_SUB]]
+        assert cur_set is not None
+        nxt = cur_set._next.get(key)
+        if nxt is None or by_id[nxt.id] is not nxt:
+            nxt = subs.step(cur_set, key)
+        if nxt is not cur_set:
+            lib.mos_conn_set_sub(mon._eng, self._slot, self.id, nxt.id)
+            mon._moved[self._slot] = (self.id, nxt.id)
 
     def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
             hook: Hook = Hook.RCV) -> None:
         """Unsubscribe a handler of this connection (all of the event's handlers when None), at once."""
         ev = self._mon._check_event(event)
-        self._mon._move_sub(self, lambda subs, cur: subs.without_handler(cur, ev, handler, side, hook))
+        sides_of(side), hook_of(hook)
+        self._mon._move_sub(self, ("-", ev, handler, side, hook))
 
     def raise_event(self, event: EventId, data: Any = None) -> None:
         """Raise an event of the app's (:meth:`Monitor.alloc_event`) on this connection, as mOS's
@@ -544,7 +566,7 @@ class Connection:
     @property
     def last_packet(self) -> Optional[PacketView]:
         """The packet being handled (headers and payload), during a handler."""
-        cur = self._mon._cur_f
+        cur = self._mon._cur[0]
         return self._mon._packet_view(cur[EV_PKT]) if cur is not None else None
 
     # -- live path verdicts (the live source's session, mos.source.LiveControl) ---------------------

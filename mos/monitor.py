@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import struct
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 from .abi import (
     EV_CONN,
@@ -56,7 +56,6 @@ from .stats import engine_stats
 from .subscriptions import (
     Handler,
     Key,
-    SubSet,
     SubSets,
     added,
     build_flat,
@@ -121,7 +120,7 @@ class EnginePort:
 
     def current_packet(self) -> Optional[int]:
         """The engine's index of the packet being handled (None outside a packet's handlers)."""
-        cur = self._mon._cur_f
+        cur = self._mon._cur[0]
         pkt = int(cur[EV_PKT]) if cur is not None else NO_PACKET
         return None if pkt == NO_PACKET else pkt
 
@@ -265,12 +264,14 @@ class Monitor:
         self._children: Dict[int, List[UserEvent]] = {}
         self._subs = SubSets(self._eng, self)
         self._states: Dict[int, ConnState] = {}
+        self._checked: Set[Any] = set()  # subscriptions already checked (conn.on in CONN_START: once)
         self._moved: Dict[int, Tuple[int, int]] = {}
         self._stopped_now: Dict[int, int] = {}
         self._raised: List[Tuple[Connection, int, Any]] = []
         self._timers = TimerQueue()
         self._timer_now: Optional[int] = None
-        self._cur_f: Optional[Tuple[int, ...]] = None
+        self._cur: List[Optional[Tuple[int, ...]]] = [None]
+        """The event being handled (its unpacked record): a list, set in place once per event."""
         self._views: Dict[int, PacketView] = {}
         self._errors = HandlerErrors()
         self._stop = False
@@ -370,21 +371,27 @@ class Monitor:
                 lib.mos_engine_set_mask(self._eng, h, s, masks[h][s])
         self._flat = build_flat(self._handlers, self)
 
-    def _move_sub(self, conn: Connection, step: Callable[[SubSets, SubSet], SubSet]) -> None:
-        """Move a connection to another subscription set (``step`` finds it from its current one)."""
-        cur = lib.mos_conn_get_sub(self._eng, conn._slot, conn.id)
-        if cur < 0:
-            raise StaleConnectionError(f"connection {conn.id} is gone (it ended before this call)")
+    def _move_sub(self, conn: Connection, key: Any) -> None:
+        """Move a connection to the subscription set its current one becomes with ``key`` (SubSets.step)."""
+        f = self._cur[0]
+        slot = conn._slot
+        if f is not None and f[EV_CONN_ID] == conn.id:  # the event being handled says which set it is in
+            cur = self._sub_of(f)
+        else:
+            cur = lib.mos_conn_get_sub(self._eng, slot, conn.id)
+            if cur < 0:
+                raise StaleConnectionError(f"connection {conn.id} is gone (it ended before this call)")
         subs = self._subs
         cur_set = subs.by_id[cur]
         assert cur_set is not None
-        nxt = step(subs, cur_set)
+        nxt = subs.step(cur_set, key)
         if nxt is not cur_set:
-            lib.mos_conn_set_sub(self._eng, conn._slot, conn.id, nxt.id)
-            self._moved[conn._slot] = (conn.id, nxt.id)
+            if lib.mos_conn_set_sub(self._eng, slot, conn.id, nxt.id) != 0:
+                raise StaleConnectionError(f"connection {conn.id} is gone (it ended before this call)")
+            self._moved[slot] = (conn.id, nxt.id)
 
     def _need_end(self, conn: Connection) -> None:
-        self._move_sub(conn, lambda subs, cur: subs.with_end(cur))
+        self._move_sub(conn, "end")
 
     def define_event(self, base: EventId, filter: Union[Filter, PyFilter, None] = None) -> int:
         """A new event raised when ``base`` is raised and ``filter`` holds; returns its id.
@@ -425,7 +432,7 @@ class Monitor:
         ev = self._check_event(event)
         if ev < USER_EVENT_BASE or self._user[ev].base >= 0:
             raise MosError("raise_event raises events of alloc_event only (the engine raises the others)")
-        if self._cur_f is None:
+        if self._cur[0] is None:
             raise MosError("raise_event is called from a handler (it is raised with the event being handled)")
         self._raised.append((conn, ev, data))
 
@@ -471,7 +478,7 @@ class Monitor:
                    conn: Optional[Connection]) -> Timer:
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay <= 0:
             raise MosError(f"add_timer: delay must be a positive number of seconds, not {delay!r}")
-        cur = self._cur_f
+        cur = self._cur[0]
         now = cur[EV_TS] if cur is not None else int(lib.mos_engine_now(self._eng))
         t = self._timers.add(now, int(delay * 1e9), callback, periodic)
         t.conn = conn
@@ -491,7 +498,7 @@ class Monitor:
     def now(self) -> float:
         """The current time in seconds, as mOS's mtcp_cb_get_ts: the time of the packet whose event is being
         handled, or the due time of the timer firing, else the engine's latest packet time."""
-        cur = self._cur_f
+        cur = self._cur[0]
         if cur is not None:
             return float(cur[EV_TS]) / 1e9
         if self._timer_now is not None:
@@ -626,6 +633,7 @@ class Monitor:
                 moved = self._moved
                 stopped = self._stopped_now
                 failed = self._handler_failed
+                cur = self._cur
                 for f in struct.iter_unpack(EVENT_FORMAT, ffi.buffer(pev[0], n * EVENT_SIZE)):
                     t = f[i_type]
                     slot = f[i_slot]
@@ -633,7 +641,7 @@ class Monitor:
                         continue  # raised by the packet before a handler stopped monitoring that side
                     idx = (f[i_hook] * 2 + f[i_side]) * max_ev + t
                     conn = Connection(self, slot, f[i_cid]) if slot else None
-                    self._cur_f = f
+                    cur[0] = f
                     info = EventInfo(f, self, t)
                     # (re-read each time: a handler may subscribe or unsubscribe)
                     for fn in self._flat[idx]:
@@ -663,7 +671,7 @@ class Monitor:
                         self._derive(conn, f, t, info)
         finally:
             self._views.clear()
-            self._cur_f = None
+            self._cur[0] = None
             self._raised.clear()
             if self._moved:
                 self._moved.clear()

@@ -189,32 +189,20 @@ class SubSets:
         self._by_key[key] = sub
         return sub
 
-    def with_handler(self, cur: SubSet, event: int, fn: Handler, side: Side, hook: Hook) -> SubSet:
-        """The set of ``cur`` plus ``fn`` for (event, side, hook)."""
-        key = ("+", event, fn, side, hook)
+    def step(self, cur: SubSet, key: Any) -> SubSet:
+        """The set after ``key`` is applied to ``cur``: ``("+", event, fn, side, hook)`` adds a handler,
+        ``("-", event, fn or None, side, hook)`` removes it (all of the key's when None), ``"end"`` makes
+        its connections' CONN_END reach Python. Cached on ``cur``: the common case is one dict lookup."""
         nxt = cur._next.get(key)
-        if nxt is None or self.by_id[nxt.id] is not nxt:
-            nxt = self._intern(added(cur.handlers, event, fn, sides_of(side), hook_of(hook)), cur.end)
-            cur._next[key] = nxt
-        return nxt
-
-    def without_handler(self, cur: SubSet, event: int, fn: Optional[Handler], side: Side, hook: Hook) -> SubSet:
-        """The set of ``cur`` without ``fn`` (all of the key's handlers when None)."""
-        key = ("-", event, fn, side, hook)
-        nxt = cur._next.get(key)
-        if nxt is None or self.by_id[nxt.id] is not nxt:
-            nxt = self._intern(removed(cur.handlers, event, fn, sides_of(side), hook_of(hook)), cur.end)
-            cur._next[key] = nxt
-        return nxt
-
-    def with_end(self, cur: SubSet) -> SubSet:
-        """The set of ``cur`` whose connections' CONN_END reaches Python."""
-        if cur.end:
-            return cur
-        nxt = cur._next.get("end")
-        if nxt is None or self.by_id[nxt.id] is not nxt:
-            nxt = self._intern(cur.handlers, True)
-            cur._next["end"] = nxt
+        if nxt is not None and self.by_id[nxt.id] is nxt:
+            return nxt
+        if key == "end":
+            nxt = cur if cur.end else self._intern(cur.handlers, True)
+        else:
+            op, event, fn, side, hook = key
+            change = added if op == "+" else removed
+            nxt = self._intern(change(cur.handlers, int(event), fn, sides_of(side), hook_of(hook)), cur.end)
+        cur._next[key] = nxt
         return nxt
 
     def collect(self) -> None:
