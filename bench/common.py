@@ -1,14 +1,19 @@
-"""What the benchmark scripts share: running a command (and recording it for RESULTS.md), logging."""
+"""What the benchmark scripts share: running a command (and recording it for RESULTS.md), timing a child
+process, interleaved runs, medians, logging."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -47,3 +52,54 @@ def ip_checksum(header: bytes) -> int:
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return ~s & 0xFFFF
+
+
+def med(xs: List[float]) -> float:
+    """The median (NaN for no values)."""
+    return statistics.median(xs) if xs else float("nan")
+
+
+def run_timed(cmd: List[str], timeout: float) -> Tuple[float, float, int, str, str]:
+    """Wall seconds, CPU seconds (user + system, children included), max RSS KiB, stdout, stderr."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        deadline = t0 + timeout
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                p.kill()
+                pid, status, ru = os.wait4(p.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        so, se = out.read(), err.read()
+    if p.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} exited {p.returncode}: {se[-2000:]}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, so, se
+
+
+def interleaved_runs(name: str, cases: Sequence[str], runs: int, cmd_of: Callable[[str], List[str]],
+                     timeout: float) -> Tuple[Dict[str, List[Tuple[float, float, int]]], Dict[str, Dict[str, Any]]]:
+    """Each case's child ``runs`` times, the cases interleaved (a noisy machine slows them alike). A child
+    prints a JSON line last, with ``run_s``. Returns per case its (run s, wall s, peak RSS bytes) runs, and
+    its last JSON result; a failing child ends the benchmark with its last error line."""
+    log = logger(name)
+    out: Dict[str, List[Tuple[float, float, int]]] = {c: [] for c in cases}
+    last: Dict[str, Dict[str, Any]] = {}
+    for r in range(runs):
+        for case in cases:
+            try:
+                wall, _cpu, rss_kb, so, _se = run_timed(cmd_of(case), timeout)
+            except RuntimeError as e:
+                raise SystemExit(f"{name}: {str(e).strip().splitlines()[-1]}") from None
+            res = json.loads(so.strip().splitlines()[-1])
+            out[case].append((res["run_s"], wall, rss_kb * 1024))
+            last[case] = res
+            log(f"run {r + 1}/{runs} {case}: {res['run_s']:.2f} s, {rss_kb / 1024:.0f} MiB")
+    return out, last

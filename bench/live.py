@@ -49,7 +49,6 @@ import re
 import shlex
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
@@ -58,7 +57,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, ip_checksum, logger
+from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, ip_checksum, logger, med
 from common import sh as common_sh
 
 from mos.net import netlink
@@ -90,10 +89,6 @@ TOOL_LABELS = {"af_xdp": "mos-xdp (AF_XDP)", "af_xdp_big": f"mos-xdp (AF_XDP), `
 log = logger("live")
 
 sh = functools.partial(common_sh, timeout=120)
-
-
-def med(xs: List[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, logger
+from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, logger, med, run_timed
 from common import sh as common_sh
 
 from mos.net.topology import Netns, Topology, reap_stale
@@ -326,31 +325,6 @@ class Tool:
         self.name, self.cmd, self.parse, self.what, self.prep = name, cmd, parse, what, prep
 
 
-def run_timed(cmd: List[str], timeout: float) -> Tuple[float, float, int, str, str]:
-    """Wall seconds, CPU seconds (user + system, children included), max RSS KiB, stdout, stderr."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        deadline = t0 + timeout
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                p.kill()
-                pid, status, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.005)
-        wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        so, se = out.read(), err.read()
-    if p.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} exited {p.returncode}: {se[-2000:]}")
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, so, se
-
-
 def kv(text: str) -> Dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", text)}
 
@@ -492,10 +466,6 @@ def make_tools(work: Path) -> List[Tool]:
 
 # --------------------------------------------------------------------------------------------------
 # 4. report
-
-def med(xs: List[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
 
 def machine() -> Dict[str, str]:
     cpu = "?"

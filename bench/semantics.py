@@ -19,10 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from common import MOSPY, ROOT, WORK, logger
-from run import med, run_timed
-
-log = logger("semantics")
+from common import MOSPY, ROOT, WORK, interleaved_runs, med
 
 ORDERS = {
     "connection": "actions from the connection's next packet (the default)",
@@ -71,19 +68,9 @@ def main() -> None:
         where = pcap.relative_to(ROOT) if pcap.is_relative_to(ROOT) else pcap
         raise SystemExit(f"semantics: no capture at {where}: build the benchmark capture with "
                          f"`sudo bash bench/run.sh` (it leaves bench/work/capture-full.pcap), or pass --pcap FILE")
-    runs: Dict[str, List[Tuple[float, float, int]]] = {o: [] for o in ORDERS}
-    outputs: Dict[str, Dict[str, int]] = {}
-    for r in range(a.runs):
-        for order in ORDERS:
-            cmd = [str(MOSPY), __file__, "--child", order, "--pcap", str(pcap)]
-            try:
-                wall, _cpu, rss_kb, out, _err = run_timed(cmd, TIMEOUT)
-            except RuntimeError as e:
-                raise SystemExit(f"semantics: {str(e).strip().splitlines()[-1]}") from None
-            res = json.loads(out.strip().splitlines()[-1])
-            runs[order].append((res["run_s"], wall, rss_kb * 1024))
-            outputs[order] = {k: res[k] for k in ("bytes", "events", "batches", "packets")}
-            log(f"run {r + 1}/{a.runs} {order}: {res['run_s']:.2f} s")
+    runs, last = interleaved_runs("semantics", ORDERS, a.runs, lambda order: [
+        str(MOSPY), __file__, "--child", order, "--pcap", str(pcap)], TIMEOUT)
+    outputs = {o: {k: res[k] for k in ("bytes", "events", "batches", "packets")} for o, res in last.items()}
     delivered = {(o["bytes"], o["events"]) for o in outputs.values()}
     if len(delivered) != 1:  # the handler acts on nothing: every order must hand it the same bytes
         raise SystemExit(f"semantics: the orders delivered different bytes/events: {outputs}")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
-from common import MOSPY, WORK, logger
+from common import MOSPY, WORK, interleaved_runs, ip_checksum, logger, med
 
 log = logger("subscriptions")
 
@@ -54,21 +54,12 @@ TARGETS = {
 }
 
 
-def _csum(data: bytes) -> bytes:
-    """The Internet checksum of ``data`` (even length), ready to store: summed in the machine's byte order
-    and stored in it, which RFC 1071 (byte order independence) makes equal to the network-order one."""
-    s = sum(memoryview(data).cast("H"))
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    return struct.pack("=H", ~s & 0xFFFF)
-
-
 def _frame(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int,
            data: bytes = b"") -> bytes:
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + data
-    tcp = tcp[:16] + _csum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", ip_checksum(src + dst + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
-    ip = ip[:10] + _csum(ip) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", ip_checksum(ip)) + ip[12:]
     return (ETH_C2S if src != SERVER else ETH_S2C) + ip + tcp
 
 
@@ -172,9 +163,6 @@ def child(case: str, pcap: str, conns: int) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 def main() -> None:
-    # here, not at the top: tests/test_semantics.py imports this module for build() alone
-    from run import med, run_timed
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--conns", type=int, default=500_000, help="concurrent connections (default 500,000)")
     ap.add_argument("--runs", type=int, default=5, help="runs of each case, interleaved (default 5)")
@@ -189,22 +177,12 @@ def main() -> None:
     if not 1 <= a.conns <= MAX_CONNS:  # beyond the flow table's default size connections would be evicted
         raise SystemExit(f"subscriptions: --conns must be between 1 and {MAX_CONNS:,}")
     pcap = capture(a.conns)
-    runs: Dict[str, List[Tuple[float, float, int]]] = {c: [] for c in CASES}
-    for r in range(a.runs):
-        for case in CASES:
-            cmd = [str(MOSPY), __file__, "--child", case, "--pcap", str(pcap), "--conns", str(a.conns)]
-            try:
-                wall, _cpu, rss_kb, out, _err = run_timed(cmd, TIMEOUT)
-            except RuntimeError as e:
-                raise SystemExit(f"subscriptions: {str(e).strip().splitlines()[-1]}") from None
-            res = json.loads(out.strip().splitlines()[-1])
-            runs[case].append((res["run_s"], wall, rss_kb * 1024))
-            log(f"run {r + 1}/{a.runs} {case}: {res['run_s']:.2f} s, {rss_kb / 1024:.0f} MiB")
-    report(runs, a.conns, a.runs, med)
+    runs, _ = interleaved_runs("subscriptions", list(CASES), a.runs, lambda case: [
+        str(MOSPY), __file__, "--child", case, "--pcap", str(pcap), "--conns", str(a.conns)], TIMEOUT)
+    report(runs, a.conns, a.runs)
 
 
-def report(runs: Dict[str, List[Tuple[float, float, int]]], conns: int, nruns: int,
-           med: Callable[[List[float]], float]) -> None:
+def report(runs: Dict[str, List[Tuple[float, float, int]]], conns: int, nruns: int) -> None:
     """The table of medians and the ratios against the targets."""
     m = {c: (med([x[0] for x in v]), med([x[1] for x in v]), med([float(x[2]) for x in v]))
          for c, v in runs.items()}

@@ -26,7 +26,6 @@ from .abi import (
     EV_REASON,
     EV_RX_OFF0,
     EV_SIDE,
-    EV_SUB,
     EV_SVR_STATE,
     EV_TYPE,
     NO_WSCALE,
@@ -194,7 +193,7 @@ class EventInfo:
     def reason(self) -> Union[EndReason, ErrorKind, OrphanKind, int]:
         """CONN_END: an :class:`EndReason`; ERROR: an :class:`ErrorKind`; ORPHAN: an :class:`OrphanKind`."""
         r = self._f[EV_REASON]
-        base = self._mon._root_type(self.type)
+        base = self._mon.root(self.type)
         if base == Event.CONN_END:
             return EndReason(r)
         if base == Event.ERROR:
@@ -207,7 +206,7 @@ class EventInfo:
     def malformed(self) -> Optional[str]:
         """ERROR of kind ``MALFORMED``: the counter the packet was counted under (``malformed_*``, as in
         :meth:`Monitor.stats`); None for any other event."""
-        if self._mon._root_type(self.type) != Event.ERROR or self._f[EV_REASON] != ErrorKind.MALFORMED:
+        if self._mon.root(self.type) != Event.ERROR or self._f[EV_REASON] != ErrorKind.MALFORMED:
             return None
         names = ENGINE_COUNTERS
         return names[self._f[EV_LEN]] if self._f[EV_LEN] < len(names) else None
@@ -216,7 +215,7 @@ class EventInfo:
     def bad_checksum(self) -> Optional[str]:
         """ERROR of kind ``CHECKSUM_INVALID``: the counter the packet was counted under (``bad_checksum_ip``,
         ``bad_checksum_tcp``, ``bad_checksum_udp``); None for any other event."""
-        if self._mon._root_type(self.type) != Event.ERROR or self._f[EV_REASON] != ErrorKind.CHECKSUM_INVALID:
+        if self._mon.root(self.type) != Event.ERROR or self._f[EV_REASON] != ErrorKind.CHECKSUM_INVALID:
             return None
         names = ENGINE_COUNTERS
         return names[self._f[EV_LEN]] if self._f[EV_LEN] < len(names) else None
@@ -493,22 +492,7 @@ class Connection:
             mon._check_subscription(event, handler, side, hook)
             if len(mon._checked) < 4096:  # (a closure per connection is checked each time)
                 mon._checked.add(key)
-        # the common case inlined (conn.on in CONN_START for every connection): the event being handled is
-        # this connection's and names its set; the step from it is cached on the set
-        f = mon._cur[0]
-        if f is None or f[EV_CONN_ID] != self.id or (mon._moved and self._slot in mon._moved):
-            mon._move_sub(self, key)
-            return
-        subs = mon._subs
-        by_id = subs.by_id
-        cur_set = by_id[f[EV_SUB]]
-        assert cur_set is not None
-        nxt = cur_set._next.get(key)
-        if nxt is None or by_id[nxt.id] is not nxt:
-            nxt = subs.step(cur_set, key)
-        if nxt is not cur_set:
-            lib.mos_conn_set_sub(mon._eng, self._slot, self.id, nxt.id)
-            mon._moved[self._slot] = (self.id, nxt.id)
+        mon._move_sub(self, key)
 
     def off(self, event: EventId, handler: Optional[Handler] = None, *, side: Side = Side.BOTH,
             hook: Hook = Hook.RCV) -> None:
@@ -531,8 +515,7 @@ class Connection:
             raise MosError(f"add_timer: callback must be callable, not {callback!r}")
         st = self._state(make=True)
         assert st is not None
-        conn = Connection(self._mon, self._slot, self.id)
-        t = self._mon._add_timer(delay, lambda mon, now: callback(conn, now), periodic, conn)
+        t = self._mon._add_timer(delay, callback, periodic, Connection(self._mon, self._slot, self.id))
         st.timers = [x for x in st.timers if not x.cancelled] + [t]
         return t
 

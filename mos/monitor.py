@@ -328,7 +328,6 @@ class Monitor:
             ev = self._user[ev].base
         return ev
 
-    _root_type = root
 
     def c_bit(self, ev: int) -> Optional[int]:
         """The event the engine must queue so that ``ev`` can be raised (itself, or the ancestor whose
@@ -470,18 +469,18 @@ class Monitor:
         (every ``delay`` if periodic); ``now`` is :attr:`now` when it fires."""
         if not callable(callback):
             raise MosError(f"add_timer: callback must be callable, not {callback!r}")
-        if _positional_args(callback) >= 2:
-            return self._add_timer(delay, callback, periodic, None)
-        return self._add_timer(delay, lambda mon, now: callback(mon), periodic, None)
+        return self._add_timer(delay, callback, periodic, None, _positional_args(callback) >= 2)
 
-    def _add_timer(self, delay: float, callback: Callable[[Monitor, float], Any], periodic: bool,
-                   conn: Optional[Connection]) -> Timer:
+    def _add_timer(self, delay: float, callback: Callable[..., Any], periodic: bool, conn: Optional[Connection],
+                   with_now: bool = True) -> Timer:
+        """A timer calling ``callback(conn or monitor, now)`` (without ``now`` unless ``with_now``)."""
         if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay <= 0:
             raise MosError(f"add_timer: delay must be a positive number of seconds, not {delay!r}")
         cur = self._cur[0]
         now = cur[EV_TS] if cur is not None else int(lib.mos_engine_now(self._eng))
         t = self._timers.add(now, int(delay * 1e9), callback, periodic)
         t.conn = conn
+        t.with_now = with_now
         return t
 
     def _fire_timers(self, now: int) -> None:
@@ -490,7 +489,9 @@ class Monitor:
             self._drain()
             self._timer_now = t.due
             try:
-                self._call(t.callback, (self, t.due / 1e9), t.conn)
+                first = self if t.conn is None else t.conn
+                args = (first, t.due / 1e9) if t.with_now else (first,)
+                self._call(t.callback, args, t.conn, "timer callback")
             finally:
                 self._timer_now = None
 
@@ -593,16 +594,17 @@ class Monitor:
         self._stop = True
 
     # -- dispatch -----------------------------------------------------------------------------------
-    def _call(self, fn: Callable[..., Any], args: Tuple[Any, ...], conn: Optional[Connection]) -> None:
+    def _call(self, fn: Callable[..., Any], args: Tuple[Any, ...], conn: Optional[Connection],
+              what: str = "handler") -> None:
         """Call a handler; an exception is reported with the connection, and the run goes on (unless strict)."""
         try:
             fn(*args)
         except Exception:
-            self._handler_failed(fn, conn)
+            self._handler_failed(fn, conn, what)
 
-    def _handler_failed(self, fn: Any, conn: Optional[Connection]) -> None:
+    def _handler_failed(self, fn: Any, conn: Optional[Connection], what: str = "handler") -> None:
         """Report the exception being handled (with its connection); re-raise if strict."""
-        self._errors.report(fn, _where(conn), sys.exc_info())
+        self._errors.report(fn, _where(conn), sys.exc_info(), what=what)
         if self.strict:
             raise
 
@@ -696,7 +698,7 @@ class Monitor:
                 ok = True if flt is None else (
                     flt.matches(conn, info) if isinstance(flt, Filter) else flt(conn, info))
             except Exception:
-                self._handler_failed(flt, conn)
+                self._handler_failed(flt, conn, f"filter of event {ue.id}")
                 ok = False
             if ok:
                 self._deliver(conn, f, ue.id, info)

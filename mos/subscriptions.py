@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 
 from .abi import ffi, lib
 from .errors import MosError
-from .events import BUILTIN_EVENTS, MAX_EVENTS, USER_EVENT_BASE, Event, Hook, Side
+from .events import BUILTIN_EVENTS, MAX_EVENTS, Event, Hook, Side
 
 if TYPE_CHECKING:
     from .connection import Connection, EventInfo
@@ -227,5 +227,5 @@ class SubSets:
         return len(self.by_id) - len(self._free)
 
 
-__all__ = ["Flat", "Handler", "Key", "Resolver", "SubSet", "SubSets", "build_flat", "check_hook", "flat_index",
-           "hook_of", "masks_of", "sides_of", "USER_EVENT_BASE"]
+__all__ = ["Flat", "Handler", "Key", "Resolver", "SubSet", "SubSets", "added", "build_flat", "check_hook",
+           "flat_index", "hook_of", "masks_of", "removed", "sides_of"]

@@ -5,10 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List
-
-if TYPE_CHECKING:
-    from .monitor import Monitor
+from typing import Any, Callable, Iterator, List
 
 
 @dataclass(order=True)
@@ -18,11 +15,13 @@ class Timer:
     due: int
     seq: int
     interval: int = field(compare=False)
-    callback: Callable[[Monitor, float], Any] = field(compare=False)
+    callback: Callable[..., Any] = field(compare=False)
     periodic: bool = field(compare=False, default=False)
     cancelled: bool = field(compare=False, default=False)
     conn: Any = field(compare=False, default=None)
     """The connection of a per-connection timer (:meth:`Connection.add_timer`), else None."""
+    with_now: bool = field(compare=False, default=True)
+    """The callback takes the time it fires at (``callback(monitor or conn, now)``)."""
 
     def cancel(self) -> None:
         """The timer will not fire (again)."""
@@ -38,7 +37,7 @@ class TimerQueue:
         self._unanchored: List[Timer] = []
         self._seq = itertools.count()
 
-    def add(self, now: int, delay_ns: int, callback: Callable[[Monitor, float], Any], periodic: bool) -> Timer:
+    def add(self, now: int, delay_ns: int, callback: Callable[..., Any], periodic: bool) -> Timer:
         """A timer due ``delay_ns`` after ``now`` (0: no packet yet, anchored later)."""
         t = Timer(now + delay_ns, next(self._seq), delay_ns, callback, periodic)
         if now == 0:

@@ -188,12 +188,6 @@ static void expire(mos_engine_t *e)
             uint32_t next = c->lnext;
             if (c->last_ts + tmo[cls] > e->now)
                 break;
-            if (c->flags & CF_QUEUED) {
-                /* its handlers have not run, and later packets of it may be held back for them: its
-                 * idle time is judged once they are processed, as without holding */
-                s = next;
-                continue;
-            }
             if (c->flags & CF_ENDED) {
                 if (c->flags & CF_END_PENDING)
                     break; /* its CONN_END has not been handled yet; next time */
@@ -216,17 +210,12 @@ static void expire(mos_engine_t *e)
 
 enum { PROC_DONE = 0, PROC_RETRY = 1, PROC_HOLD = 2 };
 
-/* Order CONNECTION: is the packet's connection waiting for its handlers (an event of it is queued)?
- * IP fragments are not held: a datagram is only whole once its last fragment is consumed. */
-static struct conn *held_for_handlers(mos_engine_t *e, const struct pkt_info *pi)
+/* The first record of the bucket the packet matches (the flow lookup), or NULL. */
+static struct conn *first_match(mos_engine_t *e, const struct pkt_info *pi, uint32_t bucket)
 {
-    if (!e->evq.nqueued || pi->is_fragment || pi->proto != 6 || pi->ip_version == 0)
-        return NULL;
-    for (uint32_t s = e->ft.buckets[ft_bucket(&e->ft, pi)]; s; s = C(e, s)->hnext) {
-        struct conn *c = C(e, s);
-        if (ft_match(&e->ft, c, pi) >= 0)
-            return (c->flags & CF_QUEUED) ? c : NULL;
-    }
+    for (uint32_t s = e->ft.buckets[bucket]; s; s = C(e, s)->hnext)
+        if (ft_match(&e->ft, C(e, s), pi) >= 0)
+            return C(e, s);
     return NULL;
 }
 
@@ -243,8 +232,22 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
             e->malformed_sink(e->malformed_arg, p); /* inline AF_XDP: the frame is dropped, not forwarded */
         return PROC_DONE;
     }
-    if ((e->holder = held_for_handlers(e, &pi)) != NULL)
-        return PROC_HOLD; /* nothing counted or changed yet: processed whole when resumed */
+    /* Order CONNECTION: a packet whose connection waits for its handlers (an event of it is queued) is
+     * held back, before anything is counted or changed: it is processed whole when resumed. The lookup
+     * is the one the packet needs anyway. IP fragments are not held: a datagram is only whole once its
+     * last fragment is consumed. */
+    uint32_t bucket = 0, start = NIL;
+    int looked = 0;
+    if (e->evq.nqueued && !e->hold_off && !pi.is_fragment && pi.proto == 6 && pi.ip_version) {
+        bucket = ft_bucket(&e->ft, &pi);
+        struct conn *c = first_match(e, &pi, bucket);
+        if (c && (c->flags & CF_QUEUED)) {
+            e->holder = c;
+            return PROC_HOLD;
+        }
+        start = c ? ft_slot(&e->ft, c) : NIL;
+        looked = 1;
+    }
     if (pi.payload_cut)
         e->counters[MOS_C_SNAPLEN_TRUNCATED]++;
     if (checksum_reject(e, &pi, p, 0))
@@ -294,11 +297,14 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
         emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
         goto fixup;
     }
-    uint32_t bucket = ft_bucket(&e->ft, &pi);
+    if (!looked) {
+        bucket = ft_bucket(&e->ft, &pi);
+        start = e->ft.buckets[bucket];
+    }
     int recover_side = -1;
     struct rst_held held;
     memset(&held, 0, sizeof(held));
-    for (uint32_t s = e->ft.buckets[bucket]; s; s = C(e, s)->hnext) {
+    for (uint32_t s = start; s; s = C(e, s)->hnext) {
         struct conn *c = C(e, s);
         int side = ft_match(&e->ft, c, &pi);
         if (side < 0)
@@ -553,21 +559,21 @@ static int feed_one(mos_engine_t *e, uint32_t i, int resumed)
 {
     const struct mos_pkt *p = &e->batch[i];
     uint64_t save_now = e->now;
-    if (p->ts_ns > e->now)
-        e->now = p->ts_ns; /* packet time never goes back ... */
-    else if (resumed)
-        e->now = p->ts_ns; /* ... but a packet held back is processed at its own time (then restored) */
+    /* Packet time never goes back, but a packet held back (earlier than what came since) is processed
+     * at its own time, and the clock restored after it. */
+    if (resumed || p->ts_ns > e->now)
+        e->now = p->ts_ns;
     if (!resumed && e->now - e->last_expire >= SEC)
         expire(e);
     e->cur_pkt = i;
     int r = process_packet(e, p);
-    if (r == PROC_HOLD && hold(e, i, e->holder) != 0)
-        r = process_packet(e, p); /* no memory to hold it: processed now, as with order BATCH */
-    if (r == PROC_RETRY || (resumed && e->now < save_now)) {
-        e->now = save_now;
-        if (r == PROC_RETRY)
-            return r;
+    if (r == PROC_HOLD && hold(e, i, e->holder) != 0) {
+        e->hold_off = 1; /* no memory to hold it: processed now, as with order BATCH */
+        r = process_packet(e, p);
+        e->hold_off = 0;
     }
+    if (resumed || r == PROC_RETRY)
+        e->now = save_now;
     if (r == PROC_DONE) {
         e->counters[MOS_C_PACKETS]++;
         e->counters[MOS_C_BYTES] += p->wirelen;

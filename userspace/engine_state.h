@@ -53,6 +53,7 @@ struct mos_engine {
     uint32_t nhq, hq_cap;
     uint32_t nheld;           /* packets still held */
     struct conn *holder;      /* the connection of the packet process_packet just held back */
+    uint8_t hold_off;         /* process the packet now even so (no memory to hold it) */
     uint64_t counters[MOS_C_COUNT];
     struct csum_state csum;   /* the checksum setting's auto decision (checksum.c) */
     /* Told of each malformed packet, when set: the AF_XDP source (userspace/xsk.c) sets it for the time

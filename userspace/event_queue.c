@@ -120,14 +120,14 @@ static int filter_ok(const mos_engine_t *e, const struct mos_filter *f, const st
         return 0;
     if (f->nports) {
         int hit = 0;
-        for (int i = 0; i < f->nports && i < 16 && pi; i++)
+        for (int i = 0; i < f->nports && i < (int)(sizeof f->ports / sizeof f->ports[0]) && pi; i++)
             if (pi->sport == f->ports[i] || pi->dport == f->ports[i])
                 hit = 1;
         if (!hit)
             return 0;
     }
     if (f->pattern_len) {
-        uint32_t plen = f->pattern_len > 64 ? 64 : f->pattern_len;
+        uint32_t plen = f->pattern_len > sizeof f->pattern ? (uint32_t)sizeof f->pattern : f->pattern_len;
         if (ev->type == MOS_EV_CONN_NEW_DATA || (ev->type >= MOS_EV_USER_BASE && ev->data && ev->len))
             return memmem_ok(ev->data, ev->len, f->pattern, plen);
         return pi && memmem_ok(pi->payload, pi->payload_len, f->pattern, plen);
