@@ -262,10 +262,10 @@ class Monitor:
         self._handlers: Dict[Key, Tuple[Handler, ...]] = {}
         self._user: Dict[int, UserEvent] = {}
         self._children: Dict[int, List[UserEvent]] = {}
-        self._subs = SubSets(self._eng, self)
         self._states: Dict[int, ConnState] = {}
         self._checked: Set[Any] = set()  # subscriptions already checked (conn.on in CONN_START: once)
-        self._moved: Dict[int, Tuple[int, int]] = {}
+        self._moved: Dict[int, Tuple[int, int]] = {}  # slot -> (id, set) moved in this dispatch
+        self._subs = SubSets(self._eng, self, self._moved)
         self._stopped_now: Dict[int, int] = {}
         self._raised: List[Tuple[Connection, int, Any]] = []
         self._timers = TimerQueue()
@@ -371,11 +371,19 @@ class Monitor:
         self._flat = build_flat(self._handlers, self)
 
     def _move_sub(self, conn: Connection, key: Any) -> None:
-        """Move a connection to the subscription set its current one becomes with ``key`` (SubSets.step)."""
-        f = self._cur[0]
+        """Move a connection to the subscription set its current one becomes with ``key`` (SubSets.step).
+
+        During a dispatch the move is noted (the rest of the dispatch reads it) and the engine is told of
+        every move at once when the events are done (one crossing, not one per subscription), before any
+        later packet is processed; outside one, the engine is told at once."""
         slot = conn._slot
-        if f is not None and f[EV_CONN_ID] == conn.id:  # the event being handled says which set it is in
-            cur = self._sub_of(f)
+        moved = self._moved
+        m = moved.get(slot)
+        f = self._cur[0]
+        if m is not None and m[0] == conn.id:
+            cur = m[1]
+        elif f is not None and f[EV_CONN_ID] == conn.id:  # the event being handled says which set it is in
+            cur = f[EV_SUB]
         else:
             cur = lib.mos_conn_get_sub(self._eng, slot, conn.id)
             if cur < 0:
@@ -384,10 +392,22 @@ class Monitor:
         cur_set = subs.by_id[cur]
         assert cur_set is not None
         nxt = subs.step(cur_set, key)
-        if nxt is not cur_set:
-            if lib.mos_conn_set_sub(self._eng, slot, conn.id, nxt.id) != 0:
-                raise StaleConnectionError(f"connection {conn.id} is gone (it ended before this call)")
-            self._moved[slot] = (conn.id, nxt.id)
+        if nxt is cur_set:
+            return
+        if f is not None:
+            moved[slot] = (conn.id, nxt.id)
+        elif lib.mos_conn_set_sub(self._eng, slot, conn.id, nxt.id) != 0:
+            raise StaleConnectionError(f"connection {conn.id} is gone (it ended before this call)")
+
+    def _apply_moves(self) -> None:
+        """Tell the engine the subscription sets connections moved to during the dispatch."""
+        moved = self._moved
+        n = len(moved)
+        slots = ffi.new("uint32_t[]", list(moved))
+        ids = ffi.new("uint64_t[]", [m[0] for m in moved.values()])
+        subs = ffi.new("uint32_t[]", [m[1] for m in moved.values()])
+        lib.mos_engine_set_subs(self._eng, n, slots, ids, subs)
+        moved.clear()
 
     def _need_end(self, conn: Connection) -> None:
         self._move_sub(conn, "end")
@@ -676,7 +696,7 @@ class Monitor:
             self._cur[0] = None
             self._raised.clear()
             if self._moved:
-                self._moved.clear()
+                self._apply_moves()
             if self._stopped_now:
                 self._stopped_now.clear()
             lib.mos_engine_events_done(eng)

@@ -150,9 +150,10 @@ class SubSet:
 class SubSets:
     """The per-connection subscription sets of one engine: interned by content, transitions cached."""
 
-    def __init__(self, eng: Any, resolver: Resolver) -> None:
+    def __init__(self, eng: Any, resolver: Resolver, pending: Dict[int, Tuple[int, int]]) -> None:
         self._eng = eng
         self._resolver = resolver
+        self._pending = pending  # slot -> (id, set): moves the engine is not told of yet, sets in use too
         self._by_key: Dict[Any, SubSet] = {}
         self.empty = SubSet(0, {}, False, [()] * (4 * MAX_EVENTS))
         self.by_id: List[Optional[SubSet]] = [self.empty]
@@ -210,6 +211,8 @@ class SubSets:
         n = len(self.by_id)
         used = ffi.new("uint8_t[]", n)
         lib.mos_engine_subs_in_use(self._eng, used, n)
+        for _, sid in self._pending.values():
+            used[sid] = 1
         live = 1
         for sid in range(1, n):
             sub = self.by_id[sid]

@@ -857,6 +857,13 @@ int mos_conn_set_sub(mos_engine_t *e, uint32_t slot, uint64_t id, uint32_t sub)
     return 0;
 }
 
+void mos_engine_set_subs(mos_engine_t *e, uint32_t n, const uint32_t *slots, const uint64_t *ids,
+                         const uint32_t *subs)
+{
+    for (uint32_t i = 0; i < n; i++)
+        (void)mos_conn_set_sub(e, slots[i], ids[i], subs[i]);
+}
+
 uint32_t mos_engine_live_conns(const mos_engine_t *e, uint32_t *slots, uint64_t *ids, uint32_t max)
 {
     uint32_t n = 0;

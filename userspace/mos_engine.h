@@ -396,6 +396,9 @@ int mos_conn_set_sub(mos_engine_t *e, uint32_t slot, uint64_t id, uint32_t sub);
 /* The slots and ids of up to max connections not ended (NULL arrays: just the count). */
 uint32_t mos_engine_live_conns(const mos_engine_t *e, uint32_t *slots, uint64_t *ids, uint32_t max);
 int64_t mos_conn_get_sub(const mos_engine_t *e, uint32_t slot, uint64_t id); /* -1: bad conn */
+/* mos_conn_set_sub for n connections at once (those gone since are skipped). */
+void mos_engine_set_subs(mos_engine_t *e, uint32_t n, const uint32_t *slots, const uint64_t *ids,
+                         const uint32_t *subs);
 /* used[k] = 1 for every set k < n a connection (or a queued event) still refers to: the others may be
  * reused. */
 void mos_engine_subs_in_use(const mos_engine_t *e, uint8_t *used, uint32_t n);
