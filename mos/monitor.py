@@ -98,7 +98,7 @@ class EnginePort:
     def dispatch(self) -> None:
         """Run the handlers of the events the engine queued, then the packets held back for them (order
         ``connection``) and their events, until none is held."""
-        self._mon._drain()
+        self._mon._dispatch(drain=True)
 
     def next_due(self) -> int:
         """Packet time (ns) of the next timer, 0 when none: the engine must stop before it."""
@@ -116,7 +116,7 @@ class EnginePort:
     def advance(self, now: int) -> None:
         """Move packet time to ``now`` without a packet (idle expiry), then run the events it raised."""
         lib.mos_engine_advance(self._mon._eng, now)
-        self._mon._drain()
+        self._mon._dispatch(drain=True)
 
     def current_packet(self) -> Optional[int]:
         """The engine's index of the packet being handled (None outside a packet's handlers)."""
@@ -506,7 +506,7 @@ class Monitor:
     def _fire_timers(self, now: int) -> None:
         for t in self._timers.pop_due(now):
             lib.mos_engine_advance(self._eng, t.due)
-            self._drain()
+            self._dispatch(drain=True)
             self._timer_now = t.due
             try:
                 first = self if t.conn is None else t.conn
@@ -594,7 +594,7 @@ class Monitor:
             due = timers.next_due()
             k = lib.mos_engine_feed(self._eng, linktype, pkts + i, n - i, due)
             i += k
-            self._drain()
+            self._dispatch(drain=True)
             if i < n and due and pkts[i].ts_ns >= due:
                 self._fire_timers(pkts[i].ts_ns)
                 idle = 0
@@ -628,34 +628,32 @@ class Monitor:
         if self.strict:
             raise
 
-    def _drain(self) -> None:
-        """Handle the queued events, then (order ``connection``) the packets held back for them, until
-        none is held: the batch is then done."""
-        eng = self._eng
-        self._dispatch()
-        while lib.mos_engine_held(eng):
-            lib.mos_engine_resume(eng)
-            self._dispatch()
-
-    def _dispatch(self) -> None:
+    def _dispatch(self, drain: bool = False) -> None:
+        """Run the handlers of the queued events. With ``drain`` (after a feed), then process the packets
+        held back for them (order ``connection``) and handle their events, round after round in this one
+        call, until none is held: the batch is then done."""
         pev = self._pev
         eng = self._eng
         n = lib.mos_engine_events(eng, pev)
         if not n and not self._views:
-            lib.mos_engine_events_done(eng)  # nothing for Python: the common case on a busy link
-            return
+            # nothing for Python: the common case on a busy link
+            if not (lib.mos_engine_events_done(eng) and drain):
+                return
+            n = lib.mos_engine_resume(eng, pev)
         # field indexes and event numbers as locals: the loop below runs once per event
         i_type, i_side, i_hook, i_slot, i_cid, i_sub = EV_TYPE, EV_SIDE, EV_HOOK, EV_CONN, EV_CONN_ID, EV_SUB
         conn_end, max_ev, conn_level = _CONN_END, MAX_EVENTS, _CONN_LEVEL
-        try:
-            if n:
-                children = self._children
-                subs = self._subs.by_id
-                states = self._states
-                moved = self._moved
-                stopped = self._stopped_now
-                failed = self._handler_failed
-                cur = self._cur
+        children = self._children
+        subs = self._subs.by_id
+        states = self._states
+        moved = self._moved
+        stopped = self._stopped_now
+        failed = self._handler_failed
+        cur = self._cur
+        views = self._views
+        raised = self._raised
+        while True:
+            try:
                 for f in struct.iter_unpack(EVENT_FORMAT, ffi.buffer(pev[0], n * EVENT_SIZE)):
                     t = f[i_type]
                     slot = f[i_slot]
@@ -687,19 +685,24 @@ class Monitor:
                                         failed(fn, conn)
                         if t == conn_end and slot in states:
                             self._ended(slot, f[i_cid])
-                    if self._raised:
+                    if raised:
                         self._deliver_raised(f)
                     if t in children:
                         self._derive(conn, f, t, info)
-        finally:
-            self._views.clear()
-            self._cur[0] = None
-            self._raised.clear()
-            if self._moved:
-                self._apply_moves()
-            if self._stopped_now:
-                self._stopped_now.clear()
-            lib.mos_engine_events_done(eng)
+            finally:
+                if views:
+                    views.clear()
+                cur[0] = None
+                if raised:
+                    raised.clear()
+                if moved:
+                    self._apply_moves()
+                if stopped:
+                    stopped.clear()
+                held = lib.mos_engine_events_done(eng)
+            if not (held and drain):
+                return
+            n = lib.mos_engine_resume(eng, pev)
 
     def _ended(self, slot: int, conn_id: int) -> None:
         """A connection's CONN_END was handled: its Python state goes, its timers are cancelled."""

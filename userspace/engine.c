@@ -581,7 +581,7 @@ static int feed_one(mos_engine_t *e, uint32_t i, int resumed)
     return r;
 }
 
-uint32_t mos_engine_resume(mos_engine_t *e)
+uint32_t mos_engine_resume(mos_engine_t *e, const struct mos_event **evs)
 {
     e->cur_pi = NULL;
     uint32_t n0 = e->nhq, qi = 0;
@@ -637,10 +637,8 @@ uint32_t mos_engine_resume(mos_engine_t *e)
     e->nhq = w;
     if (!e->nheld)
         e->nheld_slots = 0;
-    return e->nheld;
+    return mos_engine_events(e, evs);
 }
-
-uint32_t mos_engine_held(const mos_engine_t *e) { return e->nheld; }
 
 uint32_t mos_engine_feed(mos_engine_t *e, int linktype, const struct mos_pkt *pkts, uint32_t n,
                          uint64_t stop_ts_ns)
@@ -728,7 +726,7 @@ uint32_t mos_engine_events(mos_engine_t *e, const struct mos_event **evs)
     return e->evq.qlen;
 }
 
-void mos_engine_events_done(mos_engine_t *e)
+uint32_t mos_engine_events_done(mos_engine_t *e)
 {
     struct flow_table *ft = &e->ft;
     for (uint32_t i = 0; i < ft->nzombies; i++) {
@@ -759,6 +757,7 @@ void mos_engine_events_done(mos_engine_t *e)
         C(e, e->evq.queued[i])->flags &= (uint8_t)~CF_QUEUED;
     e->evq.nqueued = 0;
     evq_clear(&e->evq);
+    return e->nheld;
 }
 
 const uint64_t *mos_engine_counters(const mos_engine_t *e) { return e->counters; }
