@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import statistics
 import struct
@@ -21,6 +22,9 @@ WORK = BENCH / "work"
 VENV = ROOT / ".venv"
 MOS = VENV / "bin" / "mos-xdp"
 MOSPY = VENV / "bin" / "python"
+RESULTS = BENCH / "RESULTS.md"
+SECTIONS = ("live", "compare", "semantics", "subscriptions")
+"""The sections of RESULTS.md other scripts write between their markers; bench/run.py keeps them."""
 
 commands_log: List[str] = []
 """The commands that produced the figures, in order, for the report."""
@@ -103,3 +107,34 @@ def interleaved_runs(name: str, cases: Sequence[str], runs: int, cmd_of: Callabl
             last[case] = res
             log(f"run {r + 1}/{runs} {case}: {res['run_s']:.2f} s, {rss_kb / 1024:.0f} MiB")
     return out, last
+
+
+def markers(name: str) -> Tuple[str, str]:
+    """The begin and end markers of a RESULTS.md section."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def section_pattern(name: str) -> re.Pattern[str]:
+    begin, end = markers(name)
+    return re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.S)
+
+
+def write_section(name: str, section: str, path: Path = RESULTS) -> None:
+    """Replace the section ``name`` (``section`` includes its markers) of ``path``, or append it."""
+    text = path.read_text() if path.exists() else ""
+    pat = section_pattern(name)
+    text = pat.sub(lambda _m: section, text, count=1) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def report_section(name: str, title: str, lines: List[str], note: str = "") -> None:
+    """Print a benchmark's report and keep it as the section ``name`` of RESULTS.md, under ``title``, with
+    the command that produced it and when (``note``: what the figures mean, in a paragraph after)."""
+    for line in lines:
+        print(line)
+    begin, end = markers(name)
+    cmd = shlex.join([".venv/bin/python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    body = [begin, f"## {title}", "", f"`{cmd}`, {time.strftime('%Y-%m-%d %H:%M')}:", "", "```text", *lines, "```"]
+    if note:
+        body += ["", note]
+    write_section(name, "\n".join(body + [end]) + "\n")

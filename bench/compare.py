@@ -25,13 +25,14 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from common import RESULTS, markers, write_section
 from pcaptool import read_pcap
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / "work"
-RESULTS = BENCH / "RESULTS.md"
-BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+
+BEGIN, END = markers("compare")
 STARTUP_PACKETS = 200
 
 COMMANDS: List[Tuple[str, List[str]]] = [
@@ -159,10 +160,7 @@ def main() -> None:
     lines.append(END)
     section = "\n".join(lines) + "\n"
     path = Path(args.results)
-    text = path.read_text() if path.exists() else ""
-    pat = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
-    text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    write_section("compare", section, path)
     log(f"wrote {path}")
 
 

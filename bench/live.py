@@ -57,14 +57,26 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, ip_checksum, logger, med
+from common import (
+    BENCH,
+    MOS,
+    MOSPY,
+    RESULTS,
+    ROOT,
+    WORK,
+    commands_log,
+    ip_checksum,
+    logger,
+    markers,
+    med,
+    write_section,
+)
 from common import sh as common_sh
 
 from mos.net import netlink
 from mos.net.topology import XDP_END_HOST, Netns, Topology
 
-RESULTS = BENCH / "RESULTS.md"
-BEGIN, END = "<!-- live:begin -->", "<!-- live:end -->"
+BEGIN, END = markers("live")
 
 APT = ["iperf3", "netsniff-ng", "tcpdump", "ethtool", "iproute2", "util-linux", "linux-perf"]
 SENDER_CPU, CONSUMER_CPU = 0, 1
@@ -994,16 +1006,6 @@ def report(a: argparse.Namespace, drop: List[Dict[str, Any]],
     return "\n".join(L) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    old = path.read_text() if path.exists() else ""
-    pat = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
-    if pat.search(old):
-        new = pat.sub(lambda _m: section, old, count=1)
-    else:
-        new = old + ("\n" if old and not old.endswith("\n\n") else "") + section
-    path.write_text(new)
-
-
 # --------------------------------------------------------------------------------------------------
 
 def installed(pkg: str) -> bool:
@@ -1053,7 +1055,7 @@ def main() -> None:
         rx_d = {(k[0], k[1], k[2]): k[3] for k in d["rx"]}
         section = report(a, d["drop"], rx_d, d["inline"], d["profiles"], d["load_start"], d["t_start"], d["tag"],
                          d.get("load_end"), d.get("t_end"))
-        write_section(Path(a.results), section)
+        write_section("live", section, Path(a.results))
         print(section)
         return
     t_start = time.time()

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from common import BENCH, MOS, MOSPY, ROOT, WORK, commands_log, logger, med, run_timed
+from common import BENCH, MOS, MOSPY, ROOT, SECTIONS, WORK, commands_log, logger, med, run_timed, section_pattern
 from common import sh as common_sh
 
 from mos.net.topology import Netns, Topology, reap_stale
@@ -808,8 +808,7 @@ def write_results(path: Path, a: argparse.Namespace, cap: Dict[str, Any], res: D
     w("```")
     # keep the sections other scripts write between their markers (bench/live.py, bench/compare.py)
     old = path.read_text() if path.exists() else ""
-    kept = [m.group(0) for name in ("live", "compare")
-            if (m := re.search(rf"<!-- {name}:begin -->.*?<!-- {name}:end -->\n?", old, re.S))]
+    kept = [m.group(0) for name in SECTIONS if (m := section_pattern(name).search(old))]
     path.write_text("\n".join(L) + "\n" + "".join("\n" + k for k in kept))
 
 

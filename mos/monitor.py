@@ -637,9 +637,12 @@ class Monitor:
         n = lib.mos_engine_events(eng, pev)
         if not n and not self._views:
             # nothing for Python: the common case on a busy link
-            if not (lib.mos_engine_events_done(eng) and drain):
+            if not drain:
+                lib.mos_engine_events_done(eng)
                 return
-            n = lib.mos_engine_resume(eng, pev)
+            n = lib.mos_engine_next(eng, pev)
+            if n < 0:
+                return
         # field indexes and event numbers as locals: the loop below runs once per event
         i_type, i_side, i_hook, i_slot, i_cid, i_sub = EV_TYPE, EV_SIDE, EV_HOOK, EV_CONN, EV_CONN_ID, EV_SUB
         conn_end, max_ev, conn_level = _CONN_END, MAX_EVENTS, _CONN_LEVEL
@@ -652,15 +655,22 @@ class Monitor:
         cur = self._cur
         views = self._views
         raised = self._raised
+        unpack = _EVENT.iter_unpack
+        conns: Dict[int, Connection] = {}  # the handles of this call's connections, by slot (not kept)
         while True:
             try:
-                for f in struct.iter_unpack(EVENT_FORMAT, ffi.buffer(pev[0], n * EVENT_SIZE)):
+                for f in unpack(ffi.buffer(pev[0], n * EVENT_SIZE)):
                     t = f[i_type]
                     slot = f[i_slot]
                     if stopped and slot in stopped and t not in conn_level and stopped[slot] >> f[i_side] & 1:
                         continue  # raised by the packet before a handler stopped monitoring that side
                     idx = (f[i_hook] * 2 + f[i_side]) * max_ev + t
-                    conn = Connection(self, slot, f[i_cid]) if slot else None
+                    if slot:
+                        conn = conns.get(slot)
+                        if conn is None or conn.id != f[i_cid]:
+                            conn = conns[slot] = Connection(self, slot, f[i_cid])
+                    else:
+                        conn = None
                     cur[0] = f
                     info = EventInfo(f, self, t)
                     # (re-read each time: a handler may subscribe or unsubscribe)
@@ -669,22 +679,21 @@ class Monitor:
                             fn(conn, info)
                         except Exception:
                             failed(fn, conn)
-                    if slot:
-                        sub = f[i_sub]
-                        if moved:
-                            m = moved.get(slot)
-                            if m is not None and m[0] == f[i_cid]:
-                                sub = m[1]
-                        if sub:
-                            sset = subs[sub]
-                            if sset is not None:
-                                for fn in sset.flat[idx]:
-                                    try:
-                                        fn(conn, info)
-                                    except Exception:
-                                        failed(fn, conn)
-                        if t == conn_end and slot in states:
-                            self._ended(slot, f[i_cid])
+                    sub = f[i_sub]
+                    if moved:
+                        m = moved.get(slot)
+                        if m is not None and m[0] == f[i_cid]:
+                            sub = m[1]
+                    if sub:
+                        sset = subs[sub]
+                        if sset is not None:
+                            for fn in sset.flat[idx]:
+                                try:
+                                    fn(conn, info)
+                                except Exception:
+                                    failed(fn, conn)
+                    if t == conn_end and slot in states:
+                        self._ended(slot, f[i_cid])
                     if raised:
                         self._deliver_raised(f)
                     if t in children:
@@ -699,10 +708,13 @@ class Monitor:
                     self._apply_moves()
                 if stopped:
                     stopped.clear()
-                held = lib.mos_engine_events_done(eng)
-            if not (held and drain):
+                if drain:
+                    n = lib.mos_engine_next(eng, pev)  # the events of the next round, -1: none held
+                else:
+                    lib.mos_engine_events_done(eng)
+                    n = -1
+            if n < 0:
                 return
-            n = lib.mos_engine_resume(eng, pev)
 
     def _ended(self, slot: int, conn_id: int) -> None:
         """A connection's CONN_END was handled: its Python state goes, its timers are cancelled."""
@@ -823,6 +835,7 @@ class Monitor:
 
 
 _CONN_END = int(Event.CONN_END)
+_EVENT = struct.Struct(EVENT_FORMAT)
 _CONN_LEVEL = (int(Event.CONN_START), int(Event.CONN_END))
 
 

@@ -581,7 +581,7 @@ static int feed_one(mos_engine_t *e, uint32_t i, int resumed)
     return r;
 }
 
-uint32_t mos_engine_resume(mos_engine_t *e, const struct mos_event **evs)
+static void resume(mos_engine_t *e)
 {
     e->cur_pi = NULL;
     uint32_t n0 = e->nhq, qi = 0;
@@ -637,6 +637,14 @@ uint32_t mos_engine_resume(mos_engine_t *e, const struct mos_event **evs)
     e->nhq = w;
     if (!e->nheld)
         e->nheld_slots = 0;
+}
+
+int64_t mos_engine_next(mos_engine_t *e, const struct mos_event **evs)
+{
+    mos_engine_events_done(e);
+    if (!e->nheld)
+        return -1;
+    resume(e);
     return mos_engine_events(e, evs);
 }
 
@@ -726,7 +734,7 @@ uint32_t mos_engine_events(mos_engine_t *e, const struct mos_event **evs)
     return e->evq.qlen;
 }
 
-uint32_t mos_engine_events_done(mos_engine_t *e)
+void mos_engine_events_done(mos_engine_t *e)
 {
     struct flow_table *ft = &e->ft;
     for (uint32_t i = 0; i < ft->nzombies; i++) {
@@ -757,7 +765,6 @@ uint32_t mos_engine_events_done(mos_engine_t *e)
         C(e, e->evq.queued[i])->flags &= (uint8_t)~CF_QUEUED;
     e->evq.nqueued = 0;
     evq_clear(&e->evq);
-    return e->nheld;
 }
 
 const uint64_t *mos_engine_counters(const mos_engine_t *e) { return e->counters; }

@@ -339,18 +339,17 @@ void mos_engine_advance(mos_engine_t *e, uint64_t now_ns);
  * until it returns 0 (it stops when the queue fills). */
 uint32_t mos_engine_finish(mos_engine_t *e);
 
-/* Order CONNECTION: packets held back because their connection had queued events, to process once the
- * events are handled (after mos_engine_events_done said some are held): processes them in packet
- * order, holding back again those whose connection queues events again; stops early like
- * mos_engine_feed when the queue fills. Returns the events now queued (*evs as mos_engine_events).
- * A feed must come only once none is held. */
-uint32_t mos_engine_resume(mos_engine_t *e, const struct mos_event **evs);
+/* Handlers are done (mos_engine_events_done), then, order CONNECTION, the next round: the packets held
+ * back for their connection's handlers are processed in packet order, those whose connection queues
+ * events again held back again; it stops early like mos_engine_feed when the queue fills. Returns the
+ * events now queued (*evs as mos_engine_events), or -1 when no packet is held: the batch is done. A feed
+ * must come only once none is held. One crossing per round. */
+int64_t mos_engine_next(mos_engine_t *e, const struct mos_event **evs);
 
 /* Queued events; valid until mos_engine_events_done. */
 uint32_t mos_engine_events(mos_engine_t *e, const struct mos_event **evs);
-/* Handlers are done: free ended connections, trim delivered bytes, clear the queue. Returns how many
- * packets are held back for handlers (order CONNECTION: mos_engine_resume next), 0: the batch is done. */
-uint32_t mos_engine_events_done(mos_engine_t *e);
+/* Handlers are done: free ended connections, trim delivered bytes, clear the queue. */
+void mos_engine_events_done(mos_engine_t *e);
 
 const uint64_t *mos_engine_counters(const mos_engine_t *e);   /* MOS_C_COUNT values */
 const uint64_t *mos_engine_reasm_counters(const mos_engine_t *e); /* mos_reasm_counter_count() values */
