@@ -631,3 +631,34 @@ def test_peek_every_tenth_event(long_stream: Path, batch: int, window: int) -> N
     else:
         assert want[-1][2] > 0 and all(len(g) == window for _, g, _ in calls)
 
+
+
+def _fragmented_rst_after_data(tmp_path: Path) -> str:
+    """The client sends two data segments back to back, then a RST in IPv4 fragments right behind them (at
+    the sequence number after both): a host takes the data, then the RST at RCV.NXT."""
+    from scapy.layers.inet import TCP, fragment  # noqa: PLC0415 (scapy is slow to import: only here)
+
+    c = Conv(cport=41900)
+    c.handshake()
+    c.tcp(True, "PA", payload=payload("D", 300))
+    c.tcp(True, "PA", payload=payload("E", 300))
+    seg = c.l3(True, id=0x77) / TCP(sport=c.cport, dport=c.sport, flags="R", seq=c.nxt[True], ack=0)
+    seg = seg.__class__(bytes(seg))
+    for fr in fragment(seg, fragsize=8):
+        c.emit(bytes(c.l2(True) / fr))
+    return str(c.built().write(tmp_path / "fragrst.pcap"))
+
+
+@pytest.mark.parametrize("order", ["connection", "packet", "batch"])
+def test_a_datagram_from_fragments_waits_behind_its_connections_held_packets(tmp_path: Path, order: str) -> None:
+    """A datagram completed by its last fragment belongs to a connection like any packet: it must not pass
+    that connection's packets held back for its handlers (the engine would take the RST before the data
+    and reject it as out of place, where the host took the data, then the RST)."""
+    path = _fragmented_rst_after_data(tmp_path)
+    mon = Monitor(order=order)
+    log: List[Any] = []
+    mon.on(Event.CONN_NEW_DATA, lambda conn, ev: log.append(("data", ev.offset, ev.length)), side=Side.SERVER)
+    mon.on(Event.CONN_END, lambda conn, ev: log.append(("end", ev.reason.name)))
+    st = mon.run(PcapSource(path))
+    assert log == [("data", 0, 300), ("data", 300, 300), ("end", "RST")], log
+    assert st["datagrams_reassembled"] == 1

@@ -219,12 +219,48 @@ static struct conn *first_match(mos_engine_t *e, const struct pkt_info *pi, uint
     return NULL;
 }
 
-static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
+/* Held back for its connection's handlers (order CONNECTION): the connection, and for a datagram its copy. */
+static int hold_back(mos_engine_t *e, struct conn *c, const uint8_t *dg, uint32_t dglen,
+                     const struct pkt_info *pi, struct held_dg *own)
+{
+    e->holder = c;
+    memset(&e->holder_dg, 0, sizeof(e->holder_dg));
+    if (dg) {
+        if (own && own->data) {
+            e->holder_dg = *own; /* held again: the copy goes with it */
+            own->data = NULL;
+        } else if ((e->holder_dg.data = malloc(dglen ? dglen : 1)) != NULL) {
+            memcpy(e->holder_dg.data, dg, dglen);
+        } else {
+            return 0; /* no memory for the copy: processed now, as with order BATCH */
+        }
+        e->holder_dg.len = dglen;
+        e->holder_dg.nvlan = pi->nvlan;
+        memcpy(e->holder_dg.vlan, pi->vlan, sizeof(pi->vlan));
+    }
+    return 1;
+}
+
+/* dg: a datagram held back (the packet is its last fragment, already consumed), else NULL. */
+static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_dg *dg_held)
 {
     struct pkt_info pi;
     e->cur_pi = NULL;
     e->cur_flags = 0;
-    int r = decode_captured(p->data, p->caplen, p->wirelen, e->linktype, &pi);
+    uint32_t bucket = 0, start = NIL;
+    int looked = 0, r;
+    const uint8_t *dg = NULL;
+    uint32_t dglen = 0;
+    if (dg_held) {
+        memset(&pi, 0, sizeof(pi));
+        pi.nvlan = dg_held->nvlan;
+        memcpy(pi.vlan, dg_held->vlan, sizeof(pi.vlan));
+        e->no_account = 1; /* its fragments were accounted for */
+        if (decode_ip(dg_held->data, dg_held->len, &pi) != 0)
+            return PROC_DONE; /* (it was read once: cannot happen) */
+        goto datagram;
+    }
+    r = decode_captured(p->data, p->caplen, p->wirelen, e->linktype, &pi);
     e->no_account = 0;
     if (r) {
         raise_malformed(e, r);
@@ -234,17 +270,13 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
     }
     /* Order CONNECTION: a packet whose connection waits for its handlers (an event of it is queued) is
      * held back, before anything is counted or changed: it is processed whole when resumed. The lookup
-     * is the one the packet needs anyway. IP fragments are not held: a datagram is only whole once its
-     * last fragment is consumed. */
-    uint32_t bucket = 0, start = NIL;
-    int looked = 0;
+     * is the one the packet needs anyway. A fragment is not: only the datagram its last one completes
+     * (below), copied, since the fragments are consumed. */
     if (e->evq.nqueued && !e->hold_off && !pi.is_fragment && pi.proto == 6 && pi.ip_version) {
         bucket = ft_bucket(&e->ft, &pi);
         struct conn *c = first_match(e, &pi, bucket);
-        if (c && (c->flags & CF_QUEUED)) {
-            e->holder = c;
+        if (c && (c->flags & CF_QUEUED) && hold_back(e, c, NULL, 0, &pi, NULL))
             return PROC_HOLD;
-        }
         start = c ? ft_slot(&e->ft, c) : NIL;
         looked = 1;
     }
@@ -253,8 +285,6 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
     if (checksum_reject(e, &pi, p, 0))
         return PROC_DONE; /* a host drops it: it must not touch any connection */
     if (pi.is_fragment) {
-        const uint8_t *dg;
-        uint32_t dglen;
         uint32_t vkey = e->cfg.vlan_in_key ? ((uint32_t)pi.vlan[0] << 16 | pi.vlan[1]) : 0;
         int dr = defrag_feed(e->defrag, pi.l3, pi.l3_len, vkey, e->now, &dg, &dglen);
         uint32_t foff, differ = defrag_last_differing(e->defrag, &foff);
@@ -287,6 +317,16 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p)
         }
         if (checksum_reject(e, &pi, p, 1))
             return PROC_DONE;
+    datagram:
+        if (e->evq.nqueued && !e->hold_off && pi.proto == 6 && pi.ip_version) {
+            bucket = ft_bucket(&e->ft, &pi);
+            struct conn *c = first_match(e, &pi, bucket);
+            if (c && (c->flags & CF_QUEUED) &&
+                hold_back(e, c, dg_held ? dg_held->data : dg, dg_held ? dg_held->len : dglen, &pi, dg_held))
+                return PROC_HOLD;
+            start = c ? ft_slot(&e->ft, c) : NIL;
+            looked = 1;
+        }
     }
     e->cur_pi = &pi;
     e->cur_flags = pi.tcp_flags;
@@ -495,6 +535,8 @@ void mos_engine_free(mos_engine_t *e)
     ft_free(&e->ft);
     stream_writer_open(&e->streams, NULL, 0);
     evq_free(&e->evq);
+    for (uint32_t k = 0; k < e->nheld_slots; k++)
+        free(e->held[k].dg.data);
     free(e->held);
     free(e->hq);
     defrag_free(e->defrag);
@@ -542,7 +584,8 @@ static int hold(mos_engine_t *e, uint32_t i, struct conn *c)
     }
     struct held_queue *q = &e->hq[c->held_q - 1];
     uint32_t k = e->nheld_slots++;
-    e->held[k] = (struct held_pkt){i, NO_HELD};
+    e->held[k] = (struct held_pkt){i, NO_HELD, e->holder_dg};
+    e->holder_dg.data = NULL;
     if (q->tail == NO_HELD)
         q->head = k;
     else
@@ -555,7 +598,7 @@ static int hold(mos_engine_t *e, uint32_t i, struct conn *c)
 
 /* One packet of the batch: PROC_DONE (counted), PROC_RETRY (nothing done: offer it again after the
  * events), or PROC_HOLD (nothing done, held back: resumed after the events). */
-static int feed_one(mos_engine_t *e, uint32_t i, int resumed)
+static int feed_one(mos_engine_t *e, uint32_t i, int resumed, struct held_dg *dg)
 {
     const struct mos_pkt *p = &e->batch[i];
     uint64_t save_now = e->now;
@@ -566,10 +609,13 @@ static int feed_one(mos_engine_t *e, uint32_t i, int resumed)
     if (!resumed && e->now - e->last_expire >= SEC)
         expire(e);
     e->cur_pkt = i;
-    int r = process_packet(e, p);
+    int r = process_packet(e, p, dg);
     if (r == PROC_HOLD && hold(e, i, e->holder) != 0) {
         e->hold_off = 1; /* no memory to hold it: processed now, as with order BATCH */
-        r = process_packet(e, p);
+        struct held_dg copy = e->holder_dg;
+        e->holder_dg.data = NULL;
+        r = process_packet(e, p, copy.data ? &copy : NULL);
+        free(copy.data);
         e->hold_off = 0;
     }
     if (resumed || r == PROC_RETRY)
@@ -603,7 +649,13 @@ static void resume(mos_engine_t *e)
             uint32_t k = q->head;
             if (mine)
                 c->held_q = 0; /* processed as any packet: held again behind a new queue if need be */
-            int r = feed_one(e, e->held[k].pkt, 1);
+            struct held_dg dg = e->held[k].dg; /* (hold() may move held[]) */
+            e->held[k].dg.data = NULL;
+            int r = feed_one(e, e->held[k].pkt, 1, dg.data ? &dg : NULL);
+            if (r == PROC_RETRY)
+                e->held[k].dg = dg; /* not processed: it stays, with its copy */
+            else
+                free(dg.data); /* NULL when it was held again (the copy went with it) */
             q = &e->hq[qi]; /* hold() may have moved the queues */
             mine = mine && c->id == q->id; /* (its record may have been freed, and taken again) */
             if (mine)
@@ -664,7 +716,7 @@ uint32_t mos_engine_feed(mos_engine_t *e, int linktype, const struct mos_pkt *pk
             return i;
         if (e->nheld && pkts[i].ts_ns > e->now && pkts[i].ts_ns - e->last_expire >= SEC)
             return i; /* expiry judges idle time: not while packets of earlier times are held back */
-        if (feed_one(e, i, 0) == PROC_RETRY)
+        if (feed_one(e, i, 0, NULL) == PROC_RETRY)
             return i;
         if (e->cfg.order == MOS_ORDER_PACKET && e->evq.qlen)
             return i + 1; /* handlers run before the next packet (exact, but a crossing per packet) */

@@ -20,9 +20,18 @@ struct held_queue {
     uint64_t id;              /* the connection's: a slot reused since holds nothing */
     uint32_t head, tail;      /* indexes in held[]; NO_HELD: none */
 };
+/* A datagram reassembled from IP fragments, held back with the packet of its last fragment: a copy, since
+ * the fragments are consumed (data NULL: none). */
+struct held_dg {
+    uint8_t *data;
+    uint32_t len;
+    uint16_t vlan[MOS_MAX_VLAN];
+    uint8_t nvlan;
+};
 struct held_pkt {
     uint32_t pkt;             /* index in the batch */
     uint32_t next;            /* the connection's next held packet, NO_HELD: none */
+    struct held_dg dg;
 };
 #define NO_HELD UINT32_MAX
 
@@ -52,7 +61,8 @@ struct mos_engine {
     struct held_queue *hq;
     uint32_t nhq, hq_cap;
     uint32_t nheld;           /* packets still held */
-    struct conn *holder;      /* the connection of the packet process_packet just held back */
+    struct conn *holder;      /* the connection of the packet process_packet just held back ... */
+    struct held_dg holder_dg; /* ... and its datagram, when it completed one */
     uint8_t hold_off;         /* process the packet now even so (no memory to hold it) */
     uint64_t counters[MOS_C_COUNT];
     struct csum_state csum;   /* the checksum setting's auto decision (checksum.c) */
