@@ -79,8 +79,8 @@ enum mos_xdp_flags {
     MOS_XDP_CFG_PORT_FILTER = 1 << 0, /* monitor only flows with a port flagged MOS_XDP_PORT_MONITOR */
     MOS_XDP_CFG_DEBUG = 1 << 1,       /* record the last steering decision in map DEBUG */
 
-    MOS_XDP_MODE_PASSIVE = 0, /* unmonitored traffic and traffic without a socket: XDP_PASS to the host */
-    MOS_XDP_MODE_INLINE = 1,  /* ... forwarded to the other interface of the pair (fail-open) */
+    MOS_XDP_MODE_PASSIVE = 0, /* unmonitored traffic: XDP_PASS to the host */
+    MOS_XDP_MODE_INLINE = 1,  /* ... forwarded to the other interface of the pair */
 
     /* port flags (map PORTS, key = port in host byte order, value = mos_u8) */
     MOS_XDP_PORT_MONITOR = 1 << 0, /* with MOS_XDP_CFG_PORT_FILTER: flows to/from this port are monitored */
@@ -92,6 +92,21 @@ enum mos_xdp_flags {
     MOS_XDP_BYPASS_REDIRECT = 3, /* inline mode: send them to the other interface via map TX_PORTS */
 };
 
+/* What monitored traffic meets when no engine socket is at its index: the engine has not started yet,
+ * has stopped, or crashed (a dead process's AF_XDP sockets leave the XSKMAP with it). The program cannot
+ * tell these apart, and need not: in each the traffic would go by uninspected. FAIL_DROP (fail closed)
+ * drops it; FAIL_PASS (fail open) lets it through: to the host (passive) or the peer (inline). */
+#define MOS_XDP_FAIL_MODES(X)                                                                               \
+    X(PASS, pass)                                                                                          \
+    X(DROP, drop)
+
+enum mos_xdp_fail_mode {
+#define MOS_X_(id, name) MOS_XDP_FAIL_##id,
+    MOS_XDP_FAIL_MODES(MOS_X_)
+#undef MOS_X_
+    MOS_XDP_FAIL_COUNT
+};
+
 struct mos_xdp_config {
     mos_u32 protocols;      /* MOS_XDP_PROTO_* bits: which transport protocols go to the engine */
     mos_u32 flags;          /* MOS_XDP_CFG_* bits */
@@ -100,7 +115,7 @@ struct mos_xdp_config {
     mos_u32 mode;           /* MOS_XDP_MODE_* */
     mos_u32 ifindex;        /* slot 0: the interface the program was attached to */
     mos_u32 peer_ifindex;   /* slot 1: the inline peer, 0 when none */
-    mos_u32 _pad0;
+    mos_u32 on_failure;     /* enum mos_xdp_fail_mode: monitored traffic without an engine socket */
     mos_u64 bypass_idle_ns; /* a bypass entry idle for longer is ignored and deleted; 0: never */
 };
 
@@ -152,27 +167,43 @@ struct mos_xdp_debug {
     mos_u64 seq;          /* number of records written */
 };
 
-/* ---- counters (map COUNTERS, index = enum mos_xdp_counter, value = mos_u64 per CPU) -------------- */
+/* ---- counters (map COUNTERS, index = enum mos_xdp_counter, value = mos_u64 per CPU) --------------
+ * Each counter has a kind, which says how the counters add up (checked by `mos-xdp run --stats`):
+ *   TOTAL    rx: every frame the program saw
+ *   VERDICT  the action returned: each frame is in exactly one, so they sum to rx
+ *   REASON   why: each frame is in exactly one of these too (sum = rx); the name says the usual verdict,
+ *            but inline the pass_* reasons forward to the peer (a redirect verdict)
+ *   NOTE     a remark on some frames, in addition to their reason */
 #define MOS_XDP_COUNTERS(X)                                                                                 \
-    X(RX, rx)                                 /* packets seen by the program */                         \
-    X(PASS, pass)                             /* verdict totals: XDP_PASS */                            \
-    X(DROP, drop)                             /*                 XDP_DROP */                            \
-    X(REDIRECT, redirect)                     /*                 XDP_REDIRECT (socket or peer) */       \
-    X(PASS_NOT_IP, pass_not_ip)               /* reasons: not IPv4/IPv6 (ARP, LLDP, ...) */             \
-    X(PASS_NOT_MONITORED, pass_not_monitored) /* IP, but not a monitored protocol/port */               \
-    X(PASS_NO_SOCKET, pass_no_socket)         /* monitored, but no AF_XDP socket at the chosen index */ \
-    X(DROP_MALFORMED, drop_malformed)         /* truncated or inconsistent headers */                   \
-    X(DROP_BLOCKED_PREFIX, drop_blocked_prefix) /* source or destination in a block list */             \
-    X(DROP_BLOCKED_PORT, drop_blocked_port)   /* source or destination port blocked */                  \
-    X(XSK_REDIRECT, xsk_redirect)             /* sent to an AF_XDP socket */                            \
-    X(BYPASS_PASS, bypass_pass)               /* bypassed, verdict pass (or redirect without a peer) */ \
-    X(BYPASS_DROP, bypass_drop)               /* bypassed, verdict drop */                              \
-    X(BYPASS_REDIRECT, bypass_redirect)       /* bypassed, sent to the peer interface */                \
-    X(BYPASS_EXPIRED, bypass_expired)         /* bypass entries found idle for too long (deleted) */    \
-    X(FRAGMENT, fragment)                     /* IP fragments of a monitored protocol (by address) */
+    X(RX, rx, TOTAL)                                 /* frames seen by the program */                   \
+    X(PASS, pass, VERDICT)                           /* XDP_PASS */                                     \
+    X(DROP, drop, VERDICT)                           /* XDP_DROP */                                     \
+    X(REDIRECT, redirect, VERDICT)                   /* XDP_REDIRECT (socket or peer) */                \
+    X(PASS_NOT_IP, pass_not_ip, REASON)              /* not IPv4/IPv6 (ARP, LLDP, ...) */               \
+    X(PASS_NOT_MONITORED, pass_not_monitored, REASON) /* IP, but not a monitored protocol/port */        \
+    X(PASS_NO_SOCKET, pass_no_socket, REASON)        /* monitored, no engine socket, FAIL_PASS */       \
+    X(DROP_NO_SOCKET, drop_no_socket, REASON)        /* monitored, no engine socket, FAIL_DROP */       \
+    X(DROP_MALFORMED, drop_malformed, REASON)        /* truncated or inconsistent headers */            \
+    X(DROP_BLOCKED_PREFIX, drop_blocked_prefix, REASON) /* source or destination in a block list */     \
+    X(DROP_BLOCKED_PORT, drop_blocked_port, REASON)  /* source or destination port blocked */           \
+    X(XSK_REDIRECT, xsk_redirect, REASON)            /* sent to an AF_XDP socket (the engine) */        \
+    X(BYPASS_PASS, bypass_pass, REASON)              /* bypassed, verdict pass (or redirect, no peer) */\
+    X(BYPASS_DROP, bypass_drop, REASON)              /* bypassed, verdict drop */                       \
+    X(BYPASS_REDIRECT, bypass_redirect, REASON)      /* bypassed, sent to the peer interface */         \
+    X(BYPASS_EXPIRED, bypass_expired, NOTE)          /* bypass entries found idle too long (deleted) */ \
+    X(FRAGMENT, fragment, NOTE)                      /* IP fragments of a monitored protocol */
+
+#define MOS_XDP_COUNTER_KINDS(X) X(TOTAL, total) X(VERDICT, verdict) X(REASON, reason) X(NOTE, note)
+
+enum mos_xdp_counter_kind {
+#define MOS_X_(id, name) MOS_XDP_KIND_##id,
+    MOS_XDP_COUNTER_KINDS(MOS_X_)
+#undef MOS_X_
+    MOS_XDP_KIND_COUNT
+};
 
 enum mos_xdp_counter {
-#define MOS_X_(id, name) MOS_XDP_C_##id,
+#define MOS_X_(id, name, kind) MOS_XDP_C_##id,
     MOS_XDP_COUNTERS(MOS_X_)
 #undef MOS_X_
     MOS_XDP_C_COUNT

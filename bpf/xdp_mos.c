@@ -9,7 +9,7 @@
  *   steer           a symmetric flow hash picks the AF_XDP socket through the XSKMAP.
  * Anything the stack does not monitor (ARP, ICMP, other protocols, other ports) gets XDP_PASS in
  * passive mode, so the host keeps working on a monitored interface; in inline mode it is forwarded to
- * the other interface of the pair (fail-open). Every verdict and reason is counted per CPU.
+ * the other interface of the pair. Every verdict and reason is counted per CPU.
  *
  * Steering and the AF_XDP queue rule
  * ----------------------------------
@@ -29,7 +29,9 @@
  *     symmetric, so no symmetric RSS key or single-queue setting is needed.
  *   - Inline mode: each direction arrives on its own interface; worker w needs a socket on both
  *     (slot 0 and slot 1), and the same hash puts both directions on w.
- * When no socket sits at the chosen index the frame is passed (counter pass_no_socket).
+ * When no socket sits at the chosen index -- no engine runs, or it died and the kernel took its sockets
+ * out of the map -- the configured failure mode decides: dropped (drop_no_socket) or let through
+ * (pass_no_socket).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -317,6 +319,15 @@ static __always_inline int not_taken(struct xdp_md *ctx, struct mos_xdp_config *
     return finish(ctr, XDP_PASS, reason);
 }
 
+/* Monitored traffic with no engine socket to go to (not started, stopped, crashed): the operator's
+ * choice, fail closed or fail open. */
+static __always_inline int no_engine(struct xdp_md *ctx, struct mos_xdp_config *cfg, struct mos_counter_block *ctr)
+{
+    if (cfg->on_failure == MOS_XDP_FAIL_DROP)
+        return finish(ctr, XDP_DROP, MOS_XDP_C_DROP_NO_SOCKET);
+    return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NO_SOCKET);
+}
+
 /* Returns an XDP action, or -1 when the connection is not (or no longer) bypassed. */
 static __always_inline int check_bypass(struct xdp_md *ctx, struct mos_xdp_config *cfg, struct mos_counter_block *ctr,
                                         struct mos_flow_key *k)
@@ -369,10 +380,10 @@ static __always_inline int steer(struct xdp_md *ctx, struct mos_xdp_config *cfg,
         }
     }
     if (queue >= MOS_MAX_QUEUES || !mos_xsks.lookup(&idx))
-        return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NO_SOCKET);
+        return no_engine(ctx, cfg, ctr);
     int act = mos_xsks.redirect_map(idx, XDP_PASS);
     if (act != XDP_REDIRECT)
-        return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NO_SOCKET);
+        return no_engine(ctx, cfg, ctr);
     return finish(ctr, XDP_REDIRECT, MOS_XDP_C_XSK_REDIRECT);
 }
 

@@ -780,13 +780,23 @@ def test_inline_forwards_unmonitored_and_bypass_redirects() -> None:
         with m.entered():
             assert prog.attach("native") == "native"
             assert {lx.ifname for lx in xdp.links() if lx.prog_id} == {vi, vo}
-        before = prog.stats()
+        assert prog.on_failure() == "drop"  # inline: fail closed unless told otherwise
+        before = start = prog.stats()
         assert a.ping(c4)  # ARP and ICMP cross the middle box through XDP_REDIRECT (devmap)
         with c.tcp_echo_server(c4, 8090):
-            assert a.tcp_connect(c4, 8090, b"inline") == b"enilni"  # no socket: fail-open, forwarded
+            # no engine socket, failure mode drop: monitored traffic stops in XDP
+            assert a.tcp_connect(c4, 8090, b"inline", timeout=0.5) is None
+            d = {k: v - before[k] for k, v in prog.stats().items()}
+            assert d["drop_no_socket"] >= 1 and d["pass_no_socket"] == 0 and d["xsk_redirect"] == 0
+            with m.entered():
+                prog.set_on_failure("pass")
+            assert prog.on_failure() == "pass"
+            before = prog.stats()
+            assert a.tcp_connect(c4, 8090, b"inline") == b"enilni"  # failure mode pass: forwarded unseen
         d = {k: v - before[k] for k, v in prog.stats().items()}
-        assert d["pass"] == 0 and d["redirect"] == d["rx"]
-        assert d["pass_not_ip"] >= 2 and d["pass_not_monitored"] >= 2 and d["pass_no_socket"] >= 6
+        assert d["pass"] == 0 and d["redirect"] == d["rx"] and d["drop_no_socket"] == 0 and d["pass_no_socket"] >= 6
+        d = {k: v - start[k] for k, v in prog.stats().items()}
+        assert d["pass_not_ip"] >= 2 and d["pass_not_monitored"] >= 2  # ARP, ICMP: forwarded in both modes
 
         a.udp_send(c4, 7000, sport=43000)
         flow = xdp.FlowTuple(a4, c4, 43000, 7000, "udp")

@@ -363,6 +363,9 @@ const char *mos_frag_counter_name(int i);   /* defragmentation counters (userspa
 int mos_frag_counter_count(void);
 const char *mos_xsk_counter_name(int i);    /* enum mos_xsk_counter */
 const char *mos_xdp_counter_name(int i);    /* enum mos_xdp_counter (bpf/mos_shared.h) */
+int mos_xdp_counter_kind(int i);            /* its enum mos_xdp_counter_kind, -1 past the end */
+const char *mos_xdp_counter_kind_name(int i); /* enum mos_xdp_counter_kind */
+const char *mos_xdp_fail_mode_name(int i);  /* enum mos_xdp_fail_mode */
 const char *mos_xdp_map_name(int i);        /* enum mos_xdp_map (bpf/mos_shared.h) */
 const char *mos_policy_name(int i);         /* overlap policies, by engine number (userspace/reasm.h) */
 const char *mos_frag_policy_name(int i);    /* fragment overlap policies, by number (userspace/defrag.h) */

@@ -61,6 +61,11 @@ MAP_CONFIG, MAP_COUNTERS, MAP_XSKS, MAP_TX_PORTS, MAP_BLOCK_V4, MAP_BLOCK_V6, MA
 
 COUNTERS = name_table(lib.mos_xdp_counter_name)
 """Counter names in ``enum mos_xdp_counter`` order (``MOS_XDP_C_RX`` -> ``"rx"``)."""
+COUNTER_KINDS = {name: name_table(lib.mos_xdp_counter_kind_name)[lib.mos_xdp_counter_kind(i)]
+                 for i, name in enumerate(COUNTERS)}
+"""Each counter's kind (``total``, ``verdict``, ``reason``, ``note``): how the counters add up (see the header)."""
+FAIL_MODES = name_table(lib.mos_xdp_fail_mode_name)
+"""What monitored traffic meets without an engine socket, by ``enum mos_xdp_fail_mode``: ``pass``, ``drop``."""
 
 PROG_NAME = "xdp_mos"
 """The program's entry point in ``bpf/xdp_mos.c`` (and so its name in the kernel)."""

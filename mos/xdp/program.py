@@ -23,10 +23,28 @@ from .env import BPF_DIR, ensure_bpffs, import_bcc, pin_dir, require_kernel_head
 from .errors import XdpError
 from .links import ifindex_of, link_xdp, xdp_remove
 from .maps import BpfMap, obj_get, obj_pin, prog_info, prog_test_run
-from .state import detach, read_state, remove_pins, write_state
+from .state import detach, read_state, remove_pins, this_process, write_state
 from .steering import FlowTuple, flow_key
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def fail_mode(name: str) -> int:
+    """The ``enum mos_xdp_fail_mode`` value of ``pass`` or ``drop``."""
+    try:
+        return abi.FAIL_MODES.index(name)
+    except ValueError:
+        raise XdpError(f"unknown failure mode {name!r}: use {' or '.join(abi.FAIL_MODES)}") from None
+
+
+def default_on_failure(inline: bool) -> str:
+    """What monitored traffic meets while no engine serves it, unless the operator says otherwise.
+
+    Inline, ``drop`` (fail closed): the box is there to stop what it has not inspected, and a crash must not
+    open the wire. Passive, ``pass``: the box only watches; dropping would cut the host's own traffic off
+    for a monitor's failure, and let through, the traffic is only unobserved, which ``mos-xdp status`` says.
+    """
+    return "drop" if inline else "pass"
 
 
 def _parse_prefix(prefix: str) -> Network:
@@ -96,14 +114,16 @@ class XdpProgram:
     @classmethod
     def load(cls, iface: str, *, peer: Optional[str] = None, workers: int = 1, queues: int = 1,
              protocols: int = abi.PROTO_TCP | abi.PROTO_UDP, monitor_ports: Optional[List[int]] = None,
-             bypass_idle_s: float = 300.0, debug: bool = False,
+             bypass_idle_s: float = 300.0, debug: bool = False, on_failure: Optional[str] = None,
              src_file: Optional[Path] = None) -> XdpProgram:
         """Compiles ``bpf/xdp_mos.c`` with bcc and fills the config map; nothing is attached yet.
 
         ``peer`` selects inline mode (unmonitored traffic and bypass-redirects go to the other interface);
         ``monitor_ports`` restricts monitoring to flows with one of these ports; ``bypass_idle_s`` is the
-        idle time after which a bypass entry is ignored (0: never).
+        idle time after which a bypass entry is ignored (0: never). ``on_failure`` (``pass`` or ``drop``,
+        see :func:`default_on_failure`) is what monitored traffic meets while no engine serves it.
         """
+        fail = fail_mode(on_failure if on_failure is not None else default_on_failure(peer is not None))
         require_root("loading an XDP program")
         ifindex = ifindex_of(iface)
         peer_ifindex = ifindex_of(peer) if peer else 0
@@ -127,7 +147,7 @@ class XdpProgram:
         cfg = abi.new(abi.CONFIG, {
             "protocols": protocols, "flags": abi.CFG_DEBUG if debug else 0, "workers": workers, "queues": queues,
             "mode": abi.MODE_INLINE if peer else abi.MODE_PASSIVE, "ifindex": ifindex,
-            "peer_ifindex": peer_ifindex, "bypass_idle_ns": int(bypass_idle_s * 1e9)})
+            "peer_ifindex": peer_ifindex, "bypass_idle_ns": int(bypass_idle_s * 1e9), "on_failure": fail})
         if monitor_ports:
             cfg.flags |= abi.CFG_PORT_FILTER
             for port in monitor_ports:
@@ -137,15 +157,19 @@ class XdpProgram:
         if peer:
             maps[abi.MAP_TX_PORTS].update(1, peer_ifindex)
         prog.state = {"iface": iface, "ifindex": ifindex, "peer": peer, "peer_ifindex": peer_ifindex,
-                      "workers": workers, "queues": queues, "netns": netlink.netns_id()}
+                      "workers": workers, "queues": queues, "netns": netlink.netns_id(),
+                      "on_failure": abi.FAIL_MODES[fail]}
         return prog
 
-    def attach(self, mode: str = "auto") -> str:
+    def attach(self, mode: str = "auto", owner: str = "attach") -> str:
         """Attaches the loaded program to the interface (and the peer), pins it, writes the state file.
 
         ``mode``: ``native`` (driver XDP; XdpError if unsupported), ``generic`` (skb) or ``auto`` (native,
-        else generic with a warning in :attr:`warnings`). Returns the mode used.
+        else generic with a warning in :attr:`warnings`). ``owner``: ``attach`` (it stays until ``mos-xdp
+        detach``) or ``run`` (a run attaches it for itself; see :mod:`mos.xdp.state`). Returns the mode used.
         """
+        if owner not in ("attach", "run"):
+            raise XdpError(f"unknown owner {owner!r}: attach or run")
         if self._fn is None:
             raise XdpError("attach() needs a program from XdpProgram.load()")
         if mode not in ("auto", "native", "generic"):
@@ -178,7 +202,7 @@ class XdpProgram:
             remove_pins(pins)
             raise
         self.state.update({"mode": used, "prog_id": prog_info(self.prog_fd)["id"], "pin_dir": str(pins),
-                           "attached_at": time.time(), "pid": os.getpid()})
+                           "attached_at": time.time(), "owner": owner, **this_process()})
         write_state(self.iface, self.state)
         return used
 
@@ -242,6 +266,18 @@ class XdpProgram:
     def config(self) -> Any:
         """The current ``struct mos_xdp_config`` (a copy: change it with :meth:`set_config`)."""
         return abi.from_bytes(abi.CONFIG, self.maps[abi.MAP_CONFIG].lookup(0) or b"")
+
+    def on_failure(self) -> str:
+        """The program's failure mode now (``pass`` or ``drop``)."""
+        v = int(self.config().on_failure)
+        return abi.FAIL_MODES[v] if 0 <= v < len(abi.FAIL_MODES) else str(v)
+
+    def set_on_failure(self, name: str) -> None:
+        """Sets the failure mode (config map and state file)."""
+        self.set_config(on_failure=fail_mode(name))
+        if self.state:
+            self.state["on_failure"] = name
+            write_state(self.iface, self.state)
 
     def set_config(self, **fields: int) -> Any:
         """Changes fields of the config entry (e.g. ``workers=4``, ``bypass_idle_ns=...``); returns it."""

@@ -1,12 +1,24 @@
 """What an attach leaves behind it (the XDP attachment, the pins, the state file), and its removal.
 
 The state file (``/run/mos-xdp/<ifname>.json``) records what a later process needs to recognise the
-program: its id, the peer, the workers and queues, the namespace.
+program: its id, the peer, the workers and queues, the namespace, and who is responsible for it:
+
+- ``owner``: ``"attach"`` (``mos-xdp attach`` made it: it stays until ``mos-xdp detach``) or ``"run"`` (a
+  ``mos-xdp run`` attached it for itself, and detaches it when it ends); ``pid`` and ``pid_start`` are the
+  process that attached it.
+- ``engine``: ``{"pid", "pid_start", "since"}`` of the run whose engine serves the program now, absent
+  when none does. A run that dies leaves it behind: that is how a crash is told from a clean stop.
+- ``on_failure``: what monitored traffic meets while no engine serves it (``pass`` or ``drop``, the
+  program's config field of the same name).
+
+A pid alone does not say a process is alive (pids are reused): :func:`process_alive` also compares the
+process's start time.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -14,6 +26,31 @@ from .abi import PROG_NAME
 from .env import RUN_DIR, pin_dir, state_path
 from .errors import XdpError
 from .links import link_xdp, links, xdp_remove
+
+
+def process_start(pid: int) -> int:
+    """The start time of process ``pid`` (clock ticks since boot, /proc/PID/stat field 22); 0 when there
+    is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    # the command name (field 2) is in parentheses and may hold spaces: count fields after its end
+    return int(stat[stat.rindex(")") + 2:].split()[19])
+
+
+def this_process() -> Dict[str, int]:
+    """``{"pid", "pid_start"}`` of the calling process, as the state file records processes."""
+    pid = os.getpid()
+    return {"pid": pid, "pid_start": process_start(pid)}
+
+
+def process_alive(rec: Optional[Dict[str, Any]]) -> bool:
+    """Whether the process a state record names (``pid``, ``pid_start``) still runs."""
+    if not rec or not rec.get("pid"):
+        return False
+    start = process_start(int(rec["pid"]))
+    return start != 0 and (not rec.get("pid_start") or start == int(rec["pid_start"]))
 
 
 def remove_pins(pins: Path) -> None:
