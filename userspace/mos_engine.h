@@ -502,6 +502,9 @@ mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *pe
                         uint32_t workers, uint32_t ring, uint32_t flags, char *err, size_t errlen);
 void mos_xsk_close(mos_xsk_t *x);
 int mos_xsk_info(const mos_xsk_t *x, struct mos_xsk_info *out);
+/* Frames the kernel put in the RX rings that no worker took (yet): at the end of a run, after the sockets
+ * left the XSKMAP, those are the frames the run lost unread. */
+uint64_t mos_xsk_rx_pending(const mos_xsk_t *x);
 /* The socket of (slot, queue, worker), or -1. */
 int mos_xsk_fd(const mos_xsk_t *x, uint32_t slot, uint32_t queue, uint32_t worker);
 int mos_xsk_set_worker(mos_xsk_t *x, uint32_t worker);

@@ -536,6 +536,19 @@ const uint64_t *mos_xsk_counters(const mos_xsk_t *x, uint32_t worker)
     return c;
 }
 
+uint64_t mos_xsk_rx_pending(const mos_xsk_t *x)
+{
+    /* the ring's own producer and consumer (shared memory), not this process's cached copies: a worker
+     * process may have consumed what the parent's view still shows */
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < x->nsocks; i++) {
+        const struct xsk_ring_cons *r = &x->socks[i].rx;
+        if (r->producer && r->consumer)
+            n += (uint32_t)(__atomic_load_n(r->producer, __ATOMIC_ACQUIRE) - __atomic_load_n(r->consumer, __ATOMIC_ACQUIRE));
+    }
+    return n;
+}
+
 /* ---- the batch ---------------------------------------------------------------------------------- */
 
 static int grow_batch(struct mos_xsk *x, uint32_t n)

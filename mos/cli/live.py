@@ -17,13 +17,14 @@ from mos import xdp
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def run_app_live(mon: Any, iface: str, peer: Optional[str], workers: int, ring: int) -> None:
+def run_app_live(mon: Any, iface: str, peer: Optional[str], workers: int, ring: int,
+                 on_failure: Optional[str] = None) -> None:
     """``run --iface``: the monitor an app initialised, on live traffic (returns in each worker process)."""
     try:
         from .. import live
     except ImportError:
         raise click.ClickException("the live path is not available in this build") from None
-    live.run_live(mon, iface, peer=peer, workers=workers, ring=ring)
+    live.run_live(mon, iface, peer=peer, workers=workers, ring=ring, on_failure=on_failure)
 
 
 def _one_line_errors(fn: F) -> F:

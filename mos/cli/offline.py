@@ -15,7 +15,7 @@ from ..app_args import wants_help
 from .common import App, checksum_notice, print_stats, progress_bar
 from .monitor_options import monitor_kwargs, monitor_options
 
-_LIVE_ONLY = ("peer", "workers", "ring")
+_LIVE_ONLY = ("peer", "workers", "ring", "on_failure")
 
 
 @click.command(epilog="App arguments: --arg KEY=VALUE (repeatable), or everything after --, such as "
@@ -30,13 +30,18 @@ _LIVE_ONLY = ("peer", "workers", "ring")
 @click.option("--ring", type=click.IntRange(64, 65536), default=4096, show_default=True,
               help="Live: AF_XDP ring descriptors per socket (a power of two); each queue gets 2 x ring "
                    "frames of 4 KiB.")
+@click.option("--on-failure", type=click.Choice(["pass", "drop"]),
+              help="Live: what monitored traffic meets while no engine serves it (before start, after a stop, "
+                   "after a crash): drop (fail closed) or pass (fail open, uninspected). Default: drop inline, "
+                   "pass passive; a program made by `mos-xdp attach` keeps its own.")
 @click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help="An argument for the app (repeatable).")
 @click.option("--app-help", is_flag=True, help="Print the arguments the app takes, and exit.")
 @monitor_options()
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
 def run(app: str, app_argv: Tuple[str, ...], pcap: Optional[str], iface: Optional[str], peer: Optional[str],
-        workers: int, ring: int, arg_pairs: Tuple[str, ...], app_help: bool, progress: bool, show_stats: bool,
+        workers: int, ring: int, on_failure: Optional[str], arg_pairs: Tuple[str, ...], app_help: bool,
+        progress: bool, show_stats: bool,
         **options: Any) -> None:
     """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
     from ..monitor import Monitor
@@ -62,7 +67,7 @@ def run(app: str, app_argv: Tuple[str, ...], pcap: Optional[str], iface: Optiona
         if iface:
             from .live import run_app_live
 
-            run_app_live(mon, iface, peer, workers, ring)
+            run_app_live(mon, iface, peer, workers, ring, on_failure)
         else:
             assert pcap is not None
             bar, update = progress_bar(progress, pcap)

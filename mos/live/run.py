@@ -15,9 +15,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mos import xdp
 from mos.net import netlink
+from mos.xdp import state
+from mos.xdp.program import fail_mode
 
 from ..abi import ffi, lib, xsk_counter_names
 from ..monitor import Monitor
+from . import accounting
 from .session import LiveError, LiveSession, run_start_hooks
 from .source import BATCH, StopFlag, XskSource
 
@@ -39,48 +42,83 @@ def rx_queues(ifname: str) -> int:
     return max(1, min(n, allocated, xdp.MAX_QUEUES))
 
 
-def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: str) -> Tuple[xdp.XdpProgram, bool]:
-    """The program on ``iface``: reused when ``mos-xdp attach`` put it there, else attached now.
+def _attach(iface: str, peer: Optional[str], workers: int, queues: int, mode: str,
+            on_failure: Optional[str]) -> Tuple[xdp.XdpProgram, bool]:
+    """The program on ``iface``: attached now, or the one already there (made by ``mos-xdp attach``, or
+    left by a run that died: adopted, and said so). Refused when another run's engine serves it.
 
-    Returns (program with pinned maps open, whether this run attached it).
+    Returns (program with pinned maps open, whether this run owns it: it detaches it when it ends).
     """
     lx = xdp.link_xdp(iface)
     if lx.prog_id and xdp.XdpProgram.is_pinned(iface):
         prog = xdp.XdpProgram.open_pinned(iface)
-        had = prog.state.get("peer")
-        if (had or None) != (peer or None):
+        try:
+            return prog, _adopt(prog, iface, peer)
+        except BaseException:
             prog.close()
-            want = f"inline with {peer}" if peer else "passive"
-            was = f"inline with {had}" if had else "passive"
-            raise LiveError(f"{iface} already has mos-xdp attached ({was}), not {want}: "
-                            f"run mos-xdp detach {iface} first")
-        return prog, False
-    loaded = xdp.XdpProgram.load(iface, peer=peer, workers=workers, queues=queues)
+            raise
+    loaded = xdp.XdpProgram.load(iface, peer=peer, workers=workers, queues=queues, on_failure=on_failure)
     try:
-        used = loaded.attach(mode)
+        loaded.attach(mode, owner="run")
         for w in loaded.warnings:
             sys.stderr.write(f"mos-xdp: warning: {w}\n")
-        loaded.state["xdp_mode"] = used
     finally:
         loaded.close()  # the program stays attached and pinned; no bcc object survives into workers
     return xdp.XdpProgram.open_pinned(iface), True
 
 
-def _counter_lines(prog: Optional[xdp.XdpProgram], xsk: Any, workers: int) -> List[str]:
+def _adopt(prog: xdp.XdpProgram, iface: str, peer: Optional[str]) -> bool:
+    """Takes over the program already on ``iface``; returns whether this run now owns it."""
+    st = prog.state
+    had = st.get("peer")
+    if (had or None) != (peer or None):
+        want = f"inline with {peer}" if peer else "passive"
+        was = f"inline with {had}" if had else "passive"
+        raise LiveError(f"{iface} already has mos-xdp attached ({was}), not {want}: run mos-xdp detach {iface} first")
+    engine: Dict[str, Any] = st.get("engine") or {}
+    if state.process_alive(engine):
+        raise LiveError(f"{iface} is served by another mos-xdp run (pid {engine.get('pid')}): stop it first, "
+                        "or run on another interface")
+    owner = st.get("owner", "attach")
+    if owner == "run" and state.process_alive(st):
+        raise LiveError(f"{iface} belongs to a mos-xdp run that is starting or stopping (pid {st['pid']}): "
+                        "wait for it, or stop it")
+    meets = _traffic_meets(prog)
+    if owner == "run":
+        sys.stderr.write(f"mos-xdp: {iface}: adopting the XDP program (prog {st.get('prog_id')}) left by a run "
+                         f"that died (pid {st.get('pid')}), under which {meets}; this run detaches it when it ends\n")
+        st.update({"owner": "run", **state.this_process()})
+        state.write_state(iface, st)
+        return True
+    if engine:
+        sys.stderr.write(f"mos-xdp: {iface}: the run that served the program made by mos-xdp attach died (pid "
+                         f"{engine.get('pid')}); {meets} until now\n")
+    return False
+
+
+def _traffic_meets(prog: xdp.XdpProgram) -> str:
+    """What monitored traffic meets while no engine serves ``prog``, in words."""
+    if prog.on_failure() == "drop":
+        return "monitored traffic is dropped (on-failure drop)"
+    return "monitored traffic passes uninspected (on-failure pass)"
+
+
+def _counter_lines(prog: xdp.XdpProgram, xsk: Any, workers: int, start: Dict[str, int]) -> List[str]:
+    """The run's counters (the program's since the run started) and their balance (:mod:`.accounting`)."""
     lines = ["mos-xdp: stopped; final counters"]
-    if prog is not None:
-        try:
-            st = prog.stats()
-            lines.append("  xdp:    " + " ".join(f"{k}={v}" for k, v in st.items() if v))
-        except (OSError, xdp.XdpError):
-            pass
-    if xsk is not None:
-        for w in range(workers):
-            c = lib.mos_xsk_counters(xsk, w)
-            if c == ffi.NULL:
-                continue
-            vals = {name: int(c[i]) for i, name in enumerate(xsk_counter_names())}
-            lines.append(f"  af_xdp worker {w}: " + " ".join(f"{k}={v}" for k, v in vals.items() if v))
+    try:
+        d = accounting.delta(prog.stats(), start)
+    except (OSError, xdp.XdpError) as e:
+        return lines + [f"  xdp: counters unreadable ({e})"]
+    lines.append("  xdp:    " + " ".join(f"{k}={v}" for k, v in d.items() if v))
+    per_worker = []
+    for w in range(workers):
+        c = lib.mos_xsk_counters(xsk, w)
+        vals = {name: int(c[i]) for i, name in enumerate(xsk_counter_names())} if c != ffi.NULL else {}
+        per_worker.append(vals)
+        lines.append(f"  af_xdp worker {w}: " + " ".join(f"{k}={v}" for k, v in vals.items() if v))
+    bal = accounting.Balance(d, per_worker, int(lib.mos_xsk_rx_pending(xsk)), bool(prog.state.get("peer")))
+    lines.append("  " + bal.line())
     return lines
 
 
@@ -99,11 +137,18 @@ def _checksum_offload(mon: Monitor, iface: str, peer: Optional[str]) -> None:
 
 def _run_worker(mon: Monitor, session: LiveSession, stop: StopFlag, batch: int, deadline: float) -> None:
     mon.run(XskSource(session, stop, batch, deadline))
+    c = lib.mos_xsk_counters(session.xsk, session.worker)
+    rings = {name: int(c[i]) for i, name in enumerate(xsk_counter_names())} if c != ffi.NULL else {}
+    try:
+        sys.stderr.write(f"mos-xdp: {accounting.engine_line(mon.stats(), rings, session.worker)}\n")
+    except (OSError, ValueError):
+        pass
 
 
 def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int = 1, *, mode: str = "auto",
              copy: Optional[bool] = None, busy_poll: bool = True, batch: int = BATCH,
-             duration: Optional[float] = None, ring: int = 0, forward_malformed: bool = False) -> Dict[str, int]:
+             duration: Optional[float] = None, ring: int = 0, forward_malformed: bool = False,
+             on_failure: Optional[str] = None) -> Dict[str, int]:
     """Run ``mon`` on live traffic of ``iface`` (inline between ``iface`` and ``peer`` when given).
 
     ``mode``: XDP attach mode (auto, native, generic); ``copy``: force AF_XDP copy (True) or zero-copy
@@ -111,7 +156,11 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
     AF_XDP RX/TX descriptors per socket (a power of two, 64..65536; 0: 4096), each interface queue getting
     2 x ``ring`` frames of 4 KiB: a bigger ring rides out longer stalls of the engine at higher rates.
     Inline, frames the engine finds malformed (``malformed_*``) are dropped (``malformed_drop``), never
-    forwarded unread; ``forward_malformed`` forwards them instead (fail-open).
+    forwarded unread; ``forward_malformed`` forwards them instead (fail-open). ``on_failure`` (``pass`` or
+    ``drop``): what monitored traffic meets while no engine serves the program -- before the run is ready,
+    after it stops, if it crashes (default :func:`mos.xdp.program.default_on_failure`: drop inline, pass
+    passive; a program made by ``mos-xdp attach`` keeps its own unless this is given, and gets it back at
+    the end).
     Returns the engine's counters (in each worker process when ``workers > 1``, see the module doc).
     Errors a user can act on raise :class:`LiveError` (one line). For the CLI, the environment can set
     ``MOS_XDP_MODE`` (auto, native, generic), ``MOS_XDP_COPY`` (1: copy, 0: zero-copy) and
@@ -133,7 +182,10 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
     if not forward_malformed and os.environ.get("MOS_XDP_FORWARD_MALFORMED") == "1":
         forward_malformed = True
     try:
-        return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration, ring, forward_malformed)
+        if on_failure is not None:
+            fail_mode(on_failure)  # checked before anything is attached
+        return _run_live(mon, iface, peer, workers, mode, copy, busy_poll, batch, duration, ring, forward_malformed,
+                         on_failure)
     except xdp.XdpError as e:
         raise LiveError(str(e)) from None
     except PermissionError as e:
@@ -142,7 +194,7 @@ def run_live(mon: Monitor, iface: str, peer: Optional[str] = None, workers: int 
 
 def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode: str, copy: Optional[bool],
               busy_poll: bool, batch: int, duration: Optional[float], ring: int,
-              forward_malformed: bool = False) -> Dict[str, int]:
+              forward_malformed: bool, on_failure: Optional[str]) -> Dict[str, int]:
     xdp.require_root("mos-xdp run --iface")
     if peer is not None and peer == iface:
         raise LiveError("--peer must be another interface than --iface")
@@ -169,10 +221,12 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
     xsk: Any = None
     indexes: List[int] = []
     children: List[int] = []
-    restore_workers: Optional[int] = None
+    restore: Dict[str, int] = {}  # config fields of a program made by `mos-xdp attach`, given back at the end
+    start: Dict[str, int] = {}
     exit_code = 0
     try:
-        prog, attached = _attach(iface, peer, workers, max(nq, npq), mode)
+        prog, attached = _attach(iface, peer, workers, max(nq, npq), mode, on_failure)
+        start = prog.stats()
         err = ffi.new("char[256]")
         raw = lib.mos_xsk_open(iface.encode(), nq, peer.encode() if peer else ffi.NULL, npq, workers, ring,
                                flags, err, 256)
@@ -189,9 +243,16 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
                     idx = xdp.xsk_index(slot, q, w)
                     prog.set_xsk(idx, lib.mos_xsk_fd(xsk, slot, q, w))
                     indexes.append(idx)
+        cfg = prog.config()
+        fields = {"workers": workers}
+        if on_failure is not None:
+            fields["on_failure"] = fail_mode(on_failure)
         if not attached:
-            restore_workers = int(prog.config().workers)
-        prog.set_config(workers=workers)
+            restore = {k: int(getattr(cfg, k)) for k in fields}
+        prog.set_config(**fields)
+        # from here a crash is told from a clean stop by this record (see mos.xdp.state)
+        prog.state["engine"] = {**state.this_process(), "since": time.time()}
+        state.write_state(iface, prog.state)
         run_start_hooks(mon, LiveSession(prog, xsk, iface, peer, workers, 0))
         info = ffi.new("struct mos_xsk_info *")
         lib.mos_xsk_info(xsk, info)
@@ -200,7 +261,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
         sys.stderr.write(
             f"mos-xdp: live on {where}: {xdp_mode} XDP, AF_XDP {'zero-copy' if info.zerocopy else 'copy'} mode"
             f"{', busy polling' if info.busy_poll else ''}, {workers} worker(s), {nq + npq} queue(s), "
-            f"{info.umem_bytes >> 20} MiB UMEM; Ctrl-C to stop\n")
+            f"{info.umem_bytes >> 20} MiB UMEM; if it stops, {_traffic_meets(prog)}; Ctrl-C to stop\n")
         _checksum_offload(mon, iface, peer)
         sys.stderr.flush()
         deadline = time.monotonic() + duration if duration else 0.0
@@ -231,12 +292,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
             for sig in old:
                 signal.signal(sig, signal.SIG_IGN)
             try:
-                if prog is not None and restore_workers is not None:
-                    try:  # a program attached by `mos-xdp attach` gets its own setting back
-                        prog.set_config(workers=restore_workers)
-                    except OSError:
-                        pass
-                _teardown(prog, xsk, indexes, attached, iface, workers)
+                _teardown(prog, xsk, indexes, attached, iface, workers, restore, start)
             finally:
                 for sig, h in old.items():
                     signal.signal(sig, h)
@@ -289,27 +345,42 @@ def _wait_workers(children: List[int], stop: StopFlag, deadline: float) -> int:
 
 
 def _teardown(prog: Optional[xdp.XdpProgram], xsk: Any, indexes: List[int], attached: bool, iface: str,
-              workers: int) -> None:
-    # read the counters before detaching, print them after: a closed stderr must not stop the detach
-    report = _counter_lines(prog, xsk, workers) if prog is not None and xsk is not None else []
+              workers: int, restore: Dict[str, int], start: Dict[str, int]) -> None:
+    """Sockets out of the XSKMAP first (from then on the failure mode applies), then the counters and their
+    balance, then the sockets closed and the program detached (when this run owns it) or given back its
+    settings (when `mos-xdp attach` made it)."""
+    report: List[str] = []
     if prog is not None:
         for idx in indexes:
             try:
                 prog.clear_xsk(idx)
             except OSError:
                 pass
+        if xsk is not None:
+            time.sleep(0.02)  # frames the program sent to a socket just before reach its ring (NAPI ends)
+            report = _counter_lines(prog, xsk, workers, start)
     if xsk is not None:
         lib.mos_xsk_close(xsk)
     if prog is not None:
-        prog.close()
         if attached:
+            prog.close()
             try:
                 report += [f"mos-xdp: {line}" for line in xdp.detach(iface)]
             except xdp.XdpError as e:
                 report.append(f"mos-xdp: {e}")
+        else:
+            try:
+                if restore:
+                    prog.set_config(**restore)
+                prog.state.pop("engine", None)
+                state.write_state(iface, prog.state)
+                report.append(f"mos-xdp: {iface}: the program made by mos-xdp attach stays; {_traffic_meets(prog)}")
+            except (OSError, xdp.XdpError) as e:
+                report.append(f"mos-xdp: cannot give the program on {iface} back its settings: {e}")
+            prog.close()
     try:
+        # read before detaching, printed after: a closed stderr must not stop the detach
         sys.stderr.write("".join(line + "\n" for line in report))
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-
