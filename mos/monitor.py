@@ -771,10 +771,12 @@ class Monitor:
         (``auto`` found offloaded checksums and stopped validating; ``checksum_auto_off`` is 1)."""
         return _CHECKSUM_STATES[lib.mos_engine_checksum_state(self._eng)]
 
-    def expect_offloaded_checksums(self) -> None:
-        """Setting ``auto``: the input is known to carry offloaded checksums (a veth fed by a local
-        stack): validation is switched off from the first packet, without a sample."""
-        lib.mos_engine_checksum_offload(self._eng)
+    def complete_partial_checksums(self) -> None:
+        """The packets are writable frames that may come from a local stack offloading its checksums (a
+        veth, live): a TCP/UDP checksum holding only the pseudo-header's sum is completed in the frame
+        (``checksum_completed``) rather than judged wrong; every other checksum is validated as the setting
+        says."""
+        lib.mos_engine_checksum_complete(self._eng, 1)
 
     # -- counters -----------------------------------------------------------------------------------
     def stats(self) -> Dict[str, int]:

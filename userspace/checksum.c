@@ -195,6 +195,30 @@ void csum_set_l4(const struct pkt_info *pi, uint8_t *l4)
     memcpy(l4 + off, &c, 2);
 }
 
+/* A local stack that offloads the transport checksum leaves the pseudo-header's sum in the field for the
+ * NIC to finish (CHECKSUM_PARTIAL). On a veth no NIC does: the frame reaches XDP so, and a host it is
+ * forwarded to drops it. Such a field is completed in place, and the packet is then as good as its bytes. */
+static int complete_partial(const struct pkt_info *pi)
+{
+    if ((pi->proto != MOS_IPPROTO_TCP && pi->proto != MOS_IPPROTO_UDP) || !pi->l4 || pi->is_fragment)
+        return 0;
+    uint32_t declared = pi->ip_version == 4 ? rd16(pi->l3 + 2) : 40 + rd16(pi->l3 + 4);
+    if (declared > pi->l3_len)
+        return 0;
+    uint32_t l4len = (uint32_t)(pi->l3 + declared - pi->l4), off = pi->proto == MOS_IPPROTO_TCP ? 16 : 6;
+    if (l4len < off + 2 || (pi->proto == MOS_IPPROTO_UDP && rd16(pi->l4 + 4) != l4len))
+        return 0;
+    uint16_t stored, partial = fold(pseudo_sum(pi, l4len));
+    memcpy(&stored, pi->l4 + off, 2);
+    if (stored != partial && !(stored == 0 && partial == 0xffff) && !(stored == 0xffff && partial == 0))
+        return 0;
+    struct pkt_info whole = *pi;
+    whole.l4_len = l4len;
+    /* the frame is writable when completion is on (a live run's UMEM frame, see mos_engine_checksum_complete) */
+    csum_set_l4(&whole, (uint8_t *)(uintptr_t)pi->l4);
+    return csum_l4(pi) == CSUM_OK;
+}
+
 /* ---- the setting ------------------------------------------------------------------------------ */
 
 /* The packet's checksums: the bad_checksum_* counter of the first wrong one, or 0; *checked tells
@@ -215,6 +239,10 @@ static int judge(mos_engine_t *e, const struct pkt_info *pi, int datagram, int *
         return 0;
     case CSUM_BAD:
         *checked = 1;
+        if (e->csum.complete && !datagram && complete_partial(pi)) {
+            e->counters[MOS_C_CHECKSUM_COMPLETED]++;
+            return 0;
+        }
         return pi->proto == MOS_IPPROTO_TCP ? MOS_C_BAD_CHECKSUM_TCP : MOS_C_BAD_CHECKSUM_UDP;
     case CSUM_UNVERIFIABLE:
         e->counters[MOS_C_CHECKSUM_UNVERIFIABLE]++;
@@ -314,14 +342,7 @@ uint32_t mos_engine_checksum_sample(mos_engine_t *e, int linktype, const struct 
     return i;
 }
 
-void mos_engine_checksum_offload(mos_engine_t *e)
-{
-    if (e->cfg.checksum != MOS_CSUM_AUTO || e->csum.decided)
-        return;
-    e->csum.decided = 1;
-    e->csum.off = 1;
-    e->counters[MOS_C_CHECKSUM_AUTO_OFF]++;
-}
+void mos_engine_checksum_complete(mos_engine_t *e, int on) { e->csum.complete = on != 0; }
 
 int mos_engine_checksum_state(const mos_engine_t *e)
 {

@@ -26,6 +26,7 @@ struct csum_state {
     uint8_t off;       /* auto: offloading assumed, validation switched off */
     uint32_t sampled;  /* auto, before the decision: packets whose checksums were checked */
     uint32_t bad;      /* of those, with a wrong checksum */
+    uint8_t complete;  /* partial checksums (offloaded by a local stack) are completed in the frame */
 };
 
 /* 1 when the IPv4 header at l3 (its length from the header, within the decoded packet) sums right. */

@@ -159,7 +159,8 @@ enum mos_linktype {
     X(BAD_CHECKSUM_TCP, bad_checksum_tcp) /* disposition: TCP checksum wrong */                         \
     X(BAD_CHECKSUM_UDP, bad_checksum_udp) /* disposition: UDP checksum wrong */                         \
     X(CHECKSUM_UNVERIFIABLE, checksum_unverifiable) /* TCP/UDP cut by the capture: not checked */       \
-    X(CHECKSUM_AUTO_OFF, checksum_auto_off) /* 1: auto found the input's checksums offloaded, stopped */
+    X(CHECKSUM_AUTO_OFF, checksum_auto_off) /* 1: auto found the input's checksums offloaded, stopped */ \
+    X(CHECKSUM_COMPLETED, checksum_completed) /* partial checksums of a local stack's offload, completed */
 
 enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,
@@ -382,8 +383,10 @@ const char *mos_anomaly_name(int kind);
  * Returns the packets examined (fewer than n once the decision is made). */
 uint32_t mos_engine_checksum_sample(mos_engine_t *e, int linktype, const struct mos_pkt *pkts, uint32_t n,
                                     int last);
-/* Setting auto: the input is known to carry offloaded checksums (a veth): validation off, no sample. */
-void mos_engine_checksum_offload(mos_engine_t *e);
+/* Frames are writable (a live run's UMEM) and may come from a local stack that offloads checksums (a veth):
+ * a TCP/UDP checksum holding only the pseudo-header's sum is completed in the frame (checksum_completed)
+ * instead of being judged wrong, so validation stays on and the forwarded frame is right. */
+void mos_engine_checksum_complete(mos_engine_t *e, int on);
 int mos_engine_checksum_state(const mos_engine_t *e); /* enum mos_checksum_state */
 const char *mos_checksum_mode_name(int i);  /* enum mos_checksum_mode */
 

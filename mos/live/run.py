@@ -20,7 +20,7 @@ from mos.xdp.program import fail_mode
 
 from ..abi import ffi, lib, xsk_counter_names
 from ..monitor import Monitor
-from . import accounting
+from . import accounting, pitfalls
 from .session import LiveError, LiveSession, run_start_hooks
 from .source import BATCH, StopFlag, XskSource
 
@@ -123,16 +123,22 @@ def _counter_lines(prog: xdp.XdpProgram, xsk: Any, workers: int, start: Dict[str
 
 
 def _checksum_offload(mon: Monitor, iface: str, peer: Optional[str]) -> None:
-    """Checksum setting auto on a veth: frames a local stack sent with checksum offload carry a partial
-    checksum (no NIC finishes it), so validation is off from the first frame, said in one line.
-    Elsewhere auto samples the first packets."""
-    if mon.checksum_state != "sampling":
-        return
+    """On a veth, frames a local stack sent with checksum offload carry partial checksums (no NIC finishes
+    them): they are completed in the frame, so that validation stays on and a forwarded frame is one the
+    receiving host accepts. Said in one line; with validation off they are forwarded as they are."""
     veths = [n for n in (iface, peer) if n and netlink.link_xdp(n).kind == "veth"]
-    if veths:
-        mon.expect_offloaded_checksums()
-        sys.stderr.write(f"mos-xdp: checksum auto: {', '.join(veths)}: veth, a local stack's frames carry "
-                         f"offloaded checksums: not validated (--checksum on validates)\n")
+    if not veths:
+        return
+    names = ", ".join(veths)
+    if mon.checksum_state == "off":
+        if peer:
+            sys.stderr.write(f"mos-xdp: checksum off on veth {names}: partial checksums of a sender's offload are "
+                             "forwarded as they are, and the receiving host drops them (--checksum auto completes "
+                             "them)\n")
+        return
+    mon.complete_partial_checksums()
+    sys.stderr.write(f"mos-xdp: checksums on veth {names}: partial ones (a local sender's offload) are completed "
+                     "before the engine and the wire (checksum_completed), all others validated\n")
 
 
 def _run_worker(mon: Monitor, session: LiveSession, stop: StopFlag, batch: int, deadline: float) -> None:
@@ -221,6 +227,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
     xsk: Any = None
     indexes: List[int] = []
     children: List[int] = []
+    watch: Optional[pitfalls.PitfallWatch] = None
     restore: Dict[str, int] = {}  # config fields of a program made by `mos-xdp attach`, given back at the end
     start: Dict[str, int] = {}
     exit_code = 0
@@ -263,10 +270,14 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
             f"{', busy polling' if info.busy_poll else ''}, {workers} worker(s), {nq + npq} queue(s), "
             f"{info.umem_bytes >> 20} MiB UMEM; if it stops, {_traffic_meets(prog)}; Ctrl-C to stop\n")
         _checksum_offload(mon, iface, peer)
+        for note in pitfalls.startup_notes(iface, peer, xdp_mode):
+            sys.stderr.write(note)
         sys.stderr.flush()
+        watch = pitfalls.PitfallWatch(iface, peer)
         deadline = time.monotonic() + duration if duration else 0.0
 
         if workers == 1:
+            watch.begin()
             _run_worker(mon, LiveSession(prog, xsk, iface, peer, 1, 0), stop, batch, deadline)
             return mon.stats()
 
@@ -282,6 +293,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
                     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
                 return mon.stats()
             children.append(pid)
+        watch.begin()  # in the parent only, after the forks (a thread does not survive one)
         exit_code = _wait_workers(children, stop, deadline)
         children = []
     finally:
@@ -291,6 +303,8 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
             # a second Ctrl-C or SIGTERM must not cut the teardown short (the program would stay attached)
             for sig in old:
                 signal.signal(sig, signal.SIG_IGN)
+            if watch is not None:
+                watch.end()
             try:
                 _teardown(prog, xsk, indexes, attached, iface, workers, restore, start)
             finally:
