@@ -217,3 +217,31 @@ def test_veth_with_default_offloads_says_what_to_change_then_works(tmp_path: Pat
         assert not run.engine_counters().get("bad_checksum_tcp"), run.stderr
         with m.entered():
             assert not xdp.link_xdp(mi).prog_id
+
+
+def test_kill9_of_a_multi_worker_run_stops_its_workers(inline: Inline, tmp_path: Path) -> None:
+    """kill -9 of the parent of a two-worker run: the workers stop too (SIGTERM on their parent's death),
+    so their sockets go and the failure mode (drop) applies, rather than an engine nobody owns."""
+    run = inline.run(FIREWALL, "--workers", "2")
+    assert _get(inline, "small.txt", max_time=10) == "200"
+    workers = [p for p in inline.m.pids() if p != run.proc.pid and _is_mos_run(p)]
+    assert len(workers) == 2, workers
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait(timeout=10)
+    end = time.time() + 10
+    while any(os.path.exists(f"/proc/{p}") and _is_mos_run(p) for p in workers):
+        assert time.time() < end, "the workers outlived their parent"
+        time.sleep(0.1)
+    before = _xdp_counters(inline)
+    assert _get(inline, "small.txt") == "FAILED"
+    assert _xdp_counters(inline)["drop_no_socket"] > before["drop_no_socket"]
+    r = _mos(inline, "detach", inline.mi)
+    assert r.returncode == 0, r.stderr
+    inline.assert_clean()
+
+
+def _is_mos_run(pid: int) -> bool:
+    try:
+        return b"mos.cli" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

@@ -7,6 +7,7 @@ workers, runs ``Monitor.run(XskSource(...))`` in each, and undoes it all on the 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -23,6 +24,8 @@ from ..monitor import Monitor
 from . import accounting, pitfalls
 from .session import LiveError, LiveSession, run_start_hooks
 from .source import BATCH, StopFlag, XskSource
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 # ---- set-up helpers ------------------------------------------------------------------------------------
 
@@ -285,6 +288,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
             pid = os.fork()
             if pid == 0:  # worker: runs, then returns to the caller (the CLI's finish and report)
                 stop.flag = False
+                _stop_with_parent(parent)
                 try:
                     _run_worker(mon, LiveSession(prog, xsk, iface, peer, workers, w), stop, batch, deadline)
                 finally:
@@ -311,6 +315,15 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
                 for sig, h in old.items():
                     signal.signal(sig, h)
     raise SystemExit(exit_code)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """A worker gets SIGTERM when the parent dies (``kill -9`` of the run): it stops as on Ctrl-C, its sockets
+    leave the XSKMAP, and the failure mode applies, rather than inspecting on for a run nobody owns."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _kill(pid: int) -> None:
