@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ..errors import MosError
 
-class XdpError(Exception):
-    """An error a user can act on; ``str()`` is one line meant to be printed as is."""
+
+class XdpError(MosError):
+    """An error a user can act on; ``str()`` is one line meant to be printed as is. A :class:`MosError`, so
+    that one ``except MosError`` catches every user-facing error of the stack."""
