@@ -53,9 +53,9 @@ def _leftovers(pid: int, prog_id: Optional[int] = None) -> List[str]:
     end = time.time() + 5
     while True:
         left = [str(p) for p in NETNS_DIR.glob(f"{NS_PREFIX}{pid}-*")]
-        for p in (xdp.XdpProgram.pin_dir(f"mbi{pid}"), xdp.XdpProgram.state_path(f"mbi{pid}")):
-            if p.exists():
-                left.append(str(p))
+        # pins and state go by namespace (net-<inode>/) and the demo's namespaces are gone: look in every one
+        left += [str(p) for p in xdp.PIN_ROOT.glob(f"*/mbi{pid}")]
+        left += [str(p) for p in xdp.RUN_DIR.glob(f"*/mbi{pid}.json")]
         left += [str(p) for p in Path("/tmp").glob(f"{NS_PREFIX}{pid}-*")]
         if prog_id and xdp.prog_name_by_id(prog_id) is not None:
             left.append(f"XDP program {prog_id}")

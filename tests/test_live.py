@@ -173,7 +173,9 @@ class Inline:
 
     def assert_clean(self) -> None:
         assert xdp_left(self.m) == [], "an XDP program was left attached"
-        assert not xdp.XdpProgram.pin_dir(self.mi).exists()
+        with self.m.entered():  # pins and state are kept per namespace: mi's are m's
+            assert not xdp.XdpProgram.pin_dir(self.mi).exists()
+            assert not xdp.XdpProgram.state_path(self.mi).exists()
 
 
 @pytest.fixture(scope="module")

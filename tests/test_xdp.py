@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from mos._engine import ffi, lib
@@ -33,6 +33,7 @@ from mos._engine import ffi, lib
 from mos import xdp
 from mos.net import netlink
 from mos.net.topology import XDP_END_HOST
+from mos.xdp import state as xdp_state
 from tests.netns import Netns, Topology, reap_stale, require_root
 
 pytestmark = pytest.mark.netns
@@ -171,10 +172,12 @@ def test_every_abi_map_is_a_map_of_the_program(live: Live) -> None:
     the kernel calls it so, it is pinned so), with the key and value sizes of the header's types."""
     prog = live.prog
     assert list(prog.maps) == list(xdp.MAP_NAMES)
+    with live.b.entered():  # pins are kept per namespace: vb's are b's
+        pins = xdp.XdpProgram.pin_dir(live.vb)
     for i, (key_t, value_t, entries) in _map_layouts().items():
         name = ffi.string(lib.mos_xdp_map_name(i)).decode()
         table = prog._bpf.get_table(name.encode())
-        pinned = xdp.BpfMap.open(xdp.XdpProgram.pin_dir(live.vb) / name)
+        pinned = xdp.BpfMap.open(pins / name)
         try:
             m = prog.maps[name]
             assert (pinned.id, pinned.name, m.name) == (m.id, name, name)
@@ -683,17 +686,17 @@ def test_cli_attach_status_block_detach(live: Live, pair: Tuple[Netns, str]) -> 
     r = cli(ns, "detach", vd)
     assert "detached XDP program" in r.stdout
     assert [line for line in xdp_links(ns) if vd in line] == []
-    assert not xdp.XdpProgram.pin_dir(vd).exists() and not xdp.XdpProgram.state_path(vd).exists()
+    with ns.entered():
+        assert not xdp.XdpProgram.pin_dir(vd).exists() and not xdp.XdpProgram.state_path(vd).exists()
 
 
 def test_cli_finds_program_left_by_a_crash(live: Live, pair: Tuple[Netns, str]) -> None:
     ns, vd = pair
     cli(ns, "attach", vd, "--mode", "generic")
     # a crash between attaching and pinning: the program is attached, pins and state are gone
-    for p in xdp.XdpProgram.pin_dir(vd).iterdir():
-        p.unlink()
-    xdp.XdpProgram.pin_dir(vd).rmdir()
-    xdp.XdpProgram.state_path(vd).unlink()
+    with ns.entered():
+        xdp.remove_pins(xdp.XdpProgram.pin_dir(vd))
+        xdp.XdpProgram.state_path(vd).unlink()
     infos = {i["iface"]: i for i in json.loads(cli(ns, "status", "--json").stdout)}
     assert infos[vd]["attached"] and infos[vd]["mode"] == "generic"
     assert "crashed run" in infos[vd]["problem"]
@@ -701,6 +704,61 @@ def test_cli_finds_program_left_by_a_crash(live: Live, pair: Tuple[Netns, str]) 
     r = cli(ns, "detach", vd)
     assert "detached XDP program" in r.stdout
     assert [line for line in xdp_links(ns) if vd in line] == []
+
+
+def _dead_process() -> Dict[str, int]:
+    """``{"pid", "pid_start"}`` of a process that has exited (as a state file records processes)."""
+    p = subprocess.Popen(["true"])
+    rec = {"pid": p.pid, "pid_start": xdp_state.process_start(p.pid) or 1}
+    p.wait()
+    return rec
+
+
+def test_cli_status_tells_engine_and_failure_mode(live: Live, pair: Tuple[Netns, str]) -> None:
+    """What traffic meets without an engine, the engine a run records, and a dead run as a problem."""
+    ns, vd = pair
+    assert "monitored traffic passes uninspected" in cli(ns, "attach", vd, "--mode", "generic").stdout
+    [info] = json.loads(cli(ns, "status", vd, "--json").stdout)
+    # mos-xdp attach, no engine: passive defaults to pass; not a problem, but the line says it
+    assert (info["on_failure"], info["engine"], info["problem"]) == ("pass", None, None)
+    assert info["state"]["owner"] == "attach"
+    assert "  no engine: monitored traffic passes uninspected (on-failure pass)" in cli(ns, "status", vd).stdout
+    cli(ns, "detach", vd)
+    cli(ns, "attach", vd, "--mode", "generic", "--on-failure", "drop")
+
+    def set_state(**fields: Any) -> Dict[str, Any]:
+        with ns.entered():
+            st = xdp.read_state(vd)
+            st.update(fields)
+            st = {k: v for k, v in st.items() if v is not None}
+            xdp_state.write_state(vd, st)
+        [info] = json.loads(cli(ns, "status", vd, "--json").stdout)
+        return dict(info)
+
+    me = xdp_state.this_process()
+    info = set_state(engine={**me, "since": time.time()})
+    assert (info["on_failure"], info["engine"], info["problem"]) == ("drop", {"pid": me["pid"], "alive": True}, None)
+    assert f"  engine: run pid {me['pid']}" in cli(ns, "status", vd).stdout
+    # (b) the engine's process is dead (kill -9 of the run): what traffic meets now, and the fixes
+    dead = _dead_process()
+    info = set_state(engine={**dead, "since": time.time()})
+    assert info["engine"] == {"pid": dead["pid"], "alive": False}
+    for part in (f"engine (mos-xdp run, pid {dead['pid']}) is gone", "monitored traffic is dropped (on-failure drop)",
+                 f"mos-xdp detach {vd}", "start mos-xdp run again (it adopts the program)"):
+        assert part in info["problem"], info["problem"]
+    text = cli(ns, "status", vd).stdout
+    assert "  no engine: monitored traffic is dropped (on-failure drop)" in text and "  problem: its engine" in text
+    # (a) a run attached it for itself and died before its engine started; with failure mode pass
+    with ns.entered(), xdp.XdpProgram.open_pinned(vd) as prog:
+        prog.set_on_failure("pass")
+    info = set_state(engine=None, owner="run", **dead)
+    assert info["engine"] is None and info["on_failure"] == "pass"
+    assert f"the mos-xdp run that attached it (pid {dead['pid']}) is gone" in info["problem"]
+    assert "monitored traffic passes uninspected (on-failure pass)" in info["problem"]
+    # the same, its run alive: no problem
+    assert set_state(**me)["problem"] is None
+    r = cli(ns, "attach", vd, "--on-failure", "maybe", check=False)
+    assert r.returncode == 2 and "'maybe' is not one of 'pass', 'drop'" in r.stderr
 
 
 def test_cli_warns_when_pins_live_in_a_private_mount_namespace(live: Live, pair: Tuple[Netns, str]) -> None:

@@ -13,6 +13,11 @@ from typing import Any, Callable, List, Optional, TypeVar
 import click
 
 from mos import xdp
+from mos.xdp.abi import FAIL_MODES
+from mos.xdp.env import netns_key
+from mos.xdp.program import default_on_failure
+from mos.xdp.state import foreign_state, remove_stale
+from mos.xdp.status import stale_status, traffic_without_engine
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,37 +73,45 @@ def _protocols(value: str) -> int:
               help="Monitor only flows with this port (repeatable); default: every port.")
 @click.option("--bypass-idle", type=click.FloatRange(0), default=300.0, show_default=True,
               help="Seconds after which an idle bypass entry is ignored (0: never).")
+@click.option("--on-failure", type=click.Choice(FAIL_MODES), default=None,
+              help="What monitored traffic meets while no engine (mos-xdp run) serves it. Default: "
+                   f"{default_on_failure(True)} inline (--peer), {default_on_failure(False)} passive.")
 @click.option("--debug", is_flag=True, help="Record the last steering decision in the mos_debug map.")
 @_one_line_errors
 def attach(iface: str, peer: Optional[str], mode: str, queues: int, workers: int, protocols: str,
-           ports: List[int], bypass_idle: float, debug: bool) -> None:
+           ports: List[int], bypass_idle: float, on_failure: Optional[str], debug: bool) -> None:
     """Load the XDP program, attach it to IFACE and pin its maps (it stays after this command exits)."""
     xdp.require_root("mos-xdp attach")
     if peer == iface:
         raise click.BadParameter("the peer must be another interface", param_hint="--peer")
     prog = xdp.XdpProgram.load(iface, peer=peer, workers=workers, queues=queues,
                                protocols=_protocols(protocols), monitor_ports=list(ports),
-                               bypass_idle_s=bypass_idle, debug=debug)
+                               bypass_idle_s=bypass_idle, debug=debug, on_failure=on_failure)
     with prog:
         used = prog.attach(mode)
         for w in prog.warnings:
             click.echo(f"warning: {w}", err=True)
         where = f"{iface} and {peer} (inline)" if peer else iface
         click.echo(f"attached xdp_mos (prog {prog.state['prog_id']}, {used}) to {where}; "
-                   f"maps pinned in {prog.state['pin_dir']}")
+                   f"maps pinned in {prog.state['pin_dir']}; until mos-xdp run serves it, "
+                   f"{traffic_without_engine(prog.state.get('on_failure'))}")
 
 
 @click.command()
-@click.argument("iface")
+@click.argument("iface", required=False)
+@click.option("--stale", is_flag=True,
+              help="Instead of IFACE: remove the pins and state of network namespaces that no longer exist.")
 @_one_line_errors
-def detach(iface: str) -> None:
+def detach(iface: Optional[str], stale: bool) -> None:
     """Detach mos-xdp from IFACE (and its peer) and remove its pins; also cleans up after a crash."""
     xdp.require_root("mos-xdp detach")
-    done = xdp.detach(iface)
+    if bool(iface) == stale:
+        raise click.UsageError("give IFACE or --stale (not both)")
+    done = remove_stale() if stale else xdp.detach(iface or "")
     for line in done:
         click.echo(line)
     if not done:
-        click.echo(f"nothing of mos-xdp on {iface}")
+        click.echo("no pins or state of a gone network namespace" if stale else f"nothing of mos-xdp on {iface}")
 
 
 def _format_status(info: dict) -> List[str]:
@@ -112,9 +125,17 @@ def _format_status(info: dict) -> List[str]:
     if st:
         kind = f"inline with {st['peer']}" if st.get("peer") else "passive"
         head += f", {kind}, workers {st.get('workers')}, queues {st.get('queues')}"
+        if st.get("owner"):
+            head += f", made by mos-xdp {st['owner']}"
     lines = [head]
     if info["pinned"]:
         lines.append(f"  maps pinned in {xdp.XdpProgram.pin_dir(name)}")
+    if info["attached"] and info["ours"] and info["on_failure"]:
+        engine = info["engine"]
+        if engine and engine["alive"]:
+            lines.append(f"  engine: run pid {engine['pid']}")
+        else:
+            lines.append(f"  no engine: {traffic_without_engine(info['on_failure'])}")
     c = info["counters"]
     if c:
         verdicts = ("rx", "pass", "drop", "redirect")
@@ -130,28 +151,45 @@ def _format_status(info: dict) -> List[str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_one_line_errors
 def status(iface: Optional[str], as_json: bool) -> None:
-    """Show mos-xdp on IFACE or every interface: program, mode, counters, leftovers of a crashed run."""
+    """Show mos-xdp on IFACE or every interface of this network namespace: program, mode, counters, engine,
+    leftovers of a crashed run; without IFACE, also the pins of network namespaces that are gone."""
     xdp.require_root("mos-xdp status")
     infos = xdp.status(iface)
+    stale = []
+    if iface is None:
+        try:
+            stale = stale_status()
+        except xdp.XdpError as e:  # the caller's own status stands without it
+            click.echo(f"warning: stale pins not looked for: {e}", err=True)
     if as_json:
-        click.echo(json.dumps(infos, indent=1))
+        click.echo(json.dumps(infos + stale, indent=1))
         return
     if not infos:
         click.echo("no XDP program attached and no mos-xdp pins in this network namespace")
     for info in infos:
         for line in _format_status(info):
             click.echo(line)
+    for entry in stale:
+        click.echo(f"stale: {entry['problem']}")
 
 
 def _pick_iface(iface: Optional[str]) -> str:
-    if iface:
-        return iface
-    pinned = sorted(p.name for p in xdp.PIN_ROOT.iterdir()) if xdp.PIN_ROOT.is_dir() else []
-    if len(pinned) == 1:
-        return pinned[0]
-    if not pinned:
-        raise xdp.XdpError("no mos-xdp program is attached: run mos-xdp attach IFACE first")
-    raise xdp.XdpError(f"several interfaces have mos-xdp ({', '.join(pinned)}): pass --iface")
+    """IFACE, or the only interface of the caller's namespace with mos-xdp pins; XdpError when its pins
+    are a gone namespace's."""
+    if not iface:
+        ns_pins = xdp.PIN_ROOT / netns_key()
+        pinned = sorted(p.name for p in ns_pins.iterdir() if xdp.XdpProgram.is_pinned(p.name)) \
+            if ns_pins.is_dir() else []
+        if not pinned:
+            raise xdp.XdpError("no mos-xdp program is attached in this network namespace: "
+                               "run mos-xdp attach IFACE first")
+        if len(pinned) > 1:
+            raise xdp.XdpError(f"several interfaces have mos-xdp ({', '.join(pinned)}): pass --iface")
+        iface = pinned[0]
+    if foreign_state(iface):
+        raise xdp.XdpError(f"the pins of {iface} were left by a network namespace that no longer exists: "
+                           f"run mos-xdp detach {iface}")
+    return iface
 
 
 def _is_port(target: str) -> bool:

@@ -303,9 +303,13 @@ def xdp_detach(name: str, mode: str = "", netns: Optional[str] = None) -> None:
 
 
 def netns_id() -> int:
-    """The caller's network namespace, as the inode of /proc/self/ns/net (0 when unreadable)."""
+    """The calling thread's network namespace, as the inode of /proc/thread-self/ns/net (0 when unreadable).
+
+    The thread's, not the process's: :func:`entered` moves one thread (setns), and /proc/self names the
+    thread-group leader, which may live elsewhere.
+    """
     try:
-        return os.stat("/proc/self/ns/net").st_ino
+        return os.stat("/proc/thread-self/ns/net").st_ino
     except OSError:
         return 0
 
