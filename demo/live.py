@@ -114,34 +114,22 @@ def check_environment() -> None:
         raise CannotRun(str(e)) from None
 
 
-def _remove_leftovers(iface: str) -> None:
-    """Pins and state file of a middle box interface (its namespace is gone): what ``detach`` removes."""
+def _remove_leftovers() -> List[str]:
+    """Pins and state files of namespaces that are gone (a demo's middle box, after its topology went):
+    what ``mos-xdp detach --stale`` removes. Best effort: a pid namespace cannot tell."""
     from mos import xdp
 
-    if xdp.XdpProgram.pin_dir(iface).exists() or xdp.XdpProgram.state_path(iface).exists():
-        try:
-            xdp.detach(iface)
-        except (xdp.XdpError, OSError):
-            xdp.remove_pins(xdp.XdpProgram.pin_dir(iface))
-            with contextlib.suppress(OSError):
-                xdp.XdpProgram.state_path(iface).unlink()
+    try:
+        return xdp.state.remove_stale()
+    except (xdp.XdpError, OSError):
+        return []
 
 
 def reap_stale() -> List[str]:
     """Removes namespaces, pins and state files of demos whose process is gone; returns what it removed."""
-    from mos import xdp
 
     gone = reap_stale_netns(NS_PREFIX)
-    pids = {name[len(NS_PREFIX):].split("-")[0] for name in gone}
-    for root in (xdp.PIN_ROOT, xdp.RUN_DIR):
-        if root.is_dir():
-            for p in root.iterdir():
-                name = p.stem if p.suffix == ".json" else p.name
-                if name[:3] in ("mbi", "mbo") and name[3:].isdigit() and not Path(f"/proc/{name[3:]}").exists():
-                    pids.add(name[3:])
-    for pid in pids:
-        _remove_leftovers(f"mbi{pid}")
-        gone.append(f"mbi{pid}")
+    gone += _remove_leftovers()
     for p in Path(tempfile.gettempdir()).glob(f"{NS_PREFIX}*-*"):
         pid = p.name[len(NS_PREFIX):].split("-")[0]
         if p.is_dir() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
@@ -446,7 +434,7 @@ class LiveDemo:
         from mos import xdp
 
         try:
-            with xdp.XdpProgram.open_pinned(self.mbi) as prog:
+            with self.ns["mbx"].entered(), xdp.XdpProgram.open_pinned(self.mbi) as prog:
                 return prog.stats()
         except (xdp.XdpError, OSError) as e:
             self.problems.append(f"cannot read the XDP counters: {e}")
@@ -541,8 +529,10 @@ server {SERVER_IP}:{PORT}
                server:     python3 -m http.server {PORT} (index.html, notes.txt, big.bin: {self.big_mib} MiB)
                middle box: mos-xdp run apps/demo_live.py --iface {self.mbi} --peer {self.mbo} --stats
                            (apps/midstat.py + apps/http_log.py + apps/firewall.py dropping {PATTERN!r})"""))
+        with self.ns["mbx"].entered():
+            prog_id = xdp.read_state(self.mbi).get("prog_id", "?")
         self.echo(f"\n== middle box up in {time.monotonic() - t:.1f} s (bcc compiled and attached XDP program id "
-                  f"{xdp.read_state(self.mbi).get('prog_id', '?')}); after each step, the apps' and the server's lines")
+                  f"{prog_id}); after each step, the apps' and the server's lines")
         self.show()
         self.echo("")
         self._curl("index.html", files["index.html"])
@@ -601,7 +591,7 @@ server {SERVER_IP}:{PORT}
                 with contextlib.suppress(Exception), mbx.entered():
                     xdp.detach(self.mbi)
             self.topo.close()
-            _remove_leftovers(self.mbi)
+            _remove_leftovers()
             if self.tmp is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 self.tmp = None

@@ -181,8 +181,8 @@ class Topology:
         self.close()
 
     def dev(self, label: str) -> str:
-        """An interface name unique on the host (``label`` + 9 characters: keep ``label`` <= 6), for the
-        names that must not collide across namespaces (mos-xdp pins and state files go by name)."""
+        """An interface name unique on the host (``label`` + 9 characters: keep ``label`` <= 6): a name in
+        one namespace's listing says which test made it, whichever namespace it is read from."""
         name = f"{label}{self._short}"
         if len(name) > 15:
             raise ValueError(f"interface name {name!r} longer than 15 characters")

@@ -25,7 +25,9 @@ from .abi import (
     BYPASS_VERDICTS,
     CFG_DEBUG,
     CFG_PORT_FILTER,
+    COUNTER_KINDS,
     COUNTERS,
+    FAIL_MODES,
     FLOW_KEY_WORDS,
     HASH_SEED,
     MAP_BLOCK_V4,
@@ -64,14 +66,16 @@ from .env import (
     PIN_ROOT,
     RUN_DIR,
     ensure_bpffs,
+    netns_key,
+    private_dir,
     require_kernel_headers,
     require_root,
 )
 from .errors import XdpError
 from .links import LinkXdp, ifindex_of, link_xdp, links, xdp_remove
 from .maps import BpfMap, obj_get, obj_pin, prog_fd_by_id, prog_info, prog_name_by_id, prog_test_run
-from .program import XdpProgram
-from .state import detach, read_state, remove_pins
+from .program import XdpProgram, default_on_failure, fail_mode
+from .state import detach, process_alive, read_state, remove_pins, remove_stale, stale, write_state
 from .status import status
 from .steering import FlowTuple, flow_hash, flow_key, hash_key, steer, xsk_index
 
@@ -86,5 +90,6 @@ __all__ = [
     "detach", "ensure_bpffs", "flow_hash", "flow_key", "hash_key", "ifindex_of", "link_xdp", "links", "obj_get",
     "obj_pin", "prog_fd_by_id", "prog_info", "prog_name_by_id", "prog_test_run", "raw", "read_state",
     "require_kernel_headers", "require_root", "status", "steer", "xdp_remove", "xsk_index",
-    "remove_pins",
+    "remove_pins", "COUNTER_KINDS", "FAIL_MODES", "default_on_failure", "fail_mode", "netns_key", "private_dir",
+    "process_alive", "remove_stale", "stale", "write_state",
 ]

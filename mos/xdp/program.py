@@ -1,8 +1,9 @@
 """The mos-xdp XDP program on one interface: load (bcc), attach, pin, and drive its maps.
 
 A program attached by :meth:`XdpProgram.attach` outlives the process: XDP attachment is held by the
-interface, and the maps and the program are pinned under ``/sys/fs/bpf/mos-xdp/<ifname>/`` with a
-state file in ``/run/mos-xdp/<ifname>.json``. A later process (``mos-xdp status``, ``block``, the
+interface, and the maps and the program are pinned under ``/sys/fs/bpf/mos-xdp/net-<netns>/<ifname>/``
+with a state file in ``/run/mos-xdp/net-<netns>/<ifname>.json``, keyed by the network namespace (see
+:mod:`mos.xdp.env`), both root's only. A later process (``mos-xdp status``, ``block``, the
 engine) reopens them with :meth:`XdpProgram.open_pinned`, which needs neither bcc nor kernel headers.
 """
 
@@ -19,7 +20,17 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from .._engine import ffi
 from ..net import netlink
 from . import abi
-from .env import BPF_DIR, ensure_bpffs, import_bcc, pin_dir, require_kernel_headers, require_root, state_path
+from .env import (
+    BPF_DIR,
+    PIN_ROOT,
+    ensure_bpffs,
+    import_bcc,
+    pin_dir,
+    private_dir,
+    require_kernel_headers,
+    require_root,
+    state_path,
+)
 from .errors import XdpError
 from .links import ifindex_of, link_xdp, xdp_remove
 from .maps import BpfMap, obj_get, obj_pin, prog_info, prog_test_run
@@ -192,7 +203,7 @@ class XdpProgram:
             for name in ifaces:
                 used = self._attach_one(name, mode if not used else used)
                 done.append((name, used))
-            pins.mkdir(parents=True, exist_ok=True)
+            private_dir(pins, PIN_ROOT)
             for mname, m in self.maps.items():
                 obj_pin(m.fd, pins / mname)
             obj_pin(self.prog_fd, pins / abi.PROG_PIN)
