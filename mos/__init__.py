@@ -32,6 +32,7 @@ __all__ = [
     "Event",
     "EventInfo",
     "Filter",
+    "HandlerTimeout",
     "Hook",
     "Monitor",
     "MosError",
@@ -57,7 +58,7 @@ _WHERE = {
     "Policy": "events", "Side": "events", "TcpState": "events",
     "Filter": "filter",
     "Monitor": "monitor",
-    "MosError": "errors", "StaleConnection": "errors",
+    "HandlerTimeout": "errors", "MosError": "errors", "StaleConnection": "errors",
     "PacketSource": "source", "PcapSource": "source",
     "Timer": "timer",
 }

@@ -9,3 +9,10 @@ class MosError(Exception):
 
 class StaleConnection(MosError):
     """The connection ended and its slot was reused: a handle kept past its CONN_END."""
+
+
+class HandlerTimeout(MosError):
+    """Raised inside app code (an event handler, a timer callback, a Python filter) that ran longer than the
+    monitor's ``handler_timeout``, or that was running when a stop signal came (SIGINT, SIGTERM): it is
+    reported and counted like any exception of a handler (``handler_timeouts`` in ``Monitor.stats()``), and
+    the run goes on. See :mod:`mos.watchdog`."""

@@ -1,5 +1,9 @@
 """How exceptions raised by an app's code (handlers, Python filters, timer callbacks) are reported.
 
+A :class:`~mos.errors.HandlerTimeout` (the watchdog interrupted a handler that ran too long, or that was
+running at a stop signal: :mod:`mos.watchdog`) is one of them, reported the same way; it is also counted
+apart (:attr:`HandlerErrors.timeouts`).
+
 A handler that fails on every event must not bury the run in tracebacks or slow it down: each handler's
 first few failures are printed in full with the connection they failed on; after that, its failures are
 only counted, with at most one line per handler every few seconds of wall-clock time saying how many
@@ -18,6 +22,9 @@ import traceback
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple, Type, Union
+
+from .errors import HandlerTimeout
+from .watchdog import is_ours
 
 __all__ = ["ExcInfo", "HandlerErrors", "FIRST_TRACEBACKS", "REPORT_INTERVAL"]
 
@@ -43,6 +50,7 @@ class _Record:
     """Failures already told about (in full, in a periodic line)."""
     last_line: float = 0.0
     last_type: Optional[type] = None
+    timeouts: int = 0
 
 
 def _target(fn: Any) -> Any:
@@ -87,6 +95,18 @@ def _name(fn: Any) -> str:
     return name
 
 
+def _trim_watchdog(tb: Optional[TracebackType]) -> None:
+    """Leave the signal handler that raised a HandlerTimeout (this package's code) out of the end of its
+    traceback: the last line shown is then the line of the app's code that was interrupted."""
+    last_app = None
+    while tb is not None:
+        if not is_ours(tb.tb_frame.f_code):
+            last_app = tb
+        tb = tb.tb_next
+    if last_app is not None:
+        last_app.tb_next = None
+
+
 def _one_line(exc: Optional[BaseException]) -> str:
     if exc is None:
         return "no exception"
@@ -115,6 +135,8 @@ class HandlerErrors:
         self._by: Dict[Any, _Record] = {}
         self.count = 0
         """Failures reported, of every handler."""
+        self.timeouts = 0
+        """Those of them that were a :class:`~mos.errors.HandlerTimeout`."""
 
     def _write(self, text: str) -> None:
         (self._out if self._out is not None else sys.stderr).write(text)
@@ -133,6 +155,11 @@ class HandlerErrors:
             rec = self._by[key] = _Record(_name(fn), what, conn_desc, _one_line(exc_info[1]),
                                           last_line=self._clock())
         rec.count += 1
+        exc_type = exc_info[0]
+        if exc_type is not None and issubclass(exc_type, HandlerTimeout):
+            self.timeouts += 1
+            rec.timeouts += 1
+            _trim_watchdog(exc_info[2])
         if rec.count <= self.first:
             self._write(f"mos-xdp: {what} {rec.name!r} failed on {conn_desc}:\n")
             self._write("".join(traceback.format_exception(*exc_info)))
@@ -142,7 +169,7 @@ class HandlerErrors:
                 self._write(f"mos-xdp: further failures of {what} {rec.name!r} are counted, reported every "
                             f"{self.interval:g} s and summed up at the end\n")
             return
-        rec.last_type = exc_info[0]
+        rec.last_type = exc_type
         now = self._clock()
         if now - rec.last_line >= self.interval:
             self._periodic(rec, now)
@@ -163,7 +190,8 @@ class HandlerErrors:
         """Write and return one line per handler that failed, with its total (nothing if none failed).
 
         The totals are since this object was made: calling it again (a second run) repeats earlier ones."""
-        lines = [f"mos-xdp: {r.what} {r.name!r} failed {r.count} time{'s' if r.count != 1 else ''} "
+        lines = [f"mos-xdp: {r.what} {r.name!r} failed {r.count} time{'s' if r.count != 1 else ''}"
+                 f"{f', {r.timeouts} of them timed out' if r.timeouts else ''} "
                  f"(first on {r.first_on}: {r.first_error})" for r in self._by.values()]
         for line in lines:
             self._write(line + "\n")

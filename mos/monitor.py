@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import struct
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
@@ -54,6 +55,7 @@ from .handler_errors import HandlerErrors
 from .source import LiveControl, PacketSource, PcapSource
 from .stats import engine_stats
 from .subscriptions import (
+    Flat,
     Handler,
     Key,
     SubSets,
@@ -66,6 +68,7 @@ from .subscriptions import (
     sides_of,
 )
 from .timer import Timer, TimerQueue
+from .watchdog import MIN_BUDGET, STOP_GRACE, Watchdog, calls_app_code
 
 __all__ = ["EnginePort", "Monitor"]
 
@@ -156,8 +159,10 @@ class Monitor:
     (an exception in a handler stops the run), ``checksum`` (``auto``, ``on``, ``off``: which packets
     with a wrong IPv4, TCP or UDP checksum are dropped before the engine; :attr:`checksum_state`),
     ``peek_window`` (bytes of each stream kept behind its end for :meth:`Connection.peek` and
-    :meth:`Connection.ppeek`, whatever the batch boundaries; at most half of ``dir_buffer_limit``) and
-    ``order``:
+    :meth:`Connection.ppeek`, whatever the batch boundaries; at most half of ``dir_buffer_limit``),
+    ``handler_timeout`` (seconds an event handler, timer callback or Python filter may run before it is
+    interrupted with :class:`~mos.errors.HandlerTimeout`, reported like any exception of a handler; 0: no
+    limit; see :mod:`mos.watchdog`) and ``order``:
 
     * ``"connection"`` (the default, mOS's model): what a handler does (stop monitoring, subscribe or
       unsubscribe, change a policy or buffering, drop) takes effect from the connection's next packet.
@@ -202,6 +207,7 @@ class Monitor:
         sync: bool = False,
         checksum: str = "auto",
         peek_window: int = 64 << 10,
+        handler_timeout: float = 1.0,
     ) -> None:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
@@ -274,6 +280,9 @@ class Monitor:
         """The event being handled (its unpacked record): a list, set in place once per event."""
         self._views: Dict[int, PacketView] = {}
         self._errors = HandlerErrors()
+        self.handler_timeout = handler_timeout
+        self._skipped = 0  # handler calls not made: the run was stopping, past its deadline
+        self._silenced: Optional[Dict[int, Tuple[Any, Any]]] = None  # id -> (owner, its handler table)
         self._stop = False
         self.read_error: Optional[str] = None
         """Why the last capture ended early (a truncated file), if it did."""
@@ -298,6 +307,20 @@ class Monitor:
     def handler_errors(self) -> int:
         """Exceptions raised by handlers, filters and timer callbacks (reported on stderr)."""
         return self._errors.count
+
+    @property
+    def handler_timeout(self) -> float:
+        """Seconds a handler, timer callback or Python filter may run in :meth:`run` before it is
+        interrupted with :class:`~mos.errors.HandlerTimeout` (0: no limit); read when a run starts."""
+        return self._handler_timeout
+
+    @handler_timeout.setter
+    def handler_timeout(self, value: float) -> None:
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf
+                or 0 < value < MIN_BUDGET):
+            raise MosError(f"handler_timeout must be 0 (no limit) or a number of seconds of at least "
+                           f"{MIN_BUDGET:g}, not {value!r}")
+        self._handler_timeout = float(value)
 
     # -- events ---------------------------------------------------------------------------------------
     def _check_event(self, event: Any) -> int:
@@ -507,6 +530,9 @@ class Monitor:
         for t in self._timers.pop_due(now):
             lib.mos_engine_advance(self._eng, t.due)
             self._dispatch(drain=True)
+            if self._silenced is not None:
+                self._skipped += 1
+                continue
             self._timer_now = t.due
             try:
                 first = self if t.conn is None else t.conn
@@ -555,6 +581,7 @@ class Monitor:
         :meth:`live_session` for the run.
         """
         source.open()
+        dog = self._watchdog()
         try:
             sample = getattr(source, "checksum_sample", None)
             if sample is not None and self.checksum_state == "sampling":
@@ -574,10 +601,69 @@ class Monitor:
                     self.read_error = source.read_error
                 self.finish()
         finally:
+            if dog is not None:
+                dog.stop()
+                self._unsilence()
             lib.mos_engine_set_stable(self._eng, ffi.NULL, ffi.NULL)  # copies what is still held
             source.close()
             self._errors.summary()
         return self.stats()
+
+    def _watchdog(self) -> Optional[Watchdog]:
+        """The run's watchdog, started (:mod:`mos.watchdog`); None outside the main thread (signals, which
+        it interrupts handlers with, are handled there only)."""
+        dog = Watchdog(self._handler_timeout, self._silence)
+        return dog if dog.start() else None
+
+    def _silence(self) -> None:
+        """The run is stopping and its deadline passed: no app code is called any more, each call not made
+        is counted (``handler_calls_skipped_at_stop``). Called from the watchdog's thread, again at each of
+        its looks (a set made meanwhile gets its turn); :meth:`_unsilence` puts everything back after the run.
+
+        The handler tables (the global one, each per-connection set's) and the Python filters are replaced
+        by ones of the same shape whose entries count instead of calling: the dispatch reads them at each
+        event, so it needs no test of its own. Timers are skipped in :meth:`_fire_timers`."""
+        done = self._silenced
+        if done is None:
+            done = self._silenced = {}
+            done[id(self._flat)] = (self, self._flat)
+            self._flat = self._skipping(self._flat)
+            children = self._children
+            done[id(children)] = (self, children)
+            self._children = {t: [UserEvent(ue.id, ue.base, self._skip_filter, ue.in_c) for ue in ues]
+                              for t, ues in children.items()}
+        for sset in self._subs.by_id:
+            if sset is not None and sset.handlers and id(sset) not in done:
+                done[id(sset)] = (sset, sset.flat)
+                sset.flat = self._skipping(sset.flat)
+
+    def _unsilence(self) -> None:
+        """What :meth:`_silence` replaced, back (the run is over), and one line about the calls not made."""
+        done, self._silenced = self._silenced, None
+        if done is None:
+            return
+        for owner, table in done.values():
+            if owner is not self:
+                owner.flat = table
+            elif isinstance(table, dict):
+                self._children = table
+            else:
+                self._flat = table
+        if self._skipped:
+            sys.stderr.write(f"mos-xdp: stopping: {self._skipped} handler call(s) not made, from {STOP_GRACE:g} s "
+                             f"after the stop signal (handler_calls_skipped_at_stop)\n")
+
+    def _skipping(self, flat: Flat) -> Flat:
+        """A handler table of the same shape as ``flat`` whose entries count the calls instead of making them."""
+        skip = self._skip_call
+        return [(skip,) * len(hs) if hs else hs for hs in flat]
+
+    def _skip_call(self, *_args: Any) -> None:
+        self._skipped += 1
+
+    def _skip_filter(self, *_args: Any) -> bool:
+        self._skipped += 1
+        return False
 
     def run_pcap(self, path: str, progress: Optional[Callable[[int, int], Any]] = None) -> Dict[str, int]:
         """Run over a pcap or pcapng file (:class:`~mos.source.PcapSource`); returns the counters."""
@@ -614,6 +700,7 @@ class Monitor:
         self._stop = True
 
     # -- dispatch -----------------------------------------------------------------------------------
+    @calls_app_code
     def _call(self, fn: Callable[..., Any], args: Tuple[Any, ...], conn: Optional[Connection],
               what: str = "handler") -> None:
         """Call a handler; an exception is reported with the connection, and the run goes on (unless strict)."""
@@ -628,6 +715,7 @@ class Monitor:
         if self.strict:
             raise
 
+    @calls_app_code
     def _dispatch(self, drain: bool = False) -> None:
         """Run the handlers of the queued events. With ``drain`` (after a feed), then process the packets
         held back for them (order ``connection``) and handle their events, round after round in this one
@@ -724,6 +812,7 @@ class Monitor:
                 t.cancel()
             del self._states[slot]
 
+    @calls_app_code
     def _derive(self, conn: Optional[Connection], f: Tuple[int, ...], t: int, base: EventInfo) -> None:
         """Python-filtered user events derived from event type ``t``."""
         for ue in self._children.get(t, ()):
@@ -780,9 +869,14 @@ class Monitor:
 
     # -- counters -----------------------------------------------------------------------------------
     def stats(self) -> Dict[str, int]:
-        """Engine counters: packet dispositions, malformations by reason, reassembly and fragments."""
+        """Engine counters: packet dispositions, malformations by reason, reassembly and fragments; then the
+        app code's: ``handler_errors`` (exceptions of handlers, filters, timer callbacks), ``handler_timeouts``
+        (those that were a HandlerTimeout) and ``handler_calls_skipped_at_stop`` (not made: the run was
+        stopping, past its deadline; see :mod:`mos.watchdog`)."""
         out = engine_stats(self._eng)
         out["handler_errors"] = self.handler_errors
+        out["handler_timeouts"] = self._errors.timeouts
+        out["handler_calls_skipped_at_stop"] = self._skipped
         return out
 
     def connections(self) -> List[Connection]:

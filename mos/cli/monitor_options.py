@@ -93,6 +93,9 @@ OPTIONS: Tuple[MonitorOption, ...] = (
     MonitorOption("peek_window", "--peek-window",
                   "Bytes of each stream peek/ppeek can read back behind its end (K, M, G suffixes).", SIZE),
     MonitorOption("strict", "--strict", "Stop at the first exception in a handler.", switch=True),
+    MonitorOption("handler_timeout", "--handler-timeout",
+                  "Seconds a handler, timer callback or Python filter may run before it is interrupted "
+                  "(HandlerTimeout, reported as a handler error; 0: no limit).", click.FloatRange(0)),
 )
 """Every Monitor option of ``run`` (and those of ``streams``), in ``--help`` order."""
 

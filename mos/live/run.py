@@ -326,13 +326,19 @@ def _stop_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+KILL_AFTER = 1.5
+"""Seconds after a stop signal (or a SIGTERM of its own) a worker has to exit before it is killed: it stops
+its handlers within ~1.3 s whatever they do (mos.watchdog), unless one catches BaseException."""
+
+
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
+        end = time.monotonic() + KILL_AFTER
+        while time.monotonic() < end:
             if os.waitpid(pid, os.WNOHANG)[0]:
                 return
-            time.sleep(0.1)
+            time.sleep(0.02)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     except (ProcessLookupError, ChildProcessError):
@@ -340,24 +346,36 @@ def _kill(pid: int) -> None:
 
 
 def _wait_workers(children: List[int], stop: StopFlag, deadline: float) -> int:
-    """Waits for the workers; a signal or the end of one of them stops them all. Returns an exit code."""
+    """Waits for the workers; a signal or the end of one of them stops them all. Returns an exit code.
+
+    After a stop signal, a worker that has not exited :data:`KILL_AFTER` later is killed (said on stderr):
+    the run ends within 2 s. Otherwise (the duration is up, a worker ended) they have a minute for their
+    app's finish()."""
     code = 0
     alive = set(children)
     stopping = 0.0
+    kill_at = 0.0
     while alive:
-        if not stopping and (stop.flag or (deadline and time.monotonic() >= deadline + 1)):
-            stopping = time.monotonic()
+        now = time.monotonic()
+        if not stopping and (stop.flag or (deadline and now >= deadline + 1)):
+            stopping, kill_at = now, now + 60
             for pid in alive:
                 os.kill(pid, signal.SIGTERM)
-        if stopping and time.monotonic() - stopping > 60:
-            for pid in alive:  # a worker stuck in an app's finish(): no more waiting
+        if stop.flag:
+            kill_at = min(kill_at, stop.at + KILL_AFTER)
+        if stopping and now > kill_at:
+            for pid in alive:  # a worker stuck in a handler or an app's finish(): no more waiting
                 os.kill(pid, signal.SIGKILL)
+            waited = now - (stop.at if stop.flag else stopping)
+            sys.stderr.write(f"mos-xdp: worker(s) {', '.join(map(str, sorted(alive)))} did not exit "
+                             f"{waited:.1f} s after being told to stop: killed (SIGKILL)\n")
+            kill_at = float("inf")
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
         if pid == 0:
-            time.sleep(0.1)
+            time.sleep(0.02)
             continue
         if pid in alive:
             alive.discard(pid)
@@ -365,7 +383,7 @@ def _wait_workers(children: List[int], stop: StopFlag, deadline: float) -> int:
             if rc != 0:
                 code = code or (rc if rc > 0 else 1)
             if not stopping:  # a worker ended: its connections would go nowhere, stop the others
-                stopping = time.monotonic()
+                stopping, kill_at = time.monotonic(), time.monotonic() + 60
                 for other in alive:
                     os.kill(other, signal.SIGTERM)
     return code

@@ -10,11 +10,13 @@ the monitor's :class:`mos.monitor.EnginePort`, applies the batch's verdicts, and
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import TYPE_CHECKING, Any, Optional, Tuple
 
 from ..abi import ffi, lib
 from ..source import BATCH
+from ..watchdog import stop_requested
 from .session import LiveError, LiveSession, set_current
 
 if TYPE_CHECKING:
@@ -26,15 +28,22 @@ PUMP_NS = 20_000_000  # at most this long in C before Python checks signals, tim
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM (a signal handler)."""
+    """Set by SIGINT/SIGTERM (a signal handler). The run going on stops promptly whatever its handlers do:
+    the one running is interrupted (:func:`mos.watchdog.stop_requested`: HandlerTimeout raised into it
+    from here), the next ones get a short budget, and a second from the first signal on none is called."""
 
     def __init__(self) -> None:
         self.flag = False
         self.signum = 0
+        self.at = 0.0
+        """When the first signal came (monotonic seconds)."""
 
-    def __call__(self, signum: int, _frame: Any) -> None:
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.flag:
+            self.at = time.monotonic()
         self.flag = True
         self.signum = signum
+        stop_requested(frame, signal.Signals(signum).name)
 
 
 class XskSource:
