@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+import types
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from conftest import run_cli
@@ -320,3 +322,130 @@ def test_dns_log_offline(tmp_path: Path) -> None:
         {"client": f"{CLI}:40001", "server": f"{SRV}:53", "id": 8, "name": "lost.example", "qtype": "A",
          "rcode": None, "answers": [], "latency_ms": None},
     ]
+
+
+# ---- live: a resolver in a namespace, dig through an inline mos-xdp ----------------------------------------
+
+DNS_APP = """
+import json, os
+from mos import Event
+
+def init(mon):
+    def start(conn, ev):
+        if conn.protocol == "udp" and os.environ.get("MOS_TEST_DROP"):
+            conn.drop()
+
+    def end(conn, ev):
+        i = conn.info()
+        with open(os.environ["MOS_TEST_OUT"], "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "protocol": i["protocol"], "client": i["client"],
+                                "c2s": i["c2s_packets"], "s2c": i["s2c_packets"], "end": i["end"]}) + "\\n")
+
+    mon.on(Event.CONN_START, start)
+    mon.on(Event.CONN_END, end)
+"""
+
+
+@pytest.fixture(scope="module")
+def dns_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """c (dig) -- m (mos-xdp inline) -- s (dnsmasq answering *.example.test with 10.9.9.9)."""
+    from netns import Topology, reap_stale, require_root
+    from test_live import CLIENT, SERVER
+
+    from mos.net.topology import XDP_END_HOST
+
+    require_root()
+    reap_stale()
+    tmp = tmp_path_factory.mktemp("dns")
+    with Topology() as topo:
+        c, m, s = topo.netns("c"), topo.netns("m"), topo.netns("s")
+        tag = topo.tag[-6:]
+        mi, mo, lc, ls = f"mi{tag}", f"mo{tag}", f"lc{tag}", f"ls{tag}"
+        topo.veth(c, lc, m, mi, f"{CLIENT}/24", None)
+        topo.veth(m, mo, s, ls, None, f"{SERVER}/24")
+        for ns, dev in ((c, lc), (s, ls)):
+            ns.ethtool(dev, XDP_END_HOST)
+        topo.spawn(s, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--address=/example.test/10.9.9.9",
+                   f"--listen-address={SERVER}", "--bind-interfaces", "--port", "53", "--user=root",
+                   f"--pid-file={tmp / 'dnsmasq.pid'}", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while s.run("dig", f"@{SERVER}", "+short", "+time=1", "+tries=1", "up.example.test",
+                    check=False).stdout.strip() != "10.9.9.9":
+            assert time.time() < deadline, "dnsmasq did not come up"
+            time.sleep(0.2)
+
+        def _leftovers() -> None:
+            from mos import xdp
+
+            with m.entered():
+                xdp.detach(mi)
+
+        topo.on_close(_leftovers)
+        yield types.SimpleNamespace(c=c, m=m, s=s, mi=mi, mo=mo, server=SERVER, client=CLIENT)
+
+
+def _dig(net: Any, name: str, timeout: int = 2) -> subprocess.CompletedProcess:
+    return net.c.run("dig", f"@{net.server}", f"+time={timeout}", "+tries=1", "+short", name, check=False,
+                     timeout=timeout + 20)
+
+
+def _live(net: Any, app: str, *extra: str, env: Optional[Dict[str, str]] = None) -> Any:
+    from test_live import LiveRun
+
+    r = LiveRun(net.m, app, "--iface", net.mi, "--peer", net.mo, *extra, env=env)
+    r.wait_ready()
+    return r
+
+
+@pytest.mark.netns
+def test_live_dns_log_logs_the_answers(dns_net: Any) -> None:
+    app = str(Path(__file__).resolve().parent.parent / "apps" / "dns_log.py")
+    run = _live(dns_net, app, "--stats", "--", "--json")
+    try:
+        answers = [_dig(dns_net, f"h{k}.example.test").stdout.strip() for k in range(3)]
+    finally:
+        rc = run.stop()
+    assert rc == 0, run.stderr
+    assert answers == ["10.9.9.9"] * 3
+    recs = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
+    assert sorted(r["name"] for r in recs) == [f"h{k}.example.test" for k in range(3)]
+    assert all(r["answers"] == ["10.9.9.9"] and r["rcode"] == "NOERROR" and r["latency_ms"] >= 0 for r in recs)
+    assert all(r["server"] == f"{dns_net.server}:53" for r in recs)
+    st = run.engine_counters()
+    assert st["udp_packets"] >= 6 and st["conns_created"] >= 3
+
+
+@pytest.mark.netns
+def test_live_udp_drop_makes_dig_time_out(dns_net: Any, tmp_path: Path) -> None:
+    app = tmp_path / "dns_rec.py"
+    app.write_text(DNS_APP)
+    out = tmp_path / "rec.jsonl"
+    run = _live(dns_net, str(app), env={"MOS_TEST_OUT": str(out), "MOS_TEST_DROP": "1"})
+    try:
+        r = _dig(dns_net, "dropped.example.test")
+    finally:
+        rc = run.stop()
+    assert rc == 0, run.stderr
+    assert r.returncode == 9 and "10.9.9.9" not in r.stdout, (r.returncode, r.stdout)  # 9: no reply
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(x["protocol"], x["c2s"], x["s2c"]) for x in recs] == [("udp", 1, 0)]
+
+
+@pytest.mark.netns
+def test_live_udp_flows_reach_one_worker(dns_net: Any, tmp_path: Path) -> None:
+    app = tmp_path / "dns_rec.py"
+    app.write_text(DNS_APP)
+    out = tmp_path / "rec.jsonl"
+    run = _live(dns_net, str(app), "--workers", "2", env={"MOS_TEST_OUT": str(out)})
+    try:
+        answers = [_dig(dns_net, f"w{k}.example.test").stdout.strip() for k in range(12)]
+    finally:
+        rc = run.stop()
+    assert rc == 0, run.stderr
+    assert answers == ["10.9.9.9"] * 12
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    udp = [x for x in recs if x["protocol"] == "udp"]
+    clients = [x["client"] for x in udp]
+    assert len(clients) == len(set(clients)) == 12, udp  # each flow in one worker only
+    assert all((x["c2s"], x["s2c"]) == (1, 1) for x in udp), udp
+    assert len({x["pid"] for x in udp}) == 2, udp
