@@ -33,7 +33,19 @@ from .abi import (
     lib,
 )
 from .errors import MosError, StaleConnection
-from .events import BUILTIN_EVENTS, EndReason, ErrorKind, Event, Hook, OrphanKind, Policy, Side, TcpState, policy_of
+from .events import (
+    BUILTIN_EVENTS,
+    PROTOCOL_NAMES,
+    EndReason,
+    ErrorKind,
+    Event,
+    Hook,
+    OrphanKind,
+    Policy,
+    Side,
+    TcpState,
+    policy_of,
+)
 from .stats import ENGINE_COUNTERS
 from .subscriptions import Handler, hook_of, sides_of
 
@@ -89,7 +101,9 @@ def info_dict(i: Any) -> Dict[str, Any]:
     """A ``struct mos_conn_info`` as the dict ``Connection.info()`` returns."""
     v = i.ip_version
     ca, sa = addr_str(v, i.cli_addr), addr_str(v, i.svr_addr)
+    tcp = i.proto == _TCP  # a UDP flow has no TCP states nor sequence numbers
     return {
+        "protocol": PROTOCOL_NAMES.get(int(i.proto), str(i.proto)),
         "id": int(i.id),
         "client": endpoint(v, ca, i.cli_port),
         "server": endpoint(v, sa, i.svr_port),
@@ -99,14 +113,14 @@ def info_dict(i: Any) -> Dict[str, Any]:
         "server_port": int(i.svr_port),
         "ip_version": int(v),
         "vlan": [int(i.vlan[k]) for k in range(i.nvlan)],
-        "client_state": TcpState(i.cli_state).name,
-        "server_state": TcpState(i.svr_state).name,
+        "client_state": TcpState(i.cli_state).name if tcp else None,
+        "server_state": TcpState(i.svr_state).name if tcp else None,
         "end": EndReason(i.end_reason).name if i.end_reason else None,
         "picked_up": bool(i.picked_up),
         "client_wscale": None if i.cli_wscale == NO_WSCALE else int(i.cli_wscale),
         "server_wscale": None if i.svr_wscale == NO_WSCALE else int(i.svr_wscale),
-        "client_isn": int(i.cli_isn),
-        "server_isn": int(i.svr_isn),
+        "client_isn": int(i.cli_isn) if tcp else None,
+        "server_isn": int(i.svr_isn) if tcp else None,
         "first_ts": i.first_ts_ns / 1e9,
         "last_ts": i.last_ts_ns / 1e9,
         "c2s_packets": int(i.pkts[0]),
@@ -124,6 +138,9 @@ def info_dict(i: Any) -> Dict[str, Any]:
         "c2s_rexmit_inconsistent": int(i.rexmit_inconsistent[1]),
         "s2c_rexmit_inconsistent": int(i.rexmit_inconsistent[0]),
     }
+
+
+_TCP = socket.IPPROTO_TCP
 
 
 def endpoint(version: int, addr: str, port: int) -> str:
@@ -169,7 +186,8 @@ class EventInfo:
 
     @property
     def data(self) -> Optional[bytes]:
-        """CONN_NEW_DATA: the new bytes. REXMIT (inconsistent): the bytes first seen."""
+        """CONN_NEW_DATA: the new bytes. REXMIT (inconsistent): the bytes first seen. PKT_IN of a UDP flow:
+        the datagram's payload (the whole datagram when it came in fragments). ICMP_ERROR: the ICMP message."""
         p = self._f[EV_DATA]
         return ffi.unpack(ffi.cast("char *", p), self._f[EV_LEN]) if p else None
 
@@ -201,6 +219,20 @@ class EventInfo:
         if base == Event.ORPHAN:
             return OrphanKind(r)
         return r
+
+    @property
+    def icmp_type(self) -> Optional[int]:
+        """ICMP_ERROR: the ICMP (or ICMPv6) type of the error; None for any other event."""
+        if self._mon.root(self.type) != Event.ICMP_ERROR:
+            return None
+        return int(self._f[EV_REASON] >> 8)
+
+    @property
+    def icmp_code(self) -> Optional[int]:
+        """ICMP_ERROR: the ICMP (or ICMPv6) code of the error; None for any other event."""
+        if self._mon.root(self.type) != Event.ICMP_ERROR:
+            return None
+        return int(self._f[EV_REASON] & 0xFF)
 
     @property
     def malformed(self) -> Optional[str]:
@@ -288,7 +320,10 @@ class ConnState:
 
 
 class Connection:
-    """A TCP connection seen by the stack: both endpoints' states and both receive streams.
+    """A TCP connection seen by the stack (both endpoints' states and both receive streams), or a UDP flow
+    (:attr:`protocol` ``"udp"``: datagrams both ways between two endpoints, its client the sender of the
+    first one; ``ctx``, subscriptions, timers, ``info()``, ``drop()``, ``bypass()`` and the packet rewrites
+    work on it, the stream and TCP state methods raise a :class:`MosError`).
 
     ``Side.CLIENT`` is the endpoint that sent the first SYN (or, for a connection picked up mid-stream,
     the one guessed from ports and flags). As in mOS, ``peek(side)`` reads the stream ``side``
@@ -348,6 +383,28 @@ class Connection:
         return info
 
     @property
+    def protocol(self) -> str:
+        """``"tcp"`` or ``"udp"``."""
+        p = lib.mos_conn_proto(self._mon._eng, self._slot, self.id)
+        if p < 0:
+            raise StaleConnection(f"connection {self.id} is gone (it ended before this call)")
+        return PROTOCOL_NAMES.get(p, str(p))
+
+    @property
+    def community_id(self) -> str:
+        """The Community ID v1 of the connection or flow (as Zeek and Suricata print it)."""
+        from .communityid import community_id_of
+
+        return community_id_of(self.info())
+
+    def _tcp_only(self, what: str) -> None:
+        """A :class:`MosError` when this is not a TCP connection: ``what`` needs TCP's streams or states."""
+        p = lib.mos_conn_proto(self._mon._eng, self._slot, self.id)
+        if p != _TCP and p >= 0:
+            raise MosError(f"{what}() needs a TCP connection: connection {self.id} is a "
+                           f"{PROTOCOL_NAMES.get(p, str(p)).upper()} flow (its datagrams: ev.data in PKT_IN)")
+
+    @property
     def alive(self) -> bool:
         """True until the connection's CONN_END has been handled (during its CONN_END handlers too)."""
         return bool(lib.mos_conn_alive(self._mon._eng, self._slot, self.id))
@@ -376,6 +433,7 @@ class Connection:
     def state(self, side: Side) -> TcpState:
         """The TCP state of one endpoint (inside a handler: as it was when the event was raised)."""
         s = _one_side(side)
+        self._tcp_only("state")
         snap = self._snapshot()
         if snap is not None:
             return TcpState(snap[EV_CLI_STATE + s])
@@ -385,6 +443,10 @@ class Connection:
     def stream_offset(self, side: Side) -> int:
         """How many bytes ``side`` has received in order, gaps included (inside a handler: at the event)."""
         s = _one_side(side)
+        self._tcp_only("stream_offset")
+        return self._offset(s)
+
+    def _offset(self, s: int) -> int:
         snap = self._snapshot()
         if snap is not None:
             return int(snap[EV_RX_OFF0 + s])
@@ -394,7 +456,12 @@ class Connection:
         """The stream offsets ``[start, end)`` that :meth:`ppeek` can read in ``side``'s receive stream: the
         last ``peek_window`` bytes before the stream offset (inside a handler: at the event), whatever the
         batch boundaries. Gaps in it read as missing; with buffering off nothing is held."""
-        end = self.stream_offset(side)
+        s = _one_side(side)
+        self._tcp_only("window")
+        return self._window(s)
+
+    def _window(self, s: int) -> Tuple[int, int]:
+        end = self._offset(s)
         return max(0, end - self._mon._peek_window), end
 
     def peek(self, side: Side) -> bytes:
@@ -403,7 +470,8 @@ class Connection:
         where); bytes that left the :meth:`window` before being peeked are skipped and counted in
         :meth:`peek_lost`."""
         s = _one_side(side)
-        start, end = self.window(side)
+        self._tcp_only("peek")
+        start, end = self._window(s)
         st = self._state(make=True)
         assert st is not None
         pos = st.read[s]
@@ -427,6 +495,7 @@ class Connection:
     def peek_lost(self, side: Side) -> int:
         """Bytes of ``side``'s receive stream that :meth:`peek` skipped because they had left the window
         (``Monitor(peek_window=...)``) before this app peeked them."""
+        self._tcp_only("peek_lost")
         st = self._state()
         return st.lost[_one_side(side)] if st is not None else 0
 
@@ -436,11 +505,12 @@ class Connection:
         b"" when ``offset`` is outside it. The result depends on the stream alone, never on batch boundaries.
         Bytes held out of order past the stream offset are read with :meth:`held_bytes`."""
         s = _one_side(side)
+        self._tcp_only("ppeek")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise MosError(f"ppeek: offset must be a stream offset (an int >= 0), not {offset!r}")
         if not isinstance(length, int) or isinstance(length, bool) or length < 0:
             raise MosError(f"ppeek: length must be an int >= 0, not {length!r}")
-        start, end = self.window(side)
+        start, end = self._window(s)
         if offset < start or offset >= end or length == 0:
             return b""
         return self._copy(s, offset, min(length, end - offset))
@@ -449,7 +519,8 @@ class Connection:
         """Bytes held out of order past the stream offset (see :meth:`held_segments`), from ``offset`` up to
         the first byte not held: what may still become ``side``'s stream, if the holes before it fill."""
         s = _one_side(side)
-        if not isinstance(offset, int) or offset < self.stream_offset(side) or length <= 0:
+        self._tcp_only("held_bytes")
+        if not isinstance(offset, int) or offset < self._offset(s) or length <= 0:
             return b""
         return self._copy(s, offset, length)
 
@@ -463,6 +534,7 @@ class Connection:
     def held_segments(self, side: Side) -> List[Tuple[int, int]]:
         """Out-of-order segments held for ``side``'s receive stream: ``[(offset, length), ...]``."""
         s = _one_side(side)
+        self._tcp_only("held_segments")
         n = lib.mos_conn_segments(self._mon._eng, self._slot, self.id, s, ffi.NULL, ffi.NULL, 0)
         if n <= 0:
             return []
@@ -534,6 +606,7 @@ class Connection:
         """Hold ``side``'s receive stream for reassembly (on) or not, from the connection's next packet: as
         mOS's MOS_CLIBUF/MOS_SVRBUF on one connection. Off, out-of-order bytes are not held (they become
         gaps), in-order bytes are still delivered and peek/ppeek read nothing more."""
+        self._tcp_only("set_buffering")
         for s in _sides(side):
             if lib.mos_conn_set_buffering(self._mon._eng, self._slot, self.id, s, int(bool(on))) != 0:
                 raise StaleConnection(f"connection {self.id} is gone")
@@ -541,6 +614,7 @@ class Connection:
     def set_policy(self, policy: Union[Policy, str], side: Side = Side.BOTH) -> None:
         """Change the overlap policy of this connection's receive streams (``side``'s, or both)."""
         p = policy_of(policy)
+        self._tcp_only("set_policy")
         if not isinstance(side, Side):
             raise MosError(f"side must be a mos.Side, not {side!r}")
         if lib.mos_conn_set_policy(self._mon._eng, self._slot, self.id, int(side), p.code) != 0:

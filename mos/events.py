@@ -6,7 +6,8 @@ The numeric values are the C engine's (``userspace/mos_engine.h``), read through
 from __future__ import annotations
 
 import enum
-from typing import Union
+import socket
+from typing import Dict, Union
 
 from .abi import ffi, lib, policy_names
 from .errors import MosError
@@ -35,6 +36,10 @@ class Event(enum.IntEnum):
     names the ``malformed_*`` counter), or a wrong checksum (``CHECKSUM_INVALID``: ``ev.bad_checksum``)."""
     DATA_GAP = lib.MOS_EV_DATA_GAP
     """Bytes that will never arrive: ``ev.offset``/``ev.length`` in the receiving side's stream."""
+    ICMP_ERROR = lib.MOS_EV_ICMP_ERROR
+    """An ICMP or ICMPv6 error (destination unreachable, packet too big, time exceeded, parameter problem)
+    quoting a packet of the connection: ``ev.side`` sent the quoted packet (the error is addressed to it),
+    ``ev.icmp_type``/``ev.icmp_code`` say which error, ``ev.data`` is the ICMP message (header and quote)."""
 
 
 BUILTIN_EVENTS = lib.MOS_EV_BUILTIN_COUNT
@@ -42,6 +47,12 @@ USER_EVENT_BASE = lib.MOS_EV_USER_BASE
 MAX_EVENTS = lib.MOS_EV_MAX
 if len(Event) != BUILTIN_EVENTS:  # pragma: no cover - the engine gained an event this module lacks
     raise ImportError(f"mos.events knows {len(Event)} events, the engine {BUILTIN_EVENTS}")
+
+
+PROTOCOLS: Dict[str, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+"""The transport protocols whose flows are connections (``Monitor(protocols=...)``, ``conn.protocol``), by
+name, with their IP protocol numbers."""
+PROTOCOL_NAMES: Dict[int, str] = {v: k for k, v in PROTOCOLS.items()}
 
 
 class Side(enum.IntEnum):
@@ -73,6 +84,9 @@ class EndReason(enum.IntEnum):
     FIN = lib.MOS_END_FIN
     RST = lib.MOS_END_RST
     TIMEOUT = lib.MOS_END_TIMEOUT
+    """Idle for longer than the timeout of its state (``timeout_udp`` for a UDP flow)."""
+    IDLE = lib.MOS_END_TIMEOUT
+    """The same reason as ``TIMEOUT`` (an alias): what a UDP flow's idle end is called elsewhere."""
     EVICTION = lib.MOS_END_EVICTION
     EOF = lib.MOS_END_EOF
     """End of input (end of the capture, or the monitor was stopped)."""
@@ -157,8 +171,9 @@ class ErrorKind(enum.IntEnum):
 class OrphanKind(enum.IntEnum):
     """The ``ev.reason`` of an :data:`Event.ORPHAN`."""
 
-    NOT_TCP = lib.MOS_ORPHAN_NOT_TCP
-    """Not TCP (ARP, UDP, ICMP, ...)."""
+    UNTRACKED_PROTO = lib.MOS_ORPHAN_UNTRACKED_PROTO
+    """Of no protocol the monitor tracks: neither TCP nor UDP (ARP, ICMP that quotes no tracked flow, ...), or
+    UDP with ``Monitor(protocols=("tcp",))``."""
     NO_CONN = lib.MOS_ORPHAN_NO_CONN
     """TCP of no tracked connection (pick-up off, or a stray after the close)."""
     TABLE_FULL = lib.MOS_ORPHAN_TABLE_FULL

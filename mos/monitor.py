@@ -49,7 +49,7 @@ from .connection import (
 )
 from .errors import MosError
 from .errors import StaleConnection as StaleConnectionError
-from .events import BUILTIN_EVENTS, MAX_EVENTS, USER_EVENT_BASE, Event, Hook, Policy, Side, policy_of
+from .events import BUILTIN_EVENTS, MAX_EVENTS, PROTOCOLS, USER_EVENT_BASE, Event, Hook, Policy, Side, policy_of
 from .filter import Filter, PyFilter, UserEvent
 from .handler_errors import HandlerErrors
 from .source import LiveControl, PacketSource, PcapSource
@@ -138,6 +138,23 @@ def frag_policy_code(name: str) -> int:
     if name not in names:
         raise MosError(f"unknown fragment overlap policy {name!r} (choose from {', '.join(names)})")
     return names.index(name)
+def protocols_of(protocols: Any) -> Tuple[str, ...]:
+    """The protocols a monitor tracks, from a sequence of names or a comma-separated string; a
+    :class:`MosError` naming the choices otherwise. TCP is always tracked (the engine is a TCP stack)."""
+    names = protocols.split(",") if isinstance(protocols, str) else protocols
+    try:
+        out = tuple(str(n).strip().lower() for n in names)
+    except TypeError:
+        out = ()
+    bad = [n for n in out if n not in PROTOCOLS]
+    if bad or not out:
+        raise MosError(f"protocols: {', '.join(bad) if bad else repr(protocols)} is not a choice "
+                       f"(choose from {', '.join(PROTOCOLS)}, e.g. protocols=('tcp', 'udp'))")
+    if "tcp" not in out:
+        raise MosError("protocols must include 'tcp' (UDP flows come in addition to TCP connections)")
+    return out
+
+
 CHECKSUM_MODES = checksum_mode_names()
 ORDERS = order_names()
 """When handlers run (``connection``, ``batch``, ``packet``), from the engine's table."""
@@ -155,7 +172,9 @@ class Monitor:
     ``vlan_in_key`` (VLAN ids are part of a connection's key), ``pickup`` (track connections already in
     progress), ``max_conns``, ``dir_buffer_limit`` (bytes held per direction), ``max_segments``,
     ``memcap`` (bytes held by reassembly in all), timeouts in seconds (``timeout_syn``,
-    ``timeout_established``, ``timeout_closed``), ``frag_memcap``, ``frag_timeout``, ``strict``
+    ``timeout_established``, ``timeout_closed``, ``timeout_udp``: a UDP flow's idle end), ``protocols``
+    (whose flows are connections: ``("tcp", "udp")``, as Zeek and Suricata track both; ``("tcp",)``
+    makes UDP packets ORPHAN), ``frag_memcap``, ``frag_timeout``, ``strict``
     (an exception in a handler stops the run), ``checksum`` (``auto``, ``on``, ``off``: which packets
     with a wrong IPv4, TCP or UDP checksum are dropped before the engine; :attr:`checksum_state`),
     ``peek_window`` (bytes of each stream kept behind its end for :meth:`Connection.peek` and
@@ -198,6 +217,8 @@ class Monitor:
         timeout_syn: float = 30.0,
         timeout_established: float = 600.0,
         timeout_closed: Optional[float] = None,
+        timeout_udp: float = 60.0,
+        protocols: Union[Tuple[str, ...], List[str], str] = ("tcp", "udp"),
         frag_memcap: int = 64 << 20,
         frag_timeout: float = 30.0,
         event_queue: int = 8192,
@@ -247,12 +268,15 @@ class Monitor:
         cfg.memcap = memcap
         cfg.event_queue = event_queue
         cfg.peek_window = peek_window
+        cfg.udp = int("udp" in protocols_of(protocols))
         for tname, tval in (("timeout_syn", timeout_syn), ("timeout_established", timeout_established),
-                            ("timeout_closed", timeout_closed), ("frag_timeout", frag_timeout)):
+                            ("timeout_closed", timeout_closed), ("timeout_udp", timeout_udp),
+                            ("frag_timeout", frag_timeout)):
             if tval is not None and (not isinstance(tval, (int, float)) or isinstance(tval, bool) or tval <= 0):
                 raise MosError(f"{tname} must be a positive number of seconds, not {tval!r}")
         cfg.timeout_syn_ns = int(timeout_syn * 1e9)
         cfg.timeout_est_ns = int(timeout_established * 1e9)
+        cfg.timeout_udp_ns = int(timeout_udp * 1e9)
         if timeout_closed is not None:  # else the engine's TIME_WAIT default
             cfg.timeout_closed_ns = int(timeout_closed * 1e9)
         cfg.frag_memcap = frag_memcap

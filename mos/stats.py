@@ -13,7 +13,8 @@ from .abi import counter_names, frag_counter_names, lib, reasm_counter_names
 MALFORMED_PREFIX = "malformed_"
 BAD_CHECKSUM_PREFIX = "bad_checksum_"
 DISPOSITIONS = (
-    "conn_packets", "orphan_not_tcp", "orphan_no_conn", "orphan_table_full", "frag_held", "frag_error",
+    "conn_packets", "udp_packets", "icmp_error_packets", "orphan_untracked_proto", "orphan_no_conn",
+    "orphan_table_full", "frag_held", "frag_error",
 )
 
 BATCH_DEPENDENT = ("event_batches", "packets_held_for_handlers", "memory_held")

@@ -9,35 +9,32 @@ the final info of the connections to show, and the totals are its counters.
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .communityid import community_id_packed
+from .communityid import community_id_of
 from .connection import Connection, EventInfo
 from .events import Event, Side
 from .monitor import Monitor
 
 
-def _packed(addr: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
-
-
 def _row(i: Dict[str, Any], gaps: Optional[Tuple[List[List[int]], List[List[int]]]]) -> Dict[str, Any]:
-    """A connection's row from its info: with its gap lists (the index), or with the bytes lost (the table)."""
+    """A connection's row from its info: with its gap lists (the index), or with the bytes lost (the table).
+    A UDP flow's bytes are its datagrams' payloads (``c2s_packets`` datagrams), none lost."""
+    udp = i["protocol"] == "udp"
     return {
         "id": i["id"],
+        "proto": i["protocol"],
         "client": i["client"],
         "server": i["server"],
         "vlan": i["vlan"],
-        "c2s_bytes": i["c2s_stream"] - i["c2s_gap_bytes"],
-        "s2c_bytes": i["s2c_stream"] - i["s2c_gap_bytes"],
+        "c2s_bytes": i["c2s_payload"] if udp else i["c2s_stream"] - i["c2s_gap_bytes"],
+        "s2c_bytes": i["s2c_payload"] if udp else i["s2c_stream"] - i["s2c_gap_bytes"],
         **({"c2s_gaps": gaps[0], "s2c_gaps": gaps[1]} if gaps is not None else
            {"c2s_gap_bytes": i["c2s_gap_bytes"], "s2c_gap_bytes": i["s2c_gap_bytes"]}),
         "client_state": i["client_state"],
         "server_state": i["server_state"],
         "end": i["end"],
-        "community_id": community_id_packed(_packed(i["client_addr"]), _packed(i["server_addr"]),
-                                            i["client_port"], i["server_port"]),
+        "community_id": community_id_of(i),
         "c2s_packets": i["c2s_packets"],
         "s2c_packets": i["s2c_packets"],
         "picked_up": i["picked_up"],
@@ -57,14 +54,17 @@ def stream_table(
     pickup: bool = True,
     max_conns: int = 1 << 20,
     checksum: str = "auto",
+    protocols: Any = ("tcp", "udp"),
     progress: Optional[Callable[[int, int], Any]] = None,
 ) -> Tuple[List[Dict[str, Any]], Dict[str, int], Dict[str, int]]:
     """Reassemble ``pcap`` for a summary: the rows of connections 1..``limit`` (as ``run_streams`` gives
     them, with ``c2s_gap_bytes``/``s2c_gap_bytes`` instead of the gap lists), the totals over all
-    connections (``connections``, ``stream_bytes``, ``gap_bytes``) and the engine's counters."""
+    connections and UDP flows (``connections``, ``stream_bytes``: TCP's, ``gap_bytes``) and the engine's
+    counters."""
     # nothing reads bytes back (no peek window) and no handler acts on a connection (batch order)
     mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
-                  max_conns=max_conns, strict=True, checksum=checksum, peek_window=0, order="batch")
+                  max_conns=max_conns, strict=True, checksum=checksum, peek_window=0, order="batch",
+                  protocols=protocols)
     mon.log_ended(limit)
     st = mon.run_pcap(pcap, progress=progress)
     rows = [_row(i, None) for i in mon.ended_log()]
@@ -83,15 +83,18 @@ def run_streams(
     pickup: bool = True,
     max_conns: int = 1 << 20,
     checksum: str = "auto",
+    protocols: Any = ("tcp", "udp"),
     progress: Optional[Callable[[int, int], Any]] = None,
 ) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
     """Reassemble ``pcap``; with ``outdir``, write ``<n>.c2s``, ``<n>.s2c`` and ``index.jsonl`` there.
 
-    Returns the index rows (in connection order) and the engine's counters.
+    Returns the index rows (in connection order) and the engine's counters. A UDP flow's files hold its
+    datagrams' payloads one after the other.
     """
     # nothing reads bytes back (no peek window) and no handler acts on a connection (batch order)
     mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
-                  max_conns=max_conns, strict=True, checksum=checksum, peek_window=0, order="batch")
+                  max_conns=max_conns, strict=True, checksum=checksum, peek_window=0, order="batch",
+                  protocols=protocols)
     if outdir is not None:
         os.makedirs(outdir, exist_ok=True)
         for name in os.listdir(outdir):  # a rerun must not append to the previous run's files

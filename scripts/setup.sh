@@ -20,6 +20,8 @@ APT_PACKAGES=(
     python3-bpfcc linux-headers-amd64
     # real-traffic tests and tools the tests drive
     iproute2 tcpdump curl ethtool tcpreplay
+    # the live UDP test: a resolver and a DNS client (tests/test_udp.py)
+    dnsmasq bind9-dnsutils
     # vm/
     qemu-system-x86 linux-image-amd64 busybox-static cpio
 )

@@ -608,13 +608,13 @@ def test_conn_end_eviction_prefers_half_open(tmp_path):
 def test_orphan_udp(tmp_path):
     b = pcaps.udp_only()
     got = []
-    mon = Monitor()
+    mon = Monitor(protocols=("tcp",))  # UDP flows are tests/test_udp.py's
     mon.on(Event.ORPHAN, lambda c, e: got.append((c, e.reason, e.packet.proto, e.packet.sport, e.packet.dport)))
     st = run(tmp_path, mon, b)
     sports = [Ether(f)[UDP].sport for _, f, _ in b.records]
     dports = [Ether(f)[UDP].dport for _, f, _ in b.records]
     assert got == [(None, 1, 17, s, d) for s, d in zip(sports, dports)]
-    assert st["orphan_not_tcp"] == len(b.records) == accounted(st) == st["packets"]
+    assert st["orphan_untracked_proto"] == len(b.records) == accounted(st) == st["packets"]
 
 
 def test_orphan_midstream_without_pickup(tmp_path):
@@ -904,7 +904,7 @@ def test_stop_monitoring_server_side(tmp_path, filler):
     c.close()
     cap = filler_between(first, c.built(), filler)
     srv, cli, ends = [], [], []
-    mon = Monitor(sync=filler == 0)
+    mon = Monitor(sync=filler == 0, protocols=("tcp",))  # the UDP filler stays out of the events
 
     @mon.on(Event.CONN_NEW_DATA, side=Side.SERVER)
     def server_rx(conn, ev):
@@ -1105,7 +1105,7 @@ def test_timer_one_shot_fires_once_between_the_right_packets(tmp_path):
 def test_timer_added_inside_handler_counts_from_now(tmp_path, gap):
     """A timer added in a handler counts from the packet time of the event being handled."""
     log: list = []
-    mon = Monitor(sync=gap == 0)
+    mon = Monitor(sync=gap == 0, protocols=("tcp",))  # the UDP filler stays out of the events
     timer_log(mon, log)
 
     @mon.on(Event.PKT_IN)
@@ -1271,7 +1271,7 @@ def test_stats_damaged_builder_accounted(tmp_path):
     st = run(tmp_path, mon, b)
     assert st["packets"] == len(b.records) == accounted(st)
     assert sum(v for k, v in st.items() if k.startswith("malformed_")) == b.extra["damaged"]
-    assert st["orphan_not_tcp"] == b.extra["udp"]
+    assert st["udp_packets"] == b.extra["udp"]
 
 
 def test_stats_bad_fragment_rejected_accounted(tmp_path):

@@ -340,7 +340,7 @@ def test_udp(tmp_path):
     b = c.built()
     r = run(tmp_path, b, "on")
     assert r.bad() == {"bad_checksum_udp": 2}
-    assert r.counters["orphan_not_tcp"] == 3  # checksum 0 over IPv4: none to check (RFC 768)
+    assert r.counters["udp_packets"] == 3  # checksum 0 over IPv4: none to check (RFC 768)
     assert [e[2] for e in r.errors] == ["bad_checksum_udp"] * 2
 
 

@@ -209,7 +209,7 @@ def test_frag_memcap_evicts_stale_datagrams(tmp_path):
     memcap = 20_000
     frames = [first_fragment(i + 1) for i in range(40)] + complete_fragments(999)
     recs = [(1000.0 + i * 1e-4, f, len(f)) for i, f in enumerate(frames)]
-    mon = Monitor(frag_memcap=memcap)
+    mon = Monitor(frag_memcap=memcap, protocols=("tcp",))  # the datagram as an orphan: its proto is seen
     orphans: list = []
     mon.on(Event.ORPHAN, lambda c, e: orphans.append((e.reason, e.packet.proto)))
     st = run(tmp_path, mon, recs)

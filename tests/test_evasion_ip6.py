@@ -91,7 +91,7 @@ def test_limit_is_the_shared_one() -> None:
 def test_at_the_limit_decoded_and_reassembled(tmp_path: Path, frag_header: bool) -> None:
     built, resp = _conv(LIMIT, frag_header=frag_header)
     seen, st = _run(tmp_path, built)
-    assert st["malformed_too_many_ipv6_ext"] == 0 and st["orphan_not_tcp"] == 0
+    assert st["malformed_too_many_ipv6_ext"] == 0 and st["orphan_untracked_proto"] == 0
     assert st["conn_packets"] == len(built.records) and st["conns_created"] == 1
     assert seen.starts == [1]
     assert seen.streams[(1, int(Side.SERVER))] == REQ
@@ -106,7 +106,7 @@ def test_over_the_limit_is_malformed_with_an_error_event(tmp_path: Path, frag_he
     assert n_ext == len(built.records) - 3  # all but the three packets of the close
     seen, st = _run(tmp_path, built)
     assert st["malformed_too_many_ipv6_ext"] == n_ext
-    assert st["orphan_not_tcp"] == 0  # never "not TCP"
+    assert st["orphan_untracked_proto"] == 0  # never "not TCP"
     # the close (no extension headers) finds no connection: picked up, not the hidden one's bytes
     assert st["conns_created"] <= 1 and not any(seen.streams.values())
     malformed = [e for e in seen.errors if e[1] == ErrorKind.MALFORMED]

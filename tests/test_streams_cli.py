@@ -61,7 +61,7 @@ def community_id_v1(row: dict) -> str:
 def test_streams_builder(tmp_path, run_streams, name):
     built = pcaps.BUILDERS[name]()
     pcap = built.write(tmp_path / f"{name}.pcap")
-    rows, out = run_streams(pcap)
+    rows, out = run_streams(pcap, "--protocols", "tcp")  # the TCP connection alone (UDP: tests/test_udp.py)
     assert len(rows) == 1, rows
     r = rows[0]
     assert r["id"] == 1
@@ -179,7 +179,7 @@ def test_damaged_packets_counted(tmp_path):
 
 def test_udp_only_no_connections(tmp_path, run_streams):
     pcap = pcaps.udp_only().write(tmp_path / "udp.pcap")
-    rows, out = run_streams(pcap)
+    rows, out = run_streams(pcap, "--protocols", "tcp")
     assert rows == []
     assert sorted(p.name for p in out.iterdir()) == ["index.jsonl"]
 

@@ -92,10 +92,12 @@ void engine_end_conn(mos_engine_t *e, struct conn *c, int reason, int side)
 {
     if (c->flags & CF_ENDED)
         return;
-    tcp_end_syn_data(e, c, reason); /* SYN data nothing decided on: before the flush */
-    /* Whatever is still held is delivered, holes becoming gaps: the app sees every byte we have. */
-    tcp_settle_acks(e, c, 0);
-    tcp_settle_acks(e, c, 1);
+    if (c->key.proto == MOS_IPPROTO_TCP) { /* a UDP flow has no TCP state */
+        tcp_end_syn_data(e, c, reason); /* SYN data nothing decided on: before the flush */
+        /* Whatever is still held is delivered, holes becoming gaps: the app sees every byte we have. */
+        tcp_settle_acks(e, c, 0);
+        tcp_settle_acks(e, c, 1);
+    }
     struct owner o0 = {c, 0}, o1 = {c, 1};
     if (c->rx[0].initialized)
         reasm_flush(&e->rctx, &c->rx[0], &o0);
@@ -136,11 +138,12 @@ static struct conn *conn_new(mos_engine_t *e, const struct pkt_info *pi, int sen
     return c;
 }
 
-/* The table holds max_conns live connections: end the least recently used, half-open ones first. */
+/* The table holds max_conns live connections: end the least recently used, half-open ones first, then UDP
+ * flows (state a peer keeps for them is soft too). */
 static int evict_live(mos_engine_t *e)
 {
-    static const int order[2] = {LRU_HANDSHAKE, LRU_EST};
-    for (int k = 0; k < 2; k++) {
+    static const int order[3] = {LRU_HANDSHAKE, LRU_UDP, LRU_EST};
+    for (int k = 0; k < 3; k++) {
         uint32_t s = e->ft.lru[order[k]].head;
         if (s) {
             e->counters[MOS_C_CONNS_EVICTED]++;
@@ -180,8 +183,9 @@ static void process_conn(mos_engine_t *e, struct conn *c, int s, const struct pk
 static void expire(mos_engine_t *e)
 {
     e->last_expire = e->now;
-    const uint64_t tmo[3] = {e->cfg.timeout_syn_ns, e->cfg.timeout_est_ns, e->cfg.timeout_closed_ns};
-    for (int cls = 0; cls < 3; cls++) {
+    const uint64_t tmo[LRU_COUNT] = {e->cfg.timeout_syn_ns, e->cfg.timeout_est_ns, e->cfg.timeout_closed_ns,
+                                     e->cfg.timeout_udp_ns};
+    for (int cls = 0; cls < LRU_COUNT; cls++) {
         uint32_t s = e->ft.lru[cls].head;
         while (s) {
             struct conn *c = C(e, s);
@@ -193,9 +197,12 @@ static void expire(mos_engine_t *e)
                     break; /* its CONN_END has not been handled yet; next time */
                 ft_release(&e->ft, &e->rctx, c);
             } else {
-                tcp_settle_acks(e, c, 0);
-                tcp_settle_acks(e, c, 1);
-                int both_fin = tcp_both_fins(&c->tcp);
+                int both_fin = 0;
+                if (c->key.proto == MOS_IPPROTO_TCP) {
+                    tcp_settle_acks(e, c, 0);
+                    tcp_settle_acks(e, c, 1);
+                    both_fin = tcp_both_fins(&c->tcp);
+                }
                 e->counters[MOS_C_CONNS_TIMED_OUT]++;
                 engine_end_conn(e, c, both_fin ? MOS_END_FIN : MOS_END_TIMEOUT, MOS_SIDE_CLI);
                 if (both_fin)
@@ -241,6 +248,230 @@ static int hold_back(mos_engine_t *e, struct conn *c, const uint8_t *dg, uint32_
     return 1;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* ICMP errors: the flow of the packet they quote */
+
+/* ICMP's protocol numbers (the decoder's pi->proto). */
+enum { MOS_IPPROTO_ICMP = 1, MOS_IPPROTO_ICMPV6 = 58 };
+
+/* ICMP types that quote the packet they answer (RFC 792, RFC 4443). */
+#define MOS_ICMP4_UNREACH 3
+#define MOS_ICMP4_TIME_EXCEEDED 11
+#define MOS_ICMP4_PARAM_PROBLEM 12
+#define MOS_ICMP6_UNREACH 1
+#define MOS_ICMP6_PACKET_TOO_BIG 2
+#define MOS_ICMP6_TIME_EXCEEDED 3
+#define MOS_ICMP6_PARAM_PROBLEM 4
+
+static uint16_t icmp_rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static int is_error_type(uint8_t proto, uint8_t type)
+{
+    if (proto == MOS_IPPROTO_ICMP)
+        return type == MOS_ICMP4_UNREACH || type == MOS_ICMP4_TIME_EXCEEDED || type == MOS_ICMP4_PARAM_PROBLEM;
+    return type == MOS_ICMP6_UNREACH || type == MOS_ICMP6_PACKET_TOO_BIG || type == MOS_ICMP6_TIME_EXCEEDED ||
+           type == MOS_ICMP6_PARAM_PROBLEM;
+}
+
+/* The quoted IPv6 header's transport: extension headers walked (a non-first fragment has no ports). */
+static int quote6(const uint8_t *b, uint32_t len, struct pkt_info *q, uint32_t *l4)
+{
+    if (len < 40 || (b[0] >> 4) != 6)
+        return 0;
+    uint8_t nh = b[6];
+    uint32_t off = 40;
+    for (int n = 0; n < MOS_MAX_IPV6_EXT; n++) {
+        if (mos_ipv6_is_ext(nh)) {
+            if (off + 2 > len)
+                return 0;
+            uint8_t next = b[off];
+            off += mos_ipv6_ext_len(nh, b[off + 1]);
+            nh = next;
+        } else if (nh == MOS_IPPROTO_FRAGMENT) {
+            if (off + 8 > len || (icmp_rd16(b + off + 2) & 0xfff8))
+                return 0;
+            nh = b[off];
+            off += 8;
+        } else {
+            break;
+        }
+    }
+    q->ip_version = 6;
+    q->proto = nh;
+    memcpy(q->src, b + 8, 16);
+    memcpy(q->dst, b + 24, 16);
+    *l4 = off;
+    return 1;
+}
+
+static int quote4(const uint8_t *b, uint32_t len, struct pkt_info *q, uint32_t *l4)
+{
+    if (len < 20 || (b[0] >> 4) != 4)
+        return 0;
+    uint32_t hl = (uint32_t)(b[0] & 15) * 4;
+    if (hl < 20 || (icmp_rd16(b + 6) & 0x1fff))
+        return 0; /* a non-first fragment quoted: no ports */
+    q->ip_version = 4;
+    q->proto = b[9];
+    memcpy(q->src, b + 12, 4);
+    memcpy(q->dst, b + 16, 4);
+    *l4 = hl;
+    return 1;
+}
+
+/* pi is an ICMP or ICMPv6 error quoting the head of a TCP or UDP packet: its flow goes into q (addresses,
+ * ports, protocol, IP version as the quoted packet had them; pi's VLAN ids), its type and code into *type
+ * and *code, and 1 is returned. 0 for any other packet (or a quote too short to name the flow). */
+static int icmp_error_quote(const struct pkt_info *pi, struct pkt_info *q, uint8_t *type, uint8_t *code)
+{
+    int v4 = pi->ip_version == 4 && pi->proto == MOS_IPPROTO_ICMP;
+    int v6 = pi->ip_version == 6 && pi->proto == MOS_IPPROTO_ICMPV6;
+    if ((!v4 && !v6) || pi->is_fragment || !pi->l4 || pi->l4_len < 8 || !is_error_type(pi->proto, pi->l4[0]))
+        return 0;
+    memset(q, 0, sizeof(*q));
+    const uint8_t *b = pi->l4 + 8; /* type, code, checksum, 4 bytes (unused, MTU, pointer), then the quote */
+    uint32_t len = pi->l4_len - 8, l4 = 0;
+    if (!(v4 ? quote4(b, len, q, &l4) : quote6(b, len, q, &l4)))
+        return 0;
+    if ((q->proto != MOS_IPPROTO_TCP && q->proto != MOS_IPPROTO_UDP) || l4 + 4 > len)
+        return 0;
+    q->sport = icmp_rd16(b + l4);
+    q->dport = icmp_rd16(b + l4 + 2);
+    q->nvlan = pi->nvlan;
+    memcpy(q->vlan, pi->vlan, sizeof(q->vlan));
+    *type = pi->l4[0];
+    *code = pi->l4[1];
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* UDP flows (a record with no transport state: counters, times, events) and ICMP errors */
+
+/* The packet's protocol has flows in the table: TCP always, UDP unless turned off (mos_config.udp). */
+static inline int tracked_proto(const mos_engine_t *e, uint8_t proto)
+{
+    return proto == MOS_IPPROTO_TCP || (proto == MOS_IPPROTO_UDP && e->cfg.udp);
+}
+
+/* Bytes an event of c points at: the packet's own, valid until the events are handled, except those of a
+ * reassembled datagram, whose memory goes once the packet is processed: copied then, when wanted. */
+static const uint8_t *event_bytes(mos_engine_t *e, struct conn *c, int type, int side, int hook,
+                                  const uint8_t *p, uint32_t len)
+{
+    if (!e->no_account || !p || !event_wanted(e, c, type, side, hook))
+        return p;
+    return arena_copy(&e->evq.arena, p, len);
+}
+
+/* A datagram of UDP flow c sent by side s: PKT_IN at the sender's hook and the receiver's, with the
+ * payload (ev.data); appended to the stream file of its direction (streams -o). */
+static void udp_datagram(mos_engine_t *e, struct conn *c, int s, const struct pkt_info *pi)
+{
+    account(e, MOS_C_UDP_PACKETS);
+    c->pkts[s]++;
+    c->bytes[s] += pi_seg_payload(pi);
+    c->last_ts = e->now;
+    if (!(c->monitor & 3))
+        e->counters[MOS_C_IGNORED_SIDE]++;
+    else if (e->streams.dir && (c->monitor & (1u << (1 - s))))
+        stream_writer_append(&e->streams, c->id, s == MOS_SIDE_CLI ? 0 : 1, pi->payload, pi->payload_len);
+    struct mos_event t = {0};
+    t.len = pi->payload_len;
+    t.data = event_bytes(e, c, MOS_EV_PKT_IN, s, MOS_HK_SND, pi->payload, pi->payload_len);
+    emit(e, c, MOS_EV_PKT_IN, s, MOS_HK_SND, &t);
+    if (t.data == pi->payload)
+        t.data = event_bytes(e, c, MOS_EV_PKT_IN, 1 - s, MOS_HK_RCV, pi->payload, pi->payload_len);
+    emit(e, c, MOS_EV_PKT_IN, 1 - s, MOS_HK_RCV, &t);
+    if (!(c->flags & CF_ENDED))
+        ft_lru_push(&e->ft, c, LRU_UDP);
+}
+
+/* A new UDP flow for the packet, its sender the client, CONN_START raised: where flows of UDP are made.
+ * NULL when every slot is taken; *retry then says whether slots come back once the batch's events are
+ * handled (the packet is offered again), as for TCP. */
+static struct conn *udp_flow_new(mos_engine_t *e, const struct pkt_info *pi, uint32_t bucket, int *retry)
+{
+    *retry = 0;
+    if (e->ft.live >= e->cfg.max_conns)
+        evict_live(e);
+    struct conn *c = ft_alloc(&e->ft, pi, 1, bucket);
+    if (!c && ft_free_lingering(&e->ft, &e->rctx))
+        c = ft_alloc(&e->ft, pi, 1, bucket);
+    if (!c) {
+        *retry = e->ft.nzombies && !e->no_account; /* a reassembled datagram cannot be offered again */
+        return NULL;
+    }
+    c->first_ts = c->last_ts = e->now;
+    e->counters[MOS_C_CONNS_CREATED]++;
+    e->counters[MOS_C_CONNS_LIVE]++;
+    emit(e, c, MOS_EV_CONN_START, MOS_SIDE_CLI, MOS_HK_RCV, NULL);
+    return c;
+}
+
+/* A UDP packet: its flow's (from the bucket's record `start` on), or a new flow's. */
+static int udp_packet(mos_engine_t *e, const struct pkt_info *pi, uint32_t bucket, uint32_t start)
+{
+    for (uint32_t s = start; s; s = C(e, s)->hnext) {
+        struct conn *c = C(e, s);
+        int side = ft_match(&e->ft, c, pi);
+        if (side >= 0 && !(c->flags & CF_ENDED)) {
+            udp_datagram(e, c, side, pi);
+            return PROC_DONE;
+        }
+    }
+    int retry;
+    struct conn *c = udp_flow_new(e, pi, bucket, &retry);
+    if (!c) {
+        if (retry)
+            return PROC_RETRY;
+        account(e, MOS_C_ORPHAN_TABLE_FULL);
+        struct mos_event t = {0};
+        t.reason = MOS_ORPHAN_TABLE_FULL;
+        emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
+        return PROC_DONE;
+    }
+    udp_datagram(e, c, MOS_SIDE_CLI, pi);
+    return PROC_DONE;
+}
+
+/* An ICMP error quoting a packet of a tracked flow: ICMP_ERROR on that flow (reason: type << 8 | code,
+ * data: the ICMP message), raised at the side that sent the quoted packet, to which the error goes.
+ * 0 when it quotes none (an orphan). The flow's idle time is not refreshed: its endpoints did not talk.
+ * icmp_error_flow finds the flow (NULL: none), its *side and the event's *reason. */
+static struct conn *icmp_error_flow(mos_engine_t *e, const struct pkt_info *pi, int *side, uint32_t *reason)
+{
+    struct pkt_info q;
+    uint8_t type, code;
+    if (!icmp_error_quote(pi, &q, &type, &code) || !tracked_proto(e, q.proto))
+        return NULL;
+    uint32_t bucket = ft_bucket(&e->ft, &q);
+    for (uint32_t s = e->ft.buckets[bucket]; s; s = C(e, s)->hnext) {
+        struct conn *c = C(e, s);
+        *side = ft_match(&e->ft, c, &q);
+        if (*side >= 0 && !(c->flags & CF_ENDED)) {
+            *reason = (uint32_t)type << 8 | code;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static int icmp_error(mos_engine_t *e, const struct pkt_info *pi)
+{
+    int side;
+    uint32_t reason;
+    struct conn *c = icmp_error_flow(e, pi, &side, &reason);
+    if (!c)
+        return 0;
+    account(e, MOS_C_ICMP_ERROR_PACKETS);
+    struct mos_event t = {0};
+    t.reason = reason;
+    t.len = pi->l4_len;
+    t.data = event_bytes(e, c, MOS_EV_ICMP_ERROR, side, MOS_HK_RCV, pi->l4, pi->l4_len);
+    emit(e, c, MOS_EV_ICMP_ERROR, side, MOS_HK_RCV, &t);
+    return 1;
+}
+
 /* dg: a datagram held back (the packet is its last fragment, already consumed), else NULL. */
 static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_dg *dg_held)
 {
@@ -272,13 +503,21 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
      * held back, before anything is counted or changed: it is processed whole when resumed. The lookup
      * is the one the packet needs anyway. A fragment is not: only the datagram its last one completes
      * (below), copied, since the fragments are consumed. */
-    if (e->evq.nqueued && !e->hold_off && !pi.is_fragment && pi.proto == 6 && pi.ip_version) {
+    if (e->evq.nqueued && !e->hold_off && !pi.is_fragment && pi.ip_version && tracked_proto(e, pi.proto)) {
         bucket = ft_bucket(&e->ft, &pi);
         struct conn *c = first_match(e, &pi, bucket);
         if (c && (c->flags & CF_QUEUED) && hold_back(e, c, NULL, 0, &pi, NULL))
             return PROC_HOLD;
         start = c ? ft_slot(&e->ft, c) : NIL;
         looked = 1;
+    } else if (e->evq.nqueued && !e->hold_off && !pi.is_fragment && pi.ip_version && pi.proto != MOS_IPPROTO_TCP &&
+               pi.proto != MOS_IPPROTO_UDP) {
+        /* an ICMP error comes after the packets of its flow held before it */
+        int side;
+        uint32_t reason;
+        struct conn *c = icmp_error_flow(e, &pi, &side, &reason);
+        if (c && (c->flags & CF_QUEUED) && hold_back(e, c, NULL, 0, &pi, NULL))
+            return PROC_HOLD;
     }
     if (pi.payload_cut)
         e->counters[MOS_C_SNAPLEN_TRUNCATED]++;
@@ -318,7 +557,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
         if (checksum_reject(e, &pi, p, 1))
             return PROC_DONE;
     datagram:
-        if (e->evq.nqueued && !e->hold_off && pi.proto == 6 && pi.ip_version) {
+        if (e->evq.nqueued && !e->hold_off && pi.ip_version && tracked_proto(e, pi.proto)) {
             bucket = ft_bucket(&e->ft, &pi);
             struct conn *c = first_match(e, &pi, bucket);
             if (c && (c->flags & CF_QUEUED) &&
@@ -330,10 +569,21 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
     }
     e->cur_pi = &pi;
     e->cur_flags = pi.tcp_flags;
-    if (pi.ip_version == 0 || pi.proto != 6) {
-        account(e, MOS_C_ORPHAN_NOT_TCP);
+    if (pi.ip_version == 0 || pi.proto != MOS_IPPROTO_TCP) {
+        if (pi.ip_version && pi.proto == MOS_IPPROTO_UDP && e->cfg.udp) {
+            if (!looked) {
+                bucket = ft_bucket(&e->ft, &pi);
+                start = e->ft.buckets[bucket];
+            }
+            if (udp_packet(e, &pi, bucket, start) == PROC_RETRY)
+                return PROC_RETRY;
+            goto fixup;
+        }
+        if (pi.ip_version && icmp_error(e, &pi))
+            goto fixup;
+        account(e, MOS_C_ORPHAN_UNTRACKED_PROTO);
         struct mos_event t = {0};
-        t.reason = MOS_ORPHAN_NOT_TCP;
+        t.reason = MOS_ORPHAN_UNTRACKED_PROTO;
         emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
         goto fixup;
     }
@@ -450,6 +700,8 @@ void mos_config_default(struct mos_config *cfg)
     cfg->timeout_syn_ns = 30 * SEC;
     cfg->timeout_est_ns = 600 * SEC;
     cfg->timeout_closed_ns = 60 * SEC; /* Linux and BSD TIME_WAIT (2 MSL) */
+    cfg->udp = 1;
+    cfg->timeout_udp_ns = 60 * SEC;    /* Suricata's and Zeek's UDP inactivity timeout */
     cfg->frag_memcap = 64u << 20;
     cfg->frag_timeout_ns = 30 * SEC;
     cfg->frag_max = 4096;
@@ -754,7 +1006,7 @@ uint32_t mos_engine_finish(mos_engine_t *e)
     e->cur_pkt = UINT32_MAX;
     e->cur_pi = NULL;
     e->cur_flags = 0;
-    for (int cls = 0; cls < 3; cls++) {
+    for (int cls = 0; cls < LRU_COUNT; cls++) {
         uint32_t s = e->ft.lru[cls].head;
         while (s) {
             struct conn *c = C(e, s);
@@ -762,9 +1014,12 @@ uint32_t mos_engine_finish(mos_engine_t *e)
             if (!(c->flags & CF_ENDED)) {
                 if (e->evq.qlen >= e->cfg.event_queue)
                     return e->ft.live ? e->ft.live : 1;
-                tcp_settle_acks(e, c, 0);
-                tcp_settle_acks(e, c, 1);
-                int both_fin = tcp_both_fins(&c->tcp);
+                int both_fin = 0;
+                if (c->key.proto == MOS_IPPROTO_TCP) {
+                    tcp_settle_acks(e, c, 0);
+                    tcp_settle_acks(e, c, 1);
+                    both_fin = tcp_both_fins(&c->tcp);
+                }
                 engine_end_conn(e, c, both_fin ? MOS_END_FIN : MOS_END_EOF, MOS_SIDE_CLI);
                 ft_detach(&e->ft, c);
             }
@@ -851,6 +1106,7 @@ static void conn_fill_info(const struct conn *c, struct mos_conn_info *out)
     out->monitor_mask = c->monitor;
     out->cli_wscale = t[0].ws_ok ? t[0].wscale : 0xff;
     out->svr_wscale = t[1].ws_ok ? t[1].wscale : 0xff;
+    out->proto = k->proto;
     memcpy(out->cli_addr, k->addr[0], 16);
     memcpy(out->svr_addr, k->addr[1], 16);
     out->cli_port = k->port[0];
@@ -957,6 +1213,12 @@ void mos_engine_subs_in_use(const mos_engine_t *e, uint8_t *used, uint32_t n)
     for (uint32_t i = 0; i < e->evq.qlen; i++)
         if (e->evq.q[i].sub < n)
             used[e->evq.q[i].sub] = 1;
+}
+
+int mos_conn_proto(const mos_engine_t *e, uint32_t slot, uint64_t id)
+{
+    const struct conn *c = conn_get(e, slot, id);
+    return c ? c->key.proto : -1;
 }
 
 int mos_conn_alive(const mos_engine_t *e, uint32_t slot, uint64_t id)

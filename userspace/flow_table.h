@@ -2,7 +2,8 @@
  * class (the expiry order and the eviction order), and the slots whose end is not yet handled.
  *
  * A record is protocol-neutral but for its transport part: the key has the IP protocol, and TCP's
- * endpoint state is one member (a UDP flow will have its own). */
+ * endpoint state is one member. A UDP flow needs no state of its own beyond the record's counters and
+ * times: its tcp and rx members stay zero (never initialized), so the record does not grow for it. */
 #ifndef MOS_FLOW_TABLE_H
 #define MOS_FLOW_TABLE_H
 
@@ -33,7 +34,8 @@ enum conn_flags {
     CF_TOUCHED = 32,          /* in the table's touched list this batch */
 };
 
-enum lru_class { LRU_HANDSHAKE = 0, LRU_EST = 1, LRU_CLOSED = 2, LRU_NONE = 3 };
+/* LRU_UDP: UDP flows, idle after timeout_udp. LRU_COUNT lists are kept; LRU_NONE is in none. */
+enum lru_class { LRU_HANDSHAKE = 0, LRU_EST = 1, LRU_CLOSED = 2, LRU_UDP = 3, LRU_COUNT = 4, LRU_NONE = 4 };
 
 /* A connection: its key, both endpoints' state, both receive streams. 264 bytes with nothing held, so
  * that a table of a million costs what it holds. */
@@ -83,7 +85,7 @@ struct flow_table {
     uint64_t next_id;
     uint64_t seed;
     uint8_t vlan_in_key;
-    struct lru_list lru[3];
+    struct lru_list lru[LRU_COUNT];
     uint32_t *zombies;        /* ended connections to free after the events are handled */
     uint32_t nzombies, zcap;
     uint32_t *touched;        /* connections whose buffers to trim after the events */

@@ -19,7 +19,7 @@
 
 #include "mos_shared.h"
 
-/* Event ids: bit numbers in 64-bit masks. 0..8 built in (mos/events.py), 32..63 user-defined. */
+/* Event ids: bit numbers in 64-bit masks. 0..9 built in (mos/events.py), 32..63 user-defined. */
 enum mos_event_type {
     MOS_EV_PKT_IN = 0,
     MOS_EV_CONN_START = 1,
@@ -30,7 +30,8 @@ enum mos_event_type {
     MOS_EV_ORPHAN = 6,
     MOS_EV_ERROR = 7,
     MOS_EV_DATA_GAP = 8,
-    MOS_EV_BUILTIN_COUNT = 9,
+    MOS_EV_ICMP_ERROR = 9, /* an ICMP error quoting a packet of the flow: reason (type << 8 | code), data */
+    MOS_EV_BUILTIN_COUNT = 10,
     MOS_EV_USER_BASE = 32,
     MOS_EV_MAX = 64,
 };
@@ -78,7 +79,7 @@ enum mos_error_kind {
 #undef MOS_X_
 };
 
-enum mos_orphan_kind { MOS_ORPHAN_NOT_TCP = 1, MOS_ORPHAN_NO_CONN = 2, MOS_ORPHAN_TABLE_FULL = 3 };
+enum mos_orphan_kind { MOS_ORPHAN_UNTRACKED_PROTO = 1, MOS_ORPHAN_NO_CONN = 2, MOS_ORPHAN_TABLE_FULL = 3 };
 
 /* RFC 9293 states. */
 enum mos_tcp_state {
@@ -100,7 +101,9 @@ enum mos_linktype {
     X(PACKETS, packets)                 /* packets fed */                                               \
     X(BYTES, bytes)                     /* wire bytes fed */                                            \
     X(CONN_PACKETS, conn_packets)       /* processed in a connection */                                 \
-    X(ORPHAN_NOT_TCP, orphan_not_tcp)   /* not TCP (ARP, UDP, ICMP, ...) */                             \
+    X(UDP_PACKETS, udp_packets)         /* processed in a UDP flow */                                   \
+    X(ICMP_ERROR_PACKETS, icmp_error_packets) /* ICMP errors quoting a tracked flow (ICMP_ERROR on it) */ \
+    X(ORPHAN_UNTRACKED_PROTO, orphan_untracked_proto) /* no tracked protocol (ARP, ICMP; UDP when off) */\
     X(ORPHAN_NO_CONN, orphan_no_conn)   /* TCP of no tracked connection (pick-up off, a stray) */       \
     X(ORPHAN_TABLE_FULL, orphan_table_full) /* would start a connection while the table is full */      \
     X(FRAG_HELD, frag_held)             /* IP fragments absorbed by defragmentation */                  \
@@ -216,6 +219,7 @@ struct mos_conn_info {
     uint8_t picked_up;     /* created mid-stream */
     uint8_t monitor_mask;  /* bit 0: client side monitored, bit 1: server side */
     uint8_t cli_wscale, svr_wscale; /* 0xff when not negotiated */
+    uint8_t proto;         /* IP protocol: 6 TCP (states, streams), 17 UDP (a flow of datagrams) */
     uint16_t vlan[2];
     uint8_t cli_addr[16], svr_addr[16];
     uint16_t cli_port, svr_port;
@@ -284,6 +288,7 @@ struct mos_config {
     uint8_t order;               /* enum mos_order: when handlers run, so when their actions act */
     uint8_t frag_policy;         /* IP fragment overlap policy (enum defrag_policy, default first) */
     uint8_t checksum;            /* enum mos_checksum_mode (default auto) */
+    uint8_t udp;                 /* UDP flows are connections (default 1); 0: UDP is ORPHAN */
     uint32_t dir_buffer_limit;   /* bytes held per direction (default 8 MiB) */
     uint32_t max_segments;       /* held segments per direction (default 4096) */
     uint64_t memcap;             /* bytes held by reassembly in all (default 2 GiB) */
@@ -295,6 +300,7 @@ struct mos_config {
     uint32_t frag_max;           /* datagrams in flight (default 4096) */
     uint32_t peek_window;        /* delivered bytes each stream keeps behind its end for peeks (64 KiB;
                                   * at most dir_buffer_limit / 2) */
+    uint64_t timeout_udp_ns;     /* idle timeout of a UDP flow (default 60 s, as Suricata's and Zeek's) */
 };
 
 /* When the handlers of an event run, hence from when what they do (stop monitoring, subscribe, change
@@ -408,6 +414,8 @@ void mos_engine_set_subs(mos_engine_t *e, uint32_t n, const uint32_t *slots, con
 /* used[k] = 1 for every set k < n a connection (or a queued event) still refers to: the others may be
  * reused. */
 void mos_engine_subs_in_use(const mos_engine_t *e, uint8_t *used, uint32_t n);
+/* The connection's IP protocol (6 TCP, 17 UDP), -1: bad conn. */
+int mos_conn_proto(const mos_engine_t *e, uint32_t slot, uint64_t id);
 /* 1 while the connection is tracked or its CONN_END is being handled, else 0. */
 int mos_conn_alive(const mos_engine_t *e, uint32_t slot, uint64_t id);
 /* Hold bytes of side's receive stream for reassembly (on) or not, from its next packet. */

@@ -85,6 +85,9 @@ OPTIONS: Tuple[MonitorOption, ...] = (
     MonitorOption("timeout_established", "--timeout-established", "Idle timeout (s) of a connection.", SECONDS),
     MonitorOption("timeout_closed", "--timeout-closed",
                   "Seconds a closed connection absorbs stragglers (TIME_WAIT; default: the engine's).", SECONDS),
+    MonitorOption("timeout_udp", "--timeout-udp", "Idle timeout (s) of a UDP flow.", SECONDS),
+    MonitorOption("protocols", "--protocols", "Protocols whose flows are connections (tcp,udp or tcp: UDP "
+                  "then arrives as ORPHAN).", click.Choice(["tcp,udp", "udp,tcp", "tcp"]), streams=True),
     MonitorOption("frag_timeout", "--frag-timeout", "Seconds an incomplete IP datagram is held.", SECONDS),
     MonitorOption("sync", "--sync", "Hand events to Python after every packet that raised some.", switch=True),
     MonitorOption("order", "--order", "When a handler's actions take effect: from the connection's next packet "
@@ -124,6 +127,8 @@ def _default_text(value: Any) -> str:
         value = value.value
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
     if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:
         return f"{value >> 30}G" if value % (1 << 30) == 0 else f"{value >> 20}M"
     return str(value)

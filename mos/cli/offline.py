@@ -130,16 +130,18 @@ TABLE_ROWS = 50  # connections shown by `streams` without -o (the totals count t
 def _print_table(rows: List[Dict[str, Any]], totals: Dict[str, int], st: Dict[str, int]) -> None:
     from ..stats import MALFORMED_PREFIX
 
-    hdr = f"{'id':>5} {'client':>28} {'server':>28} {'c2s':>10} {'s2c':>10} {'lost':>8} " \
+    hdr = f"{'id':>5} {'proto':>5} {'client':>28} {'server':>28} {'c2s':>10} {'s2c':>10} {'lost':>8} " \
           f"{'client state':>12} {'server state':>12} {'end':>8}"
     click.echo(hdr)
     for r in rows:
         lost = r["c2s_gap_bytes"] + r["s2c_gap_bytes"]
-        click.echo(f"{r['id']:>5} {r['client']:>28} {r['server']:>28} {r['c2s_bytes']:>10} {r['s2c_bytes']:>10} "
-                   f"{lost:>8} {r['client_state']:>12} {r['server_state']:>12} {r['end']:>8}")
+        click.echo(f"{r['id']:>5} {r['proto']:>5} {r['client']:>28} {r['server']:>28} {r['c2s_bytes']:>10} "
+                   f"{r['s2c_bytes']:>10} {lost:>8} {r['client_state'] or '-':>12} {r['server_state'] or '-':>12} "
+                   f"{r['end']:>8}")
     if totals["connections"] > len(rows):
         click.echo(f"... {totals['connections'] - len(rows)} more connections")
     click.echo(f"{totals['connections']} connections, {totals['stream_bytes']} stream bytes "
                f"({totals['gap_bytes']} lost in holes), {st['packets']} packets "
-               f"({st['conn_packets']} in connections, {st['orphan_not_tcp']} not TCP, "
+               f"({st['conn_packets']} in TCP connections, {st['udp_packets']} in UDP flows, "
+               f"{st['orphan_untracked_proto']} of other protocols, "
                f"{sum(v for k, v in st.items() if k.startswith(MALFORMED_PREFIX))} malformed)")

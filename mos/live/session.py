@@ -84,12 +84,14 @@ class LiveSession:
 
 
 def flow_of(conn: Connection) -> xdp.FlowTuple:
-    """The connection as the XDP program keys it (client -> server, VLAN ids folded as the program does)."""
+    """The connection or UDP flow as the XDP program keys it (client -> server, its protocol, VLAN ids folded
+    as the program does)."""
     i = conn.info()
     vlan_key = 0
     for vid in i["vlan"]:
         vlan_key = (vlan_key << 12) | (vid & 0xFFF)
-    return xdp.FlowTuple(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"], "tcp", vlan_key)
+    return xdp.FlowTuple(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"], i["protocol"],
+                         vlan_key)
 
 
 # ---- the session of this process, and the hooks apps register before a run -----------------------------
