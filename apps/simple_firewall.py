@@ -11,7 +11,7 @@ The rule file has mOS's syntax, one rule a line, ``#`` starting a comment::
     ACCEPT    0.0.0.0/0       192.0.2.0/24
 
 The first rule whose client prefix, server prefix and ports (0 or absent: any) match a new connection
-decides; a connection no rule matches is accepted, as in mOS. ``DROP`` drops the connection (live: in XDP
+(TCP, or a UDP flow) decides; a connection no rule matches is accepted, as in mOS. ``DROP`` drops the connection (live: in XDP
 from its first packet on); ``ACCEPT`` stops looking at it (live: its packets skip userspace, forwarded in
 XDP). Prefixes may be IPv4 or IPv6 (mOS takes IPv4 only). Unlike mOS, which judges only a client's
 initial SYN, every connection the engine starts is judged, picked-up ones too: a firewall that let
@@ -59,7 +59,8 @@ def parse_rules(text: str, where: str = "rules") -> List[Rule]:
         if not line:
             continue
         if len(line) < 3 or line[0] not in ("ACCEPT", "DROP"):
-            raise ValueError(f"{where}:{n}: expected ACCEPT|DROP CLIENT SERVER [sport:N] [dport:N], not {raw.strip()!r}")
+            raise ValueError(f"{where}:{n}: expected ACCEPT|DROP CLIENT SERVER [sport:N] [dport:N], "
+                             f"not {raw.strip()!r}")
         try:
             rule = Rule(line[0], ipaddress.ip_network(line[1], strict=False),
                         ipaddress.ip_network(line[2], strict=False))
