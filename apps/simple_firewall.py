@@ -11,10 +11,11 @@ The rule file has mOS's syntax, one rule a line, ``#`` starting a comment::
     ACCEPT    0.0.0.0/0       192.0.2.0/24
 
 The first rule whose client prefix, server prefix and ports (0 or absent: any) match a new connection
-(TCP, or a UDP flow) decides; a connection no rule matches is accepted, as in mOS. ``DROP`` drops the connection (live: in XDP
-from its first packet on); ``ACCEPT`` stops looking at it (live: its packets skip userspace, forwarded in
-XDP). Prefixes may be IPv4 or IPv6 (mOS takes IPv4 only). Unlike mOS, which judges only a client's
-initial SYN, every connection the engine starts is judged, picked-up ones too: a firewall that let
+(TCP, or a UDP flow) decides; a connection no rule matches is accepted, as in mOS. ``DROP`` drops the
+connection (live: in XDP from its first packet on); ``ACCEPT`` stops looking at it (live: its packets skip
+userspace, forwarded in XDP). Prefixes may be IPv4 or IPv6 (mOS takes IPv4 only). Unlike mOS, which
+judges only a client's initial SYN, every connection the engine starts is judged, picked-up ones too:
+a firewall that let
 mid-stream traffic through unjudged would be easy to walk around.
 
 Every ``--interval`` seconds (default 1, as mOS; 0: never) and at the end, the table is printed with the
