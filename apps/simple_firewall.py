@@ -15,8 +15,7 @@ The first rule whose client prefix, server prefix and ports (0 or absent: any) m
 connection (live: in XDP from its first packet on); ``ACCEPT`` stops looking at it (live: its packets skip
 userspace, forwarded in XDP). Prefixes may be IPv4 or IPv6 (mOS takes IPv4 only). Unlike mOS, which
 judges only a client's initial SYN, every connection the engine starts is judged, picked-up ones too:
-a firewall that let
-mid-stream traffic through unjudged would be easy to walk around.
+a firewall that let mid-stream traffic through unjudged would be easy to walk around.
 
 Every ``--interval`` seconds (default 1, as mOS; 0: never) and at the end, the table is printed with the
 connections each rule matched.

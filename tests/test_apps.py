@@ -220,3 +220,30 @@ def test_the_apps_document_their_arguments():
     for opt in ("--pattern", "--block", "--interval"):
         assert opt in demo
     assert "declares no arguments" in app_help("http_log.py")
+
+
+def test_simple_firewall_rules_decide_each_connection(tmp_path):
+    """mOS's simple_firewall rule syntax: the first matching rule decides, counted; no match accepts."""
+    pcap = http_captures().write(tmp_path / "http.pcap")
+    rules = tmp_path / "fw.rules"
+    rules.write_text("# action client server ports\n"
+                     "DROP    10.10.0.1/32  10.10.0.2  dport:80 sport:40001   # only the first connection\n"
+                     "ACCEPT  10.10.0.0/24  10.10.0.0/24\n"
+                     "DROP    0.0.0.0/0     0.0.0.0/0\n")
+    out = run_app("simple_firewall.py", pcap, "--", "--rules", str(rules), "--interval", "0")
+    assert out.returncode == 0, out.stderr
+    rows = [ln.split() for ln in out.stdout.splitlines() if ln.split() and ln.split()[0].isdigit()]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("1", "1", "DROP"), ("2", "2", "ACCEPT"), ("3", "0", "DROP")]
+
+
+def test_simple_firewall_bad_rule_files_are_one_line(tmp_path):
+    pcap = http_captures().write(tmp_path / "http.pcap")
+    cases = {"PERMIT 10.0.0.0/8 10.0.0.1\n": "fw.rules:1: expected ACCEPT|DROP",
+             "\n\nDROP 10.0.0.0/33 10.0.0.1\n": "fw.rules:3:",
+             "DROP 10.0.0.0/8 10.0.0.1 dport:70000\n": "a port is sport:N or dport:N"}
+    for text, said in cases.items():
+        (tmp_path / "fw.rules").write_text(text)
+        out = run_app("simple_firewall.py", pcap, "--", "--rules", str(tmp_path / "fw.rules"))
+        assert out.returncode != 0 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
+    out = run_app("simple_firewall.py", pcap)
+    assert out.returncode != 0 and "--rules is required" in out.stderr
