@@ -156,7 +156,10 @@ class Monitor:
     (an exception in a handler stops the run), ``checksum`` (``auto``, ``on``, ``off``: which packets
     with a wrong IPv4, TCP or UDP checksum are dropped before the engine; :attr:`checksum_state`),
     ``peek_window`` (bytes of each stream kept behind its end for :meth:`Connection.peek` and
-    :meth:`Connection.ppeek`, whatever the batch boundaries; at most half of ``dir_buffer_limit``) and
+    :meth:`Connection.ppeek`, whatever the batch boundaries; at most half of ``dir_buffer_limit``),
+    ``filter`` (a tcpdump expression, compiled with libpcap, judging the first packet of each flow and
+    each orphan as mOS's monitor filter does: a flow whose first packet does not match is not monitored
+    and its packets are counted ``filtered_out``; both directions of a matching flow are) and
     ``order``:
 
     * ``"connection"`` (the default, mOS's model): what a handler does (stop monitoring, subscribe or
@@ -202,6 +205,7 @@ class Monitor:
         sync: bool = False,
         checksum: str = "auto",
         peek_window: int = 64 << 10,
+        filter: Optional[str] = None,
     ) -> None:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
@@ -257,6 +261,11 @@ class Monitor:
             raise MosError(ffi.string(err).decode())
         self._eng = ffi.gc(eng, lib.mos_engine_free)
         self._peek_window = int(lib.mos_engine_peek_window(self._eng))
+        self.filter: Optional[str] = None
+        """The monitor filter (tcpdump syntax), None for none."""
+        self._filter_linktype = -1
+        if filter is not None:
+            self._set_filter(filter, lib.MOS_DLT_EN10MB)
         self.strict = strict
         """An exception in a handler stops the run (it is re-raised)."""
         self._handlers: Dict[Key, Tuple[Handler, ...]] = {}
@@ -583,8 +592,23 @@ class Monitor:
         """Run over a pcap or pcapng file (:class:`~mos.source.PcapSource`); returns the counters."""
         return self.run(PcapSource(path), progress)
 
+    def _set_filter(self, expr: str, linktype: int) -> None:
+        """The engine's monitor filter for packets of ``linktype`` (userspace/monitor_filter.h); a one-line
+        :class:`MosError` quoting libpcap when it does not compile."""
+        if not isinstance(expr, str):
+            raise MosError(f"filter must be a string in tcpdump syntax, not {expr!r}")
+        err = ffi.new("char[256]")
+        if lib.mos_engine_set_filter(self._eng, expr.encode(), linktype, err, 256) != 0:
+            msg = ffi.string(err).decode(errors="replace")
+            on = "" if linktype == lib.MOS_DLT_EN10MB else f" for link type {linktype}"
+            raise MosError(f"filter {expr!r}{on}: {msg}")
+        self.filter = expr or None
+        self._filter_linktype = linktype
+
     def feed(self, linktype: int, pkts: Any, n: int) -> None:
         """Process a batch of ``struct mos_pkt`` (any packet source): engine, handlers, timers."""
+        if self.filter is not None and linktype != self._filter_linktype:
+            self._set_filter(self.filter, linktype)  # an input of another link type: its error said here
         i = 0
         idle = 0
         timers = self._timers

@@ -331,6 +331,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
     e->cur_pi = &pi;
     e->cur_flags = pi.tcp_flags;
     if (pi.ip_version == 0 || pi.proto != 6) {
+        if (monitor_filter_skip(e, p, &pi, 0))
+            goto fixup;
         account(e, MOS_C_ORPHAN_NOT_TCP);
         struct mos_event t = {0};
         t.reason = MOS_ORPHAN_NOT_TCP;
@@ -385,6 +387,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
         process_conn(e, c, side, &pi);
         goto fixup;
     }
+    if (recover_side < 0 && monitor_filter_skip(e, p, &pi, 1))
+        goto fixup;
     {
         int syn_only = (pi.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
         if (!syn_only && !e->cfg.pickup && recover_side < 0) {
@@ -541,6 +545,7 @@ void mos_engine_free(mos_engine_t *e)
     free(e->hq);
     defrag_free(e->defrag);
     free(e->ended_log);
+    monitor_filter_free(e);
     free(e);
 }
 
