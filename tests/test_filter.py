@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 from scapy.all import IP, TCP, UDP, Ether, Raw
@@ -135,7 +135,8 @@ def test_orphans_filtered(tmp_path: Path) -> None:
     t = 1000.0
     for port in (53, 53, 123, 53, 5353):
         t += 0.001
-        f = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=40000, dport=port) / Raw(b"x" * 8))
+        f = bytes(Ether(src=pcaps.CMAC, dst=pcaps.SMAC) / IP(src="10.0.0.1", dst="10.0.0.2") /
+                  UDP(sport=40000, dport=port) / Raw(b"x" * 8))
         recs.append((t, f, len(f)))
     mid = pcaps.midstream_pickup()  # no SYN: orphans without pick-up
     built = merge(Built(recs), mid)
@@ -191,7 +192,7 @@ def test_filtered_flows_cost_memory(tmp_path: Path) -> None:
     """A flow left out costs one small entry (not a connection), and the table stops at max_conns."""
     recs = []
     for i in range(3000):
-        f = bytes(Ether() / IP(src=f"10.1.{i // 250}.{i % 250 + 1}", dst="10.2.0.1") /
+        f = bytes(Ether(src=pcaps.CMAC, dst=pcaps.SMAC) / IP(src=f"10.1.{i // 250}.{i % 250 + 1}", dst="10.2.0.1") /
                   TCP(sport=1024 + i, dport=9999, flags="S"))
         recs.append((1000 + i * 1e-4, f, len(f)))
     mon = Monitor(filter="port 80", max_conns=2000)
@@ -268,3 +269,178 @@ def test_streams_filter_output(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.decode()
     assert "10.10.0.2:80" in text and "192.168.1.2:8000" not in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the push-down analyser
+
+from mos.bpf_filter import PushDown, analyse  # noqa: E402
+
+V4 = ["10.0.0.1", "10.1.2.3", "192.168.1.5", "172.16.0.9", "8.8.8.8", "10.9.0.1"]
+V6 = ["2001:db8::1", "2001:db8:1::5", "fe80::1", "::1"]
+PORTS = [22, 53, 80, 443, 1000, 1005, 8000, 8080, 40000]
+
+
+@pytest.mark.parametrize("expr, protocols, ports, prefixes", [
+    ("tcp port 80 and net 10.0.0.0/8", {6}, {80}, {"10.0.0.0/8"}),
+    ("tcp or udp port 53", {6, 17}, None, None),
+    ("port 80 or 443", {6, 17, 132}, {80, 443}, None),
+    ("tcp dst port 8000", {6}, {8000}, None),
+    ("host 10.0.0.1 and not host 10.0.0.2", None, None, {"10.0.0.1/32"}),
+    ("udp portrange 1000-1002 or tcp port 22", {6, 17}, {22, 1000, 1001, 1002}, None),
+    ("net 10 or net 192.168.1", None, None, {"10.0.0.0/8", "192.168.1.0/24"}),
+    ("ip6 net 2001:db8::/32 and tcp", {6}, None, {"2001:db8::/32"}),
+    ("src port 1 and dst port 2", {6, 17, 132}, {1}, None),  # either port: one side only, never their meet
+    ("tcp and (port 80 or port 8080)", {6}, {80, 8080}, None),
+    ("tcp port http", {6}, {80}, None),
+    ("icmp", {1}, None, None),
+])
+def test_pushdown_of(expr: str, protocols, ports, prefixes) -> None:  # type: ignore[no-untyped-def]
+    import ipaddress
+
+    pd = analyse(expr)
+    assert pd.protocols == (None if protocols is None else frozenset(protocols))
+    assert pd.ports == (None if ports is None else frozenset(ports))
+    assert pd.prefixes == (None if prefixes is None else frozenset(ipaddress.ip_network(p) for p in prefixes))
+
+
+@pytest.mark.parametrize("expr", ["not port 22", "vlan 100 and tcp port 80", "tcp[13] & 2 != 0", "ip",
+                                  "host localhost", "less 100", "ether host 1:2:3:4:5:6 and tcp port 80",
+                                  "tcp port 80 and greater 60", ""])
+def test_nothing_pushed(expr: str) -> None:
+    assert analyse(expr).empty
+
+
+def _frames(rng) -> List[Tuple[bytes, int, Optional[int], Optional[int], str, str]]:  # type: ignore[no-untyped-def]
+    from scapy.all import ICMP, ICMPv6EchoRequest, IPv6
+
+    out = []
+    for _ in range(300):
+        v6 = rng.random() < 0.3
+        src, dst = rng.sample(V6 if v6 else V4, 2)
+        l3 = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)
+        kind = rng.choice(["tcp", "udp", "icmp"])
+        sp, dp = rng.choice(PORTS), rng.choice(PORTS)
+        if kind == "tcp":
+            pkt, proto, ports = l3 / TCP(sport=sp, dport=dp, flags=rng.choice(["S", "A", "PA"])), 6, (sp, dp)
+        elif kind == "udp":
+            pkt, proto, ports = l3 / UDP(sport=sp, dport=dp), 17, (sp, dp)
+        else:
+            pkt, proto, ports = l3 / (ICMPv6EchoRequest() if v6 else ICMP()), 58 if v6 else 1, (None, None)
+        out.append((bytes(Ether(src=pcaps.CMAC, dst=pcaps.SMAC) / pkt), proto, ports[0], ports[1], src, dst))
+    return out
+
+
+def _expressions(rng, n: int) -> List[str]:  # type: ignore[no-untyped-def]
+    def atom() -> str:
+        r = rng.random()
+        if r < 0.15:
+            return rng.choice(["tcp", "udp", "icmp", "ip", "ip6", "icmp6"])
+        if r < 0.5:
+            q = " ".join(x for x in (rng.choice(["", "tcp", "udp"]), rng.choice(["", "src", "dst"])) if x)
+            p = rng.choice(PORTS)
+            if rng.random() < 0.2:
+                return f"{q} portrange {p}-{p + rng.randint(0, 10)}".strip()
+            more = f" or {rng.choice(PORTS)}" if rng.random() < 0.3 else ""
+            return f"{q} port {p}{more}".strip()
+        if r < 0.75:
+            d = rng.choice(["", "src ", "dst "])
+            return f"{d}host {rng.choice(V4 + V6)}"
+        d = rng.choice(["", "src ", "dst "])
+        return f"{d}net " + rng.choice(["10.0.0.0/8", "10", "192.168.1", "172.16.0.0/12", "2001:db8::/32",
+                                        "10.1.2.0/24", "0.0.0.0/0"])
+
+    def expr(depth: int) -> str:
+        if depth == 0 or rng.random() < 0.3:
+            return atom()
+        r = rng.random()
+        if r < 0.15:
+            return f"not {expr(depth - 1)}"
+        if r < 0.3:
+            return f"({expr(depth - 1)})"
+        return f"{expr(depth - 1)} {rng.choice(['and', 'or'])} {expr(depth - 1)}"
+
+    return [expr(3) for _ in range(n)]
+
+
+def test_pushdown_is_sound_against_libpcap() -> None:
+    """For random frames and random expressions of the subset: whatever libpcap's filter accepts, the
+    pushed-down tests accept too (the XDP program can only leave out what the filter would)."""
+    import random as _random
+
+    from mos.abi import ffi
+
+    rng = _random.Random(12)
+    frames = [(ffi.from_buffer(f), len(f), *rest) for f, *rest in _frames(rng)]
+    err = ffi.new("char[256]")
+    checked = pushed = 0
+    for expr in _expressions(rng, 2000):
+        f = lib.mos_bpf_compile(expr.encode(), lib.MOS_DLT_EN10MB, err, 256)
+        if f == ffi.NULL:
+            continue  # (say, ip6 host 10.0.0.1): libpcap refuses it, the engine would too
+        try:
+            pd = analyse(expr)
+            pushed += not pd.empty
+            for frame, n, proto, sp, dp, src, dst in frames:
+                if lib.mos_bpf_match(f, frame, n, n):
+                    checked += 1
+                    assert pd.admits(proto, sp, dp, src, dst), (expr, pd, proto, sp, dp, src, dst)
+        finally:
+            lib.mos_bpf_free(f)
+    assert checked > 20000 and pushed > 1000  # the test exercised the analyser
+
+
+def test_pushdown_admits_other_direction() -> None:
+    """Each test is symmetric: a flow's reply passes whatever its first packet passed."""
+    pd = analyse("tcp dst port 80 and src net 10.0.0.0/8")
+    assert pd.admits(6, 40000, 80, "10.0.0.1", "1.2.3.4") and pd.admits(6, 80, 40000, "1.2.3.4", "10.0.0.1")
+    assert not pd.admits(6, 40000, 81, "10.0.0.1", "1.2.3.4") and not pd.admits(17, 40000, 80, "10.0.0.1", "1.2.3.4")
+    assert isinstance(pd, PushDown) and "ports 80" in pd.describe()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# live: the push-down in the inline topology of tests/test_live.py
+
+from tests.test_live import CLIENT, PORT, SERVER, Inline, inline  # noqa: E402,F401
+
+OTHER_PORT = PORT + 1
+
+
+@pytest.mark.netns
+def test_live_filter_pushes_down(inline: Inline, tmp_path: Path) -> None:  # noqa: F811
+    """``--filter "tcp port 8000"``: XDP sends only port 8000 to the engine; a transfer on another port
+    crosses the middle box in XDP (pass_not_monitored), and the engine never sees it."""
+    import signal as _signal
+
+    inline.topo.spawn(inline.s, sys.executable, "-m", "http.server", "-b", SERVER, str(OTHER_PORT), "-d",
+                      str(inline.www), stop_signal=_signal.SIGKILL, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+    run = inline.run(str(REPO / "apps" / "midstat.py"), "--stats", "--filter", f"tcp port {PORT}")
+    try:
+        assert f"filter 'tcp port {PORT}': pushed down to XDP: protocols tcp, ports {PORT}" in run.stderr
+        other = tmp_path / "other.bin"
+        for _ in range(50):  # the second server may still be starting
+            r = inline.c.run("curl", "-sS", "--interface", CLIENT, "-o", str(other), "--max-time", "10",
+                             f"http://{SERVER}:{OTHER_PORT}/big.bin", check=False, timeout=60)
+            if r.returncode == 0:
+                break
+        assert r.returncode == 0, r.stderr
+        assert other.read_bytes() == (inline.www / "big.bin").read_bytes()
+        mine = inline.curl("small.txt", tmp_path / "small.txt")
+        assert mine.returncode == 0 and (tmp_path / "small.txt").read_bytes() == pcaps_small(inline)
+    finally:
+        rc = run.stop()
+    assert rc == 0, run.stderr
+    xdp_c = run.counters()
+    eng = run.engine_counters()
+    big = (inline.www / "big.bin").stat().st_size
+    assert xdp_c["pass_not_monitored"] > big // 1500, xdp_c  # the other transfer, in XDP
+    # only the monitored connection reached the engine: a dozen packets, not the big transfer
+    assert 5 <= xdp_c["xsk_redirect"] < 100, xdp_c
+    assert eng["conns_created"] == 1 and eng.get("filtered_out", 0) == 0, eng  # (zeros are not printed)
+    assert f"filter: {xdp_c['pass_not_monitored']} frames left out in XDP" in run.stderr
+    inline.assert_clean()
+
+
+def pcaps_small(env: Inline) -> bytes:
+    return (env.www / "small.txt").read_bytes()
