@@ -44,7 +44,7 @@ enum mos_limits {
     MOS_MAX_WORKERS = 64,     /* workers (sockets) per receive queue */
     MOS_MAX_SLOTS = 2,        /* interfaces per program: 0 = the attached one, 1 = the inline peer */
     MOS_XSK_MAP_SIZE = 2 * 64 * 64, /* MOS_MAX_SLOTS * MOS_MAX_QUEUES * MOS_MAX_WORKERS */
-    MOS_XDP_BLOCK_MAX = 16384,      /* prefixes per block list (IPv4 and IPv6 each) */
+    MOS_XDP_BLOCK_MAX = 16384,      /* prefixes per block list and per monitored list (IPv4 and IPv6 each) */
     MOS_XDP_PORTS = 65536,          /* port flag array: one entry per TCP/UDP port */
     MOS_XDP_BYPASS_MAX = 262144,    /* bypassed connections (LRU: the least recently used go first) */
 };
@@ -62,7 +62,9 @@ enum mos_limits {
     X(BLOCK_V6, mos_block_v6)   /* LPM trie: struct mos_xdp_lpm_v6 -> u64 hit count */                   \
     X(PORTS, mos_ports)         /* array, MOS_XDP_PORTS u8 entries of MOS_XDP_PORT_* flags */            \
     X(BYPASS, mos_bypass)       /* LRU hash: struct mos_flow_key -> struct mos_xdp_bypass_entry */       \
-    X(DEBUG, mos_debug)         /* array, 1 entry: struct mos_xdp_debug */
+    X(DEBUG, mos_debug)         /* array, 1 entry: struct mos_xdp_debug */                             \
+    X(MON_V4, mos_mon_v4)       /* LPM trie: struct mos_xdp_lpm_v4 -> u8, monitored prefixes (PREFIX_FILTER) */ \
+    X(MON_V6, mos_mon_v6)       /* LPM trie: struct mos_xdp_lpm_v6 -> u8 */
 
 enum mos_xdp_map {
 #define MOS_X_(id, name) MOS_XDP_MAP_##id,
@@ -78,6 +80,7 @@ enum mos_xdp_flags {
 
     MOS_XDP_CFG_PORT_FILTER = 1 << 0, /* monitor only flows with a port flagged MOS_XDP_PORT_MONITOR */
     MOS_XDP_CFG_DEBUG = 1 << 1,       /* record the last steering decision in map DEBUG */
+    MOS_XDP_CFG_PREFIX_FILTER = 1 << 2, /* monitor only packets from or to a prefix of MON_V4 / MON_V6 */
 
     MOS_XDP_MODE_PASSIVE = 0, /* unmonitored traffic: XDP_PASS to the host */
     MOS_XDP_MODE_INLINE = 1,  /* ... forwarded to the other interface of the pair */

@@ -4,7 +4,8 @@
  *   parse_packet    Ethernet, up to two VLAN tags (802.1Q / 802.1ad QinQ), IPv4 / IPv6 (extension
  *                   headers, fragments), TCP / UDP; a bounds check next to every header access.
  *   blocked_*       fast drop: source or destination in an LPM-trie block list, or a blocked port.
- *   is_monitored    the configured filter (protocols, optionally a monitored port set).
+ *   is_monitored    the configured filter (protocols, optionally a monitored port set and monitored
+ *                   prefixes: what mos/bpf_filter.py pushes down of a monitor filter).
  *   check_bypass    connections userspace has seen enough of: their verdict, kept in an LRU hash.
  *   steer           a symmetric flow hash picks the AF_XDP socket through the XSKMAP.
  * Anything the stack does not monitor (ARP, ICMP, other protocols, other ports) gets XDP_PASS in
@@ -58,6 +59,8 @@ BPF_LPM_TRIE(mos_block_v6, struct mos_xdp_lpm_v6, u64, MOS_XDP_BLOCK_MAX);
 BPF_ARRAY(mos_ports, u8, MOS_XDP_PORTS);
 BPF_TABLE("lru_hash", struct mos_flow_key, struct mos_xdp_bypass_entry, mos_bypass, MOS_XDP_BYPASS_MAX);
 BPF_ARRAY(mos_debug, struct mos_xdp_debug, 1);
+BPF_LPM_TRIE(mos_mon_v4, struct mos_xdp_lpm_v4, u8, MOS_XDP_BLOCK_MAX);
+BPF_LPM_TRIE(mos_mon_v6, struct mos_xdp_lpm_v6, u8, MOS_XDP_BLOCK_MAX);
 
 /* ---- parsing (the walk's rules and limits: mos_parse.h, shared with the engine's decoder) ---- */
 struct mos_vlan_hdr {
@@ -275,8 +278,30 @@ static __always_inline int blocked_port(struct pkt *p)
 }
 
 /* ---- filter ----------------------------------------------------------------------------------- */
+/* Source or destination in a monitored prefix (a monitor filter's, pushed down by mos/bpf_filter.py):
+ * either address, so that both directions of a flow pass. */
+static __always_inline int monitored_prefix(struct pkt *p)
+{
+    if (p->ipv6) {
+        struct mos_xdp_lpm_v6 k6 = {.prefixlen = 128};
+        __builtin_memcpy(k6.addr, p->saddr, 16);
+        if (mos_mon_v6.lookup(&k6))
+            return 1;
+        __builtin_memcpy(k6.addr, p->daddr, 16);
+        return mos_mon_v6.lookup(&k6) != 0;
+    }
+    struct mos_xdp_lpm_v4 k4 = {.prefixlen = 32};
+    __builtin_memcpy(k4.addr, &p->saddr[3], 4);
+    if (mos_mon_v4.lookup(&k4))
+        return 1;
+    __builtin_memcpy(k4.addr, &p->daddr[3], 4);
+    return mos_mon_v4.lookup(&k4) != 0;
+}
+
 static __always_inline int is_monitored(struct mos_xdp_config *cfg, struct pkt *p)
 {
+    if ((cfg->flags & MOS_XDP_CFG_PREFIX_FILTER) && !monitored_prefix(p))
+        return 0; /* addresses are in every fragment too */
     if (p->proto_unknown)
         return cfg->protocols != 0; /* the engine reassembles it, then knows */
     u32 bit = p->proto == IPPROTO_TCP ? MOS_XDP_PROTO_TCP : p->proto == IPPROTO_UDP ? MOS_XDP_PROTO_UDP : 0;

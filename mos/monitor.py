@@ -181,7 +181,10 @@ class Monitor:
     :meth:`Connection.ppeek`, whatever the batch boundaries; at most half of ``dir_buffer_limit``),
     ``handler_timeout`` (seconds an event handler, timer callback or Python filter may run before it is
     interrupted with :class:`~mos.errors.HandlerTimeout`, reported like any exception of a handler; 0: no
-    limit; see :mod:`mos.watchdog`) and ``order``:
+    limit; see :mod:`mos.watchdog`), ``filter`` (a tcpdump expression, compiled with libpcap, judging the
+    first packet of each flow and each orphan as mOS's monitor filter does: a flow whose first packet does
+    not match is not monitored and its packets are counted ``filtered_out``; both directions of a matching
+    flow are) and ``order``:
 
     * ``"connection"`` (the default, mOS's model): what a handler does (stop monitoring, subscribe or
       unsubscribe, change a policy or buffering, drop) takes effect from the connection's next packet.
@@ -229,6 +232,7 @@ class Monitor:
         checksum: str = "auto",
         peek_window: int = 64 << 10,
         handler_timeout: float = 1.0,
+        filter: Optional[str] = None,
     ) -> None:
         cfg = ffi.new("struct mos_config *")
         lib.mos_config_default(cfg)
@@ -287,6 +291,11 @@ class Monitor:
             raise MosError(ffi.string(err).decode())
         self._eng = ffi.gc(eng, lib.mos_engine_free)
         self._peek_window = int(lib.mos_engine_peek_window(self._eng))
+        self.filter: Optional[str] = None
+        """The monitor filter (tcpdump syntax), None for none."""
+        self._filter_linktype = -1
+        if filter is not None:
+            self._set_filter(filter, lib.MOS_DLT_EN10MB)
         self.strict = strict
         """An exception in a handler stops the run (it is re-raised)."""
         self._handlers: Dict[Key, Tuple[Handler, ...]] = {}
@@ -693,8 +702,23 @@ class Monitor:
         """Run over a pcap or pcapng file (:class:`~mos.source.PcapSource`); returns the counters."""
         return self.run(PcapSource(path), progress)
 
+    def _set_filter(self, expr: str, linktype: int) -> None:
+        """The engine's monitor filter for packets of ``linktype`` (userspace/monitor_filter.h); a one-line
+        :class:`MosError` quoting libpcap when it does not compile."""
+        if not isinstance(expr, str):
+            raise MosError(f"filter must be a string in tcpdump syntax, not {expr!r}")
+        err = ffi.new("char[256]")
+        if lib.mos_engine_set_filter(self._eng, expr.encode(), linktype, err, 256) != 0:
+            msg = ffi.string(err).decode(errors="replace")
+            on = "" if linktype == lib.MOS_DLT_EN10MB else f" for link type {linktype}"
+            raise MosError(f"filter {expr!r}{on}: {msg}")
+        self.filter = expr or None
+        self._filter_linktype = linktype
+
     def feed(self, linktype: int, pkts: Any, n: int) -> None:
         """Process a batch of ``struct mos_pkt`` (any packet source): engine, handlers, timers."""
+        if self.filter is not None and linktype != self._filter_linktype:
+            self._set_filter(self.filter, linktype)  # an input of another link type: its error said here
         i = 0
         idle = 0
         timers = self._timers

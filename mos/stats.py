@@ -14,7 +14,7 @@ MALFORMED_PREFIX = "malformed_"
 BAD_CHECKSUM_PREFIX = "bad_checksum_"
 DISPOSITIONS = (
     "conn_packets", "udp_packets", "icmp_error_packets", "orphan_untracked_proto", "orphan_no_conn",
-    "orphan_table_full", "frag_held", "frag_error",
+    "orphan_table_full", "frag_held", "frag_error", "filtered_out",
 )
 
 BATCH_DEPENDENT = ("event_batches", "packets_held_for_handlers", "memory_held")

@@ -55,6 +55,7 @@ def stream_table(
     max_conns: int = 1 << 20,
     checksum: str = "auto",
     protocols: Any = ("tcp", "udp"),
+    filter: Optional[str] = None,
     progress: Optional[Callable[[int, int], Any]] = None,
 ) -> Tuple[List[Dict[str, Any]], Dict[str, int], Dict[str, int]]:
     """Reassemble ``pcap`` for a summary: the rows of connections 1..``limit`` (as ``run_streams`` gives
@@ -64,7 +65,7 @@ def stream_table(
     # nothing reads bytes back (no peek window) and no handler acts on a connection (batch order)
     mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
                   max_conns=max_conns, strict=True, checksum=checksum, peek_window=0, order="batch",
-                  protocols=protocols)
+                  protocols=protocols, filter=filter)
     mon.log_ended(limit)
     st = mon.run_pcap(pcap, progress=progress)
     rows = [_row(i, None) for i in mon.ended_log()]
@@ -84,6 +85,7 @@ def run_streams(
     max_conns: int = 1 << 20,
     checksum: str = "auto",
     protocols: Any = ("tcp", "udp"),
+    filter: Optional[str] = None,
     progress: Optional[Callable[[int, int], Any]] = None,
 ) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
     """Reassemble ``pcap``; with ``outdir``, write ``<n>.c2s``, ``<n>.s2c`` and ``index.jsonl`` there.
@@ -94,7 +96,7 @@ def run_streams(
     # nothing reads bytes back (no peek window) and no handler acts on a connection (batch order)
     mon = Monitor(policy=policy, frag_policy=frag_policy, vlan_in_key=vlan_in_key, pickup=pickup,
                   max_conns=max_conns, strict=True, checksum=checksum, peek_window=0, order="batch",
-                  protocols=protocols)
+                  protocols=protocols, filter=filter)
     if outdir is not None:
         os.makedirs(outdir, exist_ok=True)
         for name in os.listdir(outdir):  # a rerun must not append to the previous run's files

@@ -141,6 +141,8 @@ def _map_layouts() -> Dict[int, Tuple[str, str, int]]:
         lib.MOS_XDP_MAP_PORTS: ("uint32_t", "uint8_t", lib.MOS_XDP_PORTS),
         lib.MOS_XDP_MAP_BYPASS: ("struct mos_flow_key", "struct mos_xdp_bypass_entry", lib.MOS_XDP_BYPASS_MAX),
         lib.MOS_XDP_MAP_DEBUG: ("uint32_t", "struct mos_xdp_debug", 1),
+        lib.MOS_XDP_MAP_MON_V4: ("struct mos_xdp_lpm_v4", "uint8_t", lib.MOS_XDP_BLOCK_MAX),
+        lib.MOS_XDP_MAP_MON_V6: ("struct mos_xdp_lpm_v6", "uint8_t", lib.MOS_XDP_BLOCK_MAX),
     }
 
 

@@ -409,7 +409,8 @@ static struct conn *udp_flow_new(mos_engine_t *e, const struct pkt_info *pi, uin
 }
 
 /* A UDP packet: its flow's (from the bucket's record `start` on), or a new flow's. */
-static int udp_packet(mos_engine_t *e, const struct pkt_info *pi, uint32_t bucket, uint32_t start)
+static int udp_packet(mos_engine_t *e, const struct mos_pkt *p, const struct pkt_info *pi, uint32_t bucket,
+                      uint32_t start)
 {
     for (uint32_t s = start; s; s = C(e, s)->hnext) {
         struct conn *c = C(e, s);
@@ -419,6 +420,8 @@ static int udp_packet(mos_engine_t *e, const struct pkt_info *pi, uint32_t bucke
             return PROC_DONE;
         }
     }
+    if (monitor_filter_skip(e, p, pi, 1))
+        return PROC_DONE;
     int retry;
     struct conn *c = udp_flow_new(e, pi, bucket, &retry);
     if (!c) {
@@ -575,11 +578,13 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
                 bucket = ft_bucket(&e->ft, &pi);
                 start = e->ft.buckets[bucket];
             }
-            if (udp_packet(e, &pi, bucket, start) == PROC_RETRY)
+            if (udp_packet(e, p, &pi, bucket, start) == PROC_RETRY)
                 return PROC_RETRY;
             goto fixup;
         }
         if (pi.ip_version && icmp_error(e, &pi))
+            goto fixup;
+        if (monitor_filter_skip(e, p, &pi, 0))
             goto fixup;
         account(e, MOS_C_ORPHAN_UNTRACKED_PROTO);
         struct mos_event t = {0};
@@ -635,6 +640,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
         process_conn(e, c, side, &pi);
         goto fixup;
     }
+    if (recover_side < 0 && monitor_filter_skip(e, p, &pi, 1))
+        goto fixup;
     {
         int syn_only = (pi.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
         if (!syn_only && !e->cfg.pickup && recover_side < 0) {
@@ -793,6 +800,7 @@ void mos_engine_free(mos_engine_t *e)
     free(e->hq);
     defrag_free(e->defrag);
     free(e->ended_log);
+    monitor_filter_free(e);
     free(e);
 }
 

@@ -65,6 +65,7 @@ struct mos_engine {
     struct held_dg holder_dg; /* ... and its datagram, when it completed one */
     uint8_t hold_off;         /* process the packet now even so (no memory to hold it) */
     uint64_t counters[MOS_C_COUNT];
+    struct monitor_filter *filter; /* the monitor filter, NULL: none (monitor_filter.c) */
     struct csum_state csum;   /* the checksum setting's auto decision (checksum.c) */
     /* Told of each malformed packet, when set: the AF_XDP source (userspace/xsk.c) sets it for the time
      * of one batch, from mos_xsk_pump to mos_xsk_done, so that an inline run drops malformed frames

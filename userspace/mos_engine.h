@@ -108,6 +108,7 @@ enum mos_linktype {
     X(ORPHAN_TABLE_FULL, orphan_table_full) /* would start a connection while the table is full */      \
     X(FRAG_HELD, frag_held)             /* IP fragments absorbed by defragmentation */                  \
     X(FRAG_ERROR, frag_error)           /* IP fragments rejected by defragmentation (frag counters) */  \
+    X(FILTERED_OUT, filtered_out)       /* left out by the monitor filter (userspace/monitor_filter.h) */ \
     X(IGNORED_SIDE, ignored_side)       /* packets of a connection no longer monitored on either side */\
     X(MAL_TRUNCATED_L2, malformed_truncated_l2) /* malformed, by reason */                             \
     X(MAL_UNKNOWN_LINK, malformed_unknown_link)                                                         \
@@ -125,6 +126,8 @@ enum mos_linktype {
     X(MAL_TOO_MANY_IPV6_EXT, malformed_too_many_ipv6_ext) /* more than MOS_MAX_IPV6_EXT (mos_parse.h) */ \
     /* not dispositions: extra information */                                                          \
     X(DATAGRAMS_REASSEMBLED, datagrams_reassembled)                                                     \
+    X(FILTER_EVALUATED, filter_evaluated) /* packets the monitor filter judged */                       \
+    X(FILTERED_FLOWS, filtered_flows)   /* flows the monitor filter left out (remembered) */            \
     X(CONNS_CREATED, conns_created)                                                                     \
     X(CONNS_PICKED_UP, conns_picked_up) /* created mid-stream (no SYN seen) */                          \
     X(CONNS_ENDED, conns_ended)                                                                         \
@@ -463,6 +466,8 @@ int64_t mos_pcap_file_pos(const mos_pcap_t *p);
  * 0 when packets are copies valid for one batch only. */
 int mos_pcap_stable_region(const mos_pcap_t *p, const void **lo, const void **hi);
 void mos_pcap_close(mos_pcap_t *p);
+
+#include "monitor_filter.h"
 
 /* ---- AF_XDP live input (userspace/xsk.c) ---------------------------------------------------------
  * One UMEM for the whole run; per (slot, queue) -- slot 0 the interface, slot 1 the inline peer -- a

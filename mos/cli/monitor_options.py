@@ -95,6 +95,9 @@ OPTIONS: Tuple[MonitorOption, ...] = (
                   click.Choice(list(order_names()))),
     MonitorOption("peek_window", "--peek-window",
                   "Bytes of each stream peek/ppeek can read back behind its end (K, M, G suffixes).", SIZE),
+    MonitorOption("filter", "--filter", "Monitor only flows whose first packet (and orphans) match this tcpdump "
+                  "expression (libpcap syntax); both directions of a matching flow are monitored.", str,
+                  streams=True),
     MonitorOption("strict", "--strict", "Stop at the first exception in a handler.", switch=True),
     MonitorOption("handler_timeout", "--handler-timeout",
                   "Seconds a handler, timer callback or Python filter may run before it is interrupted "

@@ -19,6 +19,7 @@ from mos.net import netlink
 from mos.xdp import state
 from mos.xdp.program import fail_mode
 
+from .. import bpf_filter
 from ..abi import ffi, lib, xsk_counter_names
 from ..monitor import Monitor
 from . import accounting, pitfalls
@@ -114,6 +115,8 @@ def _counter_lines(prog: xdp.XdpProgram, xsk: Any, workers: int, start: Dict[str
     except (OSError, xdp.XdpError) as e:
         return lines + [f"  xdp: counters unreadable ({e})"]
     lines.append("  xdp:    " + " ".join(f"{k}={v}" for k, v in d.items() if v))
+    if prog.state.get(bpf_filter.STATE_KEY):
+        lines.append(f"  filter: {d.get('pass_not_monitored', 0)} frames left out in XDP (pass_not_monitored)")
     per_worker = []
     for w in range(workers):
         c = lib.mos_xsk_counters(xsk, w)
@@ -260,6 +263,9 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
         if not attached:
             restore = {k: int(getattr(cfg, k)) for k in fields}
         prog.set_config(**fields)
+        bpf_filter.undo_recorded(prog)  # what a run that died pushed down
+        if mon.filter is not None:  # what XDP can enforce of it: unmonitored traffic never reaches us
+            sys.stderr.write(f"mos-xdp: {bpf_filter.push_down(prog, mon.filter)[0]}\n")
         # from here a crash is told from a clean stop by this record (see mos.xdp.state)
         prog.state["engine"] = {**state.this_process(), "since": time.time()}
         state.write_state(iface, prog.state)
@@ -415,6 +421,7 @@ def _teardown(prog: Optional[xdp.XdpProgram], xsk: Any, indexes: List[int], atta
                 report.append(f"mos-xdp: {e}")
         else:
             try:
+                bpf_filter.undo_recorded(prog)  # the filter's push-down first: restore has the config before it
                 if restore:
                     prog.set_config(**restore)
                 prog.state.pop("engine", None)
