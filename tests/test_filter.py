@@ -130,7 +130,8 @@ def test_reverse_direction_only_match_monitors_both_sides(tmp_path: Path) -> Non
 
 
 def test_orphans_filtered(tmp_path: Path) -> None:
-    """UDP (not TCP: an orphan here) and TCP orphans (pick-up off) are judged one by one."""
+    """UDP as orphans (protocols tcp) and TCP orphans (pick-up off) are judged one by one; UDP flows by
+    their first datagram."""
     recs: List[Tuple[float, bytes, int]] = []
     t = 1000.0
     for port in (53, 53, 123, 53, 5353):
@@ -141,8 +142,11 @@ def test_orphans_filtered(tmp_path: Path) -> None:
     mid = pcaps.midstream_pickup()  # no SYN: orphans without pick-up
     built = merge(Built(recs), mid)
     n_mid = len(mid.records)
+    seen, st = run(tmp_path, built, filter="udp port 53", pickup=False, protocols=("tcp",))
+    assert seen.orphans == 3 and st["orphan_untracked_proto"] == 3 and st["filtered_out"] == 2 + n_mid
+    # UDP flows (the default): the flow to port 53 is one connection, its 3 datagrams; the others left out
     seen, st = run(tmp_path, built, filter="udp port 53", pickup=False)
-    assert seen.orphans == 3 and st["orphan_not_tcp"] == 3 and st["filtered_out"] == 2 + n_mid
+    assert seen.starts == [53] and st["udp_packets"] == 3 and st["filtered_out"] == 2 + n_mid
     seen, st = run(tmp_path, built, filter="tcp", pickup=False)
     assert seen.orphans == n_mid and st["orphan_no_conn"] == n_mid and st["filtered_out"] == 5
     assert seen.starts == []
