@@ -37,8 +37,8 @@ enum conn_flags {
 /* LRU_UDP: UDP flows, idle after timeout_udp. LRU_COUNT lists are kept; LRU_NONE is in none. */
 enum lru_class { LRU_HANDSHAKE = 0, LRU_EST = 1, LRU_CLOSED = 2, LRU_UDP = 3, LRU_COUNT = 4, LRU_NONE = 4 };
 
-/* A connection: its key, both endpoints' state, both receive streams. 264 bytes with nothing held, so
- * that a table of a million costs what it holds. */
+/* A connection (TCP, or a UDP flow): its key, both endpoints' state, both receive streams. Kept small
+ * with nothing held (mos_conn_size() says how small), so that a table of a million costs what it holds. */
 struct conn {
     struct flow_key key;
     uint8_t end_reason;       /* enum mos_end_reason */
