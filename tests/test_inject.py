@@ -77,6 +77,7 @@ RESET_APP = """
 """
 
 
+@pytest.mark.netns
 def test_reset_while_curl_downloads(inline: Inline, tmp_path: Path) -> None:  # noqa: F811
     """conn.reset() during a download: curl and the server both see the connection reset within 100 ms;
     the engine ends the connection with reason RST."""
@@ -185,6 +186,7 @@ def _wait_end(out: Path, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.netns
 def test_send_payload_to_the_client(inline: Inline, tmp_path: Path) -> None:  # noqa: F811
     """conn.send(Side.CLIENT, ...) puts bytes into the client's stream between the server's: the client
     receives them in order, the server's later bytes and FIN are translated so the connection goes on and
@@ -266,6 +268,7 @@ SNIFF = """
 """
 
 
+@pytest.mark.netns
 @pytest.mark.parametrize("new", ["SimpleHTTP-rewritten-by-mos-xdp-to-a-much-longer-value", "S"],
                          ids=["longer", "shorter"])
 def test_resizing_rewrite_of_a_response_header(inline: Inline, tmp_path: Path, new: str) -> None:  # noqa: F811

@@ -96,6 +96,10 @@ void engine_end_conn(mos_engine_t *e, struct conn *c, int reason, int side)
 {
     if (c->flags & CF_ENDED)
         return;
+    if (c->flags & CF_RESET_PENDING) { /* the app reset it: whatever ends it first, that is how it ended */
+        c->flags &= (uint8_t)~CF_RESET_PENDING;
+        reason = MOS_END_RST;
+    }
     tcp_end_syn_data(e, c, reason); /* SYN data nothing decided on: before the flush */
     /* Whatever is still held is delivered, holes becoming gaps: the app sees every byte we have. */
     tcp_settle_acks(e, c, 0);
@@ -790,21 +794,10 @@ uint32_t mos_engine_events(mos_engine_t *e, const struct mos_event **evs)
     return e->evq.qlen;
 }
 
-/* Connections the handlers reset (mos_conn_reset) end now, their CONN_END queued for the next round. A
- * reset connection is in the touched list (mos_conn_reset puts it there); at most RESET_BATCH per round,
- * the others stay flagged and listed. */
+/* Connections the handlers reset (mos_conn_reset) end once their events are handled, their CONN_END
+ * queued for the next round. A reset connection is in the touched list (mos_conn_reset puts it there);
+ * at most RESET_BATCH per round, the others stay flagged and are listed again. */
 #define RESET_BATCH 64
-static uint32_t resets_take(mos_engine_t *e, uint32_t *slots)
-{
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < e->ft.ntouched && n < RESET_BATCH; i++) {
-        struct conn *c = C(e, e->ft.touched[i]);
-        if (c->flags & CF_RESET_PENDING)
-            slots[n++] = e->ft.touched[i];
-    }
-    return n;
-}
-
 static void resets_end(mos_engine_t *e, const uint32_t *slots, uint32_t n)
 {
     e->cur_pkt = UINT32_MAX; /* no packet raised these */
@@ -818,7 +811,6 @@ static void resets_end(mos_engine_t *e, const uint32_t *slots, uint32_t n)
         /* each endpoint took a RST at its rcv_nxt: both are CLOSED, as a RST leaves them */
         c->tcp.end[0].state = c->tcp.end[1].state = MOS_TCP_CLOSED;
         engine_end_conn(e, c, MOS_END_RST, MOS_SIDE_CLI);
-        ft_touch(&e->ft, c);
     }
 }
 
@@ -826,7 +818,7 @@ void mos_engine_events_done(mos_engine_t *e)
 {
     struct flow_table *ft = &e->ft;
     uint32_t resets[RESET_BATCH];
-    uint32_t nresets = resets_take(e, resets);
+    uint32_t nresets = 0;
     for (uint32_t i = 0; i < ft->nzombies; i++) {
         struct conn *c = C(e, ft->zombies[i]);
         if (!(c->flags & CF_ENDED))
@@ -842,15 +834,22 @@ void mos_engine_events_done(mos_engine_t *e)
         }
     }
     ft->nzombies = 0;
+    uint32_t kept = 0;
     for (uint32_t i = 0; i < ft->ntouched; i++) {
         struct conn *c = C(e, ft->touched[i]);
+        if ((c->flags & CF_RESET_PENDING) && nresets == RESET_BATCH) {
+            ft->touched[kept++] = ft->touched[i]; /* stays listed (and touched): the next round ends it */
+            continue;
+        }
         c->flags &= (uint8_t)~CF_TOUCHED;
+        if (c->flags & CF_RESET_PENDING)
+            resets[nresets++] = ft->touched[i];
         if (c->rx[0].buf)
             reasm_trim(&e->rctx, &c->rx[0], c->rx[0].next_off);
         if (c->rx[1].buf)
             reasm_trim(&e->rctx, &c->rx[1], c->rx[1].next_off);
     }
-    ft->ntouched = 0;
+    ft->ntouched = kept;
     for (uint32_t i = 0; i < e->evq.nqueued; i++)
         C(e, e->evq.queued[i])->flags &= (uint8_t)~CF_QUEUED;
     e->evq.nqueued = 0;
