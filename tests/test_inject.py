@@ -229,6 +229,8 @@ REWRITE_APP = """
         at = p.find(OLD)
         if at >= 0:
             n = conn.set_last_packet(p[at:].replace(OLD, NEW, 1), offset=at, layer="payload", resize=True)
+            if os.environ.get("MOS_TEST_LOSE"):
+                conn.drop_last_packet()  # lost after the box: the sender's retransmission must be rewritten alike
             with open(OUT, "a") as f:
                 f.write(json.dumps({"rewrite": n, "before": len(p)}) + "\\n")
 
@@ -269,16 +271,20 @@ SNIFF = """
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize("new", ["SimpleHTTP-rewritten-by-mos-xdp-to-a-much-longer-value", "S"],
-                         ids=["longer", "shorter"])
-def test_resizing_rewrite_of_a_response_header(inline: Inline, tmp_path: Path, new: str) -> None:  # noqa: F811
+@pytest.mark.parametrize("new,lose", [("SimpleHTTP-rewritten-by-mos-xdp-to-a-much-longer-value", False),
+                                      ("S", False), ("SimpleHTTP-rewritten-and-lost", True)],
+                         ids=["longer", "shorter", "longer-lost"])
+def test_resizing_rewrite_of_a_response_header(inline: Inline, tmp_path: Path, new: str,  # noqa: F811
+                                               lose: bool) -> None:
     """An inline app rewrites the response's Server header to a longer (shorter) one during a 24 MB
     transfer: curl receives a consistent response (the body intact, the header rewritten, exit 0) and
-    the connection closes cleanly (FIN); the rewritten frame's IPv4 total length is its length."""
+    the connection closes cleanly (FIN); the rewritten frame's IPv4 total length is its length. Lost (the
+    app drops the rewritten frame): the server's retransmission of the segment is rewritten alike, and
+    the client's SACKs of the later bytes are translated back."""
     out, body, head = tmp_path / "app.jsonl", tmp_path / "big.bin", tmp_path / "headers.txt"
     app = _app(tmp_path, "rewrite.py", REWRITE_APP)
     run = inline.run(app, "--stats", env={"MOS_TEST_OUT": str(out), "MOS_TEST_OLD": "SimpleHTTP",
-                                          "MOS_TEST_NEW": new})
+                                          "MOS_TEST_NEW": new, **({"MOS_TEST_LOSE": "1"} if lose else {})})
     sniff = None
     try:
         lc = "lc" + inline.mi[2:]  # (the fixture names the client's end after the middle box's)
@@ -304,6 +310,7 @@ def test_resizing_rewrite_of_a_response_header(inline: Inline, tmp_path: Path, n
     assert frame["ip_total"] == frame["frame"] - 14 and frame["ip_csum_ok"], frame
     af = run.counters("  af_xdp worker 0:")
     assert af["rewrites"] == 1 and af["xlat_frames"] > 1000, af
+    assert af.get("xlat_replayed", 0) == (1 if lose else 0) and af.get("xlat_unreplayed", 0) == 0, af
     assert rw["rewrite"] > 0
     inline.assert_clean()
 
@@ -416,3 +423,32 @@ def test_offline_bad_inputs(tmp_path: Path) -> None:
     for k in ("twice", "send_after_reset", "ended", "ended_send"):
         assert "has ended" in errors[k], (k, errors[k])
     assert "14 to 4096 bytes" in errors["short_frame"]
+
+
+def test_offline_ipv6_vlan_segments(tmp_path: Path) -> None:
+    """An IPv6 connection in a VLAN: the recorded RSTs carry the VLAN tag, the IPv6 payload length and a
+    valid TCP checksum."""
+    from scapy.all import Dot1Q, IPv6
+
+    c = Conv(cip="fd00::1", sip="fd00::2", vlan=(100,))
+    c.handshake()
+    c.send(True, REQ)
+    nxt = dict(c.nxt)
+    c.send(False, b"HTTP/1.1 200 OK\r\n\r\nbody")
+    c.close()
+    pcap = c.built().write(tmp_path / "v6.pcap")
+    mon = Monitor()
+
+    @mon.on(Event.CONN_NEW_DATA)
+    def data(conn: Any, ev: Any) -> None:
+        if ev.side is Side.SERVER and conn.alive and not mon.sent():
+            conn.reset()
+
+    mon.run(PcapSource(str(pcap)))
+    to_cli, to_svr = (Ether(f) for f in mon.sent())
+    for p, seq, dst in ((to_cli, nxt[False], "fd00::1"), (to_svr, nxt[True], "fd00::2")):
+        assert p[Dot1Q].vlan == 100 and p[IPv6].dst == dst and p[IPv6].plen == len(p[IPv6].payload)
+        assert p[TCP].seq == seq and str(p[TCP].flags) == "RA"
+        again = p.copy()
+        del again[TCP].chksum
+        assert Ether(bytes(again))[TCP].chksum == p[TCP].chksum

@@ -585,16 +585,13 @@ int mos_xsk_send(mos_xsk_t *x, uint32_t slot, const uint8_t *frame, uint32_t len
  * endpoint is behind, with the MACs of the connection's frames; pkt (the packet being handled, or
  * UINT32_MAX) is where those are learnt when it is one of the connection's. Inline, the bytes it carries
  * (payload, SYN, FIN) shift its sender's direction. Returns the frame's length, or mos_conn_segment's
- * errors, -4 (mos_xsk_send), -5 when no frame of the connection was seen to learn the link layer from,
- * -6 when the translation table is full. */
+ * errors, -4 (mos_xsk_send), -5 when no frame of the connection was seen to learn the link layer from.
+ * The table of such connections (XSK_XLAT per worker) forgets the least recently used when full. */
 int64_t mos_xsk_inject(mos_xsk_t *x, mos_engine_t *e, uint32_t pkt, uint32_t slot, uint64_t id, int to_side,
                        uint8_t tcp_flags, const uint8_t *payload, uint32_t len);
 /* The frames of connection (slot, id) in the current batch after packet pkt (all of them for UINT32_MAX)
  * are dropped: what its tracker had not taken when the app reset it. */
 int mos_xsk_drop_after(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32_t slot, uint64_t id);
-/* The translation of `sender`'s direction of connection (slot, id): the delta now applied to its next
- * bytes (0 when none). */
-int64_t mos_xsk_seq_delta(const mos_xsk_t *x, const mos_engine_t *e, uint32_t slot, uint64_t id, int sender);
 
 /* Counters of a worker (MOS_XSK_C_COUNT values, shared between the processes of a run). */
 const uint64_t *mos_xsk_counters(const mos_xsk_t *x, uint32_t worker);

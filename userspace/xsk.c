@@ -1402,18 +1402,6 @@ int mos_xsk_drop_after(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32
     return 0;
 }
 
-int64_t mos_xsk_seq_delta(const mos_xsk_t *x, const mos_engine_t *e, uint32_t slot, uint64_t id, int sender)
-{
-    const struct conn *c = engine_conn(e, slot, id);
-    struct mos_flow_key k;
-    if (!c || sender < 0 || sender > 1 || conn_key(c, &k) != 0)
-        return 0;
-    struct xlat *t = xlat_find((struct mos_xsk *)(uintptr_t)x, &k);
-    if (!t)
-        return 0;
-    uint32_t nxt = c->tcp.end[sender].snd_nxt;
-    return (int32_t)(xlat_map(&t->dir[sender], nxt) - nxt);
-}
 
 int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t max, int timeout_ms,
                  uint64_t stop_ts_ns, uint64_t budget_ns, uint32_t *fed)
