@@ -105,7 +105,7 @@ def test_reset_while_curl_downloads(inline: Inline, tmp_path: Path) -> None:  # 
     assert {"end": "RST"} in recs, recs
     assert rc == 56, (rc, err)  # curl: "Recv failure: Connection reset by peer"
     assert "reset" in err.lower(), err
-    assert curl_done - reset_at < 0.1 + 0.05, curl_done - reset_at  # (+ curl's exit and our wait)
+    assert curl_done - reset_at < 0.1, curl_done - reset_at  # (its exit and our wait included: ~10 ms)
     srv = json.loads(srv_out.read_text())
     assert srv["error"] in ("ConnectionResetError", "BrokenPipeError"), srv
     assert srv["t"] - reset_at < 0.1, srv["t"] - reset_at
