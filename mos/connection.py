@@ -46,6 +46,7 @@ from .events import (
     TcpState,
     policy_of,
 )
+from .inject import check_payload, flag_bits
 from .stats import ENGINE_COUNTERS
 from .subscriptions import Handler, hook_of, sides_of
 
@@ -643,10 +644,45 @@ class Connection:
         """Live, inline: overwrite bytes of the packet being handled, as mOS's mtcp_setlastpkt.
 
         ``offset`` counts from the start of ``layer`` (``eth``, ``ip``, ``tcp``/``udp``, ``payload``); the
-        IPv4 header and TCP/UDP checksums are recomputed. ``resize`` makes the packet end after ``data``.
-        Returns the packet's length. The engine's view of the stream is not changed.
+        IP length (IPv4 total length, IPv6 payload length) and the IPv4 header and TCP/UDP checksums follow
+        every rewrite. ``resize`` makes the packet end after ``data``: bytes inserted or removed (the
+        payload grows or shrinks, as MOS_INSERT/MOS_CHOMP). From that packet on, the sender's sequence
+        numbers in that direction and the receiver's acknowledgements (SACK blocks too) are translated,
+        as a NAT ALG does, so the endpoints stay in sync; a retransmission of the resized segment is
+        rewritten alike. Returns the packet's length. The engine's view of the stream is not changed: it
+        is what the sender sent.
         """
         return int(self._mon.live_session().rewrite(self._mon.port, bytes(data), offset, layer, resize))
+
+    # -- sending (live: AF_XDP TX; a capture: recorded, Monitor.sent) --------------------------------
+    def send(self, side: Side, payload: bytes = b"", flags: str = "PA") -> int:
+        """Send a TCP segment to endpoint ``side`` as its peer would now, as mOS's mtcp_sendpkt: the
+        sequence number ``side`` expects (its peer's next, translated as the run translates it), the
+        acknowledgement of what ``side`` sent, the connection's addresses, ports, VLANs and the MACs of
+        its frames. ``flags``: TCP flag letters (``"PA"``, ``"A"``, ``"FA"``, ``"RA"``).
+
+        Live it leaves at once (after the frames of the batch being handled) out of the interface
+        ``side`` is behind; inline, the bytes sent shift the peer's later sequence numbers (and ``side``'s
+        acknowledgements back), so both endpoints stay in sync. The engine's streams keep what the
+        endpoints themselves sent. On a capture the frame is recorded (:meth:`Monitor.sent`). Returns the
+        frame's length.
+        """
+        self._tcp_only("send")
+        s = _one_side(side)
+        bits = flag_bits(flags)
+        data = check_payload(payload)
+        return int(self._mon._injector().send(self._mon.port, self, s, data, bits))
+
+    def reset(self) -> None:
+        """Reset the connection: a RST to each endpoint at once, with the sequence number each expects
+        (RFC 5961: exactly its rcv_nxt, so it is taken, not challenged). Live inline, the connection's
+        later frames are dropped. The connection ends in the engine with reason RST (its CONN_END comes
+        once the events being handled are done; counted in ``conns_reset``)."""
+        self._tcp_only("reset")
+        inj = self._mon._injector()
+        if not self.alive or self.info()["end"] is not None:
+            raise MosError(f"connection {self.id} has ended: it cannot be reset")
+        inj.reset(self._mon.port, self)
 
     def __repr__(self) -> str:
         try:

@@ -52,6 +52,7 @@ from .errors import StaleConnection as StaleConnectionError
 from .events import BUILTIN_EVENTS, MAX_EVENTS, PROTOCOLS, USER_EVENT_BASE, Event, Hook, Policy, Side, policy_of
 from .filter import Filter, PyFilter, UserEvent
 from .handler_errors import HandlerErrors
+from .inject import SentRecorder, check_frame
 from .source import LiveControl, PacketSource, PcapSource
 from .stats import engine_stats
 from .subscriptions import (
@@ -321,6 +322,7 @@ class Monitor:
         """Why the last capture ended early (a truncated file), if it did."""
         self._pev = ffi.new("struct mos_event **")
         self._live: Optional[LiveControl] = None
+        self._recorder: Optional[SentRecorder] = None  # a capture's frames sent by the app (self.sent())
         self.port = EnginePort(self)
         """The engine port a packet source is handed (see :mod:`mos.source`)."""
         self._sync_masks()
@@ -955,6 +957,29 @@ class Monitor:
         if self._live is None:
             raise MosError("this works on live traffic only (mos-xdp run --iface)")
         return self._live
+
+    # -- sending (mos.inject) ---------------------------------------------------------------------
+    def _injector(self) -> Any:
+        """Where what the app sends goes: the live session, or a capture's recorder."""
+        if self._live is not None:
+            return self._live
+        if self._recorder is None:
+            self._recorder = SentRecorder()
+        return self._recorder
+
+    def send_packet(self, frame: bytes, iface: Optional[str] = None) -> None:
+        """Send a raw Ethernet frame out of ``iface`` (live: the monitored interface by default, or the
+        inline peer); on a capture it is recorded (:meth:`sent`)."""
+        self._injector().send_packet(self.port, check_frame(frame, iface), iface)
+
+    def sent(self) -> List[bytes]:
+        """A capture: the frames the app sent (``Connection.send`` / ``reset``, :meth:`send_packet`), in
+        order, as they would have been sent (``injected_packets`` in :meth:`stats` counts them all)."""
+        return [f for _, _, f in self._recorder.frames] if self._recorder is not None else []
+
+    def write_sent(self, path: str) -> int:
+        """A capture: writes :meth:`sent` to a pcap file; returns the number of frames."""
+        return (self._recorder or SentRecorder()).write_pcap(path)
 
     @property
     def bpf(self) -> Any:

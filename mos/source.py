@@ -52,6 +52,15 @@ class LiveControl(Protocol):
     def rewrite(self, port: EnginePort, data: bytes, offset: int, layer: str, resize: bool) -> int:
         """Overwrite bytes of the packet being handled; returns its new length."""
 
+    def send(self, port: EnginePort, conn: Connection, side: int, payload: bytes, flags: int) -> int:
+        """Send a segment of the connection to endpoint ``side`` (``Connection.send``); its length."""
+
+    def reset(self, port: EnginePort, conn: Connection) -> None:
+        """Reset the connection: a RST to each endpoint (``Connection.reset``)."""
+
+    def send_packet(self, port: EnginePort, frame: bytes, iface: Optional[str]) -> None:
+        """Send a raw frame (``Monitor.send_packet``)."""
+
 
 class PacketSource(Protocol):
     """Where a :class:`~mos.Monitor` run gets its packets (see the module's doc)."""

@@ -19,6 +19,7 @@
 
 #include "engine_state.h"
 
+
 #define SEC 1000000000ull
 
 static inline struct conn *C(mos_engine_t *e, uint32_t slot) { return ft_conn(&e->ft, slot); }
@@ -92,6 +93,10 @@ void engine_end_conn(mos_engine_t *e, struct conn *c, int reason, int side)
 {
     if (c->flags & CF_ENDED)
         return;
+    if (c->flags & CF_RESET_PENDING) { /* the app reset it: whatever ends it first, that is how it ended */
+        c->flags &= (uint8_t)~CF_RESET_PENDING;
+        reason = MOS_END_RST;
+    }
     if (c->key.proto == MOS_IPPROTO_TCP) { /* a UDP flow has no TCP state */
         tcp_end_syn_data(e, c, reason); /* SYN data nothing decided on: before the flush */
         /* Whatever is still held is delivered, holes becoming gaps: the app sees every byte we have. */
@@ -954,8 +959,8 @@ static void resume(mos_engine_t *e)
 int64_t mos_engine_next(mos_engine_t *e, const struct mos_event **evs)
 {
     mos_engine_events_done(e);
-    if (!e->nheld)
-        return -1;
+    if (!e->nheld) /* the CONN_END of a connection the handlers reset may be queued: its own round */
+        return e->evq.qlen ? (int64_t)mos_engine_events(e, evs) : -1;
     resume(e);
     return mos_engine_events(e, evs);
 }
@@ -1049,9 +1054,31 @@ uint32_t mos_engine_events(mos_engine_t *e, const struct mos_event **evs)
     return e->evq.qlen;
 }
 
+/* Connections the handlers reset (mos_conn_reset) end once their events are handled, their CONN_END
+ * queued for the next round. A reset connection is in the touched list (mos_conn_reset puts it there);
+ * at most RESET_BATCH per round, the others stay flagged and are listed again. */
+#define RESET_BATCH 64
+static void resets_end(mos_engine_t *e, const uint32_t *slots, uint32_t n)
+{
+    e->cur_pkt = UINT32_MAX; /* no packet raised these */
+    e->cur_pi = NULL;
+    e->cur_flags = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct conn *c = C(e, slots[i]);
+        c->flags &= (uint8_t)~CF_RESET_PENDING;
+        if (c->flags & CF_ENDED)
+            continue;
+        /* each endpoint took a RST at its rcv_nxt: both are CLOSED, as a RST leaves them */
+        c->tcp.end[0].state = c->tcp.end[1].state = MOS_TCP_CLOSED;
+        engine_end_conn(e, c, MOS_END_RST, MOS_SIDE_CLI);
+    }
+}
+
 void mos_engine_events_done(mos_engine_t *e)
 {
     struct flow_table *ft = &e->ft;
+    uint32_t resets[RESET_BATCH];
+    uint32_t nresets = 0;
     for (uint32_t i = 0; i < ft->nzombies; i++) {
         struct conn *c = C(e, ft->zombies[i]);
         if (!(c->flags & CF_ENDED))
@@ -1067,19 +1094,28 @@ void mos_engine_events_done(mos_engine_t *e)
         }
     }
     ft->nzombies = 0;
+    uint32_t kept = 0;
     for (uint32_t i = 0; i < ft->ntouched; i++) {
         struct conn *c = C(e, ft->touched[i]);
+        if ((c->flags & CF_RESET_PENDING) && nresets == RESET_BATCH) {
+            ft->touched[kept++] = ft->touched[i]; /* stays listed (and touched): the next round ends it */
+            continue;
+        }
         c->flags &= (uint8_t)~CF_TOUCHED;
+        if (c->flags & CF_RESET_PENDING)
+            resets[nresets++] = ft->touched[i];
         if (c->rx[0].buf)
             reasm_trim(&e->rctx, &c->rx[0], c->rx[0].next_off);
         if (c->rx[1].buf)
             reasm_trim(&e->rctx, &c->rx[1], c->rx[1].next_off);
     }
-    ft->ntouched = 0;
+    ft->ntouched = kept;
     for (uint32_t i = 0; i < e->evq.nqueued; i++)
         C(e, e->evq.queued[i])->flags &= (uint8_t)~CF_QUEUED;
     e->evq.nqueued = 0;
     evq_clear(&e->evq);
+    if (nresets)
+        resets_end(e, resets, nresets);
 }
 
 const uint64_t *mos_engine_counters(const mos_engine_t *e) { return e->counters; }
@@ -1243,6 +1279,104 @@ int mos_conn_set_buffering(mos_engine_t *e, uint32_t slot, uint64_t id, int side
     /* Off: nothing more is held; what is held stays until it is delivered and handled (reasm.c). */
     c->rx[side].buffering = on && (c->monitor & (1u << side)) ? 1 : 0;
     return 0;
+}
+
+/* ---- injection ---------------------------------------------------------------------------------- */
+
+static void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void put32(uint8_t *p, uint32_t v) { put16(p, v >> 16); put16(p + 2, v); }
+
+/* What the engine knows of `side`'s sequence numbers: 0 when nothing of it was seen. */
+static int seq_known(const struct tcp_end *t) { return t->snd_nxt != 0 || t->isn_known; }
+
+int64_t mos_conn_snd_nxt(const mos_engine_t *e, uint32_t slot, uint64_t id, int side)
+{
+    const struct conn *c = conn_get(e, slot, id);
+    if (!c || side < 0 || side > 1 || !seq_known(&c->tcp.end[side]))
+        return -1;
+    return c->tcp.end[side].snd_nxt;
+}
+
+int64_t mos_conn_segment(const mos_engine_t *e, uint32_t slot, uint64_t id, int to_side, uint8_t tcp_flags,
+                         const uint8_t *payload, uint32_t len, const uint8_t *macs, uint32_t seq_delta,
+                         uint8_t *out, uint32_t cap)
+{
+    const struct conn *c = conn_get(e, slot, id);
+    if (!c || (c->flags & (CF_ENDED | CF_RESET_PENDING)) || to_side < 0 || to_side > 1)
+        return -1;
+    int from = 1 - to_side;
+    const struct tcp_end *P = &c->tcp.end[from], *R = &c->tcp.end[to_side];
+    if (!seq_known(P))
+        return -3;
+    const struct flow_key *k = &c->key;
+    uint32_t l2 = 14u + 4u * k->nvlan, l3len = k->ip_version == 6 ? 40u : 20u;
+    uint64_t total = (uint64_t)l2 + l3len + 20u + len;
+    if (total > cap || total > 65535u)
+        return -2;
+    uint8_t *p = out;
+    memset(p, 0, (size_t)total - len);
+    if (macs)
+        memcpy(p, macs, 12);
+    uint32_t at = 12;
+    for (uint32_t v = 0; v < k->nvlan; v++, at += 4) {
+        put16(p + at, 0x8100);
+        put16(p + at + 2, k->vlan[v] & 0x0fffu);
+    }
+    put16(p + at, k->ip_version == 6 ? 0x86dd : 0x0800);
+    uint8_t *ip = p + l2, *tcp = ip + l3len;
+    uint32_t ipl = l3len + 20u + len;
+    if (k->ip_version == 6) {
+        ip[0] = 0x60;
+        put16(ip + 4, ipl - 40u);
+        ip[6] = MOS_IPPROTO_TCP;
+        ip[7] = 64;
+        memcpy(ip + 8, k->addr[from], 16);
+        memcpy(ip + 24, k->addr[to_side], 16);
+    } else {
+        ip[0] = 0x45;
+        put16(ip + 2, ipl);
+        ip[6] = 0x40; /* DF */
+        ip[8] = 64;
+        ip[9] = MOS_IPPROTO_TCP;
+        memcpy(ip + 12, k->addr[from], 4);
+        memcpy(ip + 16, k->addr[to_side], 4);
+    }
+    put16(tcp, k->port[from]);
+    put16(tcp + 2, k->port[to_side]);
+    put32(tcp + 4, P->snd_nxt + seq_delta);
+    /* a RST is taken on its sequence number alone (RFC 5961: exactly rcv_nxt); its ACK bit, when asked
+     * for, acknowledges what the engine saw of the receiver */
+    put32(tcp + 8, (tcp_flags & TCP_ACK) ? R->snd_nxt : 0);
+    tcp[12] = 5u << 4;
+    tcp[13] = tcp_flags;
+    uint32_t win = (tcp_flags & TCP_RST) ? 0 : P->max_win >> (P->ws_ok && P->wscale != 0xff ? P->wscale : 0);
+    put16(tcp + 14, win > 65535u ? 65535u : win);
+    if (len)
+        memcpy(tcp + 20, payload, len);
+    struct pkt_info pi;
+    if (decode_packet(p, (uint32_t)total, MOS_DLT_EN10MB, &pi) != 0)
+        return -2; /* cannot happen: we built it */
+    if (k->ip_version == 4)
+        csum_set_ipv4_header(ip);
+    csum_set_l4(&pi, tcp);
+    return (int64_t)total;
+}
+
+int mos_conn_reset(mos_engine_t *e, uint32_t slot, uint64_t id)
+{
+    struct conn *c = conn_get(e, slot, id);
+    if (!c || (c->flags & (CF_ENDED | CF_RESET_PENDING)))
+        return -1;
+    c->flags |= CF_RESET_PENDING;
+    ft_touch(&e->ft, c); /* how mos_engine_events_done finds it */
+    e->counters[MOS_C_CONNS_RESET]++;
+    return 0;
+}
+
+void mos_engine_injected(mos_engine_t *e, uint32_t bytes)
+{
+    e->counters[MOS_C_INJECTED_PACKETS]++;
+    e->counters[MOS_C_INJECTED_BYTES] += bytes;
 }
 
 int mos_conn_stop(mos_engine_t *e, uint32_t slot, uint64_t id, int side_mask)

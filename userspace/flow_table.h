@@ -32,6 +32,7 @@ enum conn_flags {
     CF_QUEUED = 8,            /* queued an event that is not handled yet (order CONNECTION: its packets wait) */
     CF_IN_HASH = 16,          /* reachable by lookup */
     CF_TOUCHED = 32,          /* in the table's touched list this batch */
+    CF_RESET_PENDING = 64,    /* the app reset it (mos_conn_reset): ends with reason RST once its events are handled */
 };
 
 /* LRU_UDP: UDP flows, idle after timeout_udp. LRU_COUNT lists are kept; LRU_NONE is in none. */

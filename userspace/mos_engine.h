@@ -166,7 +166,10 @@ enum mos_linktype {
     X(BAD_CHECKSUM_UDP, bad_checksum_udp) /* disposition: UDP checksum wrong */                         \
     X(CHECKSUM_UNVERIFIABLE, checksum_unverifiable) /* TCP/UDP cut by the capture: not checked */       \
     X(CHECKSUM_AUTO_OFF, checksum_auto_off) /* 1: auto found the input's checksums offloaded, stopped */ \
-    X(CHECKSUM_COMPLETED, checksum_completed) /* partial checksums of a local stack's offload, completed */
+    X(CHECKSUM_COMPLETED, checksum_completed) /* partial checksums of a local stack's offload, completed */\
+    X(INJECTED_PACKETS, injected_packets) /* frames the app sent (conn.send/reset, send_packet), or recorded offline */\
+    X(INJECTED_BYTES, injected_bytes)                                                                   \
+    X(CONNS_RESET, conns_reset)         /* connections the app reset (conn.reset): ended with reason RST */
 
 enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,
@@ -438,6 +441,26 @@ int64_t mos_conn_segments(const mos_engine_t *e, uint32_t slot, uint64_t id, int
  * the first byte copied, returns the count (0: nothing held there, -1: bad connection). */
 int64_t mos_conn_peek(const mos_engine_t *e, uint32_t slot, uint64_t id, int side, uint64_t from,
                       uint64_t end, uint8_t *dst, uint32_t cap, uint64_t *start);
+/* ---- injection (conn.send, conn.reset) ----
+ * A TCP segment of connection (slot, id) towards endpoint to_side, as its peer would send it now: the
+ * connection's addresses, ports and VLANs, seq = the peer's snd_nxt + seq_delta (the translation of the
+ * peer's direction, see xsk.c), ack = to_side's snd_nxt (what the peer's stack has acknowledged as far
+ * as the engine saw), window the peer's largest (0 for a RST), checksums set. macs: 12 bytes (destination,
+ * source) of the Ethernet header, NULL for zeros. Returns the frame's length, -1 when the connection is
+ * gone, ended or being reset, -2 when it does not fit in cap, -3 when the peer's sequence numbers are not
+ * known (nothing seen from it). */
+int64_t mos_conn_segment(const mos_engine_t *e, uint32_t slot, uint64_t id, int to_side, uint8_t tcp_flags,
+                         const uint8_t *payload, uint32_t len, const uint8_t *macs, uint32_t seq_delta,
+                         uint8_t *out, uint32_t cap);
+/* The next sequence number `side` sends (its snd_nxt as the engine saw it), -1 when unknown or gone. */
+int64_t mos_conn_snd_nxt(const mos_engine_t *e, uint32_t slot, uint64_t id, int side);
+/* The app reset the connection (its RSTs are sent): it ends with reason RST (CONN_END) once the events
+ * being handled are done -- a CONN_END raised amid them would be cleared unhandled. Counted in conns_reset.
+ * Returns 0, -1 when it is gone, ended or already being reset. */
+int mos_conn_reset(mos_engine_t *e, uint32_t slot, uint64_t id);
+/* A frame was sent (or recorded) by the app: injected_packets and injected_bytes. */
+void mos_engine_injected(mos_engine_t *e, uint32_t bytes);
+
 /* The raw bytes of packet `pkt` of the current batch (caplen bytes), or NULL. */
 const uint8_t *mos_pkt_raw(const mos_engine_t *e, uint32_t pkt);
 /* The decoded headers of packet `pkt` of the current batch. */
@@ -489,7 +512,12 @@ enum mos_verdict { MOS_VERDICT_FORWARD = 0, MOS_VERDICT_DROP = 1 };
     X(K_TX_INVALID_DESCS, k_tx_invalid_descs) X(K_RX_RING_FULL, k_rx_ring_full)                         \
     X(K_RX_FILL_RING_EMPTY_DESCS, k_rx_fill_ring_empty_descs)                                           \
     X(K_TX_RING_EMPTY_DESCS, k_tx_ring_empty_descs)                                                   \
-    X(MALFORMED_DROP, malformed_drop) /* inline: frames the engine found malformed, dropped (also in verdict_drop) */
+    X(MALFORMED_DROP, malformed_drop) /* inline: frames the engine found malformed, dropped (also in verdict_drop) */\
+    X(INJECTED, injected)             /* frames the app sent (mos_xsk_send): not in the rx/tx balance */     \
+    X(INJECT_FAILED, inject_failed)   /* ... that found no free frame or no room in the TX ring */            \
+    X(XLAT_FRAMES, xlat_frames)       /* frames whose seq/ack (SACK) numbers were translated */               \
+    X(XLAT_REPLAYED, xlat_replayed)   /* retransmissions of a resized segment, rewritten alike */             \
+    X(XLAT_UNREPLAYED, xlat_unreplayed) /* ... that overlapped it otherwise: forwarded as they were */
 
 enum mos_xsk_counter {
 #define MOS_X_(id, name) MOS_XSK_C_##id,
@@ -554,6 +582,30 @@ int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint3
                         const uint8_t *bytes, uint32_t len, uint32_t new_len);
 /* Offset of a layer (0 link, 1 IP, 2 TCP/UDP header, 3 payload) in packet pkt, or -1. */
 int64_t mos_xsk_header_offset(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, int layer);
+/* ---- what the app sends, and the sequence translation of length-changing rewrites ----
+ * mos_xsk_send: a raw frame out of slot's interface (0 the monitored one, 1 the inline peer), through a
+ * frame of this worker's reserve; during a batch it leaves after the batch's forwarded frames (so after
+ * the packet being handled), otherwise at once. Returns 0, -2 for a bad slot or length, -4 when no frame
+ * or TX descriptor is free (inject_failed).
+ *
+ * Sequence translation (inline), per connection and direction, as a NAT ALG keeps it: bytes the app
+ * inserted or removed (a resizing rewrite, or a payload it sent) shift the sender's sequence numbers from
+ * that point on when frames are forwarded, and the receiver's acknowledgements (SACK blocks too) back
+ * when frames arrive -- before the engine, which so sees every stream as its sender sent it. A
+ * retransmission of a resized segment is rewritten alike. */
+int mos_xsk_send(mos_xsk_t *x, uint32_t slot, const uint8_t *frame, uint32_t len);
+/* A segment of connection (slot, id) to endpoint to_side (mos_conn_segment), out of the interface that
+ * endpoint is behind, with the MACs of the connection's frames; pkt (the packet being handled, or
+ * UINT32_MAX) is where those are learnt when it is one of the connection's. Inline, the bytes it carries
+ * (payload, SYN, FIN) shift its sender's direction. Returns the frame's length, or mos_conn_segment's
+ * errors, -4 (mos_xsk_send), -5 when no frame of the connection was seen to learn the link layer from.
+ * The table of such connections (XSK_XLAT per worker) forgets the least recently used when full. */
+int64_t mos_xsk_inject(mos_xsk_t *x, mos_engine_t *e, uint32_t pkt, uint32_t slot, uint64_t id, int to_side,
+                       uint8_t tcp_flags, const uint8_t *payload, uint32_t len);
+/* The frames of connection (slot, id) in the current batch after packet pkt (all of them for UINT32_MAX)
+ * are dropped: what its tracker had not taken when the app reset it. */
+int mos_xsk_drop_after(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32_t slot, uint64_t id);
+
 /* Counters of a worker (MOS_XSK_C_COUNT values, shared between the processes of a run). */
 const uint64_t *mos_xsk_counters(const mos_xsk_t *x, uint32_t worker);
 

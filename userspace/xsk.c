@@ -58,6 +58,9 @@
 #define XSK_MAX_WORKERS ((uint32_t)MOS_MAX_WORKERS)
 #define XSK_DROP_KEYS 64u
 #define XSK_KICK_TRIES 64
+#define XSK_TX_RESERVE 32u   /* frames a worker keeps out of the fill rings for what the app sends */
+#define XSK_INJECT_MAX 64u   /* frames the app sent during a batch, sent after its forwarded frames */
+#define XSK_XLAT 256u        /* connections with a sequence translation or learnt link layer */
 
 struct xsk_pool {
     struct xsk_ring_prod fill;
@@ -110,7 +113,22 @@ struct mos_xsk {
     struct pollfd *pfds;
     int forward_malformed;    /* inline: forward frames the engine found malformed (default: drop) */
     mos_engine_t *sink_engine; /* the engine whose malformed_sink points here, for the current batch */
+    int64_t drop_from[XSK_DROP_KEYS]; /* drop_keys[k] drops the batch's frames from this index on */
+    uint8_t *rewritten;       /* per frame: a resizing rewrite made it (its seq translation is known) */
+    uint32_t tx_reserve;      /* frames the free list keeps for mos_xsk_send */
+    struct { uint64_t addr; uint32_t len, slot; } inject[XSK_INJECT_MAX];
+    uint32_t ninject;
+    struct xlat *xlat;        /* XSK_XLAT entries (this process's: a connection reaches one worker) */
+    uint32_t xlat_hi;         /* entries [0, xlat_hi) may be in use */
+    uint64_t xlat_clock;
 };
+
+struct xlat;
+static void xlat_free(struct mos_xsk *x);
+static struct xlat *xlat_alloc(void);
+static void xlat_rx(struct mos_xsk *x, uint8_t *p, uint32_t len);
+static uint32_t xlat_tx(struct mos_xsk *x, uint64_t addr, uint32_t len);
+static void inject_flush(struct mos_xsk *x);
 
 /* ---- locking of a pool's fill and completion ring ----------------------------------------------- */
 
@@ -144,8 +162,8 @@ static uint32_t fill_push(struct mos_xsk *x, uint32_t p, uint32_t n)
     uint32_t room = pl->fill.size - fill_level(pl);
     if (n > room)
         n = room;
-    if (n > x->nfree)
-        n = x->nfree;
+    if (n > x->nfree - x->tx_reserve)
+        n = x->nfree - x->tx_reserve;
     uint32_t prod = __atomic_load_n(pl->fill.producer, __ATOMIC_RELAXED);
     uint64_t *ring = pl->fill.ring;
     for (uint32_t i = 0; i < n; i++)
@@ -170,14 +188,12 @@ static void comp_pop(struct mos_xsk *x, uint32_t p)
 /* Completed frames back to the free list, then free frames to the emptiest fill rings. */
 static void recycle(struct mos_xsk *x)
 {
-    if (x->inline_mode) {
-        for (uint32_t p = 0; p < x->npools; p++) {
-            pool_lock(x, p);
-            comp_pop(x, p);
-            pool_unlock(x, p);
-        }
+    for (uint32_t p = 0; p < x->npools; p++) {
+        pool_lock(x, p);
+        comp_pop(x, p);
+        pool_unlock(x, p);
     }
-    while (x->nfree) {
+    while (x->nfree > x->tx_reserve) {
         uint32_t best = UINT32_MAX, best_level = UINT32_MAX;
         for (uint32_t p = 0; p < x->npools; p++) {
             uint32_t lvl = fill_level(&x->pools[p]);
@@ -221,7 +237,7 @@ static int raw_socket(struct mos_xsk *x, struct xsk_sock *s, const char *ifname,
     if (s->fd < 0)
         return -errno;
     if (setsockopt(s->fd, SOL_XDP, XDP_RX_RING, &n, sizeof(n)) ||
-        (x->inline_mode && setsockopt(s->fd, SOL_XDP, XDP_TX_RING, &n, sizeof(n))) ||
+        setsockopt(s->fd, SOL_XDP, XDP_TX_RING, &n, sizeof(n)) ||
         getsockopt(s->fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &optlen))
         return -errno;
     s->rx_map_len = off.rx.desc + n * sizeof(struct xdp_desc);
@@ -239,7 +255,7 @@ static int raw_socket(struct mos_xsk *x, struct xsk_sock *s, const char *ifname,
     s->rx.ring = b + off.rx.desc;
     s->rx.cached_prod = *s->rx.producer;
     s->rx.cached_cons = *s->rx.consumer;
-    if (x->inline_mode) {
+    { /* passive too: what the app sends (a tap IPS's RSTs) leaves through it */
         s->tx_map_len = off.tx.desc + n * sizeof(struct xdp_desc);
         m = mmap(NULL, s->tx_map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, s->fd, XDP_PGOFF_TX_RING);
         if (m == MAP_FAILED)
@@ -312,6 +328,8 @@ void mos_xsk_close(mos_xsk_t *x)
     free(x->bsock);
     free(x->verdict);
     free(x->flen);
+    free(x->rewritten);
+    xlat_free(x);
     free(x->pfds);
     free(x);
 }
@@ -342,7 +360,7 @@ static int open_sockets(struct mos_xsk *x, const char *names[2], uint16_t bind_f
             for (int tries = 0;; tries++) {
                 if (w == 0)
                     rc = xsk_socket__create_shared(&s->xsk, names[pl->slot], pl->queue, x->umem, &s->rx,
-                                                   x->inline_mode ? &s->tx : NULL, &pl->fill, &pl->comp, &cfg);
+                                                   &s->tx, &pl->fill, &pl->comp, &cfg);
                 else
                     rc = raw_socket(x, s, names[pl->slot], pl->queue, x->socks[p * x->workers].fd);
                 /* EBUSY: a socket closed just before still holds the queue (a kernel work item frees it) */
@@ -416,13 +434,15 @@ mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *pe
     x->free_frames = calloc(x->nframes, sizeof(uint64_t));
     x->verdict = calloc(x->nframes, 1);
     x->flen = calloc(x->nframes, sizeof(uint32_t));
+    x->rewritten = calloc(x->nframes, 1);
+    x->xlat = xlat_alloc();
     x->pfds = calloc(x->npools, sizeof(*x->pfds));
     x->bcap = 0;
     void *area = mmap(NULL, x->area_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     void *sh = mmap(NULL, sizeof(struct xsk_shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     x->area = area == MAP_FAILED ? NULL : area;
     x->sh = sh == MAP_FAILED ? NULL : sh;
-    if (!x->pools || !x->socks || !x->free_frames || !x->verdict || !x->flen || !x->pfds || !x->area || !x->sh) {
+    if (!x->pools || !x->socks || !x->free_frames || !x->verdict || !x->flen || !x->rewritten || !x->xlat || !x->pfds || !x->area || !x->sh) {
         set_err(err, errlen, "cannot allocate the AF_XDP UMEM for ", iface, ENOMEM);
         mos_xsk_close(x);
         return NULL;
@@ -467,13 +487,23 @@ mos_xsk_t *mos_xsk_open(const char *iface, uint32_t iface_queues, const char *pe
         }
         x->busy_poll = ok;
     }
-    /* every frame starts in a fill ring: pool p gets frames [p * POOL_FRAMES, (p + 1) * POOL_FRAMES) */
+    /* every frame starts in a fill ring: pool p gets frames [p * POOL_FRAMES, (p + 1) * POOL_FRAMES),
+     * but for the last tx_reserve * workers of pool 0, each worker's reserve (mos_xsk_set_worker) */
+    x->tx_reserve = x->pool_frames / (4 * workers);
+    if (x->tx_reserve > XSK_TX_RESERVE)
+        x->tx_reserve = XSK_TX_RESERVE;
+    uint32_t reserved = x->tx_reserve * workers;
+    uint32_t keep = x->tx_reserve;
+    x->tx_reserve = 0;
     for (uint32_t p = 0; p < x->npools; p++) {
         x->nfree = 0;
         for (uint32_t i = 0; i < x->pool_frames; i++)
             x->free_frames[x->nfree++] = ((uint64_t)p * x->pool_frames + i) * XSK_FRAME;
+        if (p == 0)
+            x->nfree -= reserved; /* the top of the list: the pool's last frames */
         fill_push(x, p, x->pool_frames);
     }
+    x->tx_reserve = keep;
     x->nfree = 0;
     return x;
 }
@@ -506,6 +536,11 @@ int mos_xsk_set_worker(mos_xsk_t *x, uint32_t worker)
         return -1;
     x->worker = worker;
     x->counters = x->sh->counters[worker];
+    /* this worker's reserve: its slice of the frames pool 0's fill ring did not get (mos_xsk_open) */
+    uint64_t first = (uint64_t)x->pool_frames - (uint64_t)x->tx_reserve * x->workers + (uint64_t)worker * x->tx_reserve;
+    x->nfree = 0;
+    for (uint32_t i = 0; i < x->tx_reserve; i++)
+        x->free_frames[x->nfree++] = (first + i) * XSK_FRAME;
     for (uint32_t p = 0; p < x->npools; p++) {
         x->pfds[p].fd = x->socks[p * x->workers + worker].fd;
         x->pfds[p].events = POLLIN;
@@ -592,7 +627,10 @@ static uint32_t rx_take(struct mos_xsk *x, struct mos_pkt *pkts, uint32_t max, u
             x->baddr[n] = addr;
             x->bsock[n] = si;
             x->verdict[frame] = MOS_VERDICT_FORWARD;
+            x->rewritten[frame] = 0;
             x->flen[frame] = len;
+            if (x->xlat_hi)
+                xlat_rx(x, x->area + addr, len);
             pkts[n].data = x->area + addr;
             pkts[n].caplen = len;
             pkts[n].wirelen = len;
@@ -660,13 +698,13 @@ static int frame_key(const uint8_t *p, uint32_t len, struct mos_flow_key *k)
     return decode_flow_key(&pi, k);
 }
 
-static int dropped_flow(struct mos_xsk *x, const uint8_t *p, uint32_t len)
+static int dropped_flow(struct mos_xsk *x, const uint8_t *p, uint32_t len, uint32_t at)
 {
     struct mos_flow_key k;
     if (frame_key(p, len, &k) != 0)
         return 0;
     for (uint32_t i = 0; i < x->ndrop_keys; i++)
-        if (memcmp(&k, &x->drop_keys[i], sizeof(k)) == 0)
+        if ((int64_t)at >= x->drop_from[i] && memcmp(&k, &x->drop_keys[i], sizeof(k)) == 0)
             return 1;
     return 0;
 }
@@ -716,11 +754,13 @@ uint32_t mos_xsk_done(mos_xsk_t *x)
         uint32_t frame = (uint32_t)(addr / XSK_FRAME);
         uint8_t v = x->verdict[frame];
         uint32_t len = x->flen[frame];
-        if (v == MOS_VERDICT_FORWARD && x->ndrop_keys && dropped_flow(x, x->area + addr, len))
+        if (v == MOS_VERDICT_FORWARD && x->ndrop_keys && dropped_flow(x, x->area + addr, len, i))
             v = MOS_VERDICT_DROP;
         if (v == MOS_VERDICT_DROP)
             x->counters[MOS_XSK_C_VERDICT_DROP]++;
         if (v == MOS_VERDICT_FORWARD && x->inline_mode) {
+            if (x->xlat_hi)
+                len = xlat_tx(x, addr, len);
             /* out of the other interface, on the same queue number when it has one */
             const struct xsk_pool *in = &x->pools[x->socks[x->bsock[i]].pool];
             uint32_t oslot = in->slot ^ 1u;
@@ -753,6 +793,8 @@ uint32_t mos_xsk_done(mos_xsk_t *x)
         for (uint32_t p = 0; p < x->npools; p++)
             kick_tx(x, &x->socks[p * x->workers + x->worker]);
     }
+    if (x->ninject)
+        inject_flush(x); /* after the batch's frames: a RST follows the data it is numbered after */
     recycle(x);
     return sent;
 }
@@ -792,13 +834,14 @@ int mos_xsk_drop_flow(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt)
     struct mos_flow_key k;
     if (frame_key(x->area + addr, x->flen[f], &k) != 0 || x->ndrop_keys >= XSK_DROP_KEYS)
         return 0;
+    x->drop_from[x->ndrop_keys] = 0;
     x->drop_keys[x->ndrop_keys++] = k;
     return 0;
 }
 
 static void wr16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 
-/* The IP header's length field follows the frame's new length (a resizing rewrite). */
+/* The IP header's length field says the datagram ends at `len` (from the frame's start). */
 static void set_ip_length(uint8_t *p, uint32_t l3, uint32_t len)
 {
     if (l3 + 40 <= len && (p[l3] >> 4) == 6)
@@ -819,6 +862,9 @@ static void fix_checksums(uint8_t *p, uint32_t len)
         csum_set_l4(&pi, p + (pi.l4 - p));
 }
 
+static void xlat_resized(struct mos_xsk *x, const mos_engine_t *e, uint64_t addr, const struct pkt_info *pi,
+                         uint32_t seq, uint32_t old_pl);
+
 int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32_t offset,
                         const uint8_t *bytes, uint32_t len, uint32_t new_len)
 {
@@ -831,17 +877,28 @@ int64_t mos_xsk_rewrite(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint3
         return -2;
     uint8_t *p = x->area + addr;
     struct pkt_info pi;
-    int64_t l3 = decode_packet(p, x->flen[f], MOS_DLT_EN10MB, &pi) == 0 && pi.ip_version ? pi.l3 - p : -1;
+    int decoded = decode_packet(p, x->flen[f], MOS_DLT_EN10MB, &pi) == 0 && pi.ip_version;
+    int64_t l3 = decoded ? pi.l3 - p : -1;
+    int tcp = decoded && pi.proto == MOS_IPPROTO_TCP && !pi.is_fragment && pi.l4;
+    uint32_t seq = tcp ? pi.seq : 0, old_pl = tcp ? pi.payload_len : 0;
+    /* the IP datagram's end: bytes past it (Ethernet padding) are not the payload's */
+    uint32_t ip_end = decoded ? (uint32_t)l3 + pi.l3_len : x->flen[f];
     memcpy(p + offset, bytes, len);
-    uint32_t old_len = x->flen[f];
+    /* the datagram ends where the frame now does (resize), or past the bytes written if they go beyond
+     * its end (into Ethernet padding, or past the frame) */
+    uint32_t end = new_len ? new_len : offset + len > ip_end ? offset + len : ip_end;
     if (new_len)
         x->flen[f] = new_len;
     else if (offset + len > x->flen[f])
         x->flen[f] = offset + len;
-    if (x->flen[f] != old_len && l3 >= 0)
-        set_ip_length(p, (uint32_t)l3, x->flen[f]);
+    if (end != ip_end && l3 >= 0)
+        set_ip_length(p, (uint32_t)l3, end);
     fix_checksums(p, x->flen[f]);
     x->counters[MOS_XSK_C_REWRITES]++;
+    struct pkt_info after;
+    if (tcp && x->inline_mode && decode_packet(p, x->flen[f], MOS_DLT_EN10MB, &after) == 0 &&
+        after.payload_len != old_pl)
+        xlat_resized(x, e, addr, &after, seq, old_pl);
     return x->flen[f];
 }
 
@@ -867,6 +924,484 @@ int64_t mos_xsk_header_offset(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt,
         return pi.payload - p;
     return -1;
 }
+
+/* ---- sequence translation and the link layer of connections the app acted on ------------------- */
+
+/* One sender's direction: its numbering -> what its receiver gets. `after` applies from sender seq
+ * `pos` on, `before` below it (only the last correction point is kept, as Linux's NAT does: a
+ * retransmission from before the one but last is translated with `before`). */
+struct xlat_dir {
+    uint32_t pos;
+    int32_t before, after;
+    uint8_t on;
+    /* the last segment a resizing rewrite changed (sender seq, length then and now, its new payload) */
+    uint32_t rw_seq, rw_len, rw_new_len;
+    uint8_t *rw;
+};
+
+struct xlat {
+    struct mos_flow_key key;
+    uint8_t used, l2_known, cli_port_set;
+    uint8_t cli_addr[16];
+    uint16_t cli_port;
+    uint8_t l2[2][12];        /* Ethernet destination + source of frames to the client [0] / server [1] */
+    uint8_t slot[2];          /* the interface the client [0] / server [1] is behind */
+    uint64_t used_at;
+    struct xlat_dir dir[2];   /* sent by the client [0] / server [1] */
+};
+
+static void xlat_clear(struct xlat *t)
+{
+    free(t->dir[0].rw);
+    free(t->dir[1].rw);
+    memset(t, 0, sizeof(*t));
+}
+
+static struct xlat *xlat_alloc(void) { return calloc(XSK_XLAT, sizeof(struct xlat)); }
+
+static void xlat_free(struct mos_xsk *x)
+{
+    if (!x->xlat)
+        return;
+    for (uint32_t i = 0; i < x->xlat_hi; i++)
+        xlat_clear(&x->xlat[i]);
+    free(x->xlat);
+    x->xlat = NULL;
+}
+
+static struct xlat *xlat_find(struct mos_xsk *x, const struct mos_flow_key *k)
+{
+    for (uint32_t i = 0; i < x->xlat_hi; i++)
+        if (x->xlat[i].used && memcmp(&x->xlat[i].key, k, sizeof(*k)) == 0)
+            return &x->xlat[i];
+    return NULL;
+}
+
+/* A new entry for k: a free one, else the least recently used (its translation is lost). */
+static struct xlat *xlat_new(struct mos_xsk *x, const struct mos_flow_key *k)
+{
+    struct xlat *t = NULL;
+    for (uint32_t i = 0; i < XSK_XLAT && !t; i++)
+        if (!x->xlat[i].used)
+            t = &x->xlat[i];
+    if (!t) {
+        t = &x->xlat[0];
+        for (uint32_t i = 1; i < XSK_XLAT; i++)
+            if (x->xlat[i].used_at < t->used_at)
+                t = &x->xlat[i];
+    }
+    xlat_clear(t);
+    t->used = 1;
+    t->key = *k;
+    t->used_at = ++x->xlat_clock;
+    uint32_t i = (uint32_t)(t - x->xlat);
+    if (i + 1 > x->xlat_hi)
+        x->xlat_hi = i + 1;
+    return t;
+}
+
+/* The engine's client side of a decoded frame's sender: 0 client, 1 server, -1 not known. */
+static int xlat_sender(const struct xlat *t, const struct pkt_info *pi)
+{
+    if (!t->cli_port_set)
+        return -1;
+    size_t alen = pi->ip_version == 4 ? 4 : 16;
+    return pi->sport == t->cli_port && memcmp(pi->src, t->cli_addr, alen) == 0 ? 0 : 1;
+}
+
+/* The sender's number v (seq, or the edge of a block it acknowledges) as its receiver numbers it. */
+static uint32_t xlat_map(const struct xlat_dir *d, uint32_t v)
+{
+    if (!d->on)
+        return v;
+    return v + (uint32_t)(seq_geq(v, d->pos) ? d->after : d->before);
+}
+
+/* The inverse, for acknowledgements: what the receiver acknowledges, in the sender's numbers. An
+ * acknowledgement inside inserted bytes acknowledges the sender's bytes up to the insertion point. */
+static uint32_t xlat_unmap(const struct xlat_dir *d, uint32_t v)
+{
+    if (!d->on)
+        return v;
+    uint32_t a = v - (uint32_t)d->after;
+    if (seq_geq(a, d->pos))
+        return a;
+    uint32_t b = v - (uint32_t)d->before;
+    return seq_gt(b, d->pos) ? d->pos : b;
+}
+
+/* From sender seq pos on, delta more bytes reach the receiver. */
+static void xlat_shift(struct xlat_dir *d, uint32_t pos, int32_t delta)
+{
+    if (!d->on) {
+        d->on = 1;
+        d->pos = pos;
+        d->before = d->after = 0;
+    } else if (seq_gt(pos, d->pos)) {
+        d->before = d->after;
+        d->pos = pos;
+    }
+    d->after += delta;
+}
+
+static void put32be(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t get32be(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The frame's acknowledgement and SACK blocks back into the numbers of the data's sender (dir: the
+ * direction they acknowledge). Returns 1 when something changed. */
+static int xlat_acks(const struct xlat_dir *d, uint8_t *tcp, uint32_t hlen)
+{
+    if (!d->on || !(tcp[13] & TCP_ACK))
+        return 0;
+    put32be(tcp + 8, xlat_unmap(d, get32be(tcp + 8)));
+    for (uint32_t o = 20; o < hlen;) {
+        uint8_t kind = tcp[o];
+        if (kind == 0)
+            break;
+        if (kind == 1) {
+            o++;
+            continue;
+        }
+        if (o + 1 >= hlen || tcp[o + 1] < 2 || o + tcp[o + 1] > hlen)
+            break;
+        if (kind == 5)
+            for (uint32_t b = o + 2; b + 8 <= o + tcp[o + 1]; b += 8) {
+                put32be(tcp + b, xlat_unmap(d, get32be(tcp + b)));
+                put32be(tcp + b + 4, xlat_unmap(d, get32be(tcp + b + 4)));
+            }
+        o += tcp[o + 1];
+    }
+    return 1;
+}
+
+/* The TCP key of a decoded frame and its entry, if any. */
+static struct xlat *xlat_of(struct mos_xsk *x, const struct pkt_info *pi)
+{
+    struct mos_flow_key k;
+    if (pi->proto != MOS_IPPROTO_TCP || pi->is_fragment || !pi->l4 || decode_flow_key(pi, &k) != 0)
+        return NULL;
+    return xlat_find(x, &k);
+}
+
+/* A received frame, before the engine: acknowledgements in the numbers of the data's sender. A SYN
+ * starts another connection on the key: the entry goes. */
+static void xlat_rx(struct mos_xsk *x, uint8_t *p, uint32_t len)
+{
+    struct pkt_info pi;
+    if (decode_packet(p, len, MOS_DLT_EN10MB, &pi) != 0)
+        return;
+    struct xlat *t = xlat_of(x, &pi);
+    if (!t)
+        return;
+    if ((pi.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+        xlat_clear(t);
+        return;
+    }
+    int s = xlat_sender(t, &pi);
+    if (s < 0)
+        return;
+    uint8_t *tcp = p + (pi.l4 - p);
+    if (xlat_acks(&t->dir[1 - s], tcp, (uint32_t)(pi.payload - pi.l4))) {
+        csum_set_l4(&pi, tcp);
+        x->counters[MOS_XSK_C_XLAT_FRAMES]++;
+    }
+}
+
+static void set_ip_length(uint8_t *p, uint32_t l3, uint32_t len);
+static void fix_checksums(uint8_t *p, uint32_t len);
+
+/* A frame being forwarded: a retransmission of a resized segment is resized alike, then its sequence
+ * number is translated. Returns the frame's length. */
+static uint32_t xlat_tx(struct mos_xsk *x, uint64_t addr, uint32_t len)
+{
+    uint8_t *p = x->area + addr;
+    uint32_t frame = (uint32_t)(addr / XSK_FRAME);
+    struct pkt_info pi;
+    if (decode_packet(p, len, MOS_DLT_EN10MB, &pi) != 0)
+        return len;
+    struct xlat *t = xlat_of(x, &pi);
+    int s = t ? xlat_sender(t, &pi) : -1;
+    if (s < 0 || !t->dir[s].on)
+        return len;
+    struct xlat_dir *d = &t->dir[s];
+    uint32_t pl = pi.payload_len, at = (uint32_t)(pi.payload - p);
+    if (d->rw && !x->rewritten[frame] && pl && seq_lt(pi.seq, d->rw_seq + d->rw_len) &&
+        seq_gt(pi.seq + pl, d->rw_seq)) {
+        uint32_t room = XSK_FRAME - (uint32_t)(addr % XSK_FRAME);
+        if (pi.seq == d->rw_seq && pl >= d->rw_len && at + pl - d->rw_len + d->rw_new_len <= room &&
+            at + pl == len) {
+            memmove(p + at + d->rw_new_len, p + at + d->rw_len, pl - d->rw_len);
+            memcpy(p + at, d->rw, d->rw_new_len);
+            len = at + pl - d->rw_len + d->rw_new_len;
+            set_ip_length(p, (uint32_t)(pi.l3 - p), len);
+            x->counters[MOS_XSK_C_XLAT_REPLAYED]++;
+        } else {
+            x->counters[MOS_XSK_C_XLAT_UNREPLAYED]++;
+        }
+    }
+    put32be(p + (pi.l4 - p) + 4, xlat_map(d, pi.seq));
+    fix_checksums(p, len);
+    x->counters[MOS_XSK_C_XLAT_FRAMES]++;
+    return len;
+}
+
+/* The batch index of the frame at addr, or -1. */
+static int64_t batch_index(const struct mos_xsk *x, uint64_t addr)
+{
+    for (uint32_t i = 0; i < x->bn; i++)
+        if (x->baddr[i] == addr)
+            return i;
+    return -1;
+}
+
+/* What a frame of the connection tells about its link layer: the interfaces behind which its endpoints
+ * are and the MACs of frames to each (a bump in the wire sees them swapped in the two directions). */
+static void xlat_learn(struct mos_xsk *x, struct xlat *t, const struct conn *c, uint64_t addr,
+                       const struct pkt_info *pi)
+{
+    int64_t i = batch_index(x, addr);
+    if (i < 0)
+        return;
+    const uint8_t *p = x->area + addr;
+    size_t alen = pi->ip_version == 4 ? 4 : 16;
+    int s = pi->sport == c->key.port[0] && memcmp(pi->src, c->key.addr[0], alen) == 0 ? 0 : 1;
+    uint32_t in = x->pools[x->socks[x->bsock[i]].pool].slot;
+    t->slot[s] = (uint8_t)in;
+    t->slot[1 - s] = (uint8_t)(x->inline_mode ? in ^ 1u : in);
+    memcpy(t->l2[1 - s], p, 12);          /* to the receiver: as this frame goes */
+    memcpy(t->l2[s], p + 6, 6);           /* to the sender: swapped */
+    memcpy(t->l2[s] + 6, p, 6);
+    t->l2_known = 1;
+}
+
+/* The engine's connection (slot, id), or NULL. */
+static const struct conn *engine_conn(const mos_engine_t *e, uint32_t slot, uint64_t id)
+{
+    if (slot == 0 || slot >= e->ft.next_unused)
+        return NULL;
+    const struct conn *c = ft_conn(&e->ft, slot);
+    return c->id == id && id ? c : NULL;
+}
+
+static int conn_key(const struct conn *c, struct mos_flow_key *k)
+{
+    struct pkt_info pi;
+    uint8_t ports[4] = {(uint8_t)(c->key.port[0] >> 8), (uint8_t)c->key.port[0], (uint8_t)(c->key.port[1] >> 8),
+                        (uint8_t)c->key.port[1]};
+    memset(&pi, 0, sizeof(pi));
+    pi.ip_version = c->key.ip_version;
+    pi.proto = c->key.proto;
+    memcpy(pi.src, c->key.addr[0], 16);
+    memcpy(pi.dst, c->key.addr[1], 16);
+    memcpy(pi.vlan, c->key.vlan, sizeof(pi.vlan));
+    pi.nvlan = c->key.nvlan;
+    pi.l4 = ports;
+    return decode_flow_key(&pi, k);
+}
+
+/* The entry of connection c, made when absent; learnt from packet pkt when it is one of c's. NULL when
+ * absent and pkt cannot make it (no_frame set then). */
+static struct xlat *xlat_for_conn(struct mos_xsk *x, const mos_engine_t *e, const struct conn *c, uint32_t pkt,
+                                  int *no_frame)
+{
+    struct mos_flow_key k;
+    *no_frame = 0;
+    if (conn_key(c, &k) != 0)
+        return NULL;
+    struct xlat *t = xlat_find(x, &k);
+    uint64_t addr = 0;
+    struct pkt_info pi;
+    struct mos_flow_key fk;
+    int mine = pkt != UINT32_MAX && frame_of(x, e, pkt, &addr) >= 0 &&
+               decode_packet(x->area + addr, x->flen[addr / XSK_FRAME], MOS_DLT_EN10MB, &pi) == 0 &&
+               decode_flow_key(&pi, &fk) == 0 && memcmp(&fk, &k, sizeof(k)) == 0;
+    if (!t) {
+        if (!mine) {
+            *no_frame = 1;
+            return NULL;
+        }
+        t = xlat_new(x, &k);
+        memcpy(t->cli_addr, c->key.addr[0], 16);
+        t->cli_port = c->key.port[0];
+        t->cli_port_set = 1;
+    }
+    t->used_at = ++x->xlat_clock;
+    if (mine)
+        xlat_learn(x, t, c, addr, &pi);
+    if (!t->l2_known) {
+        *no_frame = 1;
+        return NULL;
+    }
+    return t;
+}
+
+/* A resizing rewrite changed a TCP segment's payload from old_pl bytes (at sender seq `seq`) to what pi
+ * has: the sender's later numbers shift, and its retransmissions of the segment will be rewritten so. */
+static void xlat_resized(struct mos_xsk *x, const mos_engine_t *e, uint64_t addr, const struct pkt_info *pi,
+                         uint32_t seq, uint32_t old_pl)
+{
+    struct mos_flow_key k;
+    if (decode_flow_key(pi, &k) != 0)
+        return;
+    struct xlat *t = xlat_find(x, &k);
+    if (!t) {
+        t = xlat_new(x, &k);
+        /* the engine's client: from its record of the packet's connection */
+        const uint8_t *src = pi->src;
+        uint16_t sport = pi->sport;
+        struct conn *c = NULL;
+        for (uint32_t s = e->ft.buckets[ft_bucket(&e->ft, pi)]; s; s = ft_conn(&e->ft, s)->hnext)
+            if (ft_match(&e->ft, ft_conn(&e->ft, s), pi) >= 0) {
+                c = ft_conn(&e->ft, s);
+                break;
+            }
+        if (c) {
+            memcpy(t->cli_addr, c->key.addr[0], 16);
+            t->cli_port = c->key.port[0];
+        } else { /* not tracked: its sender is taken as the client */
+            memcpy(t->cli_addr, src, 16);
+            t->cli_port = sport;
+        }
+        t->cli_port_set = 1;
+        if (c)
+            xlat_learn(x, t, c, addr, pi);
+    }
+    t->used_at = ++x->xlat_clock;
+    int s = xlat_sender(t, pi);
+    struct xlat_dir *d = &t->dir[s];
+    xlat_shift(d, seq + old_pl, (int32_t)pi->payload_len - (int32_t)old_pl);
+    uint8_t *copy = malloc(pi->payload_len ? pi->payload_len : 1);
+    if (copy) {
+        memcpy(copy, pi->payload, pi->payload_len);
+        free(d->rw);
+        d->rw = copy;
+        d->rw_seq = seq;
+        d->rw_len = old_pl;
+        d->rw_new_len = pi->payload_len;
+    }
+    x->rewritten[addr / XSK_FRAME] = 1;
+}
+
+/* ---- what the app sends -------------------------------------------------------------------------- */
+
+static struct xsk_sock *tx_sock(struct mos_xsk *x, uint32_t slot)
+{
+    uint32_t p = slot == 0 ? 0 : x->nqueues[0];
+    return &x->socks[p * x->workers + x->worker];
+}
+
+/* The frames the app sent, into their TX rings. */
+static void inject_flush(struct mos_xsk *x)
+{
+    uint32_t kicked = 0;
+    for (uint32_t i = 0; i < x->ninject; i++) {
+        struct xsk_sock *o = tx_sock(x, x->inject[i].slot);
+        uint32_t idx = 0;
+        int ok = xsk_ring_prod__reserve(&o->tx, 1, &idx) == 1;
+        if (!ok) {
+            kick_tx(x, o);
+            ok = xsk_ring_prod__reserve(&o->tx, 1, &idx) == 1;
+        }
+        if (!ok) {
+            x->counters[MOS_XSK_C_INJECT_FAILED]++;
+            if (x->nfree < x->nframes)
+                x->free_frames[x->nfree++] = x->inject[i].addr;
+            continue;
+        }
+        struct xdp_desc *d = xsk_ring_prod__tx_desc(&o->tx, idx);
+        d->addr = x->inject[i].addr;
+        d->len = x->inject[i].len;
+        d->options = 0;
+        xsk_ring_prod__submit(&o->tx, 1);
+        x->counters[MOS_XSK_C_INJECTED]++;
+        kicked |= 1u << x->inject[i].slot;
+    }
+    x->ninject = 0;
+    for (uint32_t slot = 0; slot < 2; slot++)
+        if (kicked & (1u << slot))
+            kick_tx(x, tx_sock(x, slot));
+}
+
+int mos_xsk_send(mos_xsk_t *x, uint32_t slot, const uint8_t *frame, uint32_t len)
+{
+    if (x->worker == UINT32_MAX || slot > 1 || (slot == 1 && !x->inline_mode) || len < 14 || len > XSK_FRAME)
+        return -2;
+    if (!x->nfree) {
+        recycle(x); /* completed TX frames come back */
+        if (!x->nfree) {
+            x->counters[MOS_XSK_C_INJECT_FAILED]++;
+            return -4;
+        }
+    }
+    if (x->ninject == XSK_INJECT_MAX)
+        inject_flush(x);
+    uint64_t addr = x->free_frames[--x->nfree];
+    memcpy(x->area + addr, frame, len);
+    x->inject[x->ninject].addr = addr;
+    x->inject[x->ninject].len = len;
+    x->inject[x->ninject].slot = slot;
+    x->ninject++;
+    if (!x->bn)
+        inject_flush(x); /* no batch to wait for */
+    return 0;
+}
+
+int64_t mos_xsk_inject(mos_xsk_t *x, mos_engine_t *e, uint32_t pkt, uint32_t slot, uint64_t id, int to_side,
+                       uint8_t tcp_flags, const uint8_t *payload, uint32_t len)
+{
+    const struct conn *c = engine_conn(e, slot, id);
+    if (!c || to_side < 0 || to_side > 1)
+        return -1;
+    int no_frame = 0;
+    struct xlat *t = xlat_for_conn(x, e, c, pkt, &no_frame);
+    if (!t)
+        return no_frame ? -5 : -1;
+    int from = 1 - to_side;
+    uint32_t nxt = c->tcp.end[from].snd_nxt;
+    uint8_t buf[XSK_FRAME];
+    int64_t n = mos_conn_segment(e, slot, id, to_side, tcp_flags, payload, len, t->l2[to_side],
+                                 xlat_map(&t->dir[from], nxt) - nxt, buf, sizeof(buf));
+    if (n < 0)
+        return n;
+    if (mos_xsk_send(x, t->slot[to_side], buf, (uint32_t)n) != 0)
+        return -4;
+    uint32_t seglen = len + ((tcp_flags & TCP_SYN) ? 1u : 0u) + ((tcp_flags & TCP_FIN) ? 1u : 0u);
+    if (x->inline_mode && seglen && !(tcp_flags & TCP_RST))
+        xlat_shift(&t->dir[from], nxt, (int32_t)seglen);
+    mos_engine_injected(e, (uint32_t)n);
+    return n;
+}
+
+int mos_xsk_drop_after(mos_xsk_t *x, const mos_engine_t *e, uint32_t pkt, uint32_t slot, uint64_t id)
+{
+    const struct conn *c = engine_conn(e, slot, id);
+    struct mos_flow_key k;
+    if (!c || conn_key(c, &k) != 0)
+        return -1;
+    if (x->ndrop_keys >= XSK_DROP_KEYS)
+        return -1;
+    uint64_t addr;
+    int64_t from = 0;
+    if (pkt != UINT32_MAX && frame_of(x, e, pkt, &addr) >= 0) {
+        int64_t i = batch_index(x, addr);
+        if (i >= 0)
+            from = i + 1;
+    }
+    x->drop_from[x->ndrop_keys] = from;
+    x->drop_keys[x->ndrop_keys++] = k;
+    return 0;
+}
+
 
 int mos_xsk_pump(mos_xsk_t *x, mos_engine_t *e, struct mos_pkt *pkts, uint32_t max, int timeout_ms,
                  uint64_t stop_ts_ns, uint64_t budget_ns, uint32_t *fed)

@@ -13,6 +13,7 @@ from mos import xdp
 
 from ..abi import lib
 from ..errors import MosError
+from ..inject import TCP_FLAGS, current_packet, fail
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -81,6 +82,46 @@ class LiveSession:
             raise MosError("no live packet is being handled")
         port.packet_changed(p)
         return int(n)
+
+
+    # -- what the app sends (mos.inject) -------------------------------------------------------------
+    def send(self, port: EnginePort, conn: Connection, side: int, payload: bytes, flags: int) -> int:
+        """A segment of ``conn`` to endpoint ``side`` out of the interface it is behind (passive: the
+        monitored one); inline, its bytes shift the sender's later sequence numbers. Returns its length."""
+        n = lib.mos_xsk_inject(self.xsk, port.engine, current_packet(port), conn._slot, conn.id, side, flags,
+                               payload, len(payload))
+        if n < 0:
+            raise fail(n, conn, len(payload))
+        return int(n)
+
+    def reset(self, port: EnginePort, conn: Connection) -> None:
+        """A RST to each endpoint, at once (after the frames of the batch already taken by the tracker,
+        which its numbers follow); the connection's later frames are dropped (inline) and it ends in the
+        engine with reason RST."""
+        rst = TCP_FLAGS["R"] | TCP_FLAGS["A"]
+        self.send(port, conn, 0, b"", rst)
+        self.send(port, conn, 1, b"", rst)
+        if self.inline:
+            # the connection's frames the tracker has not taken are not sent on: the RSTs' numbers do not
+            # cover them (order "batch" took the whole batch before the handlers: those go on)
+            if conn._mon.order != "batch":
+                lib.mos_xsk_drop_after(self.xsk, port.engine, current_packet(port), conn._slot, conn.id)
+            self.prog.bypass(flow_of(conn), "drop")
+        if lib.mos_conn_reset(port.engine, conn._slot, conn.id) != 0:
+            raise fail(-1, conn)
+
+    def send_packet(self, port: EnginePort, frame: bytes, iface: Optional[str]) -> None:
+        """A raw frame out of ``iface`` (the monitored interface by default, or the inline peer)."""
+        names = [self.iface] + ([self.peer] if self.peer else [])
+        name = iface or self.iface
+        if name not in names:
+            raise MosError(f"cannot send out of {name!r}: this run has {', '.join(names)}")
+        rc = lib.mos_xsk_send(self.xsk, names.index(name), frame, len(frame))
+        if rc == -4:
+            raise MosError("no free AF_XDP frame or TX descriptor to send with (counted in inject_failed)")
+        if rc != 0:
+            raise MosError(f"cannot send a frame of {len(frame)} bytes out of {name}")
+        lib.mos_engine_injected(port.engine, len(frame))
 
 
 def flow_of(conn: Connection) -> xdp.FlowTuple:
