@@ -34,14 +34,16 @@ _LIVE_ONLY = ("peer", "workers", "ring", "on_failure")
               help="Live: what monitored traffic meets while no engine serves it (before start, after a stop, "
                    "after a crash): drop (fail closed) or pass (fail open, uninspected). Default: drop inline, "
                    "pass passive; a program made by `mos-xdp attach` keeps its own.")
+@click.option("--sent-pcap", type=click.Path(dir_okay=False),
+              help="With --pcap: write the frames the app sent (conn.send, conn.reset, send_packet) to FILE.")
 @click.option("--arg", "arg_pairs", multiple=True, metavar="KEY=VALUE", help="An argument for the app (repeatable).")
 @click.option("--app-help", is_flag=True, help="Print the arguments the app takes, and exit.")
 @monitor_options()
 @click.option("--progress/--no-progress", default=True, help="Progress bar (on a terminal).")
 @click.option("--stats", "show_stats", is_flag=True, help="Print the engine's counters at the end.")
 def run(app: str, app_argv: Tuple[str, ...], pcap: Optional[str], iface: Optional[str], peer: Optional[str],
-        workers: int, ring: int, on_failure: Optional[str], arg_pairs: Tuple[str, ...], app_help: bool,
-        progress: bool, show_stats: bool,
+        workers: int, ring: int, on_failure: Optional[str], sent_pcap: Optional[str], arg_pairs: Tuple[str, ...],
+        app_help: bool, progress: bool, show_stats: bool,
         **options: Any) -> None:
     """Run an app's handlers over a capture (--pcap) or live traffic (--iface)."""
     from ..monitor import Monitor
@@ -51,6 +53,8 @@ def run(app: str, app_argv: Tuple[str, ...], pcap: Optional[str], iface: Optiona
         return
     if bool(pcap) == bool(iface):
         raise click.UsageError("give exactly one of --pcap FILE or --iface IFACE")
+    if sent_pcap and iface:
+        raise click.UsageError("--sent-pcap: for captures (--pcap); live, the frames are sent")
     if pcap:
         ctx = click.get_current_context()
         live_only = [f"--{n}" for n in _LIVE_ONLY
@@ -82,6 +86,12 @@ def run(app: str, app_argv: Tuple[str, ...], pcap: Optional[str], iface: Optiona
         # the handler's traceback is printed already, with its connection: one line more, no second trace
         raise click.ClickException("stopped at the first handler error (--strict)") from None
     the_app.finish(mon)
+    if sent_pcap:
+        try:
+            n = mon.write_sent(sent_pcap)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {sent_pcap}: {e.strerror}") from None
+        click.echo(f"mos-xdp: {n} frame(s) the app sent written to {sent_pcap}", err=True)
     st = mon.stats()
     checksum_notice(st)
     if show_stats:
