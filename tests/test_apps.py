@@ -247,3 +247,30 @@ def test_simple_firewall_bad_rule_files_are_one_line(tmp_path):
         assert out.returncode != 0 and said in out.stderr and "Traceback" not in out.stderr, out.stderr
     out = run_app("simple_firewall.py", pcap)
     assert out.returncode != 0 and "--rules is required" in out.stderr
+
+
+def test_run_sent_pcap_writes_what_the_app_sent(tmp_path):
+    """`run --sent-pcap` over a capture: the RSTs conn.reset() would have sent, one to each endpoint."""
+    pcap = http_captures().write(tmp_path / "http.pcap")
+    app = tmp_path / "reset.py"
+    app.write_text("from mos import Event, Side\n"
+                   "def init(mon):\n"
+                   "    @mon.on(Event.CONN_NEW_DATA, side=Side.SERVER)\n"
+                   "    def data(conn, ev):\n"
+                   "        if conn.ctx is None and not conn.info()['picked_up']:  # seen from its SYN, once\n"
+                   "            conn.ctx = 'reset'\n"
+                   "            conn.reset()\n")
+    sent = tmp_path / "sent.pcap"
+    out = subprocess.run([sys.executable, "-m", "mos.cli", "run", str(app), "--pcap", str(pcap), "--no-progress",
+                          "--sent-pcap", str(sent)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    from scapy.all import TCP, rdpcap  # noqa: PLC0415
+
+    frames = rdpcap(str(sent))
+    assert f"{len(frames)} frame(s) the app sent written to" in out.stderr, out.stderr
+    assert len(frames) >= 4 and len(frames) % 2 == 0 and all(f[TCP].flags == "RA" for f in frames)
+    for a, b in zip(frames[::2], frames[1::2]):  # one RST to each endpoint of the connection
+        assert (a[TCP].sport, a[TCP].dport) == (b[TCP].dport, b[TCP].sport)
+    out = subprocess.run([sys.executable, "-m", "mos.cli", "run", str(app), "--iface", "lo", "--sent-pcap",
+                          str(sent)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode != 0 and "--sent-pcap: for captures" in out.stderr
