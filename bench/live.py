@@ -1091,7 +1091,7 @@ def main() -> None:
         "tag": bench.topo.tag, "commands": commands_log, "load_end": machine()["load"], "t_end": time.time()},
         indent=1))
     section = report(a, drop, rx, inl, bench.profiles, load_start, t_start, bench.topo.tag)
-    write_section(Path(a.results), section)
+    write_section("live", section, Path(a.results))
     print(section)
 
 
