@@ -391,6 +391,15 @@ static void udp_datagram(mos_engine_t *e, struct conn *c, int s, const struct pk
         ft_lru_push(&e->ft, c, LRU_UDP);
 }
 
+/* A packet no connection takes: counted under its disposition, ORPHAN raised with its kind. */
+static void orphan(mos_engine_t *e, int counter, uint32_t kind)
+{
+    account(e, counter);
+    struct mos_event t = {0};
+    t.reason = kind;
+    emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
+}
+
 /* A new UDP flow for the packet, its sender the client, CONN_START raised: where flows of UDP are made.
  * NULL when every slot is taken; *retry then says whether slots come back once the batch's events are
  * handled (the packet is offered again), as for TCP. */
@@ -432,10 +441,7 @@ static int udp_packet(mos_engine_t *e, const struct mos_pkt *p, const struct pkt
     if (!c) {
         if (retry)
             return PROC_RETRY;
-        account(e, MOS_C_ORPHAN_TABLE_FULL);
-        struct mos_event t = {0};
-        t.reason = MOS_ORPHAN_TABLE_FULL;
-        emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
+        orphan(e, MOS_C_ORPHAN_TABLE_FULL, MOS_ORPHAN_TABLE_FULL);
         return PROC_DONE;
     }
     udp_datagram(e, c, MOS_SIDE_CLI, pi);
@@ -591,10 +597,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
             goto fixup;
         if (monitor_filter_skip(e, p, &pi, 0))
             goto fixup;
-        account(e, MOS_C_ORPHAN_UNTRACKED_PROTO);
-        struct mos_event t = {0};
-        t.reason = MOS_ORPHAN_UNTRACKED_PROTO;
-        emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
+        orphan(e, MOS_C_ORPHAN_UNTRACKED_PROTO, MOS_ORPHAN_UNTRACKED_PROTO);
         goto fixup;
     }
     if (!looked) {
@@ -650,10 +653,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
     {
         int syn_only = (pi.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
         if (!syn_only && !e->cfg.pickup && recover_side < 0) {
-            account(e, MOS_C_ORPHAN_NO_CONN);
-            struct mos_event t = {0};
-            t.reason = MOS_ORPHAN_NO_CONN;
-            emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
+            orphan(e, MOS_C_ORPHAN_NO_CONN, MOS_ORPHAN_NO_CONN);
             goto fixup;
         }
         int cli = syn_only ? 1 : recover_side >= 0 ? recover_side == MOS_SIDE_CLI : tcp_guess_sender_is_client(&pi);
@@ -667,10 +667,7 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
              * A reassembled datagram cannot be offered again (its fragments are consumed). */
             if (e->ft.nzombies && !e->no_account)
                 return PROC_RETRY;
-            account(e, MOS_C_ORPHAN_TABLE_FULL);
-            struct mos_event t = {0};
-            t.reason = MOS_ORPHAN_TABLE_FULL;
-            emit(e, NULL, MOS_EV_ORPHAN, 0, MOS_HK_RCV, &t);
+            orphan(e, MOS_C_ORPHAN_TABLE_FULL, MOS_ORPHAN_TABLE_FULL);
             goto fixup;
         }
         int sside = cli ? MOS_SIDE_CLI : MOS_SIDE_SVR;

@@ -128,7 +128,7 @@ def _counter_lines(prog: xdp.XdpProgram, xsk: Any, workers: int, start: Dict[str
     return lines
 
 
-def _checksum_offload(mon: Monitor, iface: str, peer: Optional[str]) -> None:
+def _veth_checksums(mon: Monitor, iface: str, peer: Optional[str]) -> None:
     """On a veth, frames a local stack sent with checksum offload carry partial checksums (no NIC finishes
     them): they are completed in the frame, so that validation stays on and a forwarded frame is one the
     receiving host accepts. Said in one line; with validation off they are forwarded as they are."""
@@ -278,7 +278,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
             f"mos-xdp: live on {where}: {xdp_mode} XDP, AF_XDP {'zero-copy' if info.zerocopy else 'copy'} mode"
             f"{', busy polling' if info.busy_poll else ''}, {workers} worker(s), {nq + npq} queue(s), "
             f"{info.umem_bytes >> 20} MiB UMEM; if it stops, {_traffic_meets(prog)}; Ctrl-C to stop\n")
-        _checksum_offload(mon, iface, peer)
+        _veth_checksums(mon, iface, peer)
         for note in pitfalls.startup_notes(iface, peer, xdp_mode):
             sys.stderr.write(note)
         sys.stderr.flush()
