@@ -24,6 +24,7 @@ enum mos_parse_limits {
 enum mos_ethertype {
     MOS_ETH_P_IP = 0x0800,
     MOS_ETH_P_IPV6 = 0x86DD,
+    MOS_ETH_P_ARP = 0x0806,
     MOS_ETH_P_8021Q = 0x8100,
     MOS_ETH_P_8021AD = 0x88A8,
     MOS_ETH_P_QINQ1 = 0x9100, /* pre-standard QinQ, still sent by some switches */

@@ -46,6 +46,7 @@ enum mos_limits {
     MOS_XSK_MAP_SIZE = 2 * 64 * 64, /* MOS_MAX_SLOTS * MOS_MAX_QUEUES * MOS_MAX_WORKERS */
     MOS_XDP_BLOCK_MAX = 16384,      /* prefixes per block list and per monitored list (IPv4 and IPv6 each) */
     MOS_XDP_PORTS = 65536,          /* port flag array: one entry per TCP/UDP port */
+    MOS_XDP_ARP_MAX = 256,          /* IPv4 addresses the program answers ARP requests for (map ARP) */
     MOS_XDP_BYPASS_MAX = 262144,    /* bypassed connections (LRU: the least recently used go first) */
 };
 
@@ -64,7 +65,8 @@ enum mos_limits {
     X(BYPASS, mos_bypass)       /* LRU hash: struct mos_flow_key -> struct mos_xdp_bypass_entry */       \
     X(DEBUG, mos_debug)         /* array, 1 entry: struct mos_xdp_debug */                             \
     X(MON_V4, mos_mon_v4)       /* LPM trie: struct mos_xdp_lpm_v4 -> u8, monitored prefixes (PREFIX_FILTER) */ \
-    X(MON_V6, mos_mon_v6)       /* LPM trie: struct mos_xdp_lpm_v6 -> u8 */
+    X(MON_V6, mos_mon_v6)       /* LPM trie: struct mos_xdp_lpm_v6 -> u8 */                             \
+    X(ARP, mos_arp)             /* hash: IPv4 address (network order) -> struct mos_xdp_arp_entry */
 
 enum mos_xdp_map {
 #define MOS_X_(id, name) MOS_XDP_MAP_##id,
@@ -160,6 +162,16 @@ struct mos_xdp_bypass_entry {
     mos_u32 _pad0;
 };
 
+/* ---- ARP answers (map ARP, key = an IPv4 address, network order) ----------------------------------
+ * An address the box itself stands for without the host owning it -- a NAT's public address -- gets its
+ * ARP requests answered in XDP (XDP_TX, out of the interface the request came in on), whether or not an
+ * engine runs: the peers keep the box's MAC for it. */
+struct mos_xdp_arp_entry {
+    mos_u8 mac[MOS_MAX_SLOTS][6]; /* the MAC to answer with, by the slot of the interface asked on */
+    mos_u8 _pad[4];
+    mos_u64 replies;              /* updated by the program */
+};
+
 /* ---- debug (map DEBUG, one entry; written only with MOS_XDP_CFG_DEBUG) -------------------------- */
 struct mos_xdp_debug {
     struct mos_flow_key key;
@@ -182,7 +194,9 @@ struct mos_xdp_debug {
     X(PASS, pass, VERDICT)                           /* XDP_PASS */                                     \
     X(DROP, drop, VERDICT)                           /* XDP_DROP */                                     \
     X(REDIRECT, redirect, VERDICT)                   /* XDP_REDIRECT (socket or peer) */                \
+    X(TX, tx, VERDICT)                               /* XDP_TX (back out of the interface it came in on) */\
     X(PASS_NOT_IP, pass_not_ip, REASON)              /* not IPv4/IPv6 (ARP, LLDP, ...) */               \
+    X(TX_ARP_REPLY, tx_arp_reply, REASON)            /* ARP requests for an address of map ARP: answered */\
     X(PASS_NOT_MONITORED, pass_not_monitored, REASON) /* IP, but not a monitored protocol/port */        \
     X(PASS_NO_SOCKET, pass_no_socket, REASON)        /* monitored, no engine socket, FAIL_PASS */       \
     X(DROP_NO_SOCKET, drop_no_socket, REASON)        /* monitored, no engine socket, FAIL_DROP */       \

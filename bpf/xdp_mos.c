@@ -7,6 +7,7 @@
  *   is_monitored    the configured filter (protocols, optionally a monitored port set and monitored
  *                   prefixes: what mos/bpf_filter.py pushes down of a monitor filter).
  *   check_bypass    connections userspace has seen enough of: their verdict, kept in an LRU hash.
+ *   answer_arp      ARP requests for an address the box stands for (a NAT's): answered with XDP_TX.
  *   steer           a symmetric flow hash picks the AF_XDP socket through the XSKMAP.
  * Anything the stack does not monitor (ARP, ICMP, other protocols, other ports) gets XDP_PASS in
  * passive mode, so the host keeps working on a monitored interface; in inline mode it is forwarded to
@@ -61,6 +62,7 @@ BPF_TABLE("lru_hash", struct mos_flow_key, struct mos_xdp_bypass_entry, mos_bypa
 BPF_ARRAY(mos_debug, struct mos_xdp_debug, 1);
 BPF_LPM_TRIE(mos_mon_v4, struct mos_xdp_lpm_v4, u8, MOS_XDP_BLOCK_MAX);
 BPF_LPM_TRIE(mos_mon_v6, struct mos_xdp_lpm_v6, u8, MOS_XDP_BLOCK_MAX);
+BPF_HASH(mos_arp, u32, struct mos_xdp_arp_entry, MOS_XDP_ARP_MAX);
 
 /* ---- parsing (the walk's rules and limits: mos_parse.h, shared with the engine's decoder) ---- */
 struct mos_vlan_hdr {
@@ -89,7 +91,22 @@ struct pkt {
     u8 has_ports;
     u8 is_frag;
     u8 proto_unknown; /* a later IPv6 fragment whose fragmentable part starts with an extension header */
+    u16 ethertype;    /* after the VLAN tags */
+    u16 l3_off;       /* where the layer after Ethernet and its tags starts */
 };
+
+/* An ARP request or reply for IPv4 over Ethernet (RFC 826). */
+struct mos_arp_ipv4 {
+    __be16 htype;
+    __be16 ptype;
+    u8 hlen;
+    u8 plen;
+    __be16 op;
+    u8 sha[6];
+    u8 spa[4];
+    u8 tha[6];
+    u8 tpa[4];
+} __attribute__((packed));
 
 static __always_inline void count(struct mos_counter_block *ctr, u32 c)
 {
@@ -226,6 +243,8 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct pkt *p)
     }
     if (mos_is_vlan_ethertype(proto))
         return PARSE_MALFORMED; /* a tag past the limit: malformed, as for the engine, never passed unseen */
+    p->ethertype = proto;
+    p->l3_off = (u16)(cur - data);
 
     if (proto == MOS_ETH_P_IP)
         return parse_ipv4(cur, data_end, p);
@@ -324,7 +343,8 @@ static __always_inline void make_key(struct pkt *p, struct mos_flow_key *k)
 static __always_inline int finish(struct mos_counter_block *ctr, int action, u32 reason)
 {
     count(ctr, reason);
-    count(ctr, action == XDP_DROP ? MOS_XDP_C_DROP : action == XDP_REDIRECT ? MOS_XDP_C_REDIRECT : MOS_XDP_C_PASS);
+    count(ctr, action == XDP_DROP ? MOS_XDP_C_DROP : action == XDP_REDIRECT ? MOS_XDP_C_REDIRECT
+               : action == XDP_TX ? MOS_XDP_C_TX : MOS_XDP_C_PASS);
     return action;
 }
 
@@ -351,6 +371,41 @@ static __always_inline int no_engine(struct xdp_md *ctx, struct mos_xdp_config *
     if (cfg->on_failure == MOS_XDP_FAIL_DROP)
         return finish(ctr, XDP_DROP, MOS_XDP_C_DROP_NO_SOCKET);
     return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NO_SOCKET);
+}
+
+/* An ARP request for an address of map ARP gets its reply here, sent back where it came from (the
+ * request made into the reply in place). Returns XDP_TX, or -1 when the frame is no such request. */
+static __always_inline int answer_arp(struct xdp_md *ctx, struct mos_xdp_config *cfg, struct mos_counter_block *ctr,
+                                      struct pkt *p)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    u32 off = p->l3_off;
+    if (p->ethertype != MOS_ETH_P_ARP || off > sizeof(struct ethhdr) + MOS_MAX_VLAN * sizeof(struct mos_vlan_hdr))
+        return -1;
+    struct ethhdr *eth = data;
+    struct mos_arp_ipv4 *a = data + off;
+    if ((void *)(eth + 1) > data_end || (void *)(a + 1) > data_end)
+        return -1;
+    if (a->htype != bpf_htons(1) || a->ptype != bpf_htons(MOS_ETH_P_IP) || a->hlen != 6 || a->plen != 4 ||
+        a->op != bpf_htons(1))
+        return -1;
+    u32 target;
+    __builtin_memcpy(&target, a->tpa, 4);
+    struct mos_xdp_arp_entry *e = mos_arp.lookup(&target);
+    if (!e)
+        return -1;
+    u8 mac[6];
+    __builtin_memcpy(mac, e->mac[rx_slot(ctx, cfg) & 1], 6);
+    __sync_fetch_and_add(&e->replies, 1);
+    __builtin_memcpy(eth->h_dest, eth->h_source, 6);
+    __builtin_memcpy(eth->h_source, mac, 6);
+    a->op = bpf_htons(2);
+    __builtin_memcpy(a->tha, a->sha, 6);
+    __builtin_memcpy(a->sha, mac, 6);
+    __builtin_memcpy(a->tpa, a->spa, 4);
+    __builtin_memcpy(a->spa, &target, 4);
+    return finish(ctr, XDP_TX, MOS_XDP_C_TX_ARP_REPLY);
 }
 
 /* Returns an XDP action, or -1 when the connection is not (or no longer) bypassed. */
@@ -425,8 +480,12 @@ int xdp_mos(struct xdp_md *ctx)
     count(ctr, MOS_XDP_C_RX);
 
     int rc = parse_packet(ctx, &p);
-    if (rc == PARSE_NOT_IP)
+    if (rc == PARSE_NOT_IP) {
+        rc = answer_arp(ctx, cfg, ctr, &p);
+        if (rc >= 0)
+            return rc;
         return not_taken(ctx, cfg, ctr, MOS_XDP_C_PASS_NOT_IP);
+    }
     if (rc == PARSE_MALFORMED)
         return finish(ctr, XDP_DROP, MOS_XDP_C_DROP_MALFORMED);
 

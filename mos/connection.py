@@ -627,6 +627,44 @@ class Connection:
         cur = self._mon._cur[0]
         return self._mon._packet_view(cur[EV_PKT]) if cur is not None else None
 
+    # -- aliases: a translated endpoint (NAT) ------------------------------------------------------
+    def set_alias(self, side: Side, addr: str, port: int) -> None:
+        """From now on, packets between ``addr:port`` and the other endpoint are this connection's too,
+        as if ``side``'s endpoint had sent or been sent them: what a NAT needs once it translates
+        ``side``'s address (SNAT: ``Side.CLIENT`` with the public address and port it gave the
+        connection; DNAT: ``Side.SERVER`` with the address the client connected to).
+
+        The replies to the translated address then reach this connection (its other side), not a new
+        one; its streams, states and events are the conversation the untranslated host has. One alias per
+        connection (setting another replaces it); when a new connection claims an alias another one
+        holds, the newer wins (a NAT reuses a port after the connection that had it ended). The alias goes
+        when the connection ends. Works on a capture as live; packets that carried an alias are counted
+        in ``alias_packets``.
+        """
+        s = _one_side(side)
+        info = self._info()
+        raw = _packed_addr(addr, int(info.ip_version))
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
+            raise MosError(f"port must be an integer in 0..65535, not {port!r}")
+        rc = lib.mos_conn_alias(self._mon._eng, self._slot, self.id, s, raw, port)
+        if rc == -1:
+            raise StaleConnection(f"connection {self.id} has ended: it cannot take an alias")
+        if rc == -2:
+            raise MosError("no memory for an alias")
+        if rc == -3:
+            raise MosError(f"{endpoint(int(info.ip_version), addr, port)} is the connection's own endpoint, "
+                           "not an alias")
+
+    @property
+    def alias(self) -> Optional[Tuple[Side, str, int]]:
+        """``(side, addr, port)`` of the connection's alias (:meth:`set_alias`), or None."""
+        raw = ffi.new("uint8_t[16]")
+        port = ffi.new("uint16_t *")
+        s = lib.mos_conn_get_alias(self._mon._eng, self._slot, self.id, raw, port)
+        if s < 0:
+            return None
+        return Side(s), addr_str(int(self._info().ip_version), raw), int(port[0])
+
     # -- live path verdicts (the live source's session, mos.source.LiveControl) ---------------------
     def drop(self) -> None:
         """Live: drop this connection's packets from now on (the current one too), in XDP for later ones."""
@@ -689,6 +727,16 @@ class Connection:
             return f"<Connection {self.id} {self.client} -> {self.server}>"
         except MosError:
             return f"<Connection {self.id} (ended)>"
+
+
+def _packed_addr(addr: str, version: int) -> bytes:
+    """``addr`` as the engine keys it (16 bytes, IPv4 in the first 4); it must be of ``version``."""
+    fam = socket.AF_INET if version == 4 else socket.AF_INET6
+    try:
+        packed = socket.inet_pton(fam, str(addr))
+    except (OSError, TypeError):
+        raise MosError(f"{addr!r} is not an IPv{version} address (the connection is IPv{version})") from None
+    return packed.ljust(16, b"\0")
 
 
 def _one_side(side: Side) -> int:

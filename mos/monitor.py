@@ -994,6 +994,12 @@ class Monitor:
         """Live: stop dropping a prefix; False when it was not blocked."""
         return bool(self.live_session().prog.unblock(prefix))
 
+    def answer_arp(self, addr: str) -> str:
+        """Live: ARP requests for the IPv4 address ``addr`` are answered in XDP, with the MAC of the
+        interface asked on, for the rest of the run (also while no engine runs): the address a NAT
+        translates to, which no host owns. Call it from an :func:`mos.on_start` hook. Returns it."""
+        return str(self.live_session().answer_arp(addr))
+
     def block_port(self, port: int) -> None:
         """Live: drop TCP and UDP packets from or to ``port`` in XDP."""
         self.live_session().prog.block_port(port)

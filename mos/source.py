@@ -61,6 +61,9 @@ class LiveControl(Protocol):
     def send_packet(self, port: EnginePort, frame: bytes, iface: Optional[str]) -> None:
         """Send a raw frame (``Monitor.send_packet``)."""
 
+    def answer_arp(self, addr: str) -> str:
+        """Answer ARP requests for an IPv4 address in XDP for the run (``Monitor.answer_arp``)."""
+
 
 class PacketSource(Protocol):
     """Where a :class:`~mos.Monitor` run gets its packets (see the module's doc)."""

@@ -134,8 +134,8 @@ static uint64_t pseudo_sum(const struct pkt_info *pi, uint32_t l4len)
 {
     uint8_t tail[8] = {0};
     uint32_t alen = pi->ip_version == 4 ? 4 : 16;
-    uint64_t s = sum_bytes(pi->src, alen, 0);
-    s = sum_bytes(pi->dst, alen, s);
+    uint64_t s = sum_bytes(pi->aliased ? pi->wire.src : pi->src, alen, 0);
+    s = sum_bytes(pi->aliased ? pi->wire.dst : pi->dst, alen, s);
     if (pi->ip_version == 4) {
         tail[1] = pi->proto;
         tail[2] = (uint8_t)(l4len >> 8);
@@ -300,8 +300,8 @@ static int reject(mos_engine_t *e, const struct pkt_info *pi, const struct mos_p
     raise_anomaly(e, c, side, MOS_ERR_CHECKSUM_INVALID, 0, (uint32_t)counter);
     e->cur_pi = save;
     e->cur_flags = save_flags;
-    if (e->malformed_sink)
-        e->malformed_sink(e->malformed_arg, p); /* inline: dropped, see the README (live) */
+    if (e->drop_sink)
+        e->drop_sink(e->drop_arg, p, MOS_XSK_C_MALFORMED_DROP); /* inline: dropped, see the README (live) */
     return 1;
 }
 

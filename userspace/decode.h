@@ -39,12 +39,19 @@ struct pkt_info {
     uint8_t sack_perm;
     uint8_t has_ts;
     uint8_t has_mss;
+    uint8_t aliased;            /* src, dst and the ports are a connection's own key, which an alias of
+                                 * it matched (userspace/flow_alias.h); the frame's are in wire */
     uint8_t src[16], dst[16];   /* IPv4 addresses in the first 4 bytes, rest zero */
     uint16_t sport, dport;
     uint32_t seq, ack;
     uint16_t window;
     uint16_t mss;
     uint32_t tsval, tsecr;
+    /* with aliased set: what the frame carried (what its checksums cover), written only then */
+    struct {
+        uint8_t src[16], dst[16];
+        uint16_t sport, dport;
+    } wire;
 };
 
 /* Returns 0, or the enum mos_counter of the malformation. A frame as it was on the wire (caplen is its

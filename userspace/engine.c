@@ -458,6 +458,7 @@ static struct conn *icmp_error_flow(mos_engine_t *e, const struct pkt_info *pi, 
     uint8_t type, code;
     if (!icmp_error_quote(pi, &q, &type, &code) || !tracked_proto(e, q.proto))
         return NULL;
+    fa_resolve(&e->ft, &q); /* it quotes what the far side of a translation sent */
     uint32_t bucket = ft_bucket(&e->ft, &q);
     for (uint32_t s = e->ft.buckets[bucket]; s; s = C(e, s)->hnext) {
         struct conn *c = C(e, s);
@@ -509,10 +510,12 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
     e->no_account = 0;
     if (r) {
         raise_malformed(e, r);
-        if (e->malformed_sink)
-            e->malformed_sink(e->malformed_arg, p); /* inline AF_XDP: the frame is dropped, not forwarded */
+        if (e->drop_sink)
+            e->drop_sink(e->drop_arg, p, MOS_XSK_C_MALFORMED_DROP); /* inline AF_XDP: the frame is dropped, not forwarded */
         return PROC_DONE;
     }
+    if (fa_resolve(&e->ft, &pi))
+        e->counters[MOS_C_ALIAS_PACKETS]++;
     /* Order CONNECTION: a packet whose connection waits for its handlers (an event of it is queued) is
      * held back, before anything is counted or changed: it is processed whole when resumed. The lookup
      * is the one the packet needs anyway. A fragment is not: only the datagram its last one completes
@@ -564,13 +567,15 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
                 return PROC_DONE;
             }
             raise_malformed(e, r);
-            if (e->malformed_sink)
-                e->malformed_sink(e->malformed_arg, p);
+            if (e->drop_sink)
+                e->drop_sink(e->drop_arg, p, MOS_XSK_C_MALFORMED_DROP);
             return PROC_DONE;
         }
         if (checksum_reject(e, &pi, p, 1))
             return PROC_DONE;
     datagram:
+        if (fa_resolve(&e->ft, &pi))
+            e->counters[MOS_C_ALIAS_PACKETS]++;
         if (e->evq.nqueued && !e->hold_off && pi.ip_version && tracked_proto(e, pi.proto)) {
             bucket = ft_bucket(&e->ft, &pi);
             struct conn *c = first_match(e, &pi, bucket);
@@ -629,6 +634,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
                 /* A closed connection's straggler: a late retransmission (its TIME_WAIT absorbs it,
                  * no phantom connection), or packets the endpoints' stacks no longer take. */
                 account(e, MOS_C_CONN_PACKETS);
+                if ((c->flags & CF_ALIASED) && e->drop_sink) /* the app's translation ended with it */
+                    e->drop_sink(e->drop_arg, p, MOS_XSK_C_UNTRANSLATED_DROP);
                 if (tcp_is_late_rexmit(c, side, &pi))
                     e->counters[MOS_C_REXMIT_AFTER_CLOSE]++;
                 else if (pi_seg_payload(&pi))
@@ -1368,6 +1375,28 @@ int mos_conn_reset(mos_engine_t *e, uint32_t slot, uint64_t id)
     ft_touch(&e->ft, c); /* how mos_engine_events_done finds it */
     e->counters[MOS_C_CONNS_RESET]++;
     return 0;
+}
+
+int mos_conn_alias(mos_engine_t *e, uint32_t slot, uint64_t id, int side, const uint8_t *addr, uint16_t port)
+{
+    struct conn *c = conn_get(e, slot, id);
+    if (!c || (c->flags & CF_ENDED) || !(c->flags & CF_IN_HASH))
+        return -1;
+    if (side != MOS_SIDE_CLI && side != MOS_SIDE_SVR)
+        return -4;
+    int r = fa_set(&e->ft, c, side, addr, port);
+    return r == -1 ? -2 : r == -2 ? -3 : 0;
+}
+
+int mos_conn_get_alias(const mos_engine_t *e, uint32_t slot, uint64_t id, uint8_t *addr, uint16_t *port)
+{
+    struct conn *c = conn_get(e, slot, id);
+    const struct ft_alias *a = c ? fa_get(&e->ft, c) : NULL;
+    if (!a)
+        return -1;
+    memcpy(addr, a->key.addr[a->side], 16);
+    *port = a->key.port[a->side];
+    return a->side;
 }
 
 void mos_engine_injected(mos_engine_t *e, uint32_t bytes)

@@ -8,6 +8,7 @@
 #include "decode.h"
 #include "defrag.h"
 #include "event_queue.h"
+#include "flow_alias.h"
 #include "flow_table.h"
 #include "mos_engine.h"
 #include "reasm.h"
@@ -67,11 +68,13 @@ struct mos_engine {
     uint64_t counters[MOS_C_COUNT];
     struct monitor_filter *filter; /* the monitor filter, NULL: none (monitor_filter.c) */
     struct csum_state csum;   /* the checksum setting's auto decision (checksum.c) */
-    /* Told of each malformed packet, when set: the AF_XDP source (userspace/xsk.c) sets it for the time
-     * of one batch, from mos_xsk_pump to mos_xsk_done, so that an inline run drops malformed frames
-     * instead of forwarding what it could not read. */
-    void (*malformed_sink)(void *arg, const struct mos_pkt *p);
-    void *malformed_arg;
+    /* Told of each packet an inline run must not forward, when set, with why (an enum mos_xsk_counter):
+     * MALFORMED_DROP, what the engine could not read (malformed, a checksum a host rejects), or
+     * UNTRANSLATED_DROP, a straggler of an ended connection that had an alias, whose translation ended
+     * with it. The AF_XDP source (userspace/xsk.c) sets it for the time of one batch, from mos_xsk_pump
+     * to mos_xsk_done. */
+    void (*drop_sink)(void *arg, const struct mos_pkt *p, int why);
+    void *drop_arg;
 };
 
 /* The owner reassembly hands back to the callbacks: the connection and the side whose receive stream it

@@ -1,5 +1,7 @@
 #include "flow_table.h"
 
+#include "flow_alias.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,6 +144,7 @@ void ft_free(struct flow_table *ft)
     free(ft->zombies);
     free(ft->touched);
     free(ft->stash); /* its entries went with ft_release_streams */
+    fa_free(ft);
     memset(ft, 0, sizeof(*ft));
 }
 
@@ -169,6 +172,8 @@ void ft_lru_push(struct flow_table *ft, struct conn *c, int cls)
 
 void ft_hash_remove(struct flow_table *ft, struct conn *c)
 {
+    if (c->flags & CF_ALIASED)
+        fa_remove(ft, c); /* out of every lookup */
     if (!(c->flags & CF_IN_HASH))
         return;
     uint32_t s = ft_slot(ft, c);

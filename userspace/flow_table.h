@@ -33,6 +33,7 @@ enum conn_flags {
     CF_IN_HASH = 16,          /* reachable by lookup */
     CF_TOUCHED = 32,          /* in the table's touched list this batch */
     CF_RESET_PENDING = 64,    /* the app reset it (mos_conn_reset): ends with reason RST once its events are handled */
+    CF_ALIASED = 128,         /* has an alias (flow_alias.h) */
 };
 
 /* LRU_UDP: UDP flows, idle after timeout_udp. LRU_COUNT lists are kept; LRU_NONE is in none. */
@@ -93,6 +94,8 @@ struct flow_table {
     uint32_t ntouched, tcap;
     struct ft_stash **stash;  /* held bytes, by slot (NULL until the first) */
     uint32_t nstash_buckets, nstash;
+    struct ft_alias **alias_buckets, **alias_by_slot; /* flow_alias.h: nbuckets each, NULL until the first */
+    uint32_t naliases;
 };
 
 /* Bytes of a slot's connection held apart (at most one entry per connection); they are accounted in
@@ -150,11 +153,10 @@ static inline uint32_t ft_bucket(const struct flow_table *ft, const struct pkt_i
                        pi->nvlan);
 }
 
-/* The side of the packet's sender (0 client, 1 server) in connection c, or -1 if not c's packet.
+/* The side of the packet's sender (0 client, 1 server) under key k, or -1 if the packet is not k's.
  * Inline: it runs for every packet and every record of its bucket. */
-static inline int ft_match(const struct flow_table *ft, const struct conn *c, const struct pkt_info *pi)
+static inline int ft_key_match(const struct flow_table *ft, const struct flow_key *k, const struct pkt_info *pi)
 {
-    const struct flow_key *k = &c->key;
     if (k->ip_version != pi->ip_version || k->proto != pi->proto)
         return -1;
     if (ft->vlan_in_key && (k->nvlan != pi->nvlan || memcmp(k->vlan, pi->vlan, sizeof(k->vlan))))
@@ -167,6 +169,12 @@ static inline int ft_match(const struct flow_table *ft, const struct conn *c, co
         !memcmp(k->addr[0], pi->dst, alen))
         return 1;
     return -1;
+}
+
+/* The side of the packet's sender in connection c, or -1 if not c's packet. */
+static inline int ft_match(const struct flow_table *ft, const struct conn *c, const struct pkt_info *pi)
+{
+    return ft_key_match(ft, &c->key, pi);
 }
 
 /* A new record for the packet's flow in `bucket`, live and in the hash; NULL when every slot is

@@ -169,7 +169,8 @@ enum mos_linktype {
     X(CHECKSUM_COMPLETED, checksum_completed) /* partial checksums of a local stack's offload, completed */\
     X(INJECTED_PACKETS, injected_packets) /* frames the app sent (conn.send/reset, send_packet), or recorded offline */\
     X(INJECTED_BYTES, injected_bytes)                                                                   \
-    X(CONNS_RESET, conns_reset)         /* connections the app reset (conn.reset): ended with reason RST */
+    X(CONNS_RESET, conns_reset)         /* connections the app reset (conn.reset): ended with reason RST */\
+    X(ALIAS_PACKETS, alias_packets)     /* packets that carried a connection's alias (mos_conn_alias) */
 
 enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,
@@ -458,6 +459,16 @@ int64_t mos_conn_snd_nxt(const mos_engine_t *e, uint32_t slot, uint64_t id, int 
  * being handled are done -- a CONN_END raised amid them would be cleared unhandled. Counted in conns_reset.
  * Returns 0, -1 when it is gone, ended or already being reset. */
 int mos_conn_reset(mos_engine_t *e, uint32_t slot, uint64_t id);
+/* ---- aliases (userspace/flow_alias.h): what a NAT needs ----
+ * Packets between endpoint `side`'s stand-in -- addr (16 bytes, IPv4 in the first 4) and port (host
+ * order) -- and the other endpoint are the connection's too, as if they carried its own key: a NAT's
+ * translated side. One alias per connection (a new one replaces it); the newest claim on an alias key
+ * wins; it goes with the connection. Returns 0, -1 when the connection is gone or ended, -2 when memory
+ * is short, -3 when it is the connection's own key, -4 for a bad side. Packets that carried it are
+ * counted in alias_packets. */
+int mos_conn_alias(mos_engine_t *e, uint32_t slot, uint64_t id, int side, const uint8_t *addr, uint16_t port);
+/* The connection's alias: the side it stands in for (addr and port set), or -1 when it has none. */
+int mos_conn_get_alias(const mos_engine_t *e, uint32_t slot, uint64_t id, uint8_t *addr, uint16_t *port);
 /* A frame was sent (or recorded) by the app: injected_packets and injected_bytes. */
 void mos_engine_injected(mos_engine_t *e, uint32_t bytes);
 
@@ -513,6 +524,7 @@ enum mos_verdict { MOS_VERDICT_FORWARD = 0, MOS_VERDICT_DROP = 1 };
     X(K_RX_FILL_RING_EMPTY_DESCS, k_rx_fill_ring_empty_descs)                                           \
     X(K_TX_RING_EMPTY_DESCS, k_tx_ring_empty_descs)                                                   \
     X(MALFORMED_DROP, malformed_drop) /* inline: frames the engine found malformed, dropped (also in verdict_drop) */\
+    X(UNTRANSLATED_DROP, untranslated_drop) /* inline: stragglers of an ended aliased connection, dropped (also in verdict_drop) */\
     X(INJECTED, injected)             /* frames the app sent (mos_xsk_send): not in the rx/tx balance */     \
     X(INJECT_FAILED, inject_failed)   /* ... that found no free frame or no room in the TX ring */            \
     X(XLAT_FRAMES, xlat_frames)       /* frames whose seq/ack (SACK) numbers were translated */               \

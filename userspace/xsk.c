@@ -112,7 +112,7 @@ struct mos_xsk {
     uint32_t ndrop_keys;
     struct pollfd *pfds;
     int forward_malformed;    /* inline: forward frames the engine found malformed (default: drop) */
-    mos_engine_t *sink_engine; /* the engine whose malformed_sink points here, for the current batch */
+    mos_engine_t *sink_engine; /* the engine whose drop_sink points here, for the current batch */
     int64_t drop_from[XSK_DROP_KEYS]; /* drop_keys[k] drops the batch's frames from this index on */
     uint8_t *rewritten;       /* per frame: a resizing rewrite made it (its seq translation is known) */
     uint32_t tx_reserve;      /* frames the free list keeps for mos_xsk_send */
@@ -709,34 +709,36 @@ static int dropped_flow(struct mos_xsk *x, const uint8_t *p, uint32_t len, uint3
     return 0;
 }
 
-/* The engine's malformed_sink: a frame it could not decode. Inline, forwarding it would pass on traffic
- * nobody looked at (a packet over the IPv6 extension header limit carries a connection the engine
- * never sees), so it is dropped unless forward_malformed says otherwise. */
-static void malformed_frame(void *arg, const struct mos_pkt *p)
+/* The engine's drop_sink: a frame it could not decode (inline, forwarding it would pass on traffic
+ * nobody looked at: a packet over the IPv6 extension header limit carries a connection the engine never
+ * sees), dropped unless forward_malformed says otherwise; or one the app's translation no longer covers. */
+static void drop_frame(void *arg, const struct mos_pkt *p, int why)
 {
     struct mos_xsk *x = arg;
     uintptr_t a = (uintptr_t)p->data, base = (uintptr_t)x->area;
-    if (!x->inline_mode || x->forward_malformed || a < base || a >= base + x->area_len)
+    if (!x->inline_mode || a < base || a >= base + x->area_len)
+        return;
+    if (why == MOS_XSK_C_MALFORMED_DROP && x->forward_malformed)
         return;
     x->verdict[(a - base) / XSK_FRAME] = MOS_VERDICT_DROP;
-    x->counters[MOS_XSK_C_MALFORMED_DROP]++;
+    x->counters[why == MOS_XSK_C_MALFORMED_DROP ? MOS_XSK_C_MALFORMED_DROP : MOS_XSK_C_UNTRANSLATED_DROP]++;
 }
 
-/* The engine tells this source of malformed frames from its feed to mos_xsk_done (set per batch: the
+/* The engine tells this source of frames not to forward from its feed to mos_xsk_done (set per batch: the
  * engine may outlive the source, or serve another one). */
 static void sink_attach(struct mos_xsk *x, mos_engine_t *e)
 {
-    e->malformed_sink = malformed_frame;
-    e->malformed_arg = x;
+    e->drop_sink = drop_frame;
+    e->drop_arg = x;
     x->sink_engine = e;
 }
 
 static void sink_detach(struct mos_xsk *x)
 {
     mos_engine_t *e = x->sink_engine;
-    if (e && e->malformed_arg == x) {
-        e->malformed_sink = NULL;
-        e->malformed_arg = NULL;
+    if (e && e->drop_arg == x) {
+        e->drop_sink = NULL;
+        e->drop_arg = NULL;
     }
     x->sink_engine = NULL;
 }

@@ -23,7 +23,7 @@ from .. import bpf_filter
 from ..abi import ffi, lib, xsk_counter_names
 from ..monitor import Monitor
 from . import accounting, pitfalls
-from .session import LiveError, LiveSession, run_start_hooks
+from .session import LiveError, LiveSession, run_start_hooks, undo_arp
 from .source import BATCH, StopFlag, XskSource
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -264,6 +264,7 @@ def _run_live(mon: Monitor, iface: str, peer: Optional[str], workers: int, mode:
             restore = {k: int(getattr(cfg, k)) for k in fields}
         prog.set_config(**fields)
         bpf_filter.undo_recorded(prog)  # what a run that died pushed down
+        undo_arp(prog)  # ... and the ARP answers it gave
         if mon.filter is not None:  # what XDP can enforce of it: unmonitored traffic never reaches us
             sys.stderr.write(f"mos-xdp: {bpf_filter.push_down(prog, mon.filter)[0]}\n")
         # from here a crash is told from a clean stop by this record (see mos.xdp.state)
@@ -422,6 +423,7 @@ def _teardown(prog: Optional[xdp.XdpProgram], xsk: Any, indexes: List[int], atta
         else:
             try:
                 bpf_filter.undo_recorded(prog)  # the filter's push-down first: restore has the config before it
+                undo_arp(prog)
                 if restore:
                     prog.set_config(**restore)
                 prog.state.pop("engine", None)

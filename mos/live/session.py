@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from ..connection import Connection
     from ..monitor import EnginePort, Monitor
 
+ARP_STATE_KEY = "arp_answers"
+"""Where the program's state file lists the addresses a run answers ARP for (:func:`undo_arp`)."""
+
 LAYERS = {"eth": 0, "ip": 1, "tcp": 2, "udp": 2, "l4": 2, "payload": 3}
 """``set_last_packet`` layers, as ``mos_xsk_header_offset`` numbers them."""
 
@@ -45,14 +48,21 @@ class LiveSession:
         return self.peer is not None
 
     def drop(self, port: EnginePort, conn: Connection) -> None:
-        """The connection's packets are dropped: in XDP from now on, and those of the batch being handled."""
+        """The connection's packets are dropped: in XDP from now on (under its alias too), and those of the
+        batch being handled."""
         self.prog.bypass(flow_of(conn), "drop")
+        alias = alias_flow_of(conn)
+        if alias is not None:
+            self.prog.bypass(alias, "drop")
         p = port.current_packet()
         if p is not None:
             lib.mos_xsk_drop_flow(self.xsk, port.engine, p)
 
     def bypass(self, port: EnginePort, conn: Connection) -> None:
         """The connection's later packets skip userspace: passed to the host, or forwarded inline in XDP."""
+        if conn.alias is not None:
+            raise MosError(f"connection {conn.id} has an alias: bypassed, XDP would forward its packets "
+                           "untranslated")
         self.prog.bypass(flow_of(conn), "redirect" if self.inline else "pass")
 
     def drop_packet(self, port: EnginePort) -> None:
@@ -83,6 +93,17 @@ class LiveSession:
         port.packet_changed(p)
         return int(n)
 
+
+    def answer_arp(self, addr: str) -> str:
+        """ARP requests for ``addr`` are answered in XDP for the rest of the run (recorded in the program's
+        state, so that the run's end, or a run taking over after a crash, takes them back)."""
+        ip = self.prog.answer_arp(addr)
+        if self.prog.state is not None:
+            answered = self.prog.state.setdefault(ARP_STATE_KEY, [])
+            if ip not in answered:
+                answered.append(ip)
+            xdp.write_state(self.iface, self.prog.state)
+        return ip
 
     # -- what the app sends (mos.inject) -------------------------------------------------------------
     def send(self, port: EnginePort, conn: Connection, side: int, payload: bytes, flags: int) -> int:
@@ -133,6 +154,24 @@ def flow_of(conn: Connection) -> xdp.FlowTuple:
         vlan_key = (vlan_key << 12) | (vid & 0xFFF)
     return xdp.FlowTuple(i["client_addr"], i["server_addr"], i["client_port"], i["server_port"], i["protocol"],
                          vlan_key)
+
+
+def undo_arp(prog: xdp.XdpProgram) -> None:
+    """Stops answering ARP for what a run recorded (:meth:`LiveSession.answer_arp`)."""
+    for ip in (prog.state or {}).pop(ARP_STATE_KEY, []):
+        prog.unanswer_arp(ip)
+
+
+def alias_flow_of(conn: Connection) -> Optional[xdp.FlowTuple]:
+    """The connection under its alias (``Connection.set_alias``) as the XDP program keys it, or None."""
+    alias = conn.alias
+    if alias is None:
+        return None
+    flow = flow_of(conn)
+    side, addr, port = alias
+    if int(side) == 0:
+        return xdp.FlowTuple(addr, flow.dst, port, flow.dport, flow.proto, flow.vlan_key)
+    return xdp.FlowTuple(flow.src, addr, flow.sport, port, flow.proto, flow.vlan_key)
 
 
 # ---- the session of this process, and the hooks apps register before a run -----------------------------

@@ -51,6 +51,7 @@ class Link:
     mtu: int = 0
     num_rx_queues: int = 1  # allocated receive queues (IFLA_NUM_RX_QUEUES), not always the ones in use
     kind: str = ""  # IFLA_INFO_KIND: "veth", "bridge", ...; "" for a physical device
+    mac: str = ""  # IFLA_ADDRESS, "aa:bb:cc:dd:ee:ff"; "" when the link has none
 
     @property
     def name(self) -> str:
@@ -141,7 +142,7 @@ def _link(msg: Any) -> Link:
     flags = int(msg["flags"])
     lk = Link(str(msg.get("IFLA_IFNAME")), int(msg["index"]), up=bool(flags & _IFF_UP),
               carrier=bool(flags & _IFF_LOWER_UP), mtu=int(msg.get("IFLA_MTU") or 0),
-              num_rx_queues=int(msg.get("IFLA_NUM_RX_QUEUES") or 1))
+              num_rx_queues=int(msg.get("IFLA_NUM_RX_QUEUES") or 1), mac=str(msg.get("IFLA_ADDRESS") or ""))
     info = msg.get("IFLA_LINKINFO")
     if info is not None:
         lk.kind = str(info.get("IFLA_INFO_KIND") or "")

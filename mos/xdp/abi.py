@@ -58,6 +58,7 @@ MAP_CONFIG, MAP_COUNTERS, MAP_XSKS, MAP_TX_PORTS, MAP_BLOCK_V4, MAP_BLOCK_V6, MA
     MAP_NAMES[lib.MOS_XDP_MAP_CONFIG], MAP_NAMES[lib.MOS_XDP_MAP_COUNTERS], MAP_NAMES[lib.MOS_XDP_MAP_XSKS],
     MAP_NAMES[lib.MOS_XDP_MAP_TX_PORTS], MAP_NAMES[lib.MOS_XDP_MAP_BLOCK_V4], MAP_NAMES[lib.MOS_XDP_MAP_BLOCK_V6],
     MAP_NAMES[lib.MOS_XDP_MAP_PORTS], MAP_NAMES[lib.MOS_XDP_MAP_BYPASS], MAP_NAMES[lib.MOS_XDP_MAP_DEBUG])
+MAP_ARP = MAP_NAMES[lib.MOS_XDP_MAP_ARP]
 
 COUNTERS = name_table(lib.mos_xdp_counter_name)
 """Counter names in ``enum mos_xdp_counter`` order (``MOS_XDP_C_RX`` -> ``"rx"``)."""
@@ -77,6 +78,7 @@ PROG_PIN = "prog"
 FLOW_KEY = "struct mos_flow_key"
 CONFIG = "struct mos_xdp_config"
 BYPASS_ENTRY = "struct mos_xdp_bypass_entry"
+ARP_ENTRY = "struct mos_xdp_arp_entry"
 DEBUG = "struct mos_xdp_debug"
 LPM_V4 = "struct mos_xdp_lpm_v4"
 LPM_V6 = "struct mos_xdp_lpm_v6"

@@ -21,11 +21,12 @@ class LinkXdp:
     prog_id: int = 0
     mode: str = ""  # "native", "generic", "offload", "multi"
     prog_name: str = ""
+    mac: str = ""  # the interface's Ethernet address, "" when it has none
 
 
 def _with_name(lk: netlink.Link) -> LinkXdp:
     name = (prog_name_by_id(lk.prog_id) or "") if lk.prog_id else ""
-    return LinkXdp(lk.ifname, lk.ifindex, lk.prog_id, lk.mode, name)
+    return LinkXdp(lk.ifname, lk.ifindex, lk.prog_id, lk.mode, name, lk.mac)
 
 
 def links() -> List[LinkXdp]:

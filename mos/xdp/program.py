@@ -65,6 +65,13 @@ def _parse_prefix(prefix: str) -> Network:
         raise XdpError(f"not an IP prefix or port: {prefix!r}") from e
 
 
+def _ipv4(addr: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(str(addr))
+    except ValueError:
+        raise XdpError(f"{addr!r} is not an IPv4 address (ARP answers are for IPv4)") from None
+
+
 def _check_port(port: int) -> int:
     if not 0 < port < abi.PORTS:
         raise XdpError(f"port out of range: {port}")
@@ -375,6 +382,32 @@ class XdpProgram:
     def _ports_raw(self) -> bytes:
         """The port flag array (one byte per port)."""
         return self.maps[abi.MAP_PORTS].array_values()
+
+    # -- ARP answers (a NAT's public address)
+
+    def answer_arp(self, addr: str) -> str:
+        """Answers ARP requests for the IPv4 address ``addr`` in XDP, whether or not an engine runs: the
+        reply goes back out of the interface asked on, with that interface's MAC (what a NAT needs for
+        the address it translates to, which no host owns). Returns the address."""
+        ip = _ipv4(addr)
+        macs = []
+        for name in (self.iface, self.state.get("peer") or self.iface):
+            mac = link_xdp(name).mac
+            if len(mac) != 17:
+                raise XdpError(f"{name} has no Ethernet address to answer ARP with")
+            macs.append(list(bytes.fromhex(mac.replace(":", ""))))
+        entry = abi.new(abi.ARP_ENTRY, {"mac": macs})
+        self.maps[abi.MAP_ARP].update(ip.packed, entry)
+        return str(ip)
+
+    def unanswer_arp(self, addr: str) -> bool:
+        """Stops answering ARP for ``addr``; False when it was not answered."""
+        return self.maps[abi.MAP_ARP].delete(_ipv4(addr).packed)
+
+    def arp_answers(self) -> Dict[str, int]:
+        """``{address: replies sent}`` of the addresses answered for."""
+        return {str(ipaddress.IPv4Address(k)): int(abi.from_bytes(abi.ARP_ENTRY, v).replies)
+                for k, v in self.maps[abi.MAP_ARP].items()}
 
     # -- bypass
 
