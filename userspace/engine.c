@@ -4,6 +4,7 @@
  * See mos_engine.h for the model.
  *
  *   flow_table.c     connection records, hash, LRU classes, slots freed after the events
+ *   flow_alias.c     a connection's second key past an address translation (a NAT's replies)
  *   tcp_tracker.c    both endpoints' TCP state machines, one function per state
  *   event_queue.c    masks, user events and filters, the queued snapshot, anomalies
  *   stream_writer.c  the stream files (streams -o)

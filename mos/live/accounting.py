@@ -71,8 +71,9 @@ class Balance:
     def line(self) -> str:
         """One line: the equations with their figures, and ``ok`` or what does not add up."""
         x = self.xdp
-        head = (f"balance: xdp rx {x.get('rx', 0)} = pass {x.get('pass', 0)} + drop {x.get('drop', 0)} + redirect "
-                f"{x.get('redirect', 0)}; to the engine {x.get('xsk_redirect', 0)} = received {self.received} + "
+        verdicts = " + ".join(f"{k} {v}" for k, v in x.items() if xdp.abi.COUNTER_KINDS.get(k) == "verdict"
+                              and (v or k != "tx"))  # tx (ARP answers) only when there were some
+        head = (f"balance: xdp rx {x.get('rx', 0)} = {verdicts}; to the engine {x.get('xsk_redirect', 0)} = received {self.received} + "
                 f"ring drops {self.ring_drops} + unread at stop {self.unread}")
         return head + (": ok" if not self.problems else ": DOES NOT ADD UP: " + "; ".join(self.problems))
 
