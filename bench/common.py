@@ -23,7 +23,7 @@ VENV = ROOT / ".venv"
 MOS = VENV / "bin" / "mos-xdp"
 MOSPY = VENV / "bin" / "python"
 RESULTS = BENCH / "RESULTS.md"
-SECTIONS = ("live", "compare", "semantics", "subscriptions")
+SECTIONS = ("live", "compare", "semantics", "subscriptions", "paths", "nat")
 """The sections of RESULTS.md other scripts write between their markers; bench/run.py keeps them."""
 
 commands_log: List[str] = []

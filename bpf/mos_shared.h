@@ -167,7 +167,8 @@ struct mos_xdp_bypass_entry {
  * ARP requests answered in XDP (XDP_TX, out of the interface the request came in on), whether or not an
  * engine runs: the peers keep the box's MAC for it. */
 struct mos_xdp_arp_entry {
-    mos_u8 mac[MOS_MAX_SLOTS][6]; /* the MAC to answer with, by the slot of the interface asked on */
+    mos_u8 mac[MOS_MAX_SLOTS * 6]; /* the MAC to answer with, 6 bytes by slot of the interface asked on
+                                    * (flat: bcc's map types do not take a 2-D array) */
     mos_u8 _pad[4];
     mos_u64 replies;              /* updated by the program */
 };

@@ -396,7 +396,10 @@ static __always_inline int answer_arp(struct xdp_md *ctx, struct mos_xdp_config 
     if (!e)
         return -1;
     u8 mac[6];
-    __builtin_memcpy(mac, e->mac[rx_slot(ctx, cfg) & 1], 6);
+    if (rx_slot(ctx, cfg))
+        __builtin_memcpy(mac, e->mac + 6, 6);
+    else
+        __builtin_memcpy(mac, e->mac, 6);
     __sync_fetch_and_add(&e->replies, 1);
     __builtin_memcpy(eth->h_dest, eth->h_source, 6);
     __builtin_memcpy(eth->h_source, mac, 6);

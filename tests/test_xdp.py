@@ -143,6 +143,7 @@ def _map_layouts() -> Dict[int, Tuple[str, str, int]]:
         lib.MOS_XDP_MAP_DEBUG: ("uint32_t", "struct mos_xdp_debug", 1),
         lib.MOS_XDP_MAP_MON_V4: ("struct mos_xdp_lpm_v4", "uint8_t", lib.MOS_XDP_BLOCK_MAX),
         lib.MOS_XDP_MAP_MON_V6: ("struct mos_xdp_lpm_v6", "uint8_t", lib.MOS_XDP_BLOCK_MAX),
+        lib.MOS_XDP_MAP_ARP: ("uint32_t", "struct mos_xdp_arp_entry", lib.MOS_XDP_ARP_MAX),
     }
 
 
@@ -204,6 +205,43 @@ def test_counter_names_are_the_programs_counter_block(live: Live) -> None:
     before = live.stats()
     assert live.prog.test_run(frame(A4, B4, 1, 2)[:14] + b"\x45") == xdp.XDP_DROP
     assert live.delta(before) == {"rx": 1, "drop": 1, "drop_malformed": 1}
+
+
+def _arp(op: int, sha: bytes, spa: str, tpa: str, tha: bytes = bytes(6), vlan: int = 0) -> bytes:
+    tag = struct.pack("!HH", 0x8100, vlan) if vlan else b""
+    return (b"\xff" * 6 + sha + tag + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + sha
+            + socket.inet_aton(spa) + tha + socket.inet_aton(tpa))
+
+
+def test_arp_answered_in_xdp(live: Live) -> None:
+    """An address given to answer_arp: its requests (VLAN-tagged too) are made into replies and sent back
+    (XDP_TX) with the interface's MAC; other requests, replies and unknown addresses are passed as before;
+    taken back, it is passed again. (A real neighbour lookup through the box: tests/test_nat.py, inline.)"""
+    nat = f"{B4.rsplit('.', 1)[0]}.77"
+    with live.b.entered():
+        mac = bytes.fromhex(xdp.link_xdp(live.vb).mac.replace(":", ""))
+    asker = b"\x02\x11\x22\x33\x44\x55"
+    with live.b.entered():
+        assert live.prog.answer_arp(nat) == nat
+        try:
+            before = live.stats()
+            act, out = xdp.prog_test_run(live.prog.prog_fd, _arp(1, asker, "10.9.9.9", nat))
+            assert act == xdp.XDP_TX
+            assert out == (asker + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + mac
+                           + socket.inet_aton(nat) + asker + socket.inet_aton("10.9.9.9"))
+            assert live.delta(before) == {"rx": 1, "tx": 1, "tx_arp_reply": 1}
+            act, out = xdp.prog_test_run(live.prog.prog_fd, _arp(1, asker, "10.9.9.9", nat, vlan=7))
+            assert act == xdp.XDP_TX and out[12:16] == b"\x81\x00\x00\x07" and out[6:12] == mac
+            for other in (_arp(2, asker, "10.9.9.9", nat), _arp(1, asker, "10.9.9.9", "10.9.9.10"),
+                          _arp(1, asker, "10.9.9.9", nat)[:-4]):
+                assert live.prog.test_run(other) == xdp.XDP_PASS
+            assert live.prog.arp_answers() == {nat: 2}
+            with pytest.raises(xdp.XdpError, match="not an IPv4 address"):
+                live.prog.answer_arp("2001:db8::1")
+        finally:
+            assert live.prog.unanswer_arp(nat) is True
+        assert live.prog.unanswer_arp(nat) is False
+        assert live.prog.test_run(_arp(1, asker, "10.9.9.9", nat)) == xdp.XDP_PASS
 
 
 def test_flow_hash_is_symmetric_and_spreads() -> None:

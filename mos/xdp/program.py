@@ -390,13 +390,13 @@ class XdpProgram:
         reply goes back out of the interface asked on, with that interface's MAC (what a NAT needs for
         the address it translates to, which no host owns). Returns the address."""
         ip = _ipv4(addr)
-        macs = []
+        macs = b""
         for name in (self.iface, self.state.get("peer") or self.iface):
             mac = link_xdp(name).mac
             if len(mac) != 17:
                 raise XdpError(f"{name} has no Ethernet address to answer ARP with")
-            macs.append(list(bytes.fromhex(mac.replace(":", ""))))
-        entry = abi.new(abi.ARP_ENTRY, {"mac": macs})
+            macs += bytes.fromhex(mac.replace(":", ""))
+        entry = abi.new(abi.ARP_ENTRY, {"mac": list(macs)})
         self.maps[abi.MAP_ARP].update(ip.packed, entry)
         return str(ip)
 
