@@ -328,8 +328,9 @@ def trafgen_cfg(path: Path) -> None:
 # mos-xdp run, in the background
 
 class LiveRun:
-    def __init__(self, ns: Ns, app: Path, *args: str, cpu: Optional[int] = None) -> None:
-        argv = [str(MOS), "run", str(app), *args, "--stats", "--no-progress"]
+    def __init__(self, ns: Ns, app: Path, *args: str, cpu: Optional[int] = None,
+                 app_args: Tuple[str, ...] = ()) -> None:
+        argv = [str(MOS), "run", str(app), *args, "--stats", "--no-progress", *(("--", *app_args) if app_args else ())]
         if cpu is not None:
             argv = ["taskset", "-c", str(cpu), *argv]
         self.out = tempfile.TemporaryFile("w+")

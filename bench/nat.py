@@ -173,11 +173,11 @@ class Bench:
         m.run("sysctl", "-qw", "net.ipv4.ip_forward=0", record=True)
         if app is None:
             app = ROOT / "apps" / "nat.py" if mode == "mos-xdp NAT" else BENCH / "app_noop.py"
-            app_args = ("--", "--ip", NAT_IP) if mode == "mos-xdp NAT" else ()
+            app_args = ("--ip", NAT_IP) if mode == "mos-xdp NAT" else ()
         old = {k: os.environ.get(k) for k in (env or {})}
         os.environ.update(env or {})
         try:
-            lr = LiveRun(m, app, "--iface", self.mi, "--peer", self.mo, *app_args)
+            lr = LiveRun(m, app, "--iface", self.mi, "--peer", self.mo, app_args=app_args)
         finally:
             for k, v in old.items():
                 if v is None:

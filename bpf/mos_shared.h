@@ -164,8 +164,9 @@ struct mos_xdp_bypass_entry {
 
 /* ---- ARP answers (map ARP, key = an IPv4 address, network order) ----------------------------------
  * An address the box itself stands for without the host owning it -- a NAT's public address -- gets its
- * ARP requests answered in XDP (XDP_TX, out of the interface the request came in on), whether or not an
- * engine runs: the peers keep the box's MAC for it. */
+ * ARP requests answered in XDP (out of the interface the request came in on), whether or not an
+ * engine runs: the peers keep the box's MAC for it. The reply is redirected to the interface asked on
+ * (XDP_TX when that fails). */
 struct mos_xdp_arp_entry {
     mos_u8 mac[MOS_MAX_SLOTS * 6]; /* the MAC to answer with, 6 bytes by slot of the interface asked on
                                     * (flat: bcc's map types do not take a 2-D array) */
@@ -197,7 +198,7 @@ struct mos_xdp_debug {
     X(REDIRECT, redirect, VERDICT)                   /* XDP_REDIRECT (socket or peer) */                \
     X(TX, tx, VERDICT)                               /* XDP_TX (back out of the interface it came in on) */\
     X(PASS_NOT_IP, pass_not_ip, REASON)              /* not IPv4/IPv6 (ARP, LLDP, ...) */               \
-    X(TX_ARP_REPLY, tx_arp_reply, REASON)            /* ARP requests for an address of map ARP: answered */\
+    X(ARP_REPLY, arp_reply, REASON)                  /* ARP requests for an address of map ARP: answered (redirect) */\
     X(PASS_NOT_MONITORED, pass_not_monitored, REASON) /* IP, but not a monitored protocol/port */        \
     X(PASS_NO_SOCKET, pass_no_socket, REASON)        /* monitored, no engine socket, FAIL_PASS */       \
     X(DROP_NO_SOCKET, drop_no_socket, REASON)        /* monitored, no engine socket, FAIL_DROP */       \

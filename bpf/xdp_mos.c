@@ -7,7 +7,7 @@
  *   is_monitored    the configured filter (protocols, optionally a monitored port set and monitored
  *                   prefixes: what mos/bpf_filter.py pushes down of a monitor filter).
  *   check_bypass    connections userspace has seen enough of: their verdict, kept in an LRU hash.
- *   answer_arp      ARP requests for an address the box stands for (a NAT's): answered with XDP_TX.
+ *   answer_arp      ARP requests for an address the box stands for (a NAT's): answered in place.
  *   steer           a symmetric flow hash picks the AF_XDP socket through the XSKMAP.
  * Anything the stack does not monitor (ARP, ICMP, other protocols, other ports) gets XDP_PASS in
  * passive mode, so the host keeps working on a monitored interface; in inline mode it is forwarded to
@@ -374,7 +374,7 @@ static __always_inline int no_engine(struct xdp_md *ctx, struct mos_xdp_config *
 }
 
 /* An ARP request for an address of map ARP gets its reply here, sent back where it came from (the
- * request made into the reply in place). Returns XDP_TX, or -1 when the frame is no such request. */
+ * request made into the reply in place). Returns the action, or -1 when the frame is no such request. */
 static __always_inline int answer_arp(struct xdp_md *ctx, struct mos_xdp_config *cfg, struct mos_counter_block *ctr,
                                       struct pkt *p)
 {
@@ -408,7 +408,11 @@ static __always_inline int answer_arp(struct xdp_md *ctx, struct mos_xdp_config 
     __builtin_memcpy(a->sha, mac, 6);
     __builtin_memcpy(a->tpa, a->spa, 4);
     __builtin_memcpy(a->spa, &target, 4);
-    return finish(ctr, XDP_TX, MOS_XDP_C_TX_ARP_REPLY);
+    /* Sent back through the DEVMAP rather than XDP_TX: a veth flushes what XDP_TX queues to its peer only
+     * when the peer has an XDP program itself, so a reply to an end host with GRO alone would wait in
+     * its ring for the next frame redirected there; a redirect is flushed at once. */
+    int act = mos_tx_ports.redirect_map(rx_slot(ctx, cfg), XDP_TX);
+    return finish(ctr, act, MOS_XDP_C_ARP_REPLY);
 }
 
 /* Returns an XDP action, or -1 when the connection is not (or no longer) bypassed. */

@@ -215,8 +215,8 @@ def _arp(op: int, sha: bytes, spa: str, tpa: str, tha: bytes = bytes(6), vlan: i
 
 def test_arp_answered_in_xdp(live: Live) -> None:
     """An address given to answer_arp: its requests (VLAN-tagged too) are made into replies and sent back
-    (XDP_TX) with the interface's MAC; other requests, replies and unknown addresses are passed as before;
-    taken back, it is passed again. (A real neighbour lookup through the box: tests/test_nat.py, inline.)"""
+    (a redirect to the interface asked on) with the interface's MAC; other requests, replies and unknown addresses are passed as before;
+    a neighbour lookup from the other end learns the MAC; taken back, it is passed again."""
     nat = f"{B4.rsplit('.', 1)[0]}.77"
     with live.b.entered():
         mac = bytes.fromhex(xdp.link_xdp(live.vb).mac.replace(":", ""))
@@ -226,16 +226,24 @@ def test_arp_answered_in_xdp(live: Live) -> None:
         try:
             before = live.stats()
             act, out = xdp.prog_test_run(live.prog.prog_fd, _arp(1, asker, "10.9.9.9", nat))
-            assert act == xdp.XDP_TX
+            assert act == xdp.XDP_REDIRECT  # back out of the interface asked on, through the DEVMAP
             assert out == (asker + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + mac
                            + socket.inet_aton(nat) + asker + socket.inet_aton("10.9.9.9"))
-            assert live.delta(before) == {"rx": 1, "tx": 1, "tx_arp_reply": 1}
+            assert live.delta(before) == {"rx": 1, "redirect": 1, "arp_reply": 1}
             act, out = xdp.prog_test_run(live.prog.prog_fd, _arp(1, asker, "10.9.9.9", nat, vlan=7))
-            assert act == xdp.XDP_TX and out[12:16] == b"\x81\x00\x00\x07" and out[6:12] == mac
+            assert act == xdp.XDP_REDIRECT and out[12:16] == b"\x81\x00\x00\x07" and out[6:12] == mac
             for other in (_arp(2, asker, "10.9.9.9", nat), _arp(1, asker, "10.9.9.9", "10.9.9.10"),
                           _arp(1, asker, "10.9.9.9", nat)[:-4]):
                 assert live.prog.test_run(other) == xdp.XDP_PASS
             assert live.prog.arp_answers() == {nat: 2}
+            # a real neighbour lookup: the reply reaches an end with GRO alone (no XDP program of its own) at once
+            live.a.ethtool(live.va, {"gro": True})
+            try:
+                live.a.ping(nat, timeout=1.0)  # no host has the address: only its ARP is answered
+                neigh = live.a.run("ip", "neigh", "show", nat).stdout
+            finally:
+                live.a.ethtool(live.va, {"gro": False})
+            assert mac.hex(":") in neigh, neigh
             with pytest.raises(xdp.XdpError, match="not an IPv4 address"):
                 live.prog.answer_arp("2001:db8::1")
         finally:
