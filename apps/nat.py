@@ -5,11 +5,12 @@
 
 Inline, as mOS's: each new connection (TCP, or a UDP flow) gets a port of ``--ip`` (``--ports``, default
 mOS's 1025-65534); the client's packets leave with that address and port as their source (SNAT), and the
-replies, addressed to it, reach the client with its own address, port and MAC (DNAT). Every checksum
-follows. The engine knows the mapping (``Connection.set_alias``): both directions are one connection,
-with both streams, as the client sees it. ARP requests for ``--ip`` are answered in XDP with the box's
-MAC, so the servers' side can reach an address no host owns. A port is given back when its connection
-ends and reused last (first in, first out).
+replies, addressed to it, reach the client with its own address, port and MAC (DNAT). mOS's sample
+rewrites each packet in a callback; here the app only decides, once per connection
+(``Connection.translate``), and the engine rewrites every packet in C, checksums updated incrementally,
+and keeps both directions one connection, with both streams, as the client sees it. ARP requests for
+``--ip`` are answered in XDP with the box's MAC, so the servers' side can reach an address no host owns.
+A port is given back when its connection ends and reused last (first in, first out).
 
 With several workers, a port is taken only if the XDP program steers the replies to it to the worker
 that has the connection (mOS picks ports by RSS core alike), so no lock is shared.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-import socket
 import sys
 from typing import Deque, Dict, Optional, Tuple
 
@@ -47,21 +47,10 @@ ARGS = [
     AppArg("ports", type=_ports, default=(1025, 65534), metavar="LO-HI", help="The ports it gives out."),
 ]
 
-NAT = {"ip": "", "packed": b""}
+NAT = {"ip": ""}
 free: Deque[int] = collections.deque()
 pool = [0]  # ports in the range
 counts: Dict[str, int] = collections.Counter()
-
-
-class Mapping:
-    """A translated connection: its public port and what the replies are given back (client address,
-    port and MAC)."""
-
-    __slots__ = ("port", "port_be", "client_ip", "client_port_be", "client_mac")
-
-    def __init__(self, port: int, client_ip: bytes, client_port: int, client_mac: bytes) -> None:
-        self.port, self.port_be = port, port.to_bytes(2, "big")
-        self.client_ip, self.client_port_be, self.client_mac = client_ip, client_port.to_bytes(2, "big"), client_mac
 
 
 def take_port(server: str, server_port: int, proto: str) -> Optional[int]:
@@ -93,45 +82,25 @@ def _start(conn: Connection, ev: EventInfo) -> None:
     if port is None:
         _refuse(conn, why or "no free port")
         return
-    pkt = conn.last_packet
-    mac = pkt.raw[6:12] if pkt is not None else bytes(6)  # the client's frames come from its MAC
-    conn.ctx = Mapping(port, socket.inet_aton(i["client_addr"]), i["client_port"], mac)
-    conn.set_alias(Side.CLIENT, NAT["ip"], port)
+    conn.ctx = port
+    conn.translate(Side.CLIENT, NAT["ip"], port)  # the engine rewrites every packet, both ways, in C
     counts["translated"] += 1
 
 
-def _packet(conn: Connection, ev: EventInfo) -> None:
-    m = conn.ctx
-    if not isinstance(m, Mapping):
-        return
-    try:
-        if ev.side is Side.SERVER:  # the client's packet, to the server: SNAT
-            conn.set_last_packet(NAT["packed"], 12, "ip")
-            conn.set_last_packet(m.port_be, 0, "l4")
-        else:  # a reply, to the client: DNAT
-            conn.set_last_packet(m.client_mac, 0, "eth")
-            conn.set_last_packet(m.client_ip, 16, "ip")
-            conn.set_last_packet(m.client_port_be, 2, "l4")
-    except MosError:  # a capture: nothing to rewrite
-        pass
-
-
 def _end(conn: Connection, ev: EventInfo) -> None:
-    m = conn.ctx
-    if isinstance(m, Mapping):
-        free.append(m.port)
+    if conn.ctx is not None:
+        free.append(conn.ctx)
         conn.ctx = None
 
 
 def init(mon: Monitor, args: AppArgs) -> None:
     """Translate every new IPv4 connection's client to ``args.ip``, with a port of ``args.ports``."""
-    NAT["ip"], NAT["packed"] = args.ip, socket.inet_aton(args.ip)
+    NAT["ip"] = args.ip
     lo, hi = args.ports
     free.clear()
     free.extend(range(lo, hi + 1))
     pool[0] = hi - lo + 1
     mon.on(Event.CONN_START, _start)
-    mon.on(Event.PKT_IN, _packet)
     mon.on(Event.CONN_END, _end)
     try:
         from mos import live

@@ -28,6 +28,7 @@ from .abi import (
     EV_SIDE,
     EV_SVR_STATE,
     EV_TYPE,
+    NO_PACKET,
     NO_WSCALE,
     ffi,
     lib,
@@ -641,12 +642,22 @@ class Connection:
         when the connection ends. Works on a capture as live; packets that carried an alias are counted
         in ``alias_packets``.
         """
+        self._set_alias(side, addr, port, translate=False)
+
+    def _set_alias(self, side: Side, addr: str, port: int, translate: bool) -> None:
         s = _one_side(side)
         info = self._info()
         raw = _packed_addr(addr, int(info.ip_version))
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 0xFFFF:
             raise MosError(f"port must be an integer in 0..65535, not {port!r}")
-        rc = lib.mos_conn_alias(self._mon._eng, self._slot, self.id, s, raw, port)
+        if translate:
+            cur = self._mon._cur[0]
+            pkt = cur[EV_PKT] if cur is not None and cur[EV_CONN_ID] == self.id else NO_PACKET
+            rc = lib.mos_conn_translate(self._mon._eng, self._slot, self.id, s, raw, port, pkt)
+            if rc == 0 and pkt != NO_PACKET:
+                self._mon.port.packet_changed(pkt)
+        else:
+            rc = lib.mos_conn_alias(self._mon._eng, self._slot, self.id, s, raw, port)
         if rc == -1:
             raise StaleConnection(f"connection {self.id} has ended: it cannot take an alias")
         if rc == -2:
@@ -654,6 +665,20 @@ class Connection:
         if rc == -3:
             raise MosError(f"{endpoint(int(info.ip_version), addr, port)} is the connection's own endpoint, "
                            "not an alias")
+
+    def translate(self, side: Side, addr: str, port: int) -> None:
+        """NAT: ``side``'s endpoint is known past the box as ``addr:port``. Live inline, the engine rewrites
+        the connection's frames as they cross, in C (no handler runs per packet): those ``side`` sends
+        leave from ``addr:port`` (SNAT, for ``Side.CLIENT``), and those sent to ``addr:port`` go on to
+        ``side``'s own address, port and MAC (the MAC of its frames); the IPv4 header and TCP/UDP
+        checksums are updated incrementally. The packet being handled is rewritten too, so call it from
+        the handler of the connection's first packet (CONN_START). It sets the alias
+        (:meth:`set_alias`), so both directions stay one connection; on a capture that is all it does.
+        A frame of the connection that cannot be rewritten in place (an IPv6 packet with extension
+        headers, a datagram reassembled from fragments) is dropped (``untranslated_drop``), never
+        forwarded with its own address. Counted in ``translated_packets``.
+        """
+        self._set_alias(side, addr, port, translate=True)
 
     @property
     def alias(self) -> Optional[Tuple[Side, str, int]]:

@@ -136,6 +136,7 @@ def test_nat_several_curl_clients(nat_net: Inline, tmp_path: Path) -> None:
     eng = run.engine_counters()
     assert eng.get("conns_picked_up", 0) == 0 and eng["conns_created"] == len(jobs) + 2, eng
     assert eng["alias_packets"] > (2 * BIG) // 1500, eng  # the replies, which carried the NAT's address
+    assert eng["translated_packets"] == eng["conn_packets"], eng  # every packet rewritten, in the engine
     assert run.counters().get("arp_reply", 0) >= 1
     net.assert_clean()
 

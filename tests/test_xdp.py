@@ -215,8 +215,9 @@ def _arp(op: int, sha: bytes, spa: str, tpa: str, tha: bytes = bytes(6), vlan: i
 
 def test_arp_answered_in_xdp(live: Live) -> None:
     """An address given to answer_arp: its requests (VLAN-tagged too) are made into replies and sent back
-    (a redirect to the interface asked on) with the interface's MAC; other requests, replies and unknown addresses are passed as before;
-    a neighbour lookup from the other end learns the MAC; taken back, it is passed again."""
+    (a redirect to the interface asked on) with the interface's MAC; other requests, replies and unknown
+    addresses are passed as before; a neighbour lookup from the other end learns the MAC; taken back, it is
+    passed again."""
     nat = f"{B4.rsplit('.', 1)[0]}.77"
     with live.b.entered():
         mac = bytes.fromhex(xdp.link_xdp(live.vb).mac.replace(":", ""))

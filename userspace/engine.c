@@ -5,6 +5,7 @@
  *
  *   flow_table.c     connection records, hash, LRU classes, slots freed after the events
  *   flow_alias.c     a connection's second key past an address translation (a NAT's replies)
+ *   translate.c      a translated connection's frames rewritten in place (the engine's NAT)
  *   tcp_tracker.c    both endpoints' TCP state machines, one function per state
  *   event_queue.c    masks, user events and filters, the queued snapshot, anomalies
  *   stream_writer.c  the stream files (streams -o)
@@ -19,6 +20,7 @@
 #include <string.h>
 
 #include "engine_state.h"
+#include "translate.h"
 
 
 #define SEC 1000000000ull
@@ -432,6 +434,8 @@ static int udp_packet(mos_engine_t *e, const struct mos_pkt *p, const struct pkt
         int side = ft_match(&e->ft, c, pi);
         if (side >= 0 && !(c->flags & CF_ENDED)) {
             udp_datagram(e, c, side, pi);
+            if (c->flags & CF_ALIASED)
+                translate_packet(e, c, side, pi, p);
             return PROC_DONE;
         }
     }
@@ -654,6 +658,8 @@ static int process_packet(mos_engine_t *e, const struct mos_pkt *p, struct held_
             break; /* port reuse (or a conversation taken up after a RST): a new connection below */
         }
         process_conn(e, c, side, &pi);
+        if (c->flags & CF_ALIASED)
+            translate_packet(e, c, side, &pi, p);
         goto fixup;
     }
     if (recover_side < 0 && monitor_filter_skip(e, p, &pi, 1))
@@ -1387,6 +1393,27 @@ int mos_conn_alias(mos_engine_t *e, uint32_t slot, uint64_t id, int side, const 
         return -4;
     int r = fa_set(&e->ft, c, side, addr, port);
     return r == -1 ? -2 : r == -2 ? -3 : 0;
+}
+
+int mos_conn_translate(mos_engine_t *e, uint32_t slot, uint64_t id, int side, const uint8_t *addr, uint16_t port,
+                       uint32_t pkt)
+{
+    int r = mos_conn_alias(e, slot, id, side, addr, port);
+    if (r)
+        return r;
+    struct conn *c = conn_get(e, slot, id);
+    ((struct ft_alias *)fa_get(&e->ft, c))->translate = 1;
+    if (pkt >= e->batch_n || !e->batch)
+        return 0;
+    const struct mos_pkt *p = &e->batch[pkt];
+    struct pkt_info pi;
+    if (decode_captured(p->data, p->caplen, p->wirelen, e->linktype, &pi) || pi.is_fragment)
+        return 0;
+    fa_resolve(&e->ft, &pi);
+    int sender = ft_match(&e->ft, c, &pi);
+    if (sender >= 0)
+        translate_packet(e, c, sender, &pi, p);
+    return 0;
 }
 
 int mos_conn_get_alias(const mos_engine_t *e, uint32_t slot, uint64_t id, uint8_t *addr, uint16_t *port)

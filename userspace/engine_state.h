@@ -75,6 +75,7 @@ struct mos_engine {
      * to mos_xsk_done. */
     void (*drop_sink)(void *arg, const struct mos_pkt *p, int why);
     void *drop_arg;
+    uint8_t forwarding;       /* ... and the batch's frames are writable and forwarded (inline): translate.h */
 };
 
 /* The owner reassembly hands back to the callbacks: the connection and the side whose receive stream it

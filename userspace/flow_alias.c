@@ -84,6 +84,7 @@ int fa_set(struct flow_table *ft, struct conn *c, int side, const uint8_t *addr,
     struct ft_alias *a = malloc(sizeof(*a));
     if (!a)
         return -1;
+    memset(a, 0, sizeof(*a));
     a->slot = ft_slot(ft, c);
     a->side = (uint8_t)side;
     a->key = k;

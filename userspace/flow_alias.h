@@ -19,6 +19,9 @@ struct ft_alias {
     struct ft_alias *next_slot; /* chain of its slot's bucket */
     uint32_t slot;
     uint8_t side;               /* the endpoint (MOS_SIDE_*) it renames */
+    uint8_t translate;          /* inline, the frames are rewritten to it and back (translate.h) */
+    uint8_t mac_known;
+    uint8_t mac[6];             /* the endpoint's own MAC, learnt from its frames: the replies' destination */
     struct flow_key key;        /* the connection's key with that endpoint's address and port replaced */
 };
 

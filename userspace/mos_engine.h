@@ -170,7 +170,8 @@ enum mos_linktype {
     X(INJECTED_PACKETS, injected_packets) /* frames the app sent (conn.send/reset, send_packet), or recorded offline */\
     X(INJECTED_BYTES, injected_bytes)                                                                   \
     X(CONNS_RESET, conns_reset)         /* connections the app reset (conn.reset): ended with reason RST */\
-    X(ALIAS_PACKETS, alias_packets)     /* packets that carried a connection's alias (mos_conn_alias) */
+    X(ALIAS_PACKETS, alias_packets)     /* packets that carried a connection's alias (mos_conn_alias) */\
+    X(TRANSLATED_PACKETS, translated_packets) /* inline: frames rewritten to or from an alias (mos_conn_translate) */
 
 enum mos_counter {
 #define MOS_X_(id, name) MOS_C_##id,
@@ -467,6 +468,12 @@ int mos_conn_reset(mos_engine_t *e, uint32_t slot, uint64_t id);
  * is short, -3 when it is the connection's own key, -4 for a bad side. Packets that carried it are
  * counted in alias_packets. */
 int mos_conn_alias(mos_engine_t *e, uint32_t slot, uint64_t id, int side, const uint8_t *addr, uint16_t port);
+/* The same, and inline the connection's frames are rewritten (userspace/translate.h): those `side` sends
+ * leave from addr:port, those to it go back to its own address, port and MAC. Packet `pkt` of the current
+ * batch (the one being handled; UINT32_MAX: none), if it is the connection's, is rewritten now (it went
+ * through the engine before) and tells the side's MAC. Returns as mos_conn_alias. */
+int mos_conn_translate(mos_engine_t *e, uint32_t slot, uint64_t id, int side, const uint8_t *addr, uint16_t port,
+                       uint32_t pkt);
 /* The connection's alias: the side it stands in for (addr and port set), or -1 when it has none. */
 int mos_conn_get_alias(const mos_engine_t *e, uint32_t slot, uint64_t id, uint8_t *addr, uint16_t *port);
 /* A frame was sent (or recorded) by the app: injected_packets and injected_bytes. */

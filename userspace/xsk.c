@@ -730,6 +730,7 @@ static void sink_attach(struct mos_xsk *x, mos_engine_t *e)
 {
     e->drop_sink = drop_frame;
     e->drop_arg = x;
+    e->forwarding = x->inline_mode;
     x->sink_engine = e;
 }
 
@@ -739,6 +740,7 @@ static void sink_detach(struct mos_xsk *x)
     if (e && e->drop_arg == x) {
         e->drop_sink = NULL;
         e->drop_arg = NULL;
+        e->forwarding = 0;
     }
     x->sink_engine = NULL;
 }

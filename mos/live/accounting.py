@@ -72,9 +72,9 @@ class Balance:
         """One line: the equations with their figures, and ``ok`` or what does not add up."""
         x = self.xdp
         verdicts = " + ".join(f"{k} {v}" for k, v in x.items() if xdp.abi.COUNTER_KINDS.get(k) == "verdict"
-                              and (v or k != "tx"))  # tx (ARP answers) only when there were some
-        head = (f"balance: xdp rx {x.get('rx', 0)} = {verdicts}; to the engine {x.get('xsk_redirect', 0)} = received {self.received} + "
-                f"ring drops {self.ring_drops} + unread at stop {self.unread}")
+                              and (v or k != "tx"))  # tx (an ARP reply's fallback) only when there was one
+        head = (f"balance: xdp rx {x.get('rx', 0)} = {verdicts}; to the engine {x.get('xsk_redirect', 0)} = "
+                f"received {self.received} + ring drops {self.ring_drops} + unread at stop {self.unread}")
         return head + (": ok" if not self.problems else ": DOES NOT ADD UP: " + "; ".join(self.problems))
 
 
