@@ -106,7 +106,13 @@ def init(mon: Monitor, args: AppArgs) -> None:
         from mos import live
     except ImportError:  # a build without the live path
         return
-    live.on_start(lambda m: m.answer_arp(args.ip))
+    live.on_start(_start_live)
+
+
+def _start_live(mon: Monitor) -> None:
+    if not mon.live_session().inline:
+        raise MosError("nat translates what it forwards: run it inline (--iface LAN --peer WAN)")
+    mon.answer_arp(NAT["ip"])
 
 
 def finish(mon: Monitor) -> None:

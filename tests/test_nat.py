@@ -367,3 +367,15 @@ def test_nat_app_offline_refuses_what_it_cannot_translate(tmp_path: Path) -> Non
         in r.stdout
     bad = run_cli(NAT_APP, "--pcap", str(tmp_path / "nat.pcap"), "--", "--ip", N, "--ports", "9-2")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "LO-HI" in bad.stderr
+
+
+def test_nat_refuses_a_passive_run(nat_net: Inline) -> None:
+    """A NAT must forward what it translates: a passive run is refused in one line, nothing left attached."""
+    import os
+
+    net = nat_net
+    r = net.m.run(sys.executable, "-m", "mos.cli", "run", NAT_APP, "--iface", net.mi, "--", "--ip", NAT_IP,
+                  check=False, timeout=120, cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode != 0
+    assert "run it inline" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    net.assert_clean()
