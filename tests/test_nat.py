@@ -102,6 +102,7 @@ def _finish_line(run: LiveRun) -> str:
 # ---- live ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.netns
 def test_nat_several_curl_clients(nat_net: Inline, tmp_path: Path) -> None:
     """Curl from two client addresses at once, small and 24 MB files: each transfer whole and identical;
     the server saw only the NAT address; the box answered ARP for it; the engine made one connection per
@@ -124,6 +125,7 @@ def test_nat_several_curl_clients(nat_net: Inline, tmp_path: Path) -> None:
         code = run.stop()
     assert code == 0, run.stderr
     for name, path, _ in jobs:
+        assert name in results, f"curl {name} did not finish in time"
         assert results[name].returncode == 0, (name, results[name].stderr)
         assert hashlib.sha256((tmp_path / name).read_bytes()).digest() == \
             hashlib.sha256((net.www / path).read_bytes()).digest(), name
@@ -141,6 +143,7 @@ def test_nat_several_curl_clients(nat_net: Inline, tmp_path: Path) -> None:
     net.assert_clean()
 
 
+@pytest.mark.netns
 def test_nat_reuses_ports(nat_net: Inline) -> None:
     """Two ports for six connections one after the other: each gets a port back once the last ended."""
     net = nat_net
@@ -155,6 +158,7 @@ def test_nat_reuses_ports(nat_net: Inline) -> None:
     assert "refused: none" in _finish_line(run)
 
 
+@pytest.mark.netns
 def test_nat_no_free_port_and_unsolicited_are_dropped(nat_net: Inline) -> None:
     """With one port held by an open connection, the next connection is dropped (not forwarded with the
     client's own address); a connection from the server's side to the NAT address meets nothing."""
@@ -194,6 +198,7 @@ def test_nat_no_free_port_and_unsolicited_are_dropped(nat_net: Inline) -> None:
     assert "no free port" in line and "to the NAT address" in line, line
 
 
+@pytest.mark.netns
 def test_nat_two_workers(nat_net: Inline, tmp_path: Path) -> None:
     """Two workers: a port is taken only if the replies to it are steered to the worker that has the
     connection, so every connection works, whichever worker has it."""
@@ -369,6 +374,7 @@ def test_nat_app_offline_refuses_what_it_cannot_translate(tmp_path: Path) -> Non
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "LO-HI" in bad.stderr
 
 
+@pytest.mark.netns
 def test_nat_refuses_a_passive_run(nat_net: Inline) -> None:
     """A NAT must forward what it translates: a passive run is refused in one line, nothing left attached."""
     import os
