@@ -238,16 +238,7 @@ struct conn *ft_alloc(struct flow_table *ft, const struct pkt_info *pi, int send
         return NULL;
     struct conn *c = ft_conn(ft, s);
     memset(c, 0, sizeof(*c));
-    struct flow_key *k = &c->key;
-    int cs = sender_is_client ? 0 : 1;
-    memcpy(k->addr[cs], pi->src, 16);
-    memcpy(k->addr[1 - cs], pi->dst, 16);
-    k->port[cs] = pi->sport;
-    k->port[1 - cs] = pi->dport;
-    memcpy(k->vlan, pi->vlan, sizeof(k->vlan));
-    k->nvlan = pi->nvlan;
-    k->ip_version = pi->ip_version;
-    k->proto = pi->proto;
+    flow_key_of(&c->key, pi, sender_is_client ? 0 : 1);
     c->id = ++ft->next_id;
     c->monitor = 3;
     c->lru = LRU_NONE;

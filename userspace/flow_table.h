@@ -23,6 +23,7 @@ struct flow_key {
     uint16_t vlan[MOS_MAX_VLAN];
     uint8_t nvlan, ip_version;
     uint8_t proto;            /* IPPROTO_* */
+    uint8_t aux;              /* not part of the key (what would be padding): its owner's (monitor_filter.c) */
 };
 
 enum conn_flags {
@@ -133,17 +134,39 @@ static inline uint64_t ft_addr_hash(const uint8_t *a, uint64_t seed)
 
 /* Inline, as the lookup is: the hash runs for every packet.
  * Symmetric: both directions of a connection hash alike. The seed is random so that a sender cannot
- * aim packets at one bucket. */
+ * aim packets at one bucket. The flow table and the monitor filter's table of flows left out both key
+ * flows so (each with its own seed). */
+static inline uint64_t flow_hash_seeded(uint64_t seed, int vlan_in_key, const uint8_t *src, const uint8_t *dst,
+                                        uint16_t sport, uint16_t dport, uint8_t ip_version, uint8_t proto,
+                                        const uint16_t *vlan, uint8_t nvlan)
+{
+    uint64_t ha = ft_addr_hash(src, seed) + sport;
+    uint64_t hb = ft_addr_hash(dst, seed) + dport;
+    uint64_t h = mos_mix64((ha ^ hb) + (ha + hb) * 0x9e3779b97f4a7c15ull + ((uint64_t)proto << 8 | ip_version));
+    if (vlan_in_key)
+        h = mos_mix64(h ^ ((uint64_t)vlan[0] << 16 | vlan[1]) ^ ((uint64_t)nvlan << 40));
+    return h;
+}
+
 static inline uint32_t ft_key_hash(const struct flow_table *ft, const uint8_t *src, const uint8_t *dst,
                                    uint16_t sport, uint16_t dport, uint8_t ip_version, uint8_t proto,
                                    const uint16_t *vlan, uint8_t nvlan)
 {
-    uint64_t ha = ft_addr_hash(src, ft->seed) + sport;
-    uint64_t hb = ft_addr_hash(dst, ft->seed) + dport;
-    uint64_t h = mos_mix64((ha ^ hb) + (ha + hb) * 0x9e3779b97f4a7c15ull + ((uint64_t)proto << 8 | ip_version));
-    if (ft->vlan_in_key)
-        h = mos_mix64(h ^ ((uint64_t)vlan[0] << 16 | vlan[1]) ^ ((uint64_t)nvlan << 40));
-    return (uint32_t)h & (ft->nbuckets - 1);
+    return (uint32_t)flow_hash_seeded(ft->seed, ft->vlan_in_key, src, dst, sport, dport, ip_version, proto, vlan,
+                                      nvlan) & (ft->nbuckets - 1);
+}
+
+/* The key of a decoded packet's flow; cs: 0 when its sender is the client, 1 when the server. */
+static inline void flow_key_of(struct flow_key *k, const struct pkt_info *pi, int cs)
+{
+    memcpy(k->addr[cs], pi->src, 16);
+    memcpy(k->addr[1 - cs], pi->dst, 16);
+    k->port[cs] = pi->sport;
+    k->port[1 - cs] = pi->dport;
+    memcpy(k->vlan, pi->vlan, sizeof(k->vlan));
+    k->nvlan = pi->nvlan;
+    k->ip_version = pi->ip_version;
+    k->proto = pi->proto;
 }
 
 /* The bucket of a decoded packet's flow (both directions alike). */
@@ -153,13 +176,13 @@ static inline uint32_t ft_bucket(const struct flow_table *ft, const struct pkt_i
                        pi->nvlan);
 }
 
-/* The side of the packet's sender (0 client, 1 server) under key k, or -1 if the packet is not k's.
- * Inline: it runs for every packet and every record of its bucket. */
-static inline int ft_key_match(const struct flow_table *ft, const struct flow_key *k, const struct pkt_info *pi)
+/* The side of the packet's sender (0: addr[0]'s endpoint, 1: addr[1]'s) under key k, or -1 if the packet
+ * is not k's. Inline: it runs for every packet and every record of its bucket. */
+static inline int flow_key_match(const struct flow_key *k, const struct pkt_info *pi, int vlan_in_key)
 {
     if (k->ip_version != pi->ip_version || k->proto != pi->proto)
         return -1;
-    if (ft->vlan_in_key && (k->nvlan != pi->nvlan || memcmp(k->vlan, pi->vlan, sizeof(k->vlan))))
+    if (vlan_in_key && (k->nvlan != pi->nvlan || memcmp(k->vlan, pi->vlan, sizeof(k->vlan))))
         return -1;
     size_t alen = pi->ip_version == 4 ? 4 : 16;
     if (k->port[0] == pi->sport && k->port[1] == pi->dport && !memcmp(k->addr[0], pi->src, alen) &&
@@ -169,6 +192,11 @@ static inline int ft_key_match(const struct flow_table *ft, const struct flow_ke
         !memcmp(k->addr[0], pi->dst, alen))
         return 1;
     return -1;
+}
+
+static inline int ft_key_match(const struct flow_table *ft, const struct flow_key *k, const struct pkt_info *pi)
+{
+    return flow_key_match(k, pi, ft->vlan_in_key);
 }
 
 /* The side of the packet's sender in connection c, or -1 if not c's packet. */

@@ -69,11 +69,8 @@ void mos_bpf_free(mos_bpf_t *f)
 /* A flow left out: its key, both ways, and when it was last seen. 64 bytes (a connection takes 264
  * before it holds any byte). */
 struct mf_entry {
-    uint8_t addr[2][16];  /* [0]: the sender of its first packet */
-    uint16_t port[2];
-    uint16_t vlan[MOS_MAX_VLAN];
-    uint8_t nvlan, ip_version, proto;
-    uint8_t both;         /* packets seen from both ends: idle timeout of an established connection */
+    struct flow_key key;  /* [0]: the sender of its first packet; key.aux: packets seen from both ends (the
+                           * idle timeout of an established connection) */
     uint32_t hnext;       /* hash chain / free list (0: none; slot 0 is never used) */
     uint32_t lprev, lnext;/* least recently seen first */
     uint64_t last_ts;
@@ -191,32 +188,17 @@ size_t mos_filter_entry_size(void)
     return sizeof(struct mf_entry);
 }
 
-/* Symmetric, as the flow table's: both directions of a flow hash alike. */
-static uint32_t mf_hash(const struct monitor_filter *f, const struct pkt_info *pi, int vlan_in_key)
+/* Symmetric, as the flow table's (flow_hash_seeded): both directions of a flow hash alike. */
+static uint32_t mf_hash(const struct monitor_filter *f, const struct flow_key *k, int vlan_in_key)
 {
-    uint64_t ha = ft_addr_hash(pi->src, f->seed) + pi->sport;
-    uint64_t hb = ft_addr_hash(pi->dst, f->seed) + pi->dport;
-    uint64_t h = mos_mix64((ha ^ hb) + (ha + hb) * 0x9e3779b97f4a7c15ull + ((uint64_t)pi->proto << 8 | pi->ip_version));
-    if (vlan_in_key)
-        h = mos_mix64(h ^ ((uint64_t)pi->vlan[0] << 16 | pi->vlan[1]) ^ ((uint64_t)pi->nvlan << 40));
-    return (uint32_t)h & (f->nbuckets - 1);
+    return (uint32_t)flow_hash_seeded(f->seed, vlan_in_key, k->addr[0], k->addr[1], k->port[0], k->port[1],
+                                      k->ip_version, k->proto, k->vlan, k->nvlan) & (f->nbuckets - 1);
 }
 
-/* The side of the packet's sender in entry m (0: as its first packet), or -1. */
-static int mf_match(const struct mf_entry *m, const struct pkt_info *pi, int vlan_in_key)
+static uint32_t mf_packet_hash(const struct monitor_filter *f, const struct pkt_info *pi, int vlan_in_key)
 {
-    if (m->ip_version != pi->ip_version || m->proto != pi->proto)
-        return -1;
-    if (vlan_in_key && (m->nvlan != pi->nvlan || memcmp(m->vlan, pi->vlan, sizeof(m->vlan))))
-        return -1;
-    size_t alen = pi->ip_version == 4 ? 4 : 16;
-    if (m->port[0] == pi->sport && m->port[1] == pi->dport && !memcmp(m->addr[0], pi->src, alen) &&
-        !memcmp(m->addr[1], pi->dst, alen))
-        return 0;
-    if (m->port[1] == pi->sport && m->port[0] == pi->dport && !memcmp(m->addr[1], pi->src, alen) &&
-        !memcmp(m->addr[0], pi->dst, alen))
-        return 1;
-    return -1;
+    return (uint32_t)flow_hash_seeded(f->seed, vlan_in_key, pi->src, pi->dst, pi->sport, pi->dport, pi->ip_version,
+                                      pi->proto, pi->vlan, pi->nvlan) & (f->nbuckets - 1);
 }
 
 static void lru_unlink(struct monitor_filter *f, uint32_t s)
@@ -247,19 +229,7 @@ static void lru_append(struct monitor_filter *f, uint32_t s)
 
 static uint32_t *chain_of(struct monitor_filter *f, uint32_t s, int vlan_in_key)
 {
-    /* the entry's key as a packet of its first sender, to find its bucket */
-    const struct mf_entry *m = &f->ents[s];
-    struct pkt_info k;
-    memset(&k, 0, sizeof(k));
-    memcpy(k.src, m->addr[0], 16);
-    memcpy(k.dst, m->addr[1], 16);
-    k.sport = m->port[0];
-    k.dport = m->port[1];
-    k.proto = m->proto;
-    k.ip_version = m->ip_version;
-    k.nvlan = m->nvlan;
-    memcpy(k.vlan, m->vlan, sizeof(k.vlan));
-    return &f->buckets[mf_hash(f, &k, vlan_in_key)];
+    return &f->buckets[mf_hash(f, &f->ents[s].key, vlan_in_key)];
 }
 
 static void mf_remove(struct monitor_filter *f, uint32_t s, int vlan_in_key)
@@ -278,7 +248,7 @@ static void mf_remove(struct monitor_filter *f, uint32_t s, int vlan_in_key)
 
 static uint64_t mf_timeout(const struct mf_entry *m, const struct mos_config *cfg)
 {
-    return m->both ? cfg->timeout_est_ns : cfg->timeout_syn_ns;
+    return m->key.aux ? cfg->timeout_est_ns : cfg->timeout_syn_ns;
 }
 
 /* A slot for a new entry: a free one, a new one (the table grows by doubling up to max_conns), or the
@@ -339,16 +309,9 @@ static void mf_insert(struct monitor_filter *f, const struct pkt_info *pi, uint6
         return;
     struct mf_entry *m = &f->ents[s];
     memset(m, 0, sizeof(*m));
-    memcpy(m->addr[0], pi->src, 16);
-    memcpy(m->addr[1], pi->dst, 16);
-    m->port[0] = pi->sport;
-    m->port[1] = pi->dport;
-    m->nvlan = pi->nvlan;
-    memcpy(m->vlan, pi->vlan, sizeof(m->vlan));
-    m->ip_version = pi->ip_version;
-    m->proto = pi->proto;
+    flow_key_of(&m->key, pi, 0);
     m->last_ts = now;
-    uint32_t *b = &f->buckets[mf_hash(f, pi, vlan_in_key)];
+    uint32_t *b = &f->buckets[mf_packet_hash(f, pi, vlan_in_key)];
     m->hnext = *b;
     *b = s;
     lru_append(f, s);
@@ -389,8 +352,8 @@ int monitor_filter_skip(mos_engine_t *e, const struct mos_pkt *p, const struct p
                 break;
             mf_remove(f, f->lru_head, vk);
         }
-        for (uint32_t s = f->count ? f->buckets[mf_hash(f, pi, vk)] : 0; s; s = f->ents[s].hnext) {
-            if ((side = mf_match(&f->ents[s], pi, vk)) >= 0) {
+        for (uint32_t s = f->count ? f->buckets[mf_packet_hash(f, pi, vk)] : 0; s; s = f->ents[s].hnext) {
+            if ((side = flow_key_match(&f->ents[s].key, pi, vk)) >= 0) {
                 hit = s;
                 break;
             }
@@ -412,7 +375,7 @@ int monitor_filter_skip(mos_engine_t *e, const struct mos_pkt *p, const struct p
     if (hit) {
         struct mf_entry *m = &f->ents[hit];
         m->last_ts = e->now;
-        m->both |= side == 1;
+        m->key.aux |= side == 1;
         lru_unlink(f, hit);
         lru_append(f, hit);
     } else if (flow) {
