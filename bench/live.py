@@ -398,6 +398,18 @@ def finish(monitor):
 # --------------------------------------------------------------------------------------------------
 # the benchmark
 
+def build_inline(t: Topology, c: Ns, cd: str, m: Ns, mi: str, mo: str, s: Ns, sd: str) -> None:
+    """c --veth-- m --veth-- s, for both ways through m: routed (m's veths addressed, routes on c and s, for
+    kernel forwarding) and inline (C_INLINE and S_INLINE in one subnet, for mos-xdp), the end hosts as the
+    live path needs them."""
+    t.veth(c, cd, m, mi, f"{C_ROUTED}/24", f"{M_LEFT}/24", extra_a=[f"{C_INLINE}/24"])
+    t.veth(m, mo, s, sd, f"{M_RIGHT}/24", f"{S_ROUTED}/24", extra_b=[f"{S_INLINE}/24"])
+    t.route(c, f"{NET}.3.0/24", M_LEFT)
+    t.route(s, f"{NET}.2.0/24", M_RIGHT)
+    for n, d in ((c, cd), (s, sd)):
+        t.ethtool(n, d, XDP_END_HOST)
+
+
 class Live:
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
@@ -422,12 +434,7 @@ class Live:
         t.ethtool(g, self.gd, XDP_END_HOST)
         trafgen_cfg(self.cfg)
 
-        t.veth(c, self.cd, m, self.mi, f"{C_ROUTED}/24", f"{M_LEFT}/24", extra_a=[f"{C_INLINE}/24"])
-        t.veth(m, self.mo, s, self.sd, f"{M_RIGHT}/24", f"{S_ROUTED}/24", extra_b=[f"{S_INLINE}/24"])
-        t.route(c, f"{NET}.3.0/24", M_LEFT)
-        t.route(s, f"{NET}.2.0/24", M_RIGHT)
-        for n, d in ((c, self.cd), (s, self.sd)):
-            t.ethtool(n, d, XDP_END_HOST)
+        build_inline(t, c, self.cd, m, self.mi, self.mo, s, self.sd)
         commands_log.extend(t.actions)  # the set-up, in ip/ethtool form, for the report
         self.bypass_app.write_text(BYPASS_APP)
         self.iperf = s.popen("iperf3", "--server", "--port", str(IPERF_PORT), stdout=subprocess.DEVNULL,

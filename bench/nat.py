@@ -39,17 +39,13 @@ from typing import Any, Dict, List, Optional
 
 from common import BENCH, MOS, ROOT, WORK, commands_log, logger, med, report_section
 from live import (
-    C_INLINE,
-    C_ROUTED,
     IPERF_PORT,
-    M_LEFT,
-    M_RIGHT,
     NET,
     S_INLINE,
     S_ROUTED,
-    XDP_END_HOST,
     BenchTopology,
     LiveRun,
+    build_inline,
 )
 
 log = logger("nat")
@@ -140,12 +136,7 @@ class Bench:
 
     def build(self) -> None:
         c, m, s, t = self.c, self.m, self.s, self.topo
-        t.veth(c, self.cd, m, self.mi, f"{C_ROUTED}/24", f"{M_LEFT}/24", extra_a=[f"{C_INLINE}/24"])
-        t.veth(m, self.mo, s, self.sd, f"{M_RIGHT}/24", f"{S_ROUTED}/24", extra_b=[f"{S_INLINE}/24"])
-        t.route(c, f"{NET}.3.0/24", M_LEFT)
-        t.route(s, f"{NET}.2.0/24", M_RIGHT)
-        for n, d in ((c, self.cd), (s, self.sd)):
-            t.ethtool(n, d, XDP_END_HOST)
+        build_inline(t, c, self.cd, m, self.mi, self.mo, s, self.sd)
         commands_log.extend(t.actions)
         WORK.mkdir(parents=True, exist_ok=True)
         self.reset_app.write_text(RESET_APP)
